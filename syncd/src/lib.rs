@@ -1,1 +1,20 @@
-//! syncd
+//! syncd: a throughput-focused file synchroniser.
+//!
+//! The crate is split into sans-IO cores (no filesystem, socket or clock access) and
+//! IO edges that drive them. See `ARCHITECTURE.md` at the repository root for the code
+//! map and the invariants.
+//!
+//! Sans-IO cores: [`chunk`], [`manifest`] (not `manifest::store`), [`proto`], [`limit`],
+//! [`rate`]. IO edges: [`manifest::store`], [`scan`], [`transport`], [`identity`],
+//! [`apply`], [`push`].
+
+pub mod apply;
+pub mod chunk;
+pub mod identity;
+pub mod limit;
+pub mod manifest;
+pub mod proto;
+pub mod push;
+pub mod rate;
+pub mod scan;
+pub mod transport;

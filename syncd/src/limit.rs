@@ -1,0 +1,1 @@
+//! `limit` (in progress).
