@@ -1,1 +1,604 @@
-//! manifest (in progress).
+//! The merkle manifest: a hash tree shaped like the directory tree.
+//!
+//! Every entry of a tree is a [`Node`] keyed by its relative path (raw bytes, `/`-separated,
+//! the root is the empty path). A node's [`Hash`] is the BLAKE3 of its canonical encoding:
+//! - a file covers its kind, size, mode, mtime and ordered chunk ids and lengths;
+//! - a symlink covers its target bytes;
+//! - a directory covers its mode and its sorted `(name, kind, hash)` children.
+//!
+//! So the root hash summarises the whole tree, and [`diff`] descends only where hashes
+//! differ: its cost grows with the number of changes (times depth and directory fan-out),
+//! not with the size of the tree.
+//!
+//! Deliberately absent from the hash: directory mtimes (any write inside a directory changes
+//! them, so they would make every ancestor of a change differ), ownership, xattrs and link
+//! counts. Those are preserved by the transfer, not compared.
+//!
+//! This module is sans-IO. [`store`] persists manifests in redb and is the only part that
+//! does IO; it implements [`Nodes`] so that [`diff`] runs over stored manifests without
+//! loading them whole.
+
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::chunk::ChunkId;
+
+/// Hash of an encoded node.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Hash(pub [u8; 32]);
+
+impl Hash {
+    /// Lower-case hex, 64 characters.
+    pub fn to_hex(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hash({})", &self.to_string()[..12])
+    }
+}
+
+/// What an entry is. Special files (sockets, fifos, devices) are never in a manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A symbolic link (never followed).
+    Symlink,
+    /// A directory.
+    Dir,
+}
+
+impl Kind {
+    fn tag(self) -> u8 {
+        match self {
+            Kind::File => 1,
+            Kind::Symlink => 2,
+            Kind::Dir => 3,
+        }
+    }
+    fn from_tag(tag: u8) -> Option<Kind> {
+        match tag {
+            1 => Some(Kind::File),
+            2 => Some(Kind::Symlink),
+            3 => Some(Kind::Dir),
+            _ => None,
+        }
+    }
+    /// A short lower-case name: `file`, `symlink`, `dir`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Symlink => "symlink",
+            Kind::Dir => "dir",
+        }
+    }
+}
+
+/// A chunk of a file, in file order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRef {
+    /// BLAKE3 of the chunk bytes.
+    pub id: ChunkId,
+    /// Chunk length in bytes.
+    pub len: u32,
+}
+
+/// A directory entry as its parent sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The name: raw bytes, never empty, never `.` or `..`, no `/` and no NUL.
+    pub name: Vec<u8>,
+    /// What the child is.
+    pub kind: Kind,
+    /// The child's node hash.
+    pub hash: Hash,
+}
+
+/// A file's identity: what [`Node::File`] covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileNode {
+    /// Size in bytes; equals the sum of chunk lengths.
+    pub size: u64,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// The chunks, in order.
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// One entry of a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    /// A regular file.
+    File(FileNode),
+    /// A symlink and its target bytes.
+    Symlink {
+        /// The target, unresolved.
+        target: Vec<u8>,
+    },
+    /// A directory and its children sorted by name.
+    Dir {
+        /// Permission bits.
+        mode: u32,
+        /// Children, strictly ascending by name.
+        entries: Vec<Entry>,
+    },
+}
+
+/// Why bytes do not decode to a node, or a name is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The input ended before the node did.
+    #[error("node encoding is truncated")]
+    Truncated,
+    /// Bytes remain after the node.
+    #[error("node encoding has {0} trailing bytes")]
+    Trailing(usize),
+    /// The kind tag is unknown.
+    #[error("unknown node kind tag {0}")]
+    BadTag(u8),
+    /// A file's chunk lengths do not add up to its size, or a chunk is empty.
+    #[error("file size {size} does not match its chunks ({sum} bytes)")]
+    SizeMismatch {
+        /// Declared size.
+        size: u64,
+        /// Sum of chunk lengths.
+        sum: u64,
+    },
+    /// Directory entries are not strictly ascending.
+    #[error("directory entries are not sorted or not unique")]
+    Unsorted,
+    /// A stored record's hash does not match its node.
+    #[error("stored hash does not match the node")]
+    HashMismatch,
+    /// An entry name is not a single path component.
+    #[error("invalid entry name {0:?}")]
+    BadName(String),
+}
+
+/// Refuses names that are not a single, plain path component.
+pub fn check_name(name: &[u8]) -> Result<(), DecodeError> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(DecodeError::BadName(display_path(name)));
+    }
+    Ok(())
+}
+
+/// Decoding stops early rather than allocate for counts the input cannot hold.
+const FILE_CHUNK_BYTES: usize = 32 + 4;
+const DIR_ENTRY_MIN_BYTES: usize = 4 + 1 + 32;
+
+impl Node {
+    /// The node's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Node::File(_) => Kind::File,
+            Node::Symlink { .. } => Kind::Symlink,
+            Node::Dir { .. } => Kind::Dir,
+        }
+    }
+
+    /// Canonical encoding (little-endian, length-prefixed). The hash is taken over this.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.push(self.kind().tag());
+        match self {
+            Node::File(f) => {
+                out.extend_from_slice(&f.size.to_le_bytes());
+                out.extend_from_slice(&f.mode.to_le_bytes());
+                out.extend_from_slice(&f.mtime_ns.to_le_bytes());
+                out.extend_from_slice(&(f.chunks.len() as u32).to_le_bytes());
+                for c in &f.chunks {
+                    out.extend_from_slice(&c.id.0);
+                    out.extend_from_slice(&c.len.to_le_bytes());
+                }
+            }
+            Node::Symlink { target } => {
+                out.extend_from_slice(&(target.len() as u32).to_le_bytes());
+                out.extend_from_slice(target);
+            }
+            Node::Dir { mode, entries } => {
+                out.extend_from_slice(&mode.to_le_bytes());
+                out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+                for e in entries {
+                    out.extend_from_slice(&(e.name.len() as u32).to_le_bytes());
+                    out.extend_from_slice(&e.name);
+                    out.push(e.kind.tag());
+                    out.extend_from_slice(&e.hash.0);
+                }
+            }
+        }
+    }
+
+    /// The encoding as a new vector.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.encode(&mut v);
+        v
+    }
+
+    /// The node hash: BLAKE3 of [`Node::encode`].
+    pub fn hash(&self) -> Hash {
+        Hash(*blake3::hash(&self.to_bytes()).as_bytes())
+    }
+
+    /// Decodes and validates one node. Never panics and never allocates more than the
+    /// input's length could justify.
+    pub fn decode(bytes: &[u8]) -> Result<Node, DecodeError> {
+        let mut r = Reader(bytes);
+        let tag = r.u8()?;
+        let node = match Kind::from_tag(tag).ok_or(DecodeError::BadTag(tag))? {
+            Kind::File => {
+                let size = r.u64()?;
+                let mode = r.u32()?;
+                let mtime_ns = r.u64()? as i64;
+                let n = r.count(FILE_CHUNK_BYTES)?;
+                let mut chunks = Vec::with_capacity(n);
+                let mut sum = 0u64;
+                for _ in 0..n {
+                    let id = ChunkId(r.array()?);
+                    let len = r.u32()?;
+                    if len == 0 {
+                        return Err(DecodeError::SizeMismatch { size, sum });
+                    }
+                    sum += u64::from(len);
+                    chunks.push(ChunkRef { id, len });
+                }
+                if sum != size {
+                    return Err(DecodeError::SizeMismatch { size, sum });
+                }
+                Node::File(FileNode {
+                    size,
+                    mode,
+                    mtime_ns,
+                    chunks,
+                })
+            }
+            Kind::Symlink => {
+                let n = r.count(1)?;
+                Node::Symlink {
+                    target: r.take(n)?.to_vec(),
+                }
+            }
+            Kind::Dir => {
+                let mode = r.u32()?;
+                let n = r.count(DIR_ENTRY_MIN_BYTES)?;
+                let mut entries: Vec<Entry> = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let len = r.count(1)?;
+                    let name = r.take(len)?.to_vec();
+                    check_name(&name)?;
+                    let tag = r.u8()?;
+                    let kind = Kind::from_tag(tag).ok_or(DecodeError::BadTag(tag))?;
+                    let hash = Hash(r.array()?);
+                    if entries.last().is_some_and(|prev| prev.name >= name) {
+                        return Err(DecodeError::Unsorted);
+                    }
+                    entries.push(Entry { name, kind, hash });
+                }
+                Node::Dir { mode, entries }
+            }
+        };
+        if !r.0.is_empty() {
+            return Err(DecodeError::Trailing(r.0.len()));
+        }
+        Ok(node)
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    /// A u32 count of items each at least `item` bytes long, checked against what remains.
+    fn count(&mut self, item: usize) -> Result<usize, DecodeError> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(item) > self.0.len() {
+            return Err(DecodeError::Truncated);
+        }
+        Ok(n)
+    }
+}
+
+/// `parent/name`, or `name` at the root.
+pub fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
+    if !parent.is_empty() {
+        p.extend_from_slice(parent);
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+/// The parent of a non-root relative path (the root's parent is itself).
+pub fn parent(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => &path[..i],
+        None => &[],
+    }
+}
+
+/// A path for humans: UTF-8 as is, other bytes as `\xNN`, backslash doubled.
+pub fn display_path(path: &[u8]) -> String {
+    let mut out = String::with_capacity(path.len());
+    for chunk in path.utf8_chunks() {
+        for ch in chunk.valid().chars() {
+            if ch == '\\' {
+                out.push_str("\\\\");
+            } else {
+                out.push(ch);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    if out.is_empty() {
+        out.push('.');
+    }
+    out
+}
+
+/// Read access to a manifest's nodes by path. Implemented in memory by [`Tree`] and on
+/// disk by [`store::Snapshot`].
+pub trait Nodes {
+    /// The error of the backing storage.
+    type Error;
+    /// The node at `path` (the root is `b""`), if present.
+    fn node(&self, path: &[u8]) -> Result<Option<Node>, Self::Error>;
+}
+
+/// An in-memory manifest: every node by path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tree {
+    /// Nodes by relative path; the root directory is at `b""`.
+    pub nodes: BTreeMap<Vec<u8>, Node>,
+}
+
+impl Tree {
+    /// The root hash, if the tree has a root.
+    pub fn root_hash(&self) -> Option<Hash> {
+        self.nodes.get(&b""[..]).map(Node::hash)
+    }
+}
+
+impl Nodes for Tree {
+    type Error = std::convert::Infallible;
+    fn node(&self, path: &[u8]) -> Result<Option<Node>, Self::Error> {
+        Ok(self.nodes.get(path).cloned())
+    }
+}
+
+/// How an entry differs between two trees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Present only in the second tree (a whole subtree, for a directory).
+    Added,
+    /// Present only in the first tree (a whole subtree, for a directory).
+    Removed,
+    /// Same kind, different content (file chunks or size, symlink target).
+    Modified,
+    /// Same content, different metadata (mode, mtime).
+    Metadata,
+    /// The kind changed (file, dir, symlink).
+    TypeChanged,
+}
+
+impl ChangeKind {
+    /// One-character marker used in `syncd diff` output.
+    pub fn marker(self) -> char {
+        match self {
+            ChangeKind::Added => '+',
+            ChangeKind::Removed => '-',
+            ChangeKind::Modified => 'M',
+            ChangeKind::Metadata => 'm',
+            ChangeKind::TypeChanged => 'T',
+        }
+    }
+    /// Lower-case name for JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Added => "added",
+            ChangeKind::Removed => "removed",
+            ChangeKind::Modified => "modified",
+            ChangeKind::Metadata => "metadata",
+            ChangeKind::TypeChanged => "type_changed",
+        }
+    }
+}
+
+/// One differing path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Relative path (raw bytes).
+    pub path: Vec<u8>,
+    /// How it differs.
+    pub kind: ChangeKind,
+    /// Its kind in the first tree, if present there.
+    pub old: Option<Kind>,
+    /// Its kind in the second tree, if present there.
+    pub new: Option<Kind>,
+}
+
+/// Why a diff could not be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum DiffError<E> {
+    /// A node the parent references is missing (a corrupt or incomplete manifest).
+    #[error("manifest has no node for {path}", path = display_path(.0))]
+    Missing(Vec<u8>),
+    /// Reading a node failed.
+    #[error(transparent)]
+    Source(E),
+}
+
+/// The differences that turn tree `a` into tree `b`, ordered by path (parents first).
+/// A missing root compares as an empty directory.
+pub fn diff<A, B, E>(a: &A, b: &B) -> Result<Vec<Change>, DiffError<E>>
+where
+    A: Nodes<Error = E>,
+    B: Nodes<Error = E>,
+{
+    let empty = Node::Dir {
+        mode: 0,
+        entries: Vec::new(),
+    };
+    let ra = a.node(b"").map_err(DiffError::Source)?;
+    let rb = b.node(b"").map_err(DiffError::Source)?;
+    let ra = ra.unwrap_or_else(|| empty.clone());
+    let rb = rb.unwrap_or(empty);
+    let mut out = Vec::new();
+    if ra != rb {
+        diff_dirs(a, b, Vec::new(), &ra, &rb, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn diff_dirs<A, B, E>(
+    a: &A,
+    b: &B,
+    path: Vec<u8>,
+    na: &Node,
+    nb: &Node,
+    out: &mut Vec<Change>,
+) -> Result<(), DiffError<E>>
+where
+    A: Nodes<Error = E>,
+    B: Nodes<Error = E>,
+{
+    let (
+        Node::Dir {
+            mode: ma,
+            entries: ea,
+        },
+        Node::Dir {
+            mode: mb,
+            entries: eb,
+        },
+    ) = (na, nb)
+    else {
+        return Ok(());
+    };
+    if ma != mb {
+        out.push(Change {
+            path: path.clone(),
+            kind: ChangeKind::Metadata,
+            old: Some(Kind::Dir),
+            new: Some(Kind::Dir),
+        });
+    }
+    let (mut i, mut j) = (0, 0);
+    while i < ea.len() || j < eb.len() {
+        let order = match (ea.get(i), eb.get(j)) {
+            (Some(x), Some(y)) => x.name.cmp(&y.name),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                let x = &ea[i];
+                out.push(Change {
+                    path: join(&path, &x.name),
+                    kind: ChangeKind::Removed,
+                    old: Some(x.kind),
+                    new: None,
+                });
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                let y = &eb[j];
+                out.push(Change {
+                    path: join(&path, &y.name),
+                    kind: ChangeKind::Added,
+                    old: None,
+                    new: Some(y.kind),
+                });
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                let (x, y) = (&ea[i], &eb[j]);
+                i += 1;
+                j += 1;
+                if x.hash == y.hash && x.kind == y.kind {
+                    continue;
+                }
+                let child = join(&path, &x.name);
+                if x.kind != y.kind {
+                    out.push(Change {
+                        path: child,
+                        kind: ChangeKind::TypeChanged,
+                        old: Some(x.kind),
+                        new: Some(y.kind),
+                    });
+                    continue;
+                }
+                let cx = fetch(a, &child)?;
+                let cy = fetch(b, &child)?;
+                let kind = match (&cx, &cy) {
+                    (Node::Dir { .. }, Node::Dir { .. }) => {
+                        diff_dirs(a, b, child, &cx, &cy, out)?;
+                        continue;
+                    }
+                    (Node::File(fx), Node::File(fy))
+                        if fx.size == fy.size && fx.chunks == fy.chunks =>
+                    {
+                        ChangeKind::Metadata
+                    }
+                    _ => ChangeKind::Modified,
+                };
+                out.push(Change {
+                    path: child,
+                    kind,
+                    old: Some(x.kind),
+                    new: Some(y.kind),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn fetch<N: Nodes<Error = E>, E>(n: &N, path: &[u8]) -> Result<Node, DiffError<E>> {
+    n.node(path)
+        .map_err(DiffError::Source)?
+        .ok_or_else(|| DiffError::Missing(path.to_vec()))
+}
+
+#[cfg(test)]
+mod tests;

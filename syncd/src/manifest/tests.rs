@@ -1,0 +1,410 @@
+use std::cell::Cell;
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// A filesystem shape to build trees from.
+#[derive(Debug, Clone)]
+enum Spec {
+    File {
+        content: u8,
+        len: u8,
+        mode: u32,
+        mtime: i64,
+    },
+    Link(Vec<u8>),
+    Dir(u32, BTreeMap<Vec<u8>, Spec>),
+}
+
+fn file_node(content: u8, len: u8, mode: u32, mtime: i64) -> Node {
+    let chunks = (0..len)
+        .map(|i| ChunkRef {
+            id: ChunkId::of(&[content, i]),
+            len: 100 + u32::from(i),
+        })
+        .collect::<Vec<_>>();
+    Node::File(FileNode {
+        size: chunks.iter().map(|c| u64::from(c.len)).sum(),
+        mode,
+        mtime_ns: mtime,
+        chunks,
+    })
+}
+
+fn build(spec: &Spec) -> Tree {
+    fn go(path: Vec<u8>, spec: &Spec, tree: &mut Tree) -> Entry {
+        let node = match spec {
+            Spec::File {
+                content,
+                len,
+                mode,
+                mtime,
+            } => file_node(*content, *len, *mode, *mtime),
+            Spec::Link(t) => Node::Symlink { target: t.clone() },
+            Spec::Dir(mode, children) => {
+                let entries = children
+                    .iter()
+                    .map(|(name, c)| {
+                        let mut e = go(join(&path, name), c, tree);
+                        e.name = name.clone();
+                        e
+                    })
+                    .collect();
+                Node::Dir {
+                    mode: *mode,
+                    entries,
+                }
+            }
+        };
+        let e = Entry {
+            name: Vec::new(),
+            kind: node.kind(),
+            hash: node.hash(),
+        };
+        tree.nodes.insert(path, node);
+        e
+    }
+    let mut t = Tree::default();
+    go(Vec::new(), spec, &mut t);
+    t
+}
+
+fn name() -> impl Strategy<Value = Vec<u8>> {
+    // A tiny alphabet so that independent trees overlap; 0xff is not UTF-8.
+    prop_oneof![
+        Just(b"a".to_vec()),
+        Just(b"b".to_vec()),
+        Just(b"c.d".to_vec()),
+        Just(vec![0xff, b'x']),
+        Just(b"z z".to_vec()),
+    ]
+}
+
+fn spec() -> impl Strategy<Value = Spec> {
+    let leaf = prop_oneof![
+        (
+            0u8..3,
+            0u8..3,
+            prop_oneof![Just(0o644u32), Just(0o755)],
+            0i64..2
+        )
+            .prop_map(|(content, len, mode, mtime)| Spec::File {
+                content,
+                len,
+                mode,
+                mtime
+            }),
+        prop_oneof![Just(b"t1".to_vec()), Just(vec![b'/', 0xfe])].prop_map(Spec::Link),
+    ];
+    let tree = leaf.prop_recursive(4, 48, 5, |inner| {
+        (
+            prop_oneof![Just(0o755u32), Just(0o700)],
+            prop::collection::btree_map(name(), inner, 0..5),
+        )
+            .prop_map(|(m, c)| Spec::Dir(m, c))
+    });
+    (
+        prop_oneof![Just(0o755u32), Just(0o700)],
+        prop::collection::btree_map(name(), tree, 0..5),
+    )
+        .prop_map(|(m, c)| Spec::Dir(m, c))
+}
+
+fn remove_subtree(t: &mut Tree, path: &[u8]) {
+    let keys: Vec<Vec<u8>> = t
+        .nodes
+        .keys()
+        .filter(|k| {
+            k.as_slice() == path || (k.starts_with(path) && k.get(path.len()) == Some(&b'/'))
+        })
+        .cloned()
+        .collect();
+    for k in keys {
+        t.nodes.remove(&k);
+    }
+}
+
+fn copy_subtree(t: &mut Tree, from: &Tree, path: &[u8]) {
+    for (k, v) in &from.nodes {
+        if k.as_slice() == path || (k.starts_with(path) && k.get(path.len()) == Some(&b'/')) {
+            t.nodes.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+/// Recomputes every directory's entries from the nodes below it, deepest first.
+fn rehash(t: &mut Tree) {
+    let mut dirs: Vec<Vec<u8>> = t
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.kind() == Kind::Dir)
+        .map(|(k, _)| k.clone())
+        .collect();
+    dirs.sort_by_key(|d| {
+        std::cmp::Reverse(d.iter().filter(|&&b| b == b'/').count() + usize::from(!d.is_empty()))
+    });
+    for d in dirs {
+        let mut entries: Vec<Entry> = t
+            .nodes
+            .iter()
+            .filter(|(k, _)| {
+                !k.is_empty() && k.as_slice() != d.as_slice() && parent(k) == d.as_slice()
+            })
+            .map(|(k, n)| Entry {
+                name: k[if d.is_empty() { 0 } else { d.len() + 1 }..].to_vec(),
+                kind: n.kind(),
+                hash: n.hash(),
+            })
+            .collect();
+        entries.sort_by(|x, y| x.name.cmp(&y.name));
+        if let Some(Node::Dir { entries: e, .. }) = t.nodes.get_mut(&d) {
+            *e = entries;
+        }
+    }
+}
+
+/// Applies a diff of `a` → `b` to `a`, taking new content from `b` by path.
+fn apply(a: &Tree, changes: &[Change], b: &Tree) -> Tree {
+    let mut t = a.clone();
+    for c in changes {
+        match c.kind {
+            ChangeKind::Removed => remove_subtree(&mut t, &c.path),
+            ChangeKind::Added | ChangeKind::TypeChanged => {
+                remove_subtree(&mut t, &c.path);
+                copy_subtree(&mut t, b, &c.path);
+            }
+            ChangeKind::Modified => {
+                t.nodes.insert(c.path.clone(), b.nodes[&c.path].clone());
+            }
+            ChangeKind::Metadata => match (t.nodes.get_mut(&c.path), &b.nodes[&c.path]) {
+                (Some(Node::Dir { mode, .. }), Node::Dir { mode: m, .. }) => *mode = *m,
+                (Some(Node::File(f)), Node::File(g)) => {
+                    assert_eq!(f.chunks, g.chunks, "metadata change with different content");
+                    f.mode = g.mode;
+                    f.mtime_ns = g.mtime_ns;
+                }
+                other => panic!("metadata change on {other:?}"),
+            },
+        }
+    }
+    rehash(&mut t);
+    t
+}
+
+fn check_diff_applies(a: &Tree, b: &Tree) -> Result<(), TestCaseError> {
+    let changes = diff(a, b).unwrap();
+    prop_assert_eq!(changes.is_empty(), a.root_hash() == b.root_hash());
+    let patched = apply(a, &changes, b);
+    prop_assert_eq!(patched.root_hash(), b.root_hash(), "changes: {:?}", changes);
+    prop_assert_eq!(&patched, b);
+    Ok(())
+}
+
+fn mutate(spec: &Spec, ops: &[(u8, u8)]) -> Spec {
+    let mut s = spec.clone();
+    for &(which, op) in ops {
+        if let Spec::Dir(_, children) = &mut s {
+            let keys: Vec<_> = children.keys().cloned().collect();
+            if keys.is_empty() {
+                children.insert(b"new".to_vec(), Spec::Link(b"n".to_vec()));
+                continue;
+            }
+            let k = keys[which as usize % keys.len()].clone();
+            match op % 4 {
+                0 => {
+                    children.remove(&k);
+                }
+                1 => {
+                    if let Some(Spec::File { mtime, .. }) = children.get_mut(&k) {
+                        *mtime += 1;
+                    }
+                }
+                2 => {
+                    if let Some(Spec::File { content, .. }) = children.get_mut(&k) {
+                        *content = content.wrapping_add(7);
+                    }
+                }
+                _ => {
+                    if let Some(child) = children.get(&k).cloned() {
+                        children.insert(k, mutate(&child, &[(which / 2, op / 4)]));
+                    }
+                }
+            }
+        }
+    }
+    s
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// Applying diff(a, b) to a yields b, for independent trees.
+    #[test]
+    fn diff_applied_to_a_gives_b(sa in spec(), sb in spec()) {
+        check_diff_applies(&build(&sa), &build(&sb))?;
+    }
+
+    /// The same for b a mutation of a (small diffs: the common case).
+    #[test]
+    fn diff_of_mutation_applies(sa in spec(), ops in prop::collection::vec((any::<u8>(), any::<u8>()), 1..4)) {
+        let a = build(&sa);
+        let b = build(&mutate(&sa, &ops));
+        check_diff_applies(&a, &b)?;
+        check_diff_applies(&b, &a)?;
+    }
+
+    #[test]
+    fn encode_decode_roundtrip(s in spec()) {
+        for node in build(&s).nodes.values() {
+            prop_assert_eq!(&Node::decode(&node.to_bytes()).unwrap(), node);
+        }
+    }
+
+    #[test]
+    fn decode_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        let _ = Node::decode(&bytes);
+    }
+}
+
+#[test]
+fn identical_trees_have_no_diff() {
+    let s = Spec::Dir(
+        0o755,
+        BTreeMap::from([(
+            b"f".to_vec(),
+            Spec::File {
+                content: 1,
+                len: 2,
+                mode: 0o644,
+                mtime: 5,
+            },
+        )]),
+    );
+    assert!(diff(&build(&s), &build(&s)).unwrap().is_empty());
+}
+
+#[test]
+fn reports_each_kind_of_change() {
+    let file = |content, mtime| Spec::File {
+        content,
+        len: 1,
+        mode: 0o644,
+        mtime,
+    };
+    let a = Spec::Dir(
+        0o755,
+        BTreeMap::from([
+            (b"same".to_vec(), file(1, 0)),
+            (b"content".to_vec(), file(1, 0)),
+            (b"meta".to_vec(), file(1, 0)),
+            (b"gone".to_vec(), file(1, 0)),
+            (b"retyped".to_vec(), file(1, 0)),
+            (
+                b"d".to_vec(),
+                Spec::Dir(0o755, BTreeMap::from([(b"inner".to_vec(), file(1, 0))])),
+            ),
+        ]),
+    );
+    let b = Spec::Dir(
+        0o755,
+        BTreeMap::from([
+            (b"same".to_vec(), file(1, 0)),
+            (b"content".to_vec(), file(2, 0)),
+            (b"meta".to_vec(), file(1, 9)),
+            (b"new".to_vec(), file(1, 0)),
+            (b"retyped".to_vec(), Spec::Link(b"x".to_vec())),
+            (
+                b"d".to_vec(),
+                Spec::Dir(0o700, BTreeMap::from([(b"inner".to_vec(), file(3, 0))])),
+            ),
+        ]),
+    );
+    let got: Vec<(String, ChangeKind)> = diff(&build(&a), &build(&b))
+        .unwrap()
+        .into_iter()
+        .map(|c| (display_path(&c.path), c.kind))
+        .collect();
+    let want = vec![
+        ("content".to_string(), ChangeKind::Modified),
+        ("d".to_string(), ChangeKind::Metadata),
+        ("d/inner".to_string(), ChangeKind::Modified),
+        ("gone".to_string(), ChangeKind::Removed),
+        ("meta".to_string(), ChangeKind::Metadata),
+        ("new".to_string(), ChangeKind::Added),
+        ("retyped".to_string(), ChangeKind::TypeChanged),
+    ];
+    assert_eq!(got, want);
+}
+
+/// Counts node reads, to show that diff cost follows the changes, not the tree size.
+struct Counting<'a>(&'a Tree, Cell<usize>);
+
+impl Nodes for Counting<'_> {
+    type Error = std::convert::Infallible;
+    fn node(&self, path: &[u8]) -> Result<Option<Node>, Self::Error> {
+        self.1.set(self.1.get() + 1);
+        self.0.node(path)
+    }
+}
+
+#[test]
+fn diff_reads_only_the_changed_branch() {
+    // 20 dirs x 500 files = 10,000 files; change one file.
+    let file = |c| Spec::File {
+        content: c,
+        len: 1,
+        mode: 0o644,
+        mtime: 0,
+    };
+    let dirs: BTreeMap<Vec<u8>, Spec> = (0..20)
+        .map(|d| {
+            let files = (0..500)
+                .map(|f| (format!("f{f}").into_bytes(), file(1)))
+                .collect();
+            (format!("d{d}").into_bytes(), Spec::Dir(0o755, files))
+        })
+        .collect();
+    let a = Spec::Dir(0o755, dirs.clone());
+    let mut dirs_b = dirs;
+    if let Some(Spec::Dir(_, files)) = dirs_b.get_mut(&b"d7"[..]) {
+        files.insert(b"f123".to_vec(), file(2));
+    }
+    let b = Spec::Dir(0o755, dirs_b);
+    let (ta, tb) = (build(&a), build(&b));
+    let (ca, cb) = (Counting(&ta, Cell::new(0)), Counting(&tb, Cell::new(0)));
+    let changes = diff(&ca, &cb).unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].path, b"d7/f123");
+    // root, d7, d7/f123 on each side.
+    assert_eq!((ca.1.get(), cb.1.get()), (3, 3));
+}
+
+#[test]
+fn decode_rejects_bad_names_and_order() {
+    let entry = |name: &[u8]| Entry {
+        name: name.to_vec(),
+        kind: Kind::File,
+        hash: Hash([0; 32]),
+    };
+    for bad in [&b""[..], b".", b"..", b"a/b", b"a\0"] {
+        let n = Node::Dir {
+            mode: 0,
+            entries: vec![entry(bad)],
+        };
+        assert!(
+            matches!(Node::decode(&n.to_bytes()), Err(DecodeError::BadName(_))),
+            "{bad:?}"
+        );
+    }
+    let n = Node::Dir {
+        mode: 0,
+        entries: vec![entry(b"b"), entry(b"a")],
+    };
+    assert_eq!(Node::decode(&n.to_bytes()), Err(DecodeError::Unsorted));
+    // A huge declared count with no bytes behind it is refused before allocating.
+    let mut bytes = vec![3u8, 0, 0, 0, 0];
+    bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(Node::decode(&bytes), Err(DecodeError::Truncated));
+}
