@@ -1,1 +1,753 @@
-//! `scan` (in progress).
+//! Scanning a directory tree into its manifest: parallel walk, stat, chunk only what changed.
+//!
+//! [`refresh`] is the IO driver around the sans-IO [`crate::chunk`] and [`crate::manifest`]
+//! cores:
+//! 1. a parallel walk with the `ignore` crate. Nothing is filtered by default (a migration
+//!    must copy everything, dotfiles and ignored files included); `--exclude` globs and
+//!    `.gitignore` rules apply only when asked;
+//! 2. a parallel stat-cache check against the stored manifest: a file whose size, mtime,
+//!    ctime and inode are unchanged is not read again;
+//! 3. parallel chunking of new and changed files (large files are also cut in parallel);
+//! 4. one pass that rebuilds directory nodes bottom-up and commits only the records that
+//!    changed, in one transaction.
+//!
+//! Special files (sockets, fifos, devices) are reported and skipped. Unreadable entries are
+//! reported with their path and the scan goes on; the caller decides what that means.
+//! A file that changes while it is read is read again, and reported if it keeps changing:
+//! it is never recorded torn.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ignore::{DirEntry, ParallelVisitor, ParallelVisitorBuilder, WalkBuilder, WalkState};
+use rayon::prelude::*;
+
+use crate::chunk::{self, ChunkParams};
+use crate::manifest::store::{Record, Snapshot, Stat, Store, StoreError};
+use crate::manifest::{ChunkRef, Entry, FileNode, Hash, Kind, Node, join};
+
+/// Files up to this size are read whole; larger ones are streamed in windows.
+const WHOLE_FILE: u64 = 16 << 20;
+/// Window size for streaming large files.
+const WINDOW: usize = 32 << 20;
+/// How often a file that changes while being read is retried.
+const READ_RETRIES: usize = 3;
+/// Files modified this recently are not trusted to the stat cache (timestamps are coarse:
+/// a write in the same tick after our read would otherwise go unnoticed).
+const RACY_NS: i64 = 100_000_000;
+
+/// Errors that stop a scan. Per-entry problems are [`Warning`]s instead.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// The tree root cannot be used.
+    #[error("{}: {source}", path.display())]
+    Root {
+        /// The root as given.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The root is not a directory.
+    #[error("{}: not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// A glob given with `--exclude` is invalid.
+    #[error("invalid --exclude pattern {pattern:?}: {message}")]
+    BadExclude {
+        /// The pattern.
+        pattern: String,
+        /// The parser's complaint.
+        message: String,
+    },
+    /// The manifest store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Something about one entry that the scan reported and went past.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// The entry.
+    pub path: PathBuf,
+    /// What happened.
+    pub message: String,
+    /// True for skipped special files (expected), false for errors (unreadable entries).
+    pub skipped_special: bool,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.message)
+    }
+}
+
+/// Options of a scan.
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    /// gitignore-style globs of entries to leave out (relative to the root).
+    pub excludes: Vec<String>,
+    /// Honour `.gitignore`, `.ignore` and `.git/info/exclude` files.
+    pub gitignore: bool,
+    /// Chunk sizes.
+    pub params: ChunkParams,
+    /// A path to leave out whatever the filters say (the state directory, when it lies
+    /// inside the tree).
+    pub exclude_path: Option<PathBuf>,
+}
+
+/// What a refresh found.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Canonical root path.
+    pub root_path: PathBuf,
+    /// The root hash.
+    pub root: Hash,
+    /// Regular files in the manifest.
+    pub files: u64,
+    /// Their total size.
+    pub bytes: u64,
+    /// Directories (the root included).
+    pub dirs: u64,
+    /// Symlinks.
+    pub symlinks: u64,
+    /// Files that were (re-)read and chunked.
+    pub hashed_files: u64,
+    /// Bytes that were read and chunked.
+    pub hashed_bytes: u64,
+    /// Records written to the store.
+    pub written: u64,
+    /// Entries reported and skipped.
+    pub warnings: Vec<Warning>,
+}
+
+impl Summary {
+    /// Warnings that are errors (unreadable entries), not skipped special files.
+    pub fn errors(&self) -> impl Iterator<Item = &Warning> {
+        self.warnings.iter().filter(|w| !w.skipped_special)
+    }
+}
+
+/// One walked entry.
+#[derive(Debug)]
+struct Walked {
+    path: Vec<u8>,
+    kind: Kind,
+    mode: u32,
+    stat: Stat,
+}
+
+fn stat_of(m: &std::fs::Metadata) -> Stat {
+    Stat {
+        size: m.size(),
+        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        ino: m.ino(),
+    }
+}
+
+/// Canonicalises and checks a tree root.
+pub fn canonical_root(root: &Path) -> Result<PathBuf, ScanError> {
+    let canon = std::fs::canonicalize(root).map_err(|source| ScanError::Root {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    let meta = std::fs::metadata(&canon).map_err(|source| ScanError::Root {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(ScanError::NotADirectory(root.to_path_buf()));
+    }
+    Ok(canon)
+}
+
+/// Builds or refreshes the manifest of `root` in `store`.
+pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary, ScanError> {
+    let root = canonical_root(root)?;
+    let scan_start_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    let (mut walked, mut warnings, root_mode) = walk(&root, opts)?;
+    walked.par_sort_unstable_by(|a, b| component_order(&a.path, &b.path));
+
+    let snap = store.snapshot()?;
+    // Leaves: reuse the stored hash when the stat matches, otherwise read.
+    let leaves: Vec<Leaf> = walked
+        .par_iter()
+        .map(|w| leaf(&root, w, &snap, opts.params, scan_start_ns))
+        .collect::<Result<_, StoreError>>()?;
+
+    let mut b = TreeBuild {
+        snap: &snap,
+        puts: Vec::new(),
+        deletes: Vec::new(),
+        summary: Summary {
+            root_path: root.clone(),
+            root: Hash([0; 32]),
+            files: 0,
+            bytes: 0,
+            dirs: 0,
+            symlinks: 0,
+            hashed_files: 0,
+            hashed_bytes: 0,
+            written: 0,
+            warnings: Vec::new(),
+        },
+    };
+    let mut stack: Vec<OpenDir> = vec![OpenDir {
+        path: Vec::new(),
+        mode: root_mode,
+        entries: Vec::new(),
+    }];
+    for (w, leaf) in walked.iter().zip(leaves) {
+        while !is_inside(&w.path, &stack[stack.len() - 1].path) {
+            b.close_dir(&mut stack)?;
+        }
+        let name = w.path[w.path.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1)..].to_vec();
+        let entry = match leaf {
+            Leaf::Dir => {
+                stack.push(OpenDir {
+                    path: w.path.clone(),
+                    mode: w.mode,
+                    entries: Vec::new(),
+                });
+                continue;
+            }
+            Leaf::Skipped(warning) => {
+                warnings.push(warning);
+                continue;
+            }
+            Leaf::Reused { hash, size } => {
+                b.summary.files += 1;
+                b.summary.bytes += size;
+                Entry {
+                    name,
+                    kind: Kind::File,
+                    hash,
+                }
+            }
+            Leaf::New(record) => {
+                let kind = record.node.kind();
+                if let Node::File(f) = &record.node {
+                    b.summary.files += 1;
+                    b.summary.bytes += f.size;
+                    b.summary.hashed_files += 1;
+                    b.summary.hashed_bytes += f.size;
+                } else {
+                    b.summary.symlinks += 1;
+                }
+                let hash = record.hash;
+                b.put_if_changed(&w.path, &record)?;
+                Entry { name, kind, hash }
+            }
+        };
+        let top = stack.len() - 1;
+        stack[top].entries.push(entry);
+    }
+    while stack.len() > 1 {
+        b.close_dir(&mut stack)?;
+    }
+    let root_hash = b.close_dir(&mut stack)?;
+    let TreeBuild {
+        puts,
+        deletes,
+        mut summary,
+        ..
+    } = b;
+    drop(snap);
+    if !puts.is_empty() || !deletes.is_empty() {
+        store.commit(&puts, &deletes)?;
+    }
+    summary.written = puts.len() as u64;
+    summary.root = root_hash;
+    warnings.sort_by(|a, b| a.path.cmp(&b.path));
+    summary.warnings = warnings;
+    Ok(summary)
+}
+
+/// Orders paths component by component (a directory is directly followed by its subtree):
+/// names never contain NUL, so comparing with `/` mapped to NUL does exactly that.
+fn component_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let map = |c: &u8| if *c == b'/' { 0 } else { *c };
+    a.iter().map(map).cmp(b.iter().map(map))
+}
+
+fn is_inside(path: &[u8], dir: &[u8]) -> bool {
+    dir.is_empty() || (path.len() > dir.len() && path.starts_with(dir) && path[dir.len()] == b'/')
+}
+
+struct OpenDir {
+    path: Vec<u8>,
+    mode: u32,
+    entries: Vec<Entry>,
+}
+
+struct TreeBuild<'a> {
+    snap: &'a Snapshot,
+    puts: Vec<(Vec<u8>, Vec<u8>)>,
+    deletes: Vec<Vec<u8>>,
+    summary: Summary,
+}
+
+impl TreeBuild<'_> {
+    /// Pops the innermost open directory, records it, and adds it to its parent.
+    fn close_dir(&mut self, stack: &mut Vec<OpenDir>) -> Result<Hash, StoreError> {
+        let Some(dir) = stack.pop() else {
+            return Ok(Hash([0; 32]));
+        };
+        self.summary.dirs += 1;
+        let node = Node::Dir {
+            mode: dir.mode,
+            entries: dir.entries,
+        };
+        let hash = node.hash();
+        let old = self.snap.record(&dir.path)?;
+        if old.as_ref().map(|r| r.hash) != Some(hash) {
+            // Children that vanished (or stopped being directories) leave with their subtree.
+            if let Some(Record {
+                node: Node::Dir { entries: old, .. },
+                ..
+            }) = &old
+                && let Node::Dir { entries: new, .. } = &node
+            {
+                for e in old {
+                    let still = new
+                        .binary_search_by(|n| n.name.as_slice().cmp(&e.name))
+                        .ok()
+                        .map(|i| new[i].kind);
+                    if still != Some(e.kind) {
+                        self.deletes.push(join(&dir.path, &e.name));
+                    }
+                }
+            }
+            let rec = Record {
+                hash,
+                stat: Stat::default(),
+                node,
+            };
+            self.puts.push((dir.path.clone(), rec.encode()));
+        }
+        if let Some(parent) = stack.last_mut() {
+            let name = dir.path[dir
+                .path
+                .iter()
+                .rposition(|&c| c == b'/')
+                .map_or(0, |i| i + 1)..]
+                .to_vec();
+            parent.entries.push(Entry {
+                name,
+                kind: Kind::Dir,
+                hash,
+            });
+        }
+        Ok(hash)
+    }
+
+    fn put_if_changed(&mut self, path: &[u8], rec: &Record) -> Result<(), StoreError> {
+        if self.snap.header(path)? != Some((rec.hash, rec.stat)) {
+            self.puts.push((path.to_vec(), rec.encode()));
+        }
+        Ok(())
+    }
+}
+
+enum Leaf {
+    Dir,
+    Reused { hash: Hash, size: u64 },
+    New(Record),
+    Skipped(Warning),
+}
+
+fn leaf(
+    root: &Path,
+    w: &Walked,
+    snap: &Snapshot,
+    params: ChunkParams,
+    scan_start_ns: i64,
+) -> Result<Leaf, StoreError> {
+    let abs = root.join(OsStr::from_bytes(&w.path));
+    let skipped = |e: std::io::Error| {
+        Leaf::Skipped(Warning {
+            path: abs.clone(),
+            message: e.to_string(),
+            skipped_special: false,
+        })
+    };
+    Ok(match w.kind {
+        Kind::Dir => Leaf::Dir,
+        Kind::Symlink => match std::fs::read_link(&abs) {
+            Ok(t) => {
+                let node = Node::Symlink {
+                    target: t.as_os_str().as_bytes().to_vec(),
+                };
+                Leaf::New(Record {
+                    hash: node.hash(),
+                    stat: Stat::default(),
+                    node,
+                })
+            }
+            Err(e) => skipped(e),
+        },
+        Kind::File => {
+            if let Some((hash, stat)) = snap.header(&w.path)?
+                && stat == w.stat
+            {
+                return Ok(Leaf::Reused {
+                    hash,
+                    size: stat.size,
+                });
+            }
+            match read_file(&abs, params) {
+                Ok((node, mut stat)) => {
+                    if stat.mtime_ns + RACY_NS >= scan_start_ns {
+                        stat.mtime_ns = i64::MIN; // never matches: re-read next time
+                    }
+                    let node = Node::File(node);
+                    Leaf::New(Record {
+                        hash: node.hash(),
+                        stat,
+                        node,
+                    })
+                }
+                Err(e) => skipped(e),
+            }
+        }
+    })
+}
+
+/// Reads and chunks one file, checking with `fstat` before and after that it did not change
+/// meanwhile. Retries a few times, then fails with the path in the error.
+pub fn read_file(path: &Path, params: ChunkParams) -> std::io::Result<(FileNode, Stat)> {
+    for _ in 0..READ_RETRIES {
+        let mut f = File::open(path)?;
+        let before = f.metadata()?;
+        let chunks = read_chunks(&mut f, before.size(), params)?;
+        let after = f.metadata()?;
+        let (s0, s1) = (stat_of(&before), stat_of(&after));
+        let read: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
+        if s0 == s1 && read == s0.size {
+            return Ok((
+                FileNode {
+                    size: s0.size,
+                    mode: before.mode() & 0o7777,
+                    mtime_ns: s0.mtime_ns,
+                    chunks,
+                },
+                s0,
+            ));
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "changed while being read ({READ_RETRIES} attempts); not recorded"
+    )))
+}
+
+fn read_chunks(f: &mut File, size: u64, params: ChunkParams) -> std::io::Result<Vec<ChunkRef>> {
+    let to_refs = |cs: Vec<chunk::Chunk>| {
+        cs.into_iter().map(|c| ChunkRef {
+            id: c.id,
+            len: c.len,
+        })
+    };
+    if size <= WHOLE_FILE {
+        let mut buf = Vec::with_capacity(size as usize + 1);
+        f.read_to_end(&mut buf)?;
+        return Ok(to_refs(chunk::chunk(&buf, params)).collect());
+    }
+    let mut out = Vec::with_capacity((size / u64::from(params.avg())) as usize + 1);
+    let mut buf = vec![0u8; WINDOW];
+    let (mut filled, mut base, mut eof) = (0usize, 0u64, false);
+    while !eof || filled > 0 {
+        while !eof && filled < buf.len() {
+            let n = f.read(&mut buf[filled..])?;
+            if n == 0 {
+                eof = true;
+            }
+            filled += n;
+        }
+        let (chunks, consumed) = chunk::chunk_window(&buf[..filled], base, eof, params);
+        out.extend(to_refs(chunks));
+        buf.copy_within(consumed..filled, 0);
+        filled -= consumed;
+        base += consumed as u64;
+        if eof && filled == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+fn walk(root: &Path, opts: &ScanOptions) -> Result<(Vec<Walked>, Vec<Warning>, u32), ScanError> {
+    let root_meta = std::fs::metadata(root).map_err(|source| ScanError::Root {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    let mut builder = WalkBuilder::new(root);
+    builder
+        .standard_filters(false)
+        .hidden(false)
+        .follow_links(false)
+        .threads(rayon::current_num_threads().max(2));
+    if opts.gitignore {
+        builder
+            .git_ignore(true)
+            .git_exclude(true)
+            .ignore(true)
+            .parents(false)
+            .require_git(false);
+    }
+    let mut ov = ignore::overrides::OverrideBuilder::new(root);
+    let mut any_override = false;
+    for pat in &opts.excludes {
+        ov.add(&format!("!{pat}"))
+            .map_err(|e| ScanError::BadExclude {
+                pattern: pat.clone(),
+                message: e.to_string(),
+            })?;
+        any_override = true;
+    }
+    if let Some(p) = &opts.exclude_path
+        && let Ok(rel) = p.strip_prefix(root)
+        && !rel.as_os_str().is_empty()
+    {
+        ov.add(&format!("!/{}", rel.display()))
+            .map_err(|e| ScanError::BadExclude {
+                pattern: rel.display().to_string(),
+                message: e.to_string(),
+            })?;
+        any_override = true;
+    }
+    if any_override {
+        let built = ov.build().map_err(|e| ScanError::BadExclude {
+            pattern: opts.excludes.join(" "),
+            message: e.to_string(),
+        })?;
+        builder.overrides(built);
+    }
+    let shared = Arc::new(Mutex::new((Vec::new(), Vec::new())));
+    let mut vb = CollectorBuilder {
+        root: root.to_path_buf(),
+        shared: shared.clone(),
+    };
+    builder.build_parallel().visit(&mut vb);
+    drop(vb);
+    let (walked, warnings) = match Arc::try_unwrap(shared) {
+        Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
+        Err(arc) => {
+            let mut g = arc.lock().unwrap_or_else(|p| p.into_inner());
+            (std::mem::take(&mut g.0), std::mem::take(&mut g.1))
+        }
+    };
+    Ok((walked, warnings, root_meta.mode() & 0o7777))
+}
+
+type Shared = Arc<Mutex<(Vec<Walked>, Vec<Warning>)>>;
+
+struct CollectorBuilder {
+    root: PathBuf,
+    shared: Shared,
+}
+
+impl<'s> ParallelVisitorBuilder<'s> for CollectorBuilder {
+    fn build(&mut self) -> Box<dyn ParallelVisitor + 's> {
+        Box::new(Collector {
+            root: self.root.clone(),
+            shared: self.shared.clone(),
+            walked: Vec::new(),
+            warnings: Vec::new(),
+        })
+    }
+}
+
+struct Collector {
+    root: PathBuf,
+    shared: Shared,
+    walked: Vec<Walked>,
+    warnings: Vec<Warning>,
+}
+
+impl Collector {
+    fn flush(&mut self) {
+        let mut g = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.append(&mut self.walked);
+        g.1.append(&mut self.warnings);
+    }
+
+    fn entry(&mut self, e: DirEntry) {
+        if e.depth() == 0 {
+            return; // the root itself
+        }
+        let Ok(rel) = e.path().strip_prefix(&self.root) else {
+            return;
+        };
+        let warn = |message: String, special: bool| Warning {
+            path: e.path().to_path_buf(),
+            message,
+            skipped_special: special,
+        };
+        let meta = match e.metadata() {
+            Ok(m) => m,
+            Err(err) => {
+                self.warnings.push(warn(io_message(&err), false));
+                return;
+            }
+        };
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_file() {
+            Kind::File
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else {
+            let what = if ft.is_socket() {
+                "socket"
+            } else if ft.is_fifo() {
+                "fifo"
+            } else if ft.is_block_device() {
+                "block device"
+            } else if ft.is_char_device() {
+                "character device"
+            } else {
+                "special file"
+            };
+            self.warnings.push(warn(format!("skipped {what}"), true));
+            return;
+        };
+        self.walked.push(Walked {
+            path: rel.as_os_str().as_bytes().to_vec(),
+            kind,
+            mode: meta.mode() & 0o7777,
+            stat: stat_of(&meta),
+        });
+        if self.walked.len() >= 8192 {
+            self.flush();
+        }
+    }
+}
+
+/// The innermost message of an `ignore` error, without the path it repeats.
+fn io_message(e: &ignore::Error) -> String {
+    match e.io_error() {
+        Some(io) => io.to_string(),
+        None => e.to_string(),
+    }
+}
+
+fn error_path(e: &ignore::Error) -> Option<PathBuf> {
+    match e {
+        ignore::Error::WithPath { path, .. } => Some(path.clone()),
+        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => {
+            error_path(err)
+        }
+        ignore::Error::Partial(errs) => errs.iter().find_map(error_path),
+        _ => None,
+    }
+}
+
+impl ParallelVisitor for Collector {
+    fn visit(&mut self, entry: Result<DirEntry, ignore::Error>) -> WalkState {
+        match entry {
+            Ok(e) => self.entry(e),
+            Err(err) => {
+                let path = error_path(&err).unwrap_or_else(|| self.root.clone());
+                self.warnings.push(Warning {
+                    path,
+                    message: io_message(&err),
+                    skipped_special: false,
+                });
+            }
+        }
+        WalkState::Continue
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// One finding of [`verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// The entry.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub problem: Problem,
+}
+
+/// What [`verify`] can find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// Content differs while size, mtime, ctime and inode are unchanged: bit-rot or a
+    /// write that bypassed the filesystem's timestamps.
+    BitRot,
+    /// The file was modified since the manifest was built (its stat changed too).
+    Modified,
+    /// The entry is gone.
+    Missing,
+    /// It could not be read.
+    Unreadable(String),
+}
+
+/// Re-hashes every file and symlink of the stored manifest from disk, ignoring the stat
+/// cache, and reports those that differ. The store is not modified.
+pub fn verify(
+    root: &Path,
+    snap: &Snapshot,
+    params: ChunkParams,
+) -> Result<Vec<Finding>, ScanError> {
+    let root = canonical_root(root)?;
+    let mut todo = Vec::new();
+    snap.for_each(|k, rec| {
+        if !matches!(rec.node, Node::Dir { .. }) {
+            todo.push((k.to_vec(), rec));
+        }
+        Ok(())
+    })?;
+    let mut findings: Vec<Finding> = todo
+        .par_iter()
+        .filter_map(|(k, rec)| {
+            let path = root.join(OsStr::from_bytes(k));
+            let problem = match &rec.node {
+                Node::Symlink { target } => match std::fs::read_link(&path) {
+                    Ok(t) if t.as_os_str().as_bytes() == target.as_slice() => None,
+                    Ok(_) => Some(Problem::Modified),
+                    Err(e) => Some(io_problem(e)),
+                },
+                Node::File(old) => match read_file(&path, params) {
+                    Ok((new, stat)) => {
+                        if new.chunks == old.chunks {
+                            None
+                        } else if stat == rec.stat && new.size == old.size {
+                            Some(Problem::BitRot)
+                        } else {
+                            Some(Problem::Modified)
+                        }
+                    }
+                    Err(e) => Some(io_problem(e)),
+                },
+                Node::Dir { .. } => None,
+            };
+            problem.map(|problem| Finding { path, problem })
+        })
+        .collect();
+    findings.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(findings)
+}
+
+fn io_problem(e: std::io::Error) -> Problem {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Problem::Missing
+    } else {
+        Problem::Unreadable(e.to_string())
+    }
+}

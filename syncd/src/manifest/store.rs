@@ -31,9 +31,9 @@ pub enum StoreError {
     Db {
         /// The database file.
         path: PathBuf,
-        /// What redb said.
+        /// What redb said (boxed: redb's error is large).
         #[source]
-        source: redb::Error,
+        source: Box<redb::Error>,
     },
     /// The database is readable but does not hold a syncd manifest of this format.
     #[error("manifest store {}: {reason}", path.display())]
@@ -71,7 +71,7 @@ impl StoreError {
     pub fn is_corruption(&self) -> bool {
         match self {
             StoreError::Foreign { .. } | StoreError::Corrupt { .. } => true,
-            StoreError::Db { source, .. } => match source {
+            StoreError::Db { source, .. } => match source.as_ref() {
                 redb::Error::Corrupted(_)
                 | redb::Error::UpgradeRequired(_)
                 | redb::Error::TableTypeMismatch { .. }
@@ -196,7 +196,7 @@ impl Opened {
 fn db_err(path: &Path, e: impl Into<redb::Error>) -> StoreError {
     StoreError::Db {
         path: path.to_path_buf(),
-        source: e.into(),
+        source: Box::new(e.into()),
     }
 }
 
