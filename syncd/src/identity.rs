@@ -26,7 +26,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{PemObject, SectionKind};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 
@@ -198,19 +198,28 @@ impl Identity {
 
     /// Parses the identity file's contents; the error is a human-readable reason.
     fn from_pem(bytes: &[u8]) -> Result<Identity, String> {
-        let mut certs = CertificateDer::pem_slice_iter(bytes);
-        let cert = match certs.next() {
-            Some(Ok(c)) => c,
-            Some(Err(e)) => return Err(format!("bad certificate PEM: {e}")),
-            None => return Err("no CERTIFICATE block".to_string()),
-        };
-        if certs.next().is_some() {
-            return Err("more than one CERTIFICATE block".to_string());
+        let mut cert: Option<CertificateDer<'static>> = None;
+        let mut key: Option<PrivateKeyDer<'static>> = None;
+        for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(bytes) {
+            let (kind, der) = section.map_err(|e| format!("bad PEM: {e}"))?;
+            let new_key = match kind {
+                SectionKind::Certificate => {
+                    if cert.replace(der.into()).is_some() {
+                        return Err("more than one CERTIFICATE block".to_string());
+                    }
+                    continue;
+                }
+                SectionKind::PrivateKey => PrivateKeyDer::Pkcs8(der.into()),
+                SectionKind::EcPrivateKey => PrivateKeyDer::Sec1(der.into()),
+                SectionKind::RsaPrivateKey => PrivateKeyDer::Pkcs1(der.into()),
+                _ => continue,
+            };
+            if key.replace(new_key).is_some() {
+                return Err("more than one PRIVATE KEY block".to_string());
+            }
         }
-        let key = PrivateKeyDer::from_pem_slice(bytes).map_err(|e| match e {
-            rustls::pki_types::pem::Error::NoItemsFound => "no PRIVATE KEY block".to_string(),
-            e => format!("bad private key PEM: {e}"),
-        })?;
+        let cert = cert.ok_or("no CERTIFICATE block")?;
+        let key = key.ok_or("no PRIVATE KEY block")?;
         // Parse the key and check that it belongs to the certificate, so a damaged file
         // fails here, naming its path, rather than later inside a TLS handshake.
         let provider = rustls::crypto::ring::default_provider();

@@ -229,11 +229,9 @@ fn parse_unit(unit: &str) -> Option<(u128, bool)> {
         }
     }
     let mut base: u128 = 1000;
-    if power > 0 {
-        if let Some(r) = rest.strip_prefix(['i', 'I']) {
-            base = 1024;
-            rest = r;
-        }
+    if let Some(r) = rest.strip_prefix(['i', 'I']).filter(|_| power > 0) {
+        base = 1024;
+        rest = r;
     }
     let is_bytes = match rest {
         "" | "b" | "bit" | "bits" | "Bit" | "Bits" | "bps" => false,
