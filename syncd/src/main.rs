@@ -106,7 +106,7 @@ enum Command {
     /// Re-hash DIR from disk against its stored manifest and report bit-rot.
     ///
     /// Every file is read, whatever its stat says. `bitrot` means the content changed while
-    /// size, mtime, ctime and inode did not; `modified` means it changed the ordinary way since
+    /// size and mtime did not; `modified` means it changed the ordinary way since
     /// the manifest was built. Exits 1 if anything differs. The manifest is not updated.
     Verify {
         /// The tree to check.

@@ -687,8 +687,8 @@ pub struct Finding {
 /// What [`verify`] can find.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
-    /// Content differs while size, mtime, ctime and inode are unchanged: bit-rot or a
-    /// write that bypassed the filesystem's timestamps.
+    /// Content differs while size and mtime are unchanged: bit-rot, or a write that
+    /// restored the mtime afterwards (either way, the stat cache would not have noticed).
     BitRot,
     /// The file was modified since the manifest was built (its stat changed too).
     Modified,
@@ -727,7 +727,7 @@ pub fn verify(
                     Ok((new, stat)) => {
                         if new.chunks == old.chunks {
                             None
-                        } else if stat == rec.stat && new.size == old.size {
+                        } else if stat.size == rec.stat.size && stat.mtime_ns == rec.stat.mtime_ns {
                             Some(Problem::BitRot)
                         } else {
                             Some(Problem::Modified)
