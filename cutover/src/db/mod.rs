@@ -1,0 +1,499 @@
+//! `cutover db`: set up, watch, promote and verify a source → replica pair of MySQL-family
+//! servers.
+//!
+//! This module is the IO shell: it connects with `mysql_async`, runs the statements that
+//! [`dialect`] builds, and feeds what it reads to the pure [`position`] and [`checksum`]
+//! modules, which decide. The four commands live in [`setup`], [`status`], [`promote`] and
+//! [`verify`]; each returns a report that the binary prints as text or JSON. This module does
+//! not print, does not exit, and never decides an exit code: [`DbError::exit_code`] and the
+//! reports' `ok` flags say what happened, and `main` maps them.
+
+pub mod checksum;
+pub mod dialect;
+pub mod position;
+pub mod promote;
+pub mod setup;
+pub mod status;
+pub mod verify;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder, Params, Row, Value};
+
+use crate::runbook::Database;
+use dialect::{Dialect, Position};
+use position::ReplicaStatus;
+
+/// Which server of the pair an error or a step is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The current primary (`database.source`).
+    Source,
+    /// The destination (`database.replica`).
+    Replica,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Source => "source",
+            Role::Replica => "replica",
+        })
+    }
+}
+
+/// What went wrong talking to a server. Every variant names the server.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The runbook's URL is not a usable MySQL URL.
+    #[error("{role}: bad URL in the runbook: {message}")]
+    Url {
+        /// Which server.
+        role: Role,
+        /// Why.
+        message: String,
+    },
+    /// Could not connect or log in.
+    #[error("{role} {addr}: cannot connect: {message}")]
+    Connect {
+        /// Which server.
+        role: Role,
+        /// `host:port`.
+        addr: String,
+        /// The cause, e.g. `Access denied for user ...` or `Connection refused`.
+        message: String,
+    },
+    /// A statement failed.
+    #[error("{role} {addr}: {context}: {message}")]
+    Query {
+        /// Which server.
+        role: Role,
+        /// `host:port`.
+        addr: String,
+        /// What we were doing.
+        context: String,
+        /// The server's or driver's message.
+        message: String,
+    },
+    /// The pair is not in a state this command can work with; nothing was changed.
+    #[error("{role} {addr}: {message}")]
+    Refused {
+        /// Which server.
+        role: Role,
+        /// `host:port`.
+        addr: String,
+        /// Why, and what to do about it.
+        message: String,
+    },
+    /// Running the dump or the client program failed.
+    #[error("seeding the replica failed: {0}")]
+    Seed(String),
+}
+
+impl DbError {
+    /// 1 when a check refused the operation (a finding), 2 for runtime errors.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            DbError::Refused { .. } => 1,
+            _ => 2,
+        }
+    }
+}
+
+/// A one-line message for a driver error: the server's `ERROR 1045 (28000): ...` text, or
+/// the IO error, without the driver's decorations.
+fn driver_message(e: &mysql_async::Error) -> String {
+    match e {
+        mysql_async::Error::Server(s) => format!("ERROR {} ({}): {}", s.code, s.state, s.message),
+        mysql_async::Error::Io(io) => io.to_string(),
+        mysql_async::Error::Driver(d) => d.to_string(),
+        other => other.to_string(),
+    }
+    .replace('\n', " ")
+}
+
+/// The server error code inside a driver error, if any.
+fn server_code(e: &mysql_async::Error) -> Option<u16> {
+    match e {
+        mysql_async::Error::Server(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// One connection to one server of the pair, with its dialect.
+#[derive(Debug)]
+pub struct Server {
+    /// Which server.
+    pub role: Role,
+    /// `host:port` from the runbook URL.
+    pub addr: String,
+    /// Host from the runbook URL.
+    pub host: String,
+    /// Port from the runbook URL.
+    pub port: u16,
+    /// Login user.
+    pub user: String,
+    /// Login password (empty when none).
+    pub password: String,
+    /// The detected dialect.
+    pub dialect: Dialect,
+    /// `@@server_id`.
+    pub server_id: u64,
+    conn: Conn,
+    opts: Opts,
+    timeout: Duration,
+}
+
+impl Server {
+    /// Connects to `url` within `timeout` and detects the dialect.
+    pub async fn connect(role: Role, url: &str, timeout: Duration) -> Result<Server, DbError> {
+        let normalized = match url.strip_prefix("mariadb://") {
+            Some(rest) => format!("mysql://{rest}"),
+            None => url.to_string(),
+        };
+        let opts = Opts::from_url(&normalized).map_err(|e| DbError::Url {
+            role,
+            message: e.to_string(),
+        })?;
+        let host = opts.ip_or_hostname().to_string();
+        let port = opts.tcp_port();
+        let addr = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let user = opts.user().unwrap_or("root").to_string();
+        let password = opts.pass().unwrap_or("").to_string();
+        // Always TCP to the address in the runbook, never a local socket the driver finds.
+        let opts: Opts = OptsBuilder::from_opts(opts)
+            .prefer_socket(false)
+            .user(Some(user.clone()))
+            .into();
+        let mut conn = Server::open(role, &addr, &opts, timeout).await?;
+        let probe = |e: mysql_async::Error| DbError::Query {
+            role,
+            addr: addr.clone(),
+            context: "reading the server version".into(),
+            message: driver_message(&e),
+        };
+        let row: Option<(Option<String>, Option<u64>)> = conn
+            .query_first("SELECT @@version, @@server_id")
+            .await
+            .map_err(probe)?;
+        let (version, server_id) = row.unwrap_or_default();
+        let version = version.unwrap_or_default();
+        let gtid_mode: Option<String> = if version.to_ascii_lowercase().contains("mariadb") {
+            None
+        } else {
+            conn.query_first("SELECT @@GLOBAL.gtid_mode")
+                .await
+                .map_err(probe)?
+        };
+        let dialect =
+            Dialect::detect(&version, gtid_mode.as_deref()).map_err(|m| DbError::Refused {
+                role,
+                addr: addr.clone(),
+                message: m,
+            })?;
+        Ok(Server {
+            role,
+            addr,
+            host,
+            port,
+            user,
+            password,
+            dialect,
+            server_id: server_id.unwrap_or(0),
+            conn,
+            opts,
+            timeout,
+        })
+    }
+
+    async fn open(role: Role, addr: &str, opts: &Opts, timeout: Duration) -> Result<Conn, DbError> {
+        match tokio::time::timeout(timeout, Conn::new(opts.clone())).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(DbError::Connect {
+                role,
+                addr: addr.to_string(),
+                message: driver_message(&e),
+            }),
+            Err(_) => Err(DbError::Connect {
+                role,
+                addr: addr.to_string(),
+                message: format!("no answer within {}", humantime::format_duration(timeout)),
+            }),
+        }
+    }
+
+    /// A second, independent connection to the same server.
+    pub async fn reconnect(&self) -> Result<Conn, DbError> {
+        Server::open(self.role, &self.addr, &self.opts, self.timeout).await
+    }
+
+    /// This connection's id (for not killing ourselves).
+    pub fn connection_id(&self) -> u32 {
+        self.conn.id()
+    }
+
+    fn query_error(&self, context: &str, e: &mysql_async::Error) -> DbError {
+        DbError::Query {
+            role: self.role,
+            addr: self.addr.clone(),
+            context: context.to_string(),
+            message: driver_message(e),
+        }
+    }
+
+    /// A [`DbError::Refused`] about this server.
+    pub fn refused(&self, message: impl Into<String>) -> DbError {
+        DbError::Refused {
+            role: self.role,
+            addr: self.addr.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// Runs a statement; `sql` appears in the error.
+    pub async fn exec(&mut self, sql: &str) -> Result<(), DbError> {
+        let r = self.conn.query_drop(sql).await;
+        r.map_err(|e| self.query_error(sql, &e))
+    }
+
+    /// Runs a statement whose text holds a secret; only `label` appears in errors.
+    pub async fn exec_secret(&mut self, label: &str, sql: &str) -> Result<(), DbError> {
+        let r = self.conn.query_drop(sql).await;
+        r.map_err(|e| self.query_error(label, &e))
+    }
+
+    /// Runs a statement and returns the server error code instead of failing on server
+    /// errors (connection errors still fail).
+    pub async fn try_exec(&mut self, sql: &str) -> Result<Option<(u16, String)>, DbError> {
+        match self.conn.query_drop(sql).await {
+            Ok(()) => Ok(None),
+            Err(e) => match server_code(&e) {
+                Some(code) => Ok(Some((code, driver_message(&e)))),
+                None => Err(self.query_error(sql, &e)),
+            },
+        }
+    }
+
+    /// The first column of the first row as a string (`None` for no row or NULL).
+    pub async fn query_string(&mut self, sql: &str) -> Result<Option<String>, DbError> {
+        let r: Result<Option<Row>, _> = self.conn.query_first(sql).await;
+        let row = r.map_err(|e| self.query_error(sql, &e))?;
+        Ok(row.and_then(|r| r.as_ref(0).and_then(value_to_string)))
+    }
+
+    /// All rows, each as its values converted to strings (NULL → `None`).
+    pub async fn query_strings(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, DbError> {
+        let r: Result<Vec<Row>, _> = self.conn.query(sql).await;
+        let rows = r.map_err(|e| self.query_error(sql, &e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| r.unwrap().iter().map(value_to_string).collect())
+            .collect())
+    }
+
+    /// The first row as column name → value (NULL columns absent).
+    pub async fn query_map(
+        &mut self,
+        sql: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, DbError> {
+        let r: Result<Option<Row>, _> = self.conn.query_first(sql).await;
+        let row = r.map_err(|e| self.query_error(sql, &e))?;
+        Ok(row.map(|row| {
+            let mut map = BTreeMap::new();
+            for (i, col) in row.columns_ref().iter().enumerate() {
+                if let Some(v) = row.as_ref(i).and_then(value_to_string) {
+                    map.insert(col.name_str().into_owned(), v);
+                }
+            }
+            map
+        }))
+    }
+
+    /// A prepared statement with parameters; the first row's values.
+    pub async fn exec_first(
+        &mut self,
+        sql: &str,
+        params: Vec<Value>,
+    ) -> Result<Option<Vec<Value>>, DbError> {
+        let params = if params.is_empty() {
+            Params::Empty
+        } else {
+            Params::Positional(params)
+        };
+        let r: Result<Option<Row>, _> = self.conn.exec_first(sql, params).await;
+        let row = r.map_err(|e| self.query_error(sql, &e))?;
+        Ok(row.map(Row::unwrap))
+    }
+
+    /// The server's own position (see [`Dialect::own_position_query`]).
+    pub async fn own_position(&mut self) -> Result<Position, DbError> {
+        let sql = self.dialect.own_position_query();
+        if self.dialect.positioning == dialect::Positioning::Gtid {
+            return Ok(Position::Gtid(
+                self.query_string(sql).await?.unwrap_or_default(),
+            ));
+        }
+        let rows = self.query_strings(sql).await?;
+        match rows
+            .first()
+            .map(|r| (r.first().cloned().flatten(), r.get(1).cloned().flatten()))
+        {
+            Some((Some(file), Some(pos))) => Ok(Position::File {
+                file,
+                pos: pos.parse().unwrap_or(0),
+            }),
+            _ => Err(self.refused("the binary log is off (no binlog status)")),
+        }
+    }
+
+    /// The binlog file and offset (`SHOW MASTER STATUS`), if the binary log is on.
+    pub async fn binlog_coordinate(&mut self) -> Result<Option<(String, u64)>, DbError> {
+        let sql = if self.dialect.flavor == dialect::Flavor::MySql
+            && self.dialect.version >= dialect::Version(8, 2, 0)
+        {
+            "SHOW BINARY LOG STATUS"
+        } else {
+            "SHOW MASTER STATUS"
+        };
+        let rows = self.query_strings(sql).await?;
+        Ok(rows.first().and_then(|r| {
+            let file = r.first().cloned().flatten()?;
+            let pos = r.get(1).cloned().flatten()?.parse().ok()?;
+            Some((file, pos))
+        }))
+    }
+
+    /// The replica status row, or `None` when this server replicates from nobody.
+    pub async fn replica_status(&mut self) -> Result<Option<ReplicaRow>, DbError> {
+        let sql = self.dialect.show_replica_status();
+        let row = self.query_map(sql).await?;
+        Ok(row.map(|raw| ReplicaRow {
+            status: ReplicaStatus::from_row(&self.dialect, &raw),
+            source_server_id: raw
+                .get("Master_Server_Id")
+                .or_else(|| raw.get("Source_Server_Id"))
+                .and_then(|v| v.parse().ok()),
+        }))
+    }
+
+    /// What a GTID replica has applied.
+    pub async fn applied_position(&mut self) -> Result<Option<String>, DbError> {
+        match self.dialect.applied_position_query() {
+            Some(q) => Ok(Some(self.query_string(q).await?.unwrap_or_default())),
+            None => Ok(None),
+        }
+    }
+
+    /// `@@GLOBAL.<name>` as a string.
+    pub async fn global(&mut self, name: &str) -> Result<Option<String>, DbError> {
+        self.query_string(&format!("SELECT @@GLOBAL.{name}")).await
+    }
+
+    /// `@@GLOBAL.<name>` as a boolean (`1`/`ON`).
+    pub async fn global_bool(&mut self, name: &str) -> Result<bool, DbError> {
+        Ok(self
+            .global(name)
+            .await?
+            .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("ON")))
+    }
+
+    /// Polls the replica status until both threads run, or reports why not after `timeout`.
+    pub async fn wait_replicating(&mut self, timeout: Duration) -> Result<ReplicaStatus, DbError> {
+        let start = Instant::now();
+        loop {
+            let row = self.replica_status().await?;
+            let Some(row) = row else {
+                return Err(self.refused("replication is not configured"));
+            };
+            let problem = row.status.problem();
+            // A thread that stopped on an error will not recover by waiting.
+            let fatal = row.status.sql.last_errno != 0
+                || (row.status.io.last_errno != 0
+                    && row.status.io.state == position::ThreadState::Stopped);
+            match problem {
+                None => return Ok(row.status),
+                Some(p) if fatal || start.elapsed() >= timeout => {
+                    return Err(self.refused(format!("replication is not running: {p}")));
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(self) {
+        let _ = self.conn.disconnect().await;
+    }
+}
+
+/// A replica status row plus the source's server id as the replica sees it.
+#[derive(Debug, Clone)]
+pub struct ReplicaRow {
+    /// The parsed status.
+    pub status: ReplicaStatus,
+    /// `Master_Server_Id` / `Source_Server_Id` (0 or `None` when not connected yet).
+    pub source_server_id: Option<u64>,
+}
+
+/// A value as text, `None` for NULL.
+fn value_to_string(v: &Value) -> Option<String> {
+    match v {
+        Value::NULL => None,
+        Value::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::UInt(u) => Some(u.to_string()),
+        Value::Float(f) => Some(f.to_string()),
+        Value::Double(d) => Some(d.to_string()),
+        other => Some(other.as_sql(true).trim_matches('\'').to_string()),
+    }
+}
+
+/// Connects to both servers of the runbook and checks that they speak the same dialect.
+pub async fn connect_pair(db: &Database) -> Result<(Server, Server), DbError> {
+    let (source, replica) = tokio::join!(
+        Server::connect(Role::Source, &db.source, db.connect_timeout),
+        Server::connect(Role::Replica, &db.replica, db.connect_timeout),
+    );
+    let (source, replica) = (source?, replica?);
+    if source.dialect.flavor != replica.dialect.flavor {
+        return Err(replica.refused(format!(
+            "is {} but the source is {}; cross-flavour replication is not supported",
+            replica.dialect.describe(),
+            source.dialect.describe()
+        )));
+    }
+    Ok((source, replica))
+}
+
+/// Where the replica should connect to reach the source.
+pub fn source_address(db: &Database, source: &Server) -> (String, u16) {
+    db.source_address_for_replica
+        .clone()
+        .unwrap_or_else(|| (source.host.clone(), source.port))
+}
+
+/// Schemas that belong to the server itself, never to the application.
+pub const SYSTEM_SCHEMAS: &[&str] = &["mysql", "information_schema", "performance_schema", "sys"];
+
+/// The schema `cutover` keeps its heartbeat table in.
+pub const HEARTBEAT_SCHEMA: &str = "cutover";
+
+/// Application schemas on a server (everything but [`SYSTEM_SCHEMAS`]).
+pub async fn application_schemas(server: &mut Server) -> Result<Vec<String>, DbError> {
+    let rows = server
+        .query_strings("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY SCHEMA_NAME")
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .filter(|s| !SYSTEM_SCHEMAS.contains(&s.as_str()))
+        .collect())
+}
