@@ -301,7 +301,17 @@ impl Dialect {
         }
     }
 
-    /// Starts the applier so that it stops by itself right after `pos`.
+    /// Stops what must be stopped before [`Dialect::start_sql_thread_until`]: MariaDB accepts
+    /// `UNTIL master_gtid_pos` only when starting both threads, MySQL stops just the applier.
+    pub fn stop_for_until(&self) -> &'static str {
+        match self.flavor {
+            Flavor::MariaDb => "STOP SLAVE",
+            Flavor::MySql => "STOP REPLICA SQL_THREAD",
+        }
+    }
+
+    /// Starts the applier so that it stops by itself right after `pos` (on MariaDB by GTID,
+    /// both threads start and stop there).
     pub fn start_sql_thread_until(&self, pos: &Position) -> String {
         match (self.flavor, pos) {
             (Flavor::MariaDb, Position::Gtid(g)) => {

@@ -3,7 +3,8 @@
 //! Both sides are checksummed at the same replication point, so the answer is right while the
 //! source keeps taking writes:
 //!
-//! 1. On the replica, stop the applier (the IO thread keeps fetching).
+//! 1. On the replica, stop the applier (on MariaDB both threads: its `UNTIL master_gtid_pos`
+//!    needs them stopped).
 //! 2. On the source, open a consistent snapshot and read its exact position (MariaDB reports
 //!    the binlog coordinate of the snapshot, `BINLOG_GTID_POS` turns it into a GTID list; no
 //!    lock is taken). The replica is at or behind this point, never ahead.
@@ -95,7 +96,7 @@ pub async fn verify(db: &Database) -> Result<VerifyReport, DbError> {
         restart_applier = row
             .as_ref()
             .is_some_and(|r| r.status.sql.state == super::position::ThreadState::Running);
-        replica.exec(d.stop_sql_thread()).await?;
+        replica.exec(d.stop_for_until()).await?;
         let result = align(db, &mut source, &mut replica).await;
         match result {
             Ok(pos) => (
@@ -106,7 +107,7 @@ pub async fn verify(db: &Database) -> Result<VerifyReport, DbError> {
             ),
             Err(e) => {
                 if restart_applier {
-                    let _ = replica.exec(d.start_sql_thread()).await;
+                    let _ = replica.exec(d.start_replica()).await;
                 }
                 return Err(e);
             }
@@ -199,7 +200,7 @@ async fn align(
         )));
     }
     // UNTIL has stopped the applier right after the position; make sure.
-    replica.exec(d.stop_sql_thread()).await?;
+    replica.exec(d.stop_for_until()).await?;
     Ok(pos)
 }
 

@@ -1,0 +1,536 @@
+//! End-to-end tests of `cutover db` against real `mariadbd` pairs.
+//!
+//! Each test starts its own source/replica pair (`integration_tests::mariadb::Pair`) and runs the
+//! real `cutover` binary against a runbook for it, so the tests run in parallel. They live in
+//! the `cutover` package because only there does Cargo build the binary for them
+//! (`CARGO_BIN_EXE_cutover`); the server harness lives in the `integration-tests` package.
+//!
+//! Index:
+//! - `setup_seeds_an_empty_replica_and_replicates_later_writes`
+//! - `promote_under_a_continuous_writer_loses_no_acknowledged_write`
+//! - `promote_reverse_replicates_new_writes_back_to_the_old_source`
+//! - `catch_up_timeout_aborts_and_makes_the_source_writable_again`
+//! - `stopped_applier_refuses_promotion_and_changes_nothing`
+//! - `broken_replication_shows_in_status_with_exit_1`
+//! - `verify_names_the_table_and_chunk_of_a_row_altered_behind_replications_back`
+//! - `wrong_password_and_unreachable_host_give_one_clear_line`
+//! - `refuses_a_replica_with_data_unless_forced`
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use integration_tests::mariadb::{MariaDb, Pair};
+
+const APP_USER: &str = "app";
+const APP_PASSWORD: &str = "apppw";
+
+fn cutover(args: &[&str], runbook: &Path) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(args)
+        .arg(runbook)
+        .output()
+        .expect("run cutover");
+    eprintln!(
+        "$ cutover {} RUNBOOK -> {:?}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// An application account without SUPER/READ_ONLY ADMIN, as real clients have, created on
+/// both servers outside the binary log.
+fn create_app_user(server: &MariaDb) {
+    server.sql(&format!(
+        "SET sql_log_bin = 0; CREATE USER '{APP_USER}'@'127.0.0.1' IDENTIFIED BY '{APP_PASSWORD}'; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON app.* TO '{APP_USER}'@'127.0.0.1'"
+    ));
+}
+
+/// A pair with the app schema on the source (`rows` rows in `app.items`), the app account on
+/// both, and `cutover db setup` done.
+fn replicating_pair(rows: u32, runbook_extra: &str) -> Option<(Pair, std::path::PathBuf)> {
+    let pair = Pair::start()?;
+    create_app_user(&pair.source);
+    create_app_user(&pair.replica);
+    pair.source.sql(&format!(
+        "CREATE DATABASE app; \
+         CREATE TABLE app.items (id INT PRIMARY KEY, name VARCHAR(40), note VARCHAR(40) NULL); \
+         CREATE TABLE app.seq (id BIGINT PRIMARY KEY, at TIMESTAMP(6) DEFAULT NOW(6)); \
+         INSERT INTO app.items (id, name, note) \
+           SELECT seq, CONCAT('item-', seq), IF(seq % 3 = 0, NULL, 'n') FROM app.seq_1_to_{rows}"
+    ));
+    let runbook = pair.runbook(runbook_extra);
+    let out = cutover(&["db", "setup"], &runbook);
+    assert_eq!(out.status.code(), Some(0), "setup failed: {}", stderr(&out));
+    Some((pair, runbook))
+}
+
+fn count(server: &MariaDb, sql: &str) -> u64 {
+    server.sql(sql).trim().parse().expect("a number")
+}
+
+#[test]
+fn setup_seeds_an_empty_replica_and_replicates_later_writes() {
+    let Some((pair, runbook)) = replicating_pair(500, "") else {
+        return;
+    };
+    assert_eq!(count(&pair.replica, "SELECT COUNT(*) FROM app.items"), 500);
+    assert_eq!(pair.replica.sql("SELECT @@read_only"), "1");
+    assert!(
+        pair.replica
+            .sql("SELECT @@gtid_slave_pos")
+            .starts_with("0-1-"),
+        "the seed's GTID was recorded"
+    );
+
+    pair.source
+        .sql("INSERT INTO app.items (id, name) VALUES (1001, 'later'); DELETE FROM app.items WHERE id = 7");
+    pair.replica
+        .wait_for(
+            "SELECT COUNT(*), SUM(id = 1001), SUM(id = 7) FROM app.items",
+            Duration::from_secs(10),
+            |o| o == "500\t1\t0",
+        )
+        .expect("later writes replicate");
+
+    let out = cutover(&["db", "status", "--json"], &runbook);
+    assert_eq!(out.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(json["ok"], true);
+    assert_eq!(json["replication"]["io"]["state"], "running");
+    assert_eq!(json["replication"]["sql"]["state"], "running");
+    assert!(json["heartbeat_lag_seconds"].as_f64().is_some(), "{json}");
+    assert_eq!(json["transactions_behind"], 0, "{json}");
+
+    // Idempotent: a second setup leaves the running replication alone.
+    let out = cutover(&["db", "setup"], &runbook);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stdout(&out).contains("already replicates"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// Inserts sequential ids into `app.seq` as the app user until stopped, reconnecting after
+/// errors, and returns the ids whose INSERT was acknowledged plus the errors seen.
+fn continuous_writer(
+    port: u16,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<u64>, Vec<String>)> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            use mysql_async::prelude::Queryable;
+            let url = format!("mysql://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{port}/app");
+            let opts = mysql_async::Opts::from_url(&url).expect("url");
+            let opts: mysql_async::Opts = mysql_async::OptsBuilder::from_opts(opts)
+                .prefer_socket(false)
+                .into();
+            let mut acked = Vec::new();
+            let mut errors = Vec::new();
+            let mut conn = None;
+            let mut next = 1u64;
+            while !stop.load(Ordering::Relaxed) {
+                if conn.is_none() {
+                    match mysql_async::Conn::new(opts.clone()).await {
+                        Ok(c) => conn = Some(c),
+                        Err(e) => {
+                            errors.push(e.to_string());
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                    }
+                }
+                let Some(c) = conn.as_mut() else { continue };
+                match c
+                    .exec_drop("INSERT INTO seq (id) VALUES (?)", (next,))
+                    .await
+                {
+                    Ok(()) => acked.push(next),
+                    Err(e) => {
+                        errors.push(e.to_string());
+                        conn = None;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                next += 1;
+            }
+            (acked, errors)
+        })
+    })
+}
+
+#[test]
+fn promote_under_a_continuous_writer_loses_no_acknowledged_write() {
+    let Some((pair, runbook)) = replicating_pair(10, "fence_grace = \"100ms\"") else {
+        return;
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = continuous_writer(pair.source.port, stop.clone());
+    std::thread::sleep(Duration::from_millis(700));
+
+    let out = cutover(&["db", "promote", "--json"], &runbook);
+    // Keep writing against the fenced old source for a while: every attempt must fail.
+    let acked_before_stop = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (acked, errors) = writer.join().expect("writer");
+    let _ = acked_before_stop;
+    assert_eq!(out.status.code(), Some(0), "promote failed");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("promote JSON");
+    assert_eq!(report["outcome"], "promoted", "{report}");
+    let window = report["write_unavailable_ms"].as_u64().expect("window");
+    assert!(
+        acked.len() > 20,
+        "the writer made progress before the switch: {}",
+        acked.len()
+    );
+
+    // Zero lost writes: every acknowledged id is on the new primary.
+    let on_new: std::collections::HashSet<u64> = pair
+        .replica
+        .sql("SELECT id FROM app.seq")
+        .lines()
+        .map(|l| l.parse().expect("id"))
+        .collect();
+    let lost: Vec<&u64> = acked.iter().filter(|id| !on_new.contains(id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged ids missing on the new primary, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+
+    // The old source is fenced: the writer's attempts failed after the fence, and a fresh
+    // write fails with the read-only error.
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("read-only") || e.contains("1290")),
+        "the writer saw read-only errors after the fence: {errors:?}"
+    );
+    let err = pair
+        .source
+        .try_sql_as(
+            APP_USER,
+            APP_PASSWORD,
+            "INSERT INTO app.seq (id) VALUES (99999999)",
+        )
+        .expect_err("writes to the fenced old source fail");
+    assert!(err.contains("read-only") || err.contains("1290"), "{err}");
+
+    // The new primary takes writes and replicates from nobody.
+    pair.replica
+        .try_sql_as(
+            APP_USER,
+            APP_PASSWORD,
+            "INSERT INTO app.seq (id) VALUES (99999999)",
+        )
+        .expect("the new primary is writable");
+    assert_eq!(pair.replica.sql("SHOW SLAVE STATUS"), "");
+    eprintln!(
+        "acknowledged {} inserts, {} errors, window {window} ms",
+        acked.len(),
+        errors.len()
+    );
+}
+
+#[test]
+fn promote_reverse_replicates_new_writes_back_to_the_old_source() {
+    let Some((pair, runbook)) = replicating_pair(10, "") else {
+        return;
+    };
+    pair.source
+        .sql("INSERT INTO app.items (id, name) VALUES (2000, 'before switch')");
+    let out = cutover(&["db", "promote", "--reverse"], &runbook);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stdout(&out).contains("now replicates from the new primary"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        count(
+            &pair.replica,
+            "SELECT COUNT(*) FROM app.items WHERE id = 2000"
+        ),
+        1
+    );
+
+    pair.replica
+        .try_sql_as(
+            APP_USER,
+            APP_PASSWORD,
+            "INSERT INTO app.items (id, name) VALUES (3000, 'after switch')",
+        )
+        .expect("the new primary is writable");
+    pair.source
+        .wait_for(
+            "SELECT COUNT(*) FROM app.items WHERE id = 3000",
+            Duration::from_secs(10),
+            |o| o == "1",
+        )
+        .expect("a write on the new primary reaches the old source");
+    assert_eq!(
+        pair.source.sql("SELECT @@read_only"),
+        "1",
+        "the old source stays read-only"
+    );
+}
+
+#[test]
+fn catch_up_timeout_aborts_and_makes_the_source_writable_again() {
+    let Some((pair, runbook)) = replicating_pair(10, "catch_up_timeout = \"1s\"") else {
+        return;
+    };
+    // The applier is running but cannot commit: a session on the replica holds the global
+    // read lock, so the replica cannot reach the source's final position.
+    let mut lock = pair
+        .replica
+        .hold_session("FLUSH TABLES WITH READ LOCK; SELECT SLEEP(60)");
+    std::thread::sleep(Duration::from_millis(300));
+    pair.source
+        .sql("INSERT INTO app.items (id, name) VALUES (4000, 'stuck')");
+
+    let out = cutover(&["db", "promote"], &runbook);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("ABORTED"), "{text}");
+    assert!(text.contains("catch_up_timeout"), "{text}");
+    assert!(text.contains("source writable again"), "{text}");
+    assert_eq!(pair.source.sql("SELECT @@read_only"), "0");
+    pair.source
+        .try_sql_as(
+            APP_USER,
+            APP_PASSWORD,
+            "INSERT INTO app.items (id, name) VALUES (4001, 'writable again')",
+        )
+        .expect("the source takes writes again");
+
+    // The replica kept replicating: once the lock is gone it catches up.
+    let _ = lock.kill();
+    let _ = lock.wait();
+    pair.replica
+        .wait_for(
+            "SELECT COUNT(*) FROM app.items WHERE id IN (4000, 4001)",
+            Duration::from_secs(10),
+            |o| o == "2",
+        )
+        .expect("the replica still replicates");
+    assert_eq!(pair.replica.sql("SELECT @@read_only"), "1");
+}
+
+#[test]
+fn stopped_applier_refuses_promotion_and_changes_nothing() {
+    let Some((pair, runbook)) = replicating_pair(10, "catch_up_timeout = \"1s\"") else {
+        return;
+    };
+    pair.replica.sql("STOP SLAVE SQL_THREAD");
+    pair.source
+        .sql("INSERT INTO app.items (id, name) VALUES (5000, 'unapplied')");
+    let out = cutover(&["db", "promote"], &runbook);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("refused") && text.contains("SQL thread stopped"),
+        "{text}"
+    );
+    assert_eq!(
+        pair.source.sql("SELECT @@read_only"),
+        "0",
+        "source stays writable"
+    );
+    assert_eq!(pair.replica.sql("SELECT @@read_only"), "1");
+}
+
+#[test]
+fn broken_replication_shows_in_status_with_exit_1() {
+    let Some((pair, runbook)) = replicating_pair(10, "") else {
+        return;
+    };
+    // A row written on the replica behind replication's back, then the same key on the source.
+    pair.replica
+        .sql("SET sql_log_bin = 0; INSERT INTO app.items (id, name) VALUES (6000, 'rogue')");
+    pair.source
+        .sql("INSERT INTO app.items (id, name) VALUES (6000, 'legit')");
+    pair.replica
+        .wait_for("SHOW SLAVE STATUS", Duration::from_secs(10), |o| {
+            o.contains("1062")
+        })
+        .expect("replication breaks");
+    let out = cutover(&["db", "status"], &runbook);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("BROKEN"), "{text}");
+    assert!(text.contains("1062"), "{text}");
+
+    let out = cutover(&["db", "status", "--json"], &runbook);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["replication"]["sql"]["last_errno"], 1062);
+}
+
+#[test]
+fn verify_names_the_table_and_chunk_of_a_row_altered_behind_replications_back() {
+    let Some((pair, runbook)) =
+        replicating_pair(1000, "verify_tables = [\"app.*\"]\nchunk_rows = 100")
+    else {
+        return;
+    };
+    // Identical, while the source takes writes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = continuous_writer(pair.source.port, stop.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    let out = cutover(&["db", "verify", "--json"], &runbook);
+    stop.store(true, Ordering::Relaxed);
+    let (acked, _) = writer.join().expect("writer");
+    assert!(!acked.is_empty(), "the writer ran during verify");
+    assert_eq!(out.status.code(), Some(0), "verify under writes");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("verify JSON");
+    assert_eq!(json["ok"], true, "{json}");
+    assert!(
+        json["position"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("0-1-")),
+        "{json}"
+    );
+    // Replication was resumed afterwards.
+    let status = cutover(&["db", "status"], &runbook);
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "replication resumed after verify"
+    );
+
+    pair.replica
+        .sql("SET sql_log_bin = 0; UPDATE app.items SET name = 'tampered' WHERE id = 537");
+    let out = cutover(&["db", "verify"], &runbook);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("app.items: chunk 5 (id in (500, 600]) differs"),
+        "the report names the table and the chunk: {text}"
+    );
+    assert!(
+        !text.contains("app.seq: chunk"),
+        "only the altered chunk differs: {text}"
+    );
+
+    // A row deleted on the replica beyond every boundary is found too (open last chunk).
+    pair.replica
+        .sql("SET sql_log_bin = 0; INSERT INTO app.items (id, name) VALUES (99999, 'extra')");
+    let out = cutover(&["db", "verify", "--json"], &runbook);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("verify JSON");
+    let ranges: Vec<&str> = json["differences"]
+        .as_array()
+        .expect("differences")
+        .iter()
+        .filter_map(|d| d["range"].as_str())
+        .collect();
+    assert!(ranges.iter().any(|r| r.ends_with("+inf]")), "{ranges:?}");
+}
+
+#[test]
+fn wrong_password_and_unreachable_host_give_one_clear_line() {
+    if !MariaDb::available() {
+        return;
+    }
+    let server = MariaDb::start(1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let cases = [
+        (
+            format!("mysql://root:wrong@127.0.0.1:{}", server.port),
+            "Access denied",
+            format!("source 127.0.0.1:{}", server.port),
+        ),
+        (
+            format!("mysql://root:x@127.0.0.1:{closed_port}"),
+            "cannot connect",
+            format!("source 127.0.0.1:{closed_port}"),
+        ),
+    ];
+    for (url, want, who) in cases {
+        let runbook = dir.path().join("rb.toml");
+        std::fs::write(
+            &runbook,
+            format!(
+                "[database]\nsource = \"{url}\"\nreplica = \"{}\"\nreplication_password = \"p\"\n",
+                server.url()
+            ),
+        )
+        .expect("write");
+        let out = cutover(&["db", "status"], &runbook);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+        assert!(err.contains(want) && err.contains(&who), "{err}");
+    }
+    // A runbook error names the key.
+    let runbook = dir.path().join("bad.toml");
+    std::fs::write(
+        &runbook,
+        format!(
+            "[database]\nsource = \"{}\"\nreplica = \"mysql://r@127.0.0.1:1\"\nreplication_password = \"p\"\ncatch_up_timeout = \"soon\"\n",
+            server.url()
+        ),
+    )
+    .expect("write");
+    let out = cutover(&["db", "promote"], &runbook);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("database.catch_up_timeout"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn refuses_a_replica_with_data_unless_forced() {
+    let Some(pair) = Pair::start() else {
+        return;
+    };
+    pair.source
+        .sql("CREATE DATABASE app; CREATE TABLE app.t (id INT PRIMARY KEY); INSERT INTO app.t VALUES (1), (2)");
+    pair.replica
+        .sql("CREATE DATABASE app; CREATE TABLE app.t (id INT PRIMARY KEY); INSERT INTO app.t VALUES (9)");
+    let runbook = pair.runbook("");
+    let out = cutover(&["db", "setup"], &runbook);
+    assert_eq!(out.status.code(), Some(1), "refused");
+    assert!(stdout(&out).contains("holds data"), "{}", stdout(&out));
+    assert_eq!(
+        pair.replica.sql("SELECT GROUP_CONCAT(id) FROM app.t"),
+        "9",
+        "untouched"
+    );
+
+    let out = cutover(&["db", "setup", "--force"], &runbook);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        pair.replica
+            .sql("SELECT GROUP_CONCAT(id ORDER BY id) FROM app.t"),
+        "1,2"
+    );
+}
