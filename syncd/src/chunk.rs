@@ -152,19 +152,31 @@ pub fn cut_points_sequential(data: &[u8], params: ChunkParams) -> Vec<usize> {
 /// The end offsets of every chunk of `data`, identical to [`cut_points_sequential`], computed
 /// in parallel segments for large inputs.
 pub fn cut_points(data: &[u8], params: ChunkParams) -> Vec<usize> {
-    if data.len() < 2 * SEGMENT {
+    cut_points_segmented(data, params, SEGMENT)
+}
+
+/// [`cut_points`] with another segment size, so that fuzzing reaches many segments with
+/// small inputs. Not part of the API.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub fn cut_points_with_segment(data: &[u8], params: ChunkParams, segment: usize) -> Vec<usize> {
+    cut_points_segmented(data, params, segment.max(1))
+}
+
+fn cut_points_segmented(data: &[u8], params: ChunkParams, segment: usize) -> Vec<usize> {
+    if data.len() < 2 * segment {
         return cut_points_sequential(data, params);
     }
     let cdc = params.cdc(data);
     let len = data.len();
     let next_cut = |pos: usize| cdc.cut(pos, len - pos).1;
-    let starts: Vec<usize> = (0..len).step_by(SEGMENT).collect();
+    let starts: Vec<usize> = (0..len).step_by(segment).collect();
     // Each segment cuts from its own start until it passes the next segment's start.
     let lists: Vec<Vec<usize>> = starts
         .par_iter()
         .map(|&start| {
-            let stop = start + SEGMENT;
-            let mut cuts = Vec::with_capacity(SEGMENT / params.avg as usize + 4);
+            let stop = start + segment;
+            let mut cuts = Vec::with_capacity(segment / params.avg as usize + 4);
             let mut pos = start;
             while pos < len {
                 pos = next_cut(pos);
@@ -305,7 +317,11 @@ mod tests {
         let mut pos = 0u64;
         for (i, c) in chunks.iter().enumerate() {
             assert_eq!(c.offset, pos, "chunk {i} starts at {} not {pos}", c.offset);
-            assert!(c.len > 0 && c.len <= p.max(), "chunk {i} has length {}", c.len);
+            assert!(
+                c.len > 0 && c.len <= p.max(),
+                "chunk {i} has length {}",
+                c.len
+            );
             let bytes = &data[c.offset as usize..(c.offset + c.len as u64) as usize];
             assert_eq!(c.id, ChunkId::of(bytes), "chunk {i} id");
             pos += c.len as u64;
@@ -343,7 +359,11 @@ mod tests {
             if size == 0 {
                 assert!(chunks.is_empty());
             } else if size <= min {
-                assert_eq!(chunks.len(), 1, "size {size} below the minimum is one chunk");
+                assert_eq!(
+                    chunks.len(),
+                    1,
+                    "size {size} below the minimum is one chunk"
+                );
             }
         }
     }
@@ -405,6 +425,14 @@ mod tests {
             data[at..end].fill(0);
             prop_assert_eq!(cut_points(&data, p), cut_points_sequential(&data, p));
             check_reassembly(&data, &chunk(&data, p), p);
+        }
+
+        /// Many small segments: most boundaries resynchronise late or never.
+        #[test]
+        fn tiny_segments_equal_sequential(len in 0usize..20_000, seg in 1usize..3000, seed in any::<u64>()) {
+            let p = small();
+            let data = noise(len, seed);
+            prop_assert_eq!(cut_points_segmented(&data, p, seg), cut_points_sequential(&data, p));
         }
 
         #[test]
