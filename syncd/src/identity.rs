@@ -263,12 +263,10 @@ fn write_new_file(dir: &Path, path: &Path, contents: &[u8]) -> Result<bool, Iden
         match fs::hard_link(&tmp, path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
-            Err(source) => {
-                return Err(IdentityError::Write {
-                    path: path.to_path_buf(),
-                    source,
-                });
-            }
+            // Filesystems without hard links (EPERM/ENOTSUP): fall back to rename, which
+            // only races with another `syncd init` running at the very same moment.
+            Err(_) if path.exists() => return Ok(false),
+            Err(_) => fs::rename(&tmp, path).map_err(write_err(path))?,
         }
         fs::File::open(dir)
             .and_then(|d| d.sync_all())
@@ -573,6 +571,26 @@ mod tests {
         // An existing file is never replaced.
         assert!(!write_new_file(&home, &home.join(IDENTITY_FILE), b"x").unwrap());
         assert_eq!(Identity::load(&home).unwrap().peer_id(), a.peer_id());
+    }
+
+    #[test]
+    fn racing_inits_agree_on_one_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let results: Vec<(PeerId, bool)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let (id, created) = Identity::load_or_create(&home).unwrap();
+                        (id.peer_id(), created)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let on_disk = Identity::load(&home).unwrap().peer_id();
+        assert!(results.iter().all(|(id, _)| *id == on_disk), "{results:?}");
+        assert_eq!(results.iter().filter(|(_, created)| *created).count(), 1);
     }
 
     #[test]

@@ -41,6 +41,34 @@
 //!
 //! This module does not speak the sync protocol; it hands out authenticated
 //! [`quinn::Connection`]s.
+//!
+//! ```no_run
+//! # async fn demo(server_id: syncd::identity::PeerId, client_id: syncd::identity::PeerId)
+//! # -> Result<(), Box<dyn std::error::Error>> {
+//! use syncd::identity::{Identity, default_home};
+//! use syncd::transport::{self, Throttle};
+//!
+//! let (me, _created) = Identity::load_or_create(&default_home())?;
+//!
+//! // `syncd serve --listen 0.0.0.0:7700 --allow CLIENT_ID`
+//! let endpoint = transport::server_endpoint(&me, "0.0.0.0:7700".parse()?, vec![client_id])?;
+//! while let Some(incoming) = endpoint.accept().await {
+//!     tokio::spawn(async move {
+//!         match transport::accept(incoming).await {
+//!             Ok((connection, peer)) => { /* run the receiver session; log `peer` */ }
+//!             Err(e) => eprintln!("syncd serve: {e}"), // e.g. "client X is not in --allow"
+//!         }
+//!     });
+//! }
+//!
+//! // `syncd push SRC 10.0.0.2:7700 --peer-id SERVER_ID --bwlimit 50M`
+//! let endpoint = transport::client_endpoint()?;
+//! let connection = transport::connect(&endpoint, &me, "10.0.0.2:7700".parse()?, &server_id).await?;
+//! let throttle = Throttle::new("50M".parse::<syncd::rate::Rate>()?.bytes_per_sec());
+//! let mut stream = connection.open_uni().await?;
+//! throttle.write_all(&mut stream, b"frame bytes").await?;
+//! # Ok(()) }
+//! ```
 
 use std::collections::HashSet;
 use std::fmt;
