@@ -5,6 +5,8 @@
 //! - `unknown_client_*` / `client_expecting_another_peer_*`: a wrong peer is refused in
 //!   the handshake with a clear message on both sides and no stream ever reaches the
 //!   server's handler.
+//! - `impostor_*`: a server that has the pinned certificate but not its key fails the
+//!   handshake signature check.
 //! - `identity_*`: persistence, and clear errors (naming the path) for damaged files.
 
 // Test helpers outside `#[test]` functions: a panic there is the test's failure report,
@@ -326,4 +328,67 @@ fn identity_corrupted_file_is_a_clear_error_naming_the_path() {
             "{what}: file changed"
         );
     }
+}
+
+/// Serves `cert` (someone else's certificate) signed with a key that does not belong to
+/// it, as an impostor would. Returns the impostor's address.
+fn start_impostor(
+    cert: rustls::pki_types::CertificateDer<'static>,
+) -> (SocketAddr, quinn::Endpoint) {
+    #[derive(Debug)]
+    struct Fixed(Arc<rustls::sign::CertifiedKey>);
+    impl rustls::server::ResolvesServerCert for Fixed {
+        fn resolve(
+            &self,
+            _: rustls::server::ClientHello<'_>,
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            Some(self.0.clone())
+        }
+    }
+    let wrong_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let wrong_key = rustls::pki_types::PrivateKeyDer::from(
+        rustls::pki_types::PrivatePkcs8KeyDer::from(wrong_key.serialize_der()),
+    );
+    let signer = rustls::crypto::ring::sign::any_supported_type(&wrong_key).unwrap();
+    let certified = rustls::sign::CertifiedKey::new(vec![cert], signer);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Fixed(Arc::new(certified))));
+    tls.alpn_protocols = vec![transport::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+    let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let endpoint = quinn::Endpoint::server(config, LOCALHOST.parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let ep = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = ep.accept().await {
+            tokio::spawn(async move {
+                let _ = incoming.await;
+            });
+        }
+    });
+    (addr, endpoint)
+}
+
+#[tokio::test]
+async fn impostor_with_the_pinned_certificate_but_not_its_key_is_rejected() {
+    let victim = Identity::generate().unwrap();
+    let (addr, _endpoint) = start_impostor(victim.certificate_der().clone());
+    let client = Identity::generate().unwrap();
+    let endpoint = client_endpoint();
+    let err = transport::connect(&endpoint, &client, addr, &victim.peer_id())
+        .await
+        .unwrap_err();
+    eprintln!("client sees: {err}");
+    assert!(
+        matches!(err, TransportError::Handshake { .. }),
+        "expected a handshake failure, got {err:?}"
+    );
+    assert!(
+        err.to_string().to_lowercase().contains("signature"),
+        "{err}"
+    );
 }
