@@ -38,6 +38,10 @@
 //! retransmissions or ACKs; those are small on a healthy link. Pacing stream writes at
 //! the application level, rather than inside quinn's congestion controller, keeps the
 //! decision sans-IO and testable, and quinn's own pacing smooths the packets out.
+//! Measured on loopback with 8 streams at 50 and 200 Mbit/s: the real IP + UDP bytes
+//! sent in each 1-second window (from quinn's `ConnectionStats`, + 28 bytes per
+//! datagram) stayed within 0.989–1.016 of the cap. The estimate overcharges many tiny
+//! writes (each is charged a whole packet's overhead), so batch small frames.
 //!
 //! This module does not speak the sync protocol; it hands out authenticated
 //! [`quinn::Connection`]s.
