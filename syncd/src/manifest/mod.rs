@@ -601,4 +601,4 @@ fn fetch<N: Nodes<Error = E>, E>(n: &N, path: &[u8]) -> Result<Node, DiffError<E
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

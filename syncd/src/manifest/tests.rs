@@ -7,7 +7,7 @@ use super::*;
 
 /// A filesystem shape to build trees from.
 #[derive(Debug, Clone)]
-enum Spec {
+pub(crate) enum Spec {
     File {
         content: u8,
         len: u8,
@@ -33,7 +33,7 @@ fn file_node(content: u8, len: u8, mode: u32, mtime: i64) -> Node {
     })
 }
 
-fn build(spec: &Spec) -> Tree {
+pub(crate) fn build(spec: &Spec) -> Tree {
     fn go(path: Vec<u8>, spec: &Spec, tree: &mut Tree) -> Entry {
         let node = match spec {
             Spec::File {
@@ -82,7 +82,7 @@ fn name() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-fn spec() -> impl Strategy<Value = Spec> {
+pub(crate) fn spec() -> impl Strategy<Value = Spec> {
     let leaf = prop_oneof![
         (
             0u8..3,
@@ -135,7 +135,7 @@ fn copy_subtree(t: &mut Tree, from: &Tree, path: &[u8]) {
 }
 
 /// Recomputes every directory's entries from the nodes below it, deepest first.
-fn rehash(t: &mut Tree) {
+pub(crate) fn rehash(t: &mut Tree) {
     let mut dirs: Vec<Vec<u8>> = t
         .nodes
         .iter()
@@ -202,7 +202,7 @@ fn check_diff_applies(a: &Tree, b: &Tree) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn mutate(spec: &Spec, ops: &[(u8, u8)]) -> Spec {
+pub(crate) fn mutate(spec: &Spec, ops: &[(u8, u8)]) -> Spec {
     let mut s = spec.clone();
     for &(which, op) in ops {
         if let Spec::Dir(_, children) = &mut s {

@@ -1,0 +1,203 @@
+//! Adaptive compression: pick a zstd level (or none) from the measured link rate and the
+//! measured compression speed, in the spirit of `zstd --adapt`. Sans-IO: the driver reports
+//! what it measured; nothing here reads a clock.
+//!
+//! Compression pays only when the link, not the CPU, is the bottleneck, and only if the
+//! compressor outruns the link by a margin: on loopback or a fast LAN, zstd on two cores is
+//! slower than sending raw bytes. So:
+//! - while senders rarely wait on the link (it drains faster than we feed it), send raw;
+//! - while they mostly wait, use the highest level whose measured speed is at least
+//!   [`SPEED_MARGIN`] times the link rate and whose ratio is worth it ([`MIN_RATIO`]);
+//! - when compressing is off, every [`PROBE_EVERY`]th chunk is still compressed at level 1
+//!   (and sent compressed if smaller) to keep the speed and ratio estimates current.
+//!
+//! Each chunk is sent raw anyway if compression saved less than 3% ([`worth_it`]).
+
+/// Levels considered, cheapest first.
+pub const LEVELS: [i32; 3] = [1, 3, 6];
+/// Compression must be this many times faster than the link.
+pub const SPEED_MARGIN: f64 = 2.0;
+/// Below this ratio compression is not worth the CPU.
+pub const MIN_RATIO: f64 = 1.08;
+/// When off, probe one chunk in this many.
+pub const PROBE_EVERY: u64 = 16;
+/// Senders waiting on the link more than this fraction of the time means link-bound.
+pub const LINK_BOUND: f64 = 0.5;
+
+/// Running estimates and the current choice.
+#[derive(Debug, Clone)]
+pub struct Adapt {
+    fixed: Option<i32>,
+    /// Bytes/s of raw input per level (EWMA), and compression ratio (raw / compressed).
+    speed: [f64; LEVELS.len()],
+    ratio: [f64; LEVELS.len()],
+    link_rate: f64,
+    link_bound: bool,
+    chunks: u64,
+    level: i32,
+}
+
+impl Adapt {
+    /// Adaptive. `known_link_rate` (bytes/s), e.g. from `--bwlimit`, seeds the link
+    /// estimate; `None` assumes a fast link until measured otherwise.
+    pub fn new(known_link_rate: Option<u64>) -> Adapt {
+        Adapt {
+            fixed: None,
+            speed: [0.0; LEVELS.len()],
+            ratio: [0.0; LEVELS.len()],
+            link_rate: known_link_rate.map_or(f64::INFINITY, |r| r as f64),
+            link_bound: known_link_rate.is_some(),
+            chunks: 0,
+            level: 0,
+        }
+    }
+
+    /// Always this level (`0` = never compress), as with `--compress-level`.
+    pub fn fixed(level: i32) -> Adapt {
+        let mut a = Adapt::new(None);
+        a.fixed = Some(level);
+        a.level = level;
+        a
+    }
+
+    /// The level to compress the next chunk at (`0` = send raw). Counts chunks to schedule
+    /// probes.
+    pub fn next_level(&mut self) -> i32 {
+        self.chunks += 1;
+        if let Some(l) = self.fixed {
+            return l;
+        }
+        if self.level == 0 && self.chunks % PROBE_EVERY == 0 {
+            return LEVELS[0];
+        }
+        self.level
+    }
+
+    /// Records one compression: `raw` bytes became `compressed` in `secs` at `level`.
+    pub fn observe_compress(&mut self, level: i32, raw: usize, compressed: usize, secs: f64) {
+        let Some(i) = LEVELS.iter().position(|&l| l == level) else {
+            return;
+        };
+        if raw == 0 || compressed == 0 {
+            return;
+        }
+        let speed = raw as f64 / secs.max(1e-9);
+        let ratio = raw as f64 / compressed as f64;
+        let ewma = |old: f64, new: f64| {
+            if old == 0.0 {
+                new
+            } else {
+                0.8 * old + 0.2 * new
+            }
+        };
+        self.speed[i] = ewma(self.speed[i], speed);
+        self.ratio[i] = ewma(self.ratio[i], ratio);
+        self.decide();
+    }
+
+    /// Records one window of sending: `wire_bytes` went out in `secs` of wall time, during
+    /// which the senders together spent `wait_secs` blocked on the link or the throttle,
+    /// out of `senders × secs` available.
+    pub fn observe_link(&mut self, wire_bytes: u64, secs: f64, wait_secs: f64, senders: usize) {
+        if secs <= 0.0 || senders == 0 {
+            return;
+        }
+        let busy = wait_secs / (secs * senders as f64);
+        self.link_bound = busy > LINK_BOUND;
+        if self.link_bound {
+            self.link_rate = wire_bytes as f64 / secs;
+        }
+        self.decide();
+    }
+
+    fn decide(&mut self) {
+        if self.fixed.is_some() {
+            return;
+        }
+        let mut level = 0;
+        if self.link_bound {
+            for (i, &l) in LEVELS.iter().enumerate() {
+                let measured = self.speed[i] > 0.0;
+                let fast = self.speed[i] >= SPEED_MARGIN * self.link_rate;
+                let pays = self.ratio[i] >= MIN_RATIO;
+                if measured && fast && pays {
+                    level = l;
+                } else if !measured && i > 0 && level == LEVELS[i - 1] {
+                    // Unmeasured but the cheaper level is comfortably fast: try it.
+                    if self.speed[i - 1] >= 4.0 * SPEED_MARGIN * self.link_rate {
+                        level = l;
+                    }
+                    break;
+                } else if measured {
+                    break;
+                }
+            }
+        }
+        self.level = level;
+    }
+
+    /// The current choice, for reports.
+    pub fn level(&self) -> i32 {
+        self.level
+    }
+}
+
+/// True if a compressed chunk is worth sending instead of the raw one.
+pub fn worth_it(raw: usize, compressed: usize) -> bool {
+    compressed * 100 < raw * 97
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_link_stays_raw_even_if_compressible() {
+        let mut a = Adapt::new(None);
+        // Loopback: senders never wait; zstd-1 at 400 MB/s, ratio 3.
+        for _ in 0..100 {
+            a.observe_link(500_000_000, 1.0, 0.05, 4);
+            a.observe_compress(1, 1 << 16, 1 << 14, (1 << 16) as f64 / 400e6);
+        }
+        assert_eq!(a.level(), 0);
+    }
+
+    #[test]
+    fn slow_link_compresses_and_climbs_while_cpu_allows() {
+        let mut a = Adapt::new(Some(12_500_000)); // 100 Mbit/s
+        // Level 1 probes: 400 MB/s, ratio 2.5.
+        a.observe_compress(1, 1 << 16, 26_000, (1 << 16) as f64 / 400e6);
+        assert_eq!(
+            a.level(),
+            3,
+            "level 1 is 32x the link: level 3 is worth trying"
+        );
+        a.observe_compress(3, 1 << 16, 22_000, (1 << 16) as f64 / 150e6);
+        a.observe_link(12_500_000, 1.0, 3.8, 4);
+        assert_eq!(a.level(), 6);
+        a.observe_compress(6, 1 << 16, 21_000, (1 << 16) as f64 / 20e6);
+        assert_eq!(a.level(), 3, "level 6 at 20 MB/s is under 2x the link");
+    }
+
+    #[test]
+    fn incompressible_data_is_sent_raw() {
+        let mut a = Adapt::new(Some(12_500_000));
+        for _ in 0..10 {
+            a.observe_compress(1, 1 << 16, (1 << 16) - 10, (1 << 16) as f64 / 800e6);
+        }
+        assert_eq!(a.level(), 0);
+        assert!(!worth_it(1000, 990));
+        assert!(worth_it(1000, 900));
+    }
+
+    #[test]
+    fn probes_while_off_and_fixed_overrides() {
+        let mut a = Adapt::new(None);
+        let probes = (0..64).filter(|_| a.next_level() > 0).count();
+        assert_eq!(probes as u64, 64 / PROBE_EVERY);
+        let mut f = Adapt::fixed(0);
+        assert!((0..64).all(|_| f.next_level() == 0));
+        let mut f = Adapt::fixed(9);
+        assert_eq!(f.next_level(), 9);
+    }
+}

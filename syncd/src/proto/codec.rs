@@ -1,0 +1,536 @@
+//! Frames and their codec.
+//!
+//! A frame on the wire is `[u32 LE length][u8 tag][payload]`, where `length` counts the tag
+//! and the payload. [`decode`] refuses a length above [`MAX_FRAME`] *before* it buffers or
+//! allocates anything for it, and every count inside a payload is checked against the bytes
+//! that remain, so a hostile peer cannot make the decoder allocate beyond the frame limit.
+//! "Need more bytes" is `Ok(None)`, not an error.
+
+use crate::chunk::ChunkId;
+use crate::manifest::{DecodeError, Hash, Node, check_name};
+
+/// Protocol version spoken by this build.
+pub const VERSION: u32 = 1;
+
+/// Largest frame (tag + payload) either side accepts: a directory node of ~1M entries.
+pub const MAX_FRAME: usize = 64 << 20;
+
+/// Payload budget the encoder aims for when batching items (well under [`MAX_FRAME`]).
+pub const BATCH_BYTES: usize = 1 << 20;
+
+/// How chunk bytes are encoded in a [`Frame::Chunk`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// As is.
+    Raw,
+    /// A zstd frame.
+    Zstd,
+}
+
+/// Metadata that travels beside a node (not part of its hash).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Meta {
+    /// Modification time, ns since the epoch (files, dirs, symlinks).
+    pub mtime_ns: i64,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Extended attributes (name, value).
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A node offered by the sender, with its path and metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeItem {
+    /// Relative path (the root is empty).
+    pub path: Vec<u8>,
+    /// The node.
+    pub node: Node,
+    /// Metadata not covered by the node hash.
+    pub meta: Meta,
+}
+
+/// Summary the receiver sends when it is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Totals {
+    /// Files written (new or changed).
+    pub files: u64,
+    /// Chunks received over the wire.
+    pub chunks_received: u64,
+    /// Chunks reused from the receiver's own tree or partial files.
+    pub chunks_reused: u64,
+    /// Bytes reused instead of received.
+    pub bytes_reused: u64,
+    /// Entries removed (`--delete` and type changes).
+    pub removed: u64,
+}
+
+/// Everything either side can say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Sender → receiver, first frame: version, the sender's root and options.
+    Hello {
+        /// Protocol version.
+        version: u32,
+        /// The sender's root hash.
+        root: Hash,
+        /// Remove receiver entries that the sender does not have.
+        delete: bool,
+        /// Report what would change, change nothing.
+        dry_run: bool,
+    },
+    /// Receiver → sender: accepted, with the receiver's current root.
+    HelloAck {
+        /// Protocol version.
+        version: u32,
+        /// The receiver's root before the push.
+        root: Hash,
+    },
+    /// Either side: the session is refused or aborted, with a reason for humans.
+    Refuse {
+        /// Why.
+        reason: String,
+    },
+    /// Receiver → sender: send the nodes at these paths.
+    GetNodes {
+        /// Relative paths.
+        paths: Vec<Vec<u8>>,
+    },
+    /// Sender → receiver: nodes (answers, or updates for files that changed meanwhile).
+    Nodes {
+        /// The nodes.
+        items: Vec<NodeItem>,
+    },
+    /// Sender → receiver: this path could not be read any more; drop it.
+    Vanished {
+        /// Relative path.
+        path: Vec<u8>,
+    },
+    /// Receiver → sender: send these chunks.
+    Want {
+        /// Chunk ids.
+        ids: Vec<ChunkId>,
+    },
+    /// Sender → receiver (on a data stream): one chunk.
+    Chunk {
+        /// Its id (BLAKE3 of the raw bytes).
+        id: ChunkId,
+        /// Length of the raw bytes.
+        raw_len: u32,
+        /// How `data` is encoded.
+        codec: Codec,
+        /// The encoded bytes.
+        data: Vec<u8>,
+    },
+    /// Receiver → sender (dry run): what would change.
+    Report {
+        /// `(marker, path)`, markers as in `syncd diff`.
+        items: Vec<(u8, Vec<u8>)>,
+    },
+    /// Receiver → sender: finished; the receiver's manifest root after the push.
+    Done {
+        /// Root after applying.
+        root: Hash,
+        /// What was done.
+        totals: Totals,
+    },
+}
+
+/// Why bytes are not a valid frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The declared length exceeds [`MAX_FRAME`].
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    /// A zero-length frame (no tag).
+    #[error("empty frame")]
+    Empty,
+    /// Unknown frame tag.
+    #[error("unknown frame tag {0}")]
+    UnknownTag(u8),
+    /// The payload is malformed.
+    #[error("malformed {frame} frame: {reason}")]
+    Malformed {
+        /// Frame name.
+        frame: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A node inside the frame does not decode.
+    #[error("bad node for {path:?}: {source}")]
+    Node {
+        /// Its path, lossily.
+        path: String,
+        /// Why.
+        source: DecodeError,
+    },
+}
+
+mod tag {
+    pub const HELLO: u8 = 1;
+    pub const HELLO_ACK: u8 = 2;
+    pub const REFUSE: u8 = 3;
+    pub const GET_NODES: u8 = 4;
+    pub const NODES: u8 = 5;
+    pub const VANISHED: u8 = 6;
+    pub const WANT: u8 = 7;
+    pub const CHUNK: u8 = 8;
+    pub const REPORT: u8 = 9;
+    pub const DONE: u8 = 10;
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+impl Frame {
+    /// Appends the frame, with its length prefix, to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        match self {
+            Frame::Hello {
+                version,
+                root,
+                delete,
+                dry_run,
+            } => {
+                out.push(tag::HELLO);
+                out.extend_from_slice(&version.to_le_bytes());
+                out.extend_from_slice(&root.0);
+                out.push(u8::from(*delete) | (u8::from(*dry_run) << 1));
+            }
+            Frame::HelloAck { version, root } => {
+                out.push(tag::HELLO_ACK);
+                out.extend_from_slice(&version.to_le_bytes());
+                out.extend_from_slice(&root.0);
+            }
+            Frame::Refuse { reason } => {
+                out.push(tag::REFUSE);
+                put_bytes(out, reason.as_bytes());
+            }
+            Frame::GetNodes { paths } => {
+                out.push(tag::GET_NODES);
+                out.extend_from_slice(&(paths.len() as u32).to_le_bytes());
+                for p in paths {
+                    put_bytes(out, p);
+                }
+            }
+            Frame::Nodes { items } => {
+                out.push(tag::NODES);
+                out.extend_from_slice(&(items.len() as u32).to_le_bytes());
+                for it in items {
+                    put_bytes(out, &it.path);
+                    put_bytes(out, &it.node.to_bytes());
+                    out.extend_from_slice(&it.meta.mtime_ns.to_le_bytes());
+                    out.extend_from_slice(&it.meta.uid.to_le_bytes());
+                    out.extend_from_slice(&it.meta.gid.to_le_bytes());
+                    out.extend_from_slice(&(it.meta.xattrs.len() as u32).to_le_bytes());
+                    for (k, v) in &it.meta.xattrs {
+                        put_bytes(out, k);
+                        put_bytes(out, v);
+                    }
+                }
+            }
+            Frame::Vanished { path } => {
+                out.push(tag::VANISHED);
+                put_bytes(out, path);
+            }
+            Frame::Want { ids } => {
+                out.push(tag::WANT);
+                out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+                for id in ids {
+                    out.extend_from_slice(&id.0);
+                }
+            }
+            Frame::Chunk {
+                id,
+                raw_len,
+                codec,
+                data,
+            } => {
+                out.push(tag::CHUNK);
+                out.extend_from_slice(&id.0);
+                out.extend_from_slice(&raw_len.to_le_bytes());
+                out.push(match codec {
+                    Codec::Raw => 0,
+                    Codec::Zstd => 1,
+                });
+                put_bytes(out, data);
+            }
+            Frame::Report { items } => {
+                out.push(tag::REPORT);
+                out.extend_from_slice(&(items.len() as u32).to_le_bytes());
+                for (m, p) in items {
+                    out.push(*m);
+                    put_bytes(out, p);
+                }
+            }
+            Frame::Done { root, totals } => {
+                out.push(tag::DONE);
+                out.extend_from_slice(&root.0);
+                for v in [
+                    totals.files,
+                    totals.chunks_received,
+                    totals.chunks_reused,
+                    totals.bytes_reused,
+                    totals.removed,
+                ] {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+        let len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    }
+
+    /// The encoded frame as a new vector.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.encode(&mut v);
+        v
+    }
+
+    /// A short name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "hello",
+            Frame::HelloAck { .. } => "hello-ack",
+            Frame::Refuse { .. } => "refuse",
+            Frame::GetNodes { .. } => "get-nodes",
+            Frame::Nodes { .. } => "nodes",
+            Frame::Vanished { .. } => "vanished",
+            Frame::Want { .. } => "want",
+            Frame::Chunk { .. } => "chunk",
+            Frame::Report { .. } => "report",
+            Frame::Done { .. } => "done",
+        }
+    }
+}
+
+/// Decodes one frame from the front of `buf`. Returns `Ok(None)` if `buf` does not yet hold
+/// a whole frame, or the frame and the number of bytes it used.
+pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    check_len(len)?;
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    let frame = decode_body(&buf[4..4 + len])?;
+    Ok(Some((frame, 4 + len)))
+}
+
+/// Validates a declared frame length (tag + payload) before anything is read for it.
+pub fn check_len(len: usize) -> Result<(), FrameError> {
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(())
+}
+
+/// Decodes a frame body (tag + payload, without the length prefix).
+pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
+    let (&t, payload) = body.split_first().ok_or(FrameError::Empty)?;
+    let name = match t {
+        tag::HELLO => "hello",
+        tag::HELLO_ACK => "hello-ack",
+        tag::REFUSE => "refuse",
+        tag::GET_NODES => "get-nodes",
+        tag::NODES => "nodes",
+        tag::VANISHED => "vanished",
+        tag::WANT => "want",
+        tag::CHUNK => "chunk",
+        tag::REPORT => "report",
+        tag::DONE => "done",
+        other => return Err(FrameError::UnknownTag(other)),
+    };
+    let mut r = R {
+        b: payload,
+        frame: name,
+    };
+    let f = match t {
+        tag::HELLO => {
+            let version = r.u32()?;
+            let root = Hash(r.array()?);
+            let flags = r.u8()?;
+            Frame::Hello {
+                version,
+                root,
+                delete: flags & 1 != 0,
+                dry_run: flags & 2 != 0,
+            }
+        }
+        tag::HELLO_ACK => Frame::HelloAck {
+            version: r.u32()?,
+            root: Hash(r.array()?),
+        },
+        tag::REFUSE => Frame::Refuse {
+            reason: String::from_utf8_lossy(r.bytes()?).into_owned(),
+        },
+        tag::GET_NODES => {
+            let n = r.count(4)?;
+            let mut paths = Vec::with_capacity(n);
+            for _ in 0..n {
+                paths.push(r.path()?);
+            }
+            Frame::GetNodes { paths }
+        }
+        tag::NODES => {
+            let n = r.count(4 + 4 + 8 + 4 + 4 + 4)?;
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                let path = r.path()?;
+                let node = Node::decode(r.bytes()?).map_err(|source| FrameError::Node {
+                    path: String::from_utf8_lossy(&path).into_owned(),
+                    source,
+                })?;
+                let mtime_ns = r.u64()? as i64;
+                let uid = r.u32()?;
+                let gid = r.u32()?;
+                let nx = r.count(8)?;
+                let mut xattrs = Vec::with_capacity(nx);
+                for _ in 0..nx {
+                    let k = r.bytes()?.to_vec();
+                    let v = r.bytes()?.to_vec();
+                    xattrs.push((k, v));
+                }
+                items.push(NodeItem {
+                    path,
+                    node,
+                    meta: Meta {
+                        mtime_ns,
+                        uid,
+                        gid,
+                        xattrs,
+                    },
+                });
+            }
+            Frame::Nodes { items }
+        }
+        tag::VANISHED => Frame::Vanished { path: r.path()? },
+        tag::WANT => {
+            let n = r.count(32)?;
+            let mut ids = Vec::with_capacity(n);
+            for _ in 0..n {
+                ids.push(ChunkId(r.array()?));
+            }
+            Frame::Want { ids }
+        }
+        tag::CHUNK => {
+            let id = ChunkId(r.array()?);
+            let raw_len = r.u32()?;
+            let codec = match r.u8()? {
+                0 => Codec::Raw,
+                1 => Codec::Zstd,
+                c => return Err(r.bad(format!("unknown codec {c}"))),
+            };
+            let data = r.bytes()?.to_vec();
+            if codec == Codec::Raw && data.len() != raw_len as usize {
+                return Err(r.bad("raw chunk length mismatch".into()));
+            }
+            Frame::Chunk {
+                id,
+                raw_len,
+                codec,
+                data,
+            }
+        }
+        tag::REPORT => {
+            let n = r.count(5)?;
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                let m = r.u8()?;
+                items.push((m, r.path()?));
+            }
+            Frame::Report { items }
+        }
+        tag::DONE => {
+            let root = Hash(r.array()?);
+            let mut v = [0u64; 5];
+            for x in &mut v {
+                *x = r.u64()?;
+            }
+            Frame::Done {
+                root,
+                totals: Totals {
+                    files: v[0],
+                    chunks_received: v[1],
+                    chunks_reused: v[2],
+                    bytes_reused: v[3],
+                    removed: v[4],
+                },
+            }
+        }
+        _ => return Err(FrameError::UnknownTag(t)),
+    };
+    if !r.b.is_empty() {
+        return Err(r.bad(format!("{} trailing bytes", r.b.len())));
+    }
+    Ok(f)
+}
+
+struct R<'a> {
+    b: &'a [u8],
+    frame: &'static str,
+}
+
+impl<'a> R<'a> {
+    fn bad(&self, reason: String) -> FrameError {
+        FrameError::Malformed {
+            frame: self.frame,
+            reason,
+        }
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.b.len() < n {
+            return Err(self.bad("truncated".into()));
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], FrameError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, FrameError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, FrameError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, FrameError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    fn count(&mut self, min_item: usize) -> Result<usize, FrameError> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(min_item) > self.b.len() {
+            return Err(self.bad(format!("count {n} exceeds the frame")));
+        }
+        Ok(n)
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], FrameError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    /// A relative path: empty (the root) or `/`-separated valid names. Anything that could
+    /// escape the root (`..`, absolute, empty components, NUL) is refused here, at the edge.
+    fn path(&mut self) -> Result<Vec<u8>, FrameError> {
+        let p = self.bytes()?;
+        if !p.is_empty() {
+            for comp in p.split(|&c| c == b'/') {
+                check_name(comp).map_err(|e| self.bad(format!("unsafe path: {e}")))?;
+            }
+        }
+        Ok(p.to_vec())
+    }
+}

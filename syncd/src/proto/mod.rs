@@ -1,0 +1,884 @@
+//! The sync protocol: frames ([`codec`]) and the two session state machines.
+//!
+//! Sans-IO, in the style of quinn-proto: no sockets, no files, no clock. A driver feeds
+//! what arrives into `handle_*` methods and executes what `poll_*` returns. Storage is passed
+//! in as the [`Nodes`] trait (the sender's manifest, the receiver's own manifest) and, for
+//! the receiver, as a chunk index lookup. The drivers live in [`crate::push`].
+//!
+//! The flow (receiver-driven merkle descent):
+//! 1. sender → `Hello{version, root}`; receiver → `HelloAck{root}`. Equal roots: done.
+//! 2. The receiver asks for nodes (`GetNodes`) where its own hashes differ, starting at the
+//!    root; the sender answers with `Nodes` (node + metadata).
+//! 3. For each differing file the receiver reuses every chunk it already has (the partial
+//!    file of an interrupted push, or any file of its tree through its chunk index) and asks
+//!    for the rest with `Want`; each id is asked for once, whatever number of files need it.
+//! 4. The sender answers with `Chunk` frames (on data streams, in any order).
+//! 5. When no node and no file is outstanding, the receiver removes extraneous entries
+//!    (`--delete`), applies directory metadata, rescans, and sends `Done{root}`. The sender
+//!    compares that root with its own: equal means the push succeeded.
+//!
+//! Invariants: every path that reaches an [`Action`] was validated by the codec (no `..`,
+//! no absolute path, no NUL); a chunk is written only after its BLAKE3 matched its id (the
+//! driver checks, and [`crate::apply`] checks again).
+
+pub mod adapt;
+pub mod codec;
+
+use std::collections::{HashMap, VecDeque};
+
+pub use codec::{Codec, Frame, FrameError, MAX_FRAME, Meta, NodeItem, Totals, VERSION};
+
+use crate::chunk::ChunkId;
+use crate::manifest::{ChangeKind, FileNode, Hash, Node, Nodes, join};
+
+/// Where a chunk's bytes can be read: a file (relative path), an offset and a length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkLoc {
+    /// Relative path of the file holding the chunk.
+    pub path: Vec<u8>,
+    /// Byte offset of the chunk in that file.
+    pub offset: u64,
+    /// Chunk length.
+    pub len: u32,
+}
+
+/// Protocol-level failures (the peer misbehaved or is incompatible).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtoError {
+    /// The peer speaks another protocol version.
+    #[error("peer speaks protocol version {theirs}, this build speaks {VERSION}")]
+    Version {
+        /// The peer's version.
+        theirs: u32,
+    },
+    /// A frame arrived that is not valid in the current state.
+    #[error("unexpected {frame} frame {state}")]
+    Unexpected {
+        /// Which frame.
+        frame: &'static str,
+        /// In which state.
+        state: &'static str,
+    },
+    /// The receiver asked for a chunk the sender never offered.
+    #[error("peer asked for unknown chunk {0}")]
+    UnknownChunk(String),
+    /// The peer refused or aborted, with its reason.
+    #[error("peer refused: {0}")]
+    Refused(String),
+    /// The peer asked for a path the sender's manifest does not have.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+/// Builds chunk locations for every chunk of `node` stored at `path`.
+pub fn chunk_locs(path: &[u8], node: &FileNode) -> impl Iterator<Item = (ChunkId, ChunkLoc)> {
+    let mut offset = 0u64;
+    node.chunks.iter().map(move |c| {
+        let loc = ChunkLoc {
+            path: path.to_vec(),
+            offset,
+            len: c.len,
+        };
+        offset += u64::from(c.len);
+        (c.id, loc)
+    })
+}
+
+fn batch_paths(paths: Vec<Vec<u8>>) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    let mut cur = Vec::new();
+    let mut size = 0;
+    for p in paths {
+        size += p.len() + 4;
+        cur.push(p);
+        if size >= codec::BATCH_BYTES {
+            frames.push(Frame::GetNodes {
+                paths: std::mem::take(&mut cur),
+            });
+            size = 0;
+        }
+    }
+    if !cur.is_empty() {
+        frames.push(Frame::GetNodes { paths: cur });
+    }
+    frames
+}
+
+// ---------------------------------------------------------------------------------------
+// Sender
+// ---------------------------------------------------------------------------------------
+
+/// What the sender's driver must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderEvent {
+    /// Send this frame on the control stream.
+    Send(Frame),
+    /// Read this chunk from the source tree, check its hash, and send it as a
+    /// [`Frame::Chunk`] on a data stream. If the bytes do not match (the file changed), call
+    /// [`Sender::source_changed`].
+    Read {
+        /// The chunk.
+        id: ChunkId,
+        /// Where it is.
+        loc: ChunkLoc,
+    },
+    /// A dry-run report line from the receiver.
+    Report(u8, Vec<u8>),
+    /// The receiver finished: its root and totals.
+    Finished {
+        /// The receiver's root after the push.
+        root: Hash,
+        /// What it did.
+        totals: Totals,
+    },
+}
+
+/// The sending side of one session.
+///
+/// Call [`Sender::new`] (it queues `Hello`), then alternately feed each frame from the
+/// control stream to [`Sender::handle`] and drain [`Sender::poll`] until it returns `None`.
+#[derive(Debug)]
+pub struct Sender {
+    root: Hash,
+    locs: HashMap<ChunkId, ChunkLoc>,
+    out: VecDeque<SenderEvent>,
+    acked: bool,
+    finished: bool,
+}
+
+impl Sender {
+    /// A session offering a tree whose root is `root`.
+    pub fn new(root: Hash, delete: bool, dry_run: bool) -> Sender {
+        let mut out = VecDeque::new();
+        out.push_back(SenderEvent::Send(Frame::Hello {
+            version: VERSION,
+            root,
+            delete,
+            dry_run,
+        }));
+        Sender {
+            root,
+            locs: HashMap::new(),
+            out,
+            acked: false,
+            finished: false,
+        }
+    }
+
+    /// The next thing to do.
+    pub fn poll(&mut self) -> Option<SenderEvent> {
+        self.out.pop_front()
+    }
+
+    /// True once the receiver sent `Done`.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Handles one frame from the receiver. `nodes` is the sender's manifest; `meta` gives
+    /// the metadata of a path (`None` if it vanished from disk).
+    pub fn handle<N: Nodes>(
+        &mut self,
+        frame: Frame,
+        nodes: &N,
+        meta: &mut dyn FnMut(&[u8], &Node) -> Option<Meta>,
+    ) -> Result<(), ProtoError>
+    where
+        N::Error: std::fmt::Display,
+    {
+        match frame {
+            Frame::HelloAck { version, .. } => {
+                if version != VERSION {
+                    return Err(ProtoError::Version { theirs: version });
+                }
+                self.acked = true;
+            }
+            Frame::Refuse { reason } => return Err(ProtoError::Refused(reason)),
+            Frame::GetNodes { paths } if self.acked => {
+                let mut items = Vec::new();
+                let mut size = 0usize;
+                for path in paths {
+                    let node = nodes
+                        .node(&path)
+                        .map_err(|e| ProtoError::Storage(e.to_string()))?;
+                    let Some(node) = node else {
+                        self.out
+                            .push_back(SenderEvent::Send(Frame::Vanished { path }));
+                        continue;
+                    };
+                    let Some(m) = meta(&path, &node) else {
+                        self.out
+                            .push_back(SenderEvent::Send(Frame::Vanished { path }));
+                        continue;
+                    };
+                    if let Node::File(f) = &node {
+                        self.locs.extend(chunk_locs(&path, f));
+                    }
+                    size += path.len() + 64 + node_size_hint(&node);
+                    items.push(NodeItem {
+                        path,
+                        node,
+                        meta: m,
+                    });
+                    if size >= codec::BATCH_BYTES {
+                        self.out.push_back(SenderEvent::Send(Frame::Nodes {
+                            items: std::mem::take(&mut items),
+                        }));
+                        size = 0;
+                    }
+                }
+                if !items.is_empty() {
+                    self.out
+                        .push_back(SenderEvent::Send(Frame::Nodes { items }));
+                }
+            }
+            Frame::Want { ids } if self.acked => {
+                for id in ids {
+                    let loc = self
+                        .locs
+                        .get(&id)
+                        .cloned()
+                        .ok_or_else(|| ProtoError::UnknownChunk(id.to_string()))?;
+                    self.out.push_back(SenderEvent::Read { id, loc });
+                }
+            }
+            Frame::Report { items } if self.acked => {
+                for (m, p) in items {
+                    self.out.push_back(SenderEvent::Report(m, p));
+                }
+            }
+            Frame::Done { root, totals } if self.acked => {
+                self.finished = true;
+                self.out.push_back(SenderEvent::Finished { root, totals });
+            }
+            other => {
+                return Err(ProtoError::Unexpected {
+                    frame: other.name(),
+                    state: if self.acked {
+                        "from a receiver"
+                    } else {
+                        "before hello-ack"
+                    },
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The file at `path` no longer matches what was offered (it changed while the push
+    /// ran). `now` is its fresh node and metadata, or `None` if it cannot be read: the
+    /// receiver is told to start that file over, or to drop it.
+    pub fn source_changed(&mut self, path: Vec<u8>, now: Option<(FileNode, Meta)>) {
+        match now {
+            Some((node, meta)) => {
+                self.locs.extend(chunk_locs(&path, &node));
+                self.out.push_back(SenderEvent::Send(Frame::Nodes {
+                    items: vec![NodeItem {
+                        path,
+                        node: Node::File(node),
+                        meta,
+                    }],
+                }));
+            }
+            None => self
+                .out
+                .push_back(SenderEvent::Send(Frame::Vanished { path })),
+        }
+    }
+
+    /// The root this session offers.
+    pub fn root(&self) -> Hash {
+        self.root
+    }
+}
+
+fn node_size_hint(node: &Node) -> usize {
+    match node {
+        Node::File(f) => f.chunks.len() * 36,
+        Node::Symlink { target } => target.len(),
+        Node::Dir { entries, .. } => entries.iter().map(|e| e.name.len() + 40).sum(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Receiver
+// ---------------------------------------------------------------------------------------
+
+/// Identifies one file being assembled in this session.
+pub type FileKey = u64;
+
+/// What the receiver's driver must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send this frame on the control stream.
+    Send(Frame),
+    /// Remove whatever is at `path` (file, symlink or whole directory), never following
+    /// symlinks.
+    Remove {
+        /// Relative path.
+        path: Vec<u8>,
+    },
+    /// Make sure a directory exists at `path` (replacing a non-directory).
+    MakeDir {
+        /// Relative path.
+        path: Vec<u8>,
+        /// Permission bits.
+        mode: u32,
+        /// Owner, xattrs (mtime is applied later by `SetDirMeta`).
+        meta: Meta,
+    },
+    /// Create or replace a symlink atomically.
+    Symlink {
+        /// Relative path.
+        path: Vec<u8>,
+        /// Target bytes.
+        target: Vec<u8>,
+        /// Metadata.
+        meta: Meta,
+    },
+    /// Only the metadata of an existing, content-identical file changed.
+    SetFileMeta {
+        /// Relative path.
+        path: Vec<u8>,
+        /// Permission bits.
+        mode: u32,
+        /// Metadata.
+        meta: Meta,
+    },
+    /// Open (or reopen, to resume) the part file for `path` and report which chunks it
+    /// already holds with [`Receiver::file_started`].
+    StartFile {
+        /// The session's key for this file.
+        key: FileKey,
+        /// Relative path.
+        path: Vec<u8>,
+        /// The file's node (size, chunks).
+        node: FileNode,
+    },
+    /// Copy chunk `index` of file `key` from a local file, verify it, write it, and report
+    /// with [`Receiver::chunk_written`] (or [`Receiver::copy_failed`]).
+    CopyLocal {
+        /// The file.
+        key: FileKey,
+        /// Chunk index.
+        index: usize,
+        /// Where the receiver already has those bytes.
+        from: ChunkLoc,
+    },
+    /// Write chunk `index` of file `key` with these (verified) bytes, then report with
+    /// [`Receiver::chunk_written`].
+    Write {
+        /// The file.
+        key: FileKey,
+        /// Chunk index.
+        index: usize,
+        /// The chunk bytes.
+        data: std::sync::Arc<Vec<u8>>,
+    },
+    /// Every chunk of `key` is in place: verify, fsync, apply metadata and rename it over
+    /// its final path, then call [`Receiver::file_finished`].
+    FinishFile {
+        /// The file.
+        key: FileKey,
+        /// Permission bits.
+        mode: u32,
+        /// Metadata.
+        meta: Meta,
+    },
+    /// Give up on file `key` (the sender lost it): remove its part file.
+    AbortFile {
+        /// The file.
+        key: FileKey,
+    },
+    /// Apply a directory's mode and mtime (after its content is final).
+    SetDirMeta {
+        /// Relative path.
+        path: Vec<u8>,
+        /// Permission bits.
+        mode: u32,
+        /// Metadata.
+        meta: Meta,
+    },
+    /// Everything is applied: rescan the tree and call [`Receiver::rescanned`].
+    Rescan,
+}
+
+#[derive(Debug)]
+struct FileState {
+    path: Vec<u8>,
+    node: FileNode,
+    meta: Meta,
+    /// Chunks not yet written.
+    missing: usize,
+    done: Vec<bool>,
+    started: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RState {
+    AwaitHello,
+    Descending,
+    Rescanning,
+    Done,
+}
+
+/// The receiving side of one session. See the module docs for the flow.
+///
+/// Feed control-stream frames to [`Receiver::handle`], chunk frames (already decoded and
+/// verified) to [`Receiver::handle_chunk`], and the outcome of each executed [`Action`] to
+/// the matching method; drain [`Receiver::poll`] after each call.
+#[derive(Debug)]
+pub struct Receiver {
+    state: RState,
+    delete: bool,
+    dry_run: bool,
+    outstanding: usize,
+    files: HashMap<FileKey, FileState>,
+    by_path: HashMap<Vec<u8>, FileKey>,
+    waiters: HashMap<ChunkId, Vec<(FileKey, usize)>>,
+    next_key: FileKey,
+    dirs: Vec<(Vec<u8>, u32, Meta)>,
+    deletes: Vec<Vec<u8>>,
+    report: Vec<(u8, Vec<u8>)>,
+    out: VecDeque<Action>,
+    totals: Totals,
+}
+
+impl Default for Receiver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Receiver {
+    /// A receiver waiting for `Hello`.
+    pub fn new() -> Receiver {
+        Receiver {
+            state: RState::AwaitHello,
+            delete: false,
+            dry_run: false,
+            outstanding: 0,
+            files: HashMap::new(),
+            by_path: HashMap::new(),
+            waiters: HashMap::new(),
+            next_key: 0,
+            dirs: Vec::new(),
+            deletes: Vec::new(),
+            report: Vec::new(),
+            out: VecDeque::new(),
+            totals: Totals::default(),
+        }
+    }
+
+    /// The next action.
+    pub fn poll(&mut self) -> Option<Action> {
+        self.out.pop_front()
+    }
+
+    /// True once `Done` has been queued.
+    pub fn is_done(&self) -> bool {
+        self.state == RState::Done
+    }
+
+    /// The path of an active file.
+    pub fn file_path(&self, key: FileKey) -> Option<&[u8]> {
+        self.files.get(&key).map(|f| f.path.as_slice())
+    }
+
+    /// The node of an active file.
+    pub fn file_node(&self, key: FileKey) -> Option<&FileNode> {
+        self.files.get(&key).map(|f| &f.node)
+    }
+
+    /// Handles a control-stream frame. `local` is the receiver's own manifest (as of the
+    /// start of the session) and `root` its root hash.
+    pub fn handle<N: Nodes>(
+        &mut self,
+        frame: Frame,
+        local: &N,
+        root: Hash,
+    ) -> Result<(), ProtoError>
+    where
+        N::Error: std::fmt::Display,
+    {
+        match (self.state, frame) {
+            (
+                RState::AwaitHello,
+                Frame::Hello {
+                    version,
+                    root: theirs,
+                    delete,
+                    dry_run,
+                },
+            ) => {
+                if version != VERSION {
+                    self.out.push_back(Action::Send(Frame::Refuse {
+                        reason: format!(
+                            "protocol version {version} is not supported (this receiver speaks {VERSION})"
+                        ),
+                    }));
+                    return Err(ProtoError::Version { theirs: version });
+                }
+                self.delete = delete;
+                self.dry_run = dry_run;
+                self.out.push_back(Action::Send(Frame::HelloAck {
+                    version: VERSION,
+                    root,
+                }));
+                self.state = RState::Descending;
+                if theirs == root {
+                    self.state = RState::Done;
+                    self.out.push_back(Action::Send(Frame::Done {
+                        root,
+                        totals: Totals::default(),
+                    }));
+                } else {
+                    self.outstanding = 1;
+                    self.out.push_back(Action::Send(Frame::GetNodes {
+                        paths: vec![Vec::new()],
+                    }));
+                }
+            }
+            (RState::Descending, Frame::Nodes { items }) => {
+                let mut fetch = Vec::new();
+                for item in items {
+                    self.node(item, local, &mut fetch)?;
+                }
+                self.outstanding += fetch.len();
+                for f in batch_paths(fetch) {
+                    self.out.push_back(Action::Send(f));
+                }
+                self.check_complete();
+            }
+            (RState::Descending, Frame::Vanished { path }) => {
+                if let Some(key) = self.by_path.remove(&path) {
+                    self.files.remove(&key);
+                    self.out.push_back(Action::AbortFile { key });
+                } else {
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                }
+                self.check_complete();
+            }
+            (_, Frame::Refuse { reason }) => return Err(ProtoError::Refused(reason)),
+            (state, other) => {
+                return Err(ProtoError::Unexpected {
+                    frame: other.name(),
+                    state: match state {
+                        RState::AwaitHello => "before hello",
+                        RState::Descending => "during transfer",
+                        RState::Rescanning | RState::Done => "after the transfer",
+                    },
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn node<N: Nodes>(
+        &mut self,
+        item: NodeItem,
+        local: &N,
+        fetch: &mut Vec<Vec<u8>>,
+    ) -> Result<(), ProtoError>
+    where
+        N::Error: std::fmt::Display,
+    {
+        let NodeItem { path, node, meta } = item;
+        // An update for a file already in progress (the source changed): start it over.
+        if let Some(key) = self.by_path.remove(&path) {
+            self.files.remove(&key);
+            self.out.push_back(Action::AbortFile { key });
+        } else {
+            self.outstanding = self.outstanding.saturating_sub(1);
+        }
+        let mine = local
+            .node(&path)
+            .map_err(|e| ProtoError::Storage(e.to_string()))?;
+        let kind = node.kind();
+        let retyped = mine.as_ref().is_some_and(|m| m.kind() != kind);
+        if self.dry_run {
+            let marker = match &mine {
+                None => Some(ChangeKind::Added),
+                Some(_) if retyped => Some(ChangeKind::TypeChanged),
+                Some(m) if *m == node => None,
+                Some(Node::Dir { .. }) => None, // its children tell
+                Some(Node::File(a)) => match &node {
+                    Node::File(b) if a.chunks == b.chunks => Some(ChangeKind::Metadata),
+                    _ => Some(ChangeKind::Modified),
+                },
+                Some(_) => Some(ChangeKind::Modified),
+            };
+            if let Some(m) = marker {
+                self.report.push((m.marker() as u8, path.clone()));
+            }
+            if let (Node::Dir { entries, .. }, Some(Node::Dir { entries: old, .. })) =
+                (&node, &mine)
+            {
+                for e in entries {
+                    let same = old
+                        .binary_search_by(|o| o.name.as_slice().cmp(&e.name))
+                        .ok()
+                        .is_some_and(|i| old[i].hash == e.hash && old[i].kind == e.kind);
+                    if !same {
+                        fetch.push(join(&path, &e.name));
+                    }
+                }
+                if self.delete {
+                    for o in old {
+                        if entries
+                            .binary_search_by(|e| e.name.as_slice().cmp(&o.name))
+                            .is_err()
+                        {
+                            self.report.push((b'-', join(&path, &o.name)));
+                        }
+                    }
+                }
+            }
+            return Ok(());
+        }
+        if retyped {
+            self.totals.removed += 1;
+            self.out.push_back(Action::Remove { path: path.clone() });
+        }
+        match node {
+            Node::Dir { mode, entries } => {
+                let old = match &mine {
+                    Some(Node::Dir { entries, .. }) if !retyped => Some(entries),
+                    _ => None,
+                };
+                if old.is_none() {
+                    self.out.push_back(Action::MakeDir {
+                        path: path.clone(),
+                        mode,
+                        meta: meta.clone(),
+                    });
+                }
+                for e in &entries {
+                    let same = old.is_some_and(|old| {
+                        old.binary_search_by(|o| o.name.as_slice().cmp(&e.name))
+                            .ok()
+                            .is_some_and(|i| old[i].hash == e.hash && old[i].kind == e.kind)
+                    });
+                    if !same {
+                        fetch.push(join(&path, &e.name));
+                    }
+                }
+                if self.delete
+                    && let Some(old) = old
+                {
+                    for o in old {
+                        if entries
+                            .binary_search_by(|e| e.name.as_slice().cmp(&o.name))
+                            .is_err()
+                        {
+                            self.deletes.push(join(&path, &o.name));
+                        }
+                    }
+                }
+                self.dirs.push((path, mode, meta));
+            }
+            Node::Symlink { target } => {
+                self.out.push_back(Action::Symlink { path, target, meta });
+            }
+            Node::File(f) => {
+                if let Some(Node::File(old)) = &mine
+                    && old.chunks == f.chunks
+                {
+                    self.out.push_back(Action::SetFileMeta {
+                        path,
+                        mode: f.mode,
+                        meta,
+                    });
+                    return Ok(());
+                }
+                let key = self.next_key;
+                self.next_key += 1;
+                let n = f.chunks.len();
+                self.by_path.insert(path.clone(), key);
+                self.files.insert(
+                    key,
+                    FileState {
+                        path: path.clone(),
+                        node: f.clone(),
+                        meta,
+                        missing: n,
+                        done: vec![false; n],
+                        started: false,
+                    },
+                );
+                self.out.push_back(Action::StartFile { key, path, node: f });
+            }
+        }
+        Ok(())
+    }
+
+    /// The part file for `key` is open; `present[i]` says chunk `i` is already in it.
+    /// `index` finds chunks elsewhere in the receiver's tree.
+    pub fn file_started(
+        &mut self,
+        key: FileKey,
+        present: &[bool],
+        index: &dyn Fn(&ChunkId) -> Option<ChunkLoc>,
+    ) {
+        let Some(f) = self.files.get_mut(&key) else {
+            return;
+        };
+        f.started = true;
+        let mut want = Vec::new();
+        let chunks = f.node.chunks.clone();
+        for (i, c) in chunks.iter().enumerate() {
+            if present.get(i).copied().unwrap_or(false) {
+                f.done[i] = true;
+                f.missing -= 1;
+                self.totals.chunks_reused += 1;
+                self.totals.bytes_reused += u64::from(c.len);
+                continue;
+            }
+            if let Some(from) = index(&c.id) {
+                self.out.push_back(Action::CopyLocal {
+                    key,
+                    index: i,
+                    from,
+                });
+                continue;
+            }
+            let waiting = self.waiters.entry(c.id).or_default();
+            if waiting.is_empty() {
+                want.push(c.id);
+            }
+            waiting.push((key, i));
+        }
+        if !want.is_empty() {
+            for ids in want.chunks(codec::BATCH_BYTES / 32) {
+                self.out
+                    .push_back(Action::Send(Frame::Want { ids: ids.to_vec() }));
+            }
+        }
+        self.maybe_finish(key);
+    }
+
+    /// A local copy for chunk `index` of `key` did not match (the local file changed): ask
+    /// the sender instead.
+    pub fn copy_failed(&mut self, key: FileKey, index: usize) {
+        let Some(id) = self
+            .files
+            .get(&key)
+            .and_then(|f| f.node.chunks.get(index))
+            .map(|c| c.id)
+        else {
+            return;
+        };
+        let waiting = self.waiters.entry(id).or_default();
+        if waiting.is_empty() {
+            self.out
+                .push_back(Action::Send(Frame::Want { ids: vec![id] }));
+        }
+        waiting.push((key, index));
+    }
+
+    /// A verified chunk arrived from the sender.
+    pub fn handle_chunk(&mut self, id: ChunkId, data: Vec<u8>) {
+        let Some(waiting) = self.waiters.remove(&id) else {
+            return; // nobody needs it any more (its file was restarted or dropped)
+        };
+        self.totals.chunks_received += 1;
+        let data = std::sync::Arc::new(data);
+        for (key, index) in waiting {
+            if self.files.contains_key(&key) {
+                self.out.push_back(Action::Write {
+                    key,
+                    index,
+                    data: data.clone(),
+                });
+            }
+        }
+    }
+
+    /// Chunk `index` of `key` is written (from a copy or from the wire).
+    pub fn chunk_written(&mut self, key: FileKey, index: usize, reused: bool) {
+        let Some(f) = self.files.get_mut(&key) else {
+            return;
+        };
+        if let Some(d) = f.done.get_mut(index)
+            && !*d
+        {
+            *d = true;
+            f.missing -= 1;
+            if reused {
+                self.totals.chunks_reused += 1;
+                self.totals.bytes_reused += u64::from(f.node.chunks[index].len);
+            }
+        }
+        self.maybe_finish(key);
+    }
+
+    fn maybe_finish(&mut self, key: FileKey) {
+        if let Some(f) = self.files.get(&key)
+            && f.started
+            && f.missing == 0
+        {
+            self.out.push_back(Action::FinishFile {
+                key,
+                mode: f.node.mode,
+                meta: f.meta.clone(),
+            });
+        }
+    }
+
+    /// File `key` is renamed into place.
+    pub fn file_finished(&mut self, key: FileKey) {
+        if let Some(f) = self.files.remove(&key) {
+            self.by_path.remove(&f.path);
+            self.totals.files += 1;
+        }
+        self.check_complete();
+    }
+
+    fn check_complete(&mut self) {
+        if self.state != RState::Descending || self.outstanding > 0 || !self.files.is_empty() {
+            return;
+        }
+        self.state = RState::Rescanning;
+        if self.dry_run {
+            let report = std::mem::take(&mut self.report);
+            for items in report.chunks(4096) {
+                self.out.push_back(Action::Send(Frame::Report {
+                    items: items.to_vec(),
+                }));
+            }
+        }
+        if self.delete {
+            self.deletes.sort();
+            for path in std::mem::take(&mut self.deletes) {
+                self.totals.removed += 1;
+                self.out.push_back(Action::Remove { path });
+            }
+        }
+        // Deepest first, so that a parent's mtime is set after its children are final.
+        let mut dirs = std::mem::take(&mut self.dirs);
+        dirs.sort_by(|a, b| b.0.cmp(&a.0));
+        for (path, mode, meta) in dirs {
+            self.out.push_back(Action::SetDirMeta { path, mode, meta });
+        }
+        self.out.push_back(Action::Rescan);
+    }
+
+    /// The rescan after applying found this root.
+    pub fn rescanned(&mut self, root: Hash) {
+        if self.state == RState::Rescanning {
+            self.state = RState::Done;
+            self.out.push_back(Action::Send(Frame::Done {
+                root,
+                totals: self.totals,
+            }));
+        }
+    }
+
+    /// What was done so far.
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,494 @@
+//! A sender and a receiver driven against each other in memory, without sockets or files,
+//! with every frame going through the codec and chunk frames delivered out of order.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+
+use super::codec::{self, decode};
+use super::*;
+use crate::manifest::tests::{build, mutate, rehash, spec};
+use crate::manifest::{FileNode, Tree};
+
+/// Every chunk id the manifest test trees use, with the bytes it stands for.
+fn contents() -> HashMap<ChunkId, Vec<u8>> {
+    let mut m = HashMap::new();
+    for c in 0..=255u8 {
+        for i in 0..3u8 {
+            m.insert(ChunkId::of(&[c, i]), vec![c, i]);
+        }
+    }
+    m
+}
+
+fn meta_of(node: &Node) -> Meta {
+    Meta {
+        mtime_ns: match node {
+            Node::File(f) => f.mtime_ns,
+            _ => 0,
+        },
+        ..Meta::default()
+    }
+}
+
+fn roundtrip(f: &Frame) -> Frame {
+    let bytes = f.to_bytes();
+    let (g, used) = decode(&bytes).unwrap().unwrap();
+    assert_eq!(used, bytes.len());
+    g
+}
+
+struct Part {
+    path: Vec<u8>,
+    node: FileNode,
+}
+
+struct Outcome {
+    receiver_tree: Tree,
+    sender_root: Hash,
+    receiver_root: Hash,
+    totals: Totals,
+    report: Vec<(u8, Vec<u8>)>,
+}
+
+/// Runs one session: `a` is the sender's tree, `b` the receiver's starting tree.
+/// `shuffle` picks which pending message to deliver next.
+fn run(
+    a: &Tree,
+    b: &Tree,
+    delete: bool,
+    dry_run: bool,
+    mut shuffle: impl FnMut(usize) -> usize,
+) -> Outcome {
+    let content = contents();
+    let a_root = a.root_hash().unwrap();
+    let b_root = b.root_hash().unwrap();
+    // The receiver's chunk index: chunks present in its own starting tree.
+    let mut index: HashMap<ChunkId, ChunkLoc> = HashMap::new();
+    for (p, n) in &b.nodes {
+        if let Node::File(f) = n {
+            index.extend(chunk_locs(p, f));
+        }
+    }
+    let mut fs = b.clone();
+    let mut parts: HashMap<FileKey, Part> = HashMap::new();
+
+    let mut s = Sender::new(a_root, delete, dry_run);
+    let mut r = Receiver::new();
+    let mut to_r: Vec<Frame> = Vec::new(); // control, in order
+    let mut data: Vec<Frame> = Vec::new(); // chunks, any order
+    let mut to_s: Vec<Frame> = Vec::new();
+    let mut report = Vec::new();
+    let mut finished = None;
+
+    for _round in 0..100_000 {
+        while let Some(ev) = s.poll() {
+            match ev {
+                SenderEvent::Send(f) => to_r.push(roundtrip(&f)),
+                SenderEvent::Read { id, loc } => {
+                    let bytes = content[&id].clone();
+                    assert!(a.nodes.contains_key(&loc.path));
+                    data.push(roundtrip(&Frame::Chunk {
+                        id,
+                        raw_len: bytes.len() as u32,
+                        codec: Codec::Raw,
+                        data: bytes,
+                    }));
+                }
+                SenderEvent::Report(m, p) => report.push((m, p)),
+                SenderEvent::Finished { root, totals } => finished = Some((root, totals)),
+            }
+        }
+        while let Some(act) = r.poll() {
+            match act {
+                Action::Send(f) => to_s.push(roundtrip(&f)),
+                Action::Remove { path } => {
+                    fs.nodes.retain(|k, _| {
+                        !(k == &path || (k.starts_with(&path) && k.get(path.len()) == Some(&b'/')))
+                    });
+                }
+                Action::MakeDir { path, mode, .. } => {
+                    fs.nodes.insert(
+                        path,
+                        Node::Dir {
+                            mode,
+                            entries: Vec::new(),
+                        },
+                    );
+                }
+                Action::Symlink { path, target, .. } => {
+                    fs.nodes.insert(path, Node::Symlink { target });
+                }
+                Action::SetFileMeta { path, mode, meta } => match fs.nodes.get_mut(&path) {
+                    Some(Node::File(f)) => {
+                        f.mode = mode;
+                        f.mtime_ns = meta.mtime_ns;
+                    }
+                    other => panic!("SetFileMeta on {other:?}"),
+                },
+                Action::StartFile { key, path, node } => {
+                    let n = node.chunks.len();
+                    parts.insert(key, Part { path, node });
+                    r.file_started(key, &vec![false; n], &|id| index.get(id).cloned());
+                }
+                Action::CopyLocal {
+                    key,
+                    index: i,
+                    from,
+                } => {
+                    // The simulated local read: bytes of the chunk at `from` in b.
+                    let Some(Node::File(f)) = b.nodes.get(&from.path) else {
+                        panic!("copy from a non-file {from:?}");
+                    };
+                    let src = f.chunks.iter().find(|c| index[&c.id] == from).unwrap();
+                    assert_eq!(src.id, parts[&key].node.chunks[i].id);
+                    r.chunk_written(key, i, true);
+                }
+                Action::Write {
+                    key,
+                    index: i,
+                    data,
+                } => {
+                    assert_eq!(ChunkId::of(&data), parts[&key].node.chunks[i].id);
+                    r.chunk_written(key, i, false);
+                }
+                Action::FinishFile { key, mode, meta } => {
+                    let p = parts.remove(&key).unwrap();
+                    let mut node = p.node;
+                    node.mode = mode;
+                    node.mtime_ns = meta.mtime_ns;
+                    fs.nodes.insert(p.path, Node::File(node));
+                    r.file_finished(key);
+                }
+                Action::AbortFile { key } => {
+                    parts.remove(&key);
+                }
+                Action::SetDirMeta { path, mode, .. } => {
+                    if let Some(Node::Dir { mode: m, .. }) = fs.nodes.get_mut(&path) {
+                        *m = mode;
+                    }
+                }
+                Action::Rescan => {
+                    rehash(&mut fs);
+                    r.rescanned(fs.root_hash().unwrap());
+                }
+            }
+        }
+        if finished.is_some() {
+            break;
+        }
+        // Deliver one message: control frames in order per direction, chunks in any order.
+        let total = to_r.len().min(1) + to_s.len().min(1) + data.len();
+        assert!(total > 0, "deadlock: nothing to deliver and not finished");
+        let pick = shuffle(total) % total;
+        if pick == 0 && !to_r.is_empty() {
+            let f = to_r.remove(0);
+            r.handle(f, b, b_root).unwrap();
+        } else if pick <= 1 && !to_s.is_empty() {
+            let f = to_s.remove(0);
+            s.handle(f, a, &mut |_, n| Some(meta_of(n))).unwrap();
+        } else {
+            let i = pick
+                .saturating_sub(to_r.len().min(1) + to_s.len().min(1))
+                .min(data.len() - 1);
+            if let Frame::Chunk { id, data: d, .. } = data.remove(i) {
+                r.handle_chunk(id, d);
+            }
+        }
+    }
+    let (receiver_root, totals) = finished.expect("session did not finish");
+    Outcome {
+        receiver_tree: fs,
+        sender_root: a_root,
+        receiver_root,
+        totals,
+        report,
+    }
+}
+
+fn lcg(seed: u64) -> impl FnMut(usize) -> usize {
+    let mut x = seed;
+    move |n| {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((x >> 33) as usize) % n.max(1)
+    }
+}
+
+/// Sender trees use mtime from the node; give directories mode only (no mtime in nodes).
+fn tree(s: &crate::manifest::tests::Spec) -> Tree {
+    build(s)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// After a push with --delete, the receiver's tree equals the sender's, whatever the
+    /// starting trees and the delivery order of chunks.
+    #[test]
+    fn push_makes_receiver_equal_sender(sa in spec(), sb in spec(), seed in any::<u64>()) {
+        let (a, b) = (tree(&sa), tree(&sb));
+        let out = run(&a, &b, true, false, lcg(seed));
+        prop_assert_eq!(out.receiver_root, out.sender_root);
+        prop_assert_eq!(&out.receiver_tree, &a);
+    }
+
+    /// The common case: the receiver holds an older version of the same tree.
+    #[test]
+    fn push_of_a_mutation(sa in spec(), ops in prop::collection::vec((any::<u8>(), any::<u8>()), 1..4), seed in any::<u64>()) {
+        let a = tree(&sa);
+        let b = tree(&mutate(&sa, &ops));
+        let out = run(&a, &b, true, false, lcg(seed));
+        prop_assert_eq!(out.receiver_root, out.sender_root);
+        prop_assert_eq!(&out.receiver_tree, &a);
+    }
+}
+
+#[test]
+fn equal_roots_finish_without_descending() {
+    let s = crate::manifest::tests::Spec::Dir(0o755, Default::default());
+    let a = tree(&s);
+    let out = run(&a, &a, false, false, lcg(1));
+    assert_eq!(out.totals, Totals::default());
+}
+
+#[test]
+fn without_delete_extraneous_entries_survive() {
+    use crate::manifest::tests::Spec;
+    let f = |c| Spec::File {
+        content: c,
+        len: 2,
+        mode: 0o644,
+        mtime: 1,
+    };
+    let a = tree(&Spec::Dir(0o755, [(b"keep".to_vec(), f(1))].into()));
+    let b = tree(&Spec::Dir(0o755, [(b"extra".to_vec(), f(2))].into()));
+    let out = run(&a, &b, false, false, lcg(2));
+    assert!(out.receiver_tree.nodes.contains_key(&b"extra"[..]));
+    assert!(out.receiver_tree.nodes.contains_key(&b"keep"[..]));
+    assert_ne!(out.receiver_root, out.sender_root);
+}
+
+#[test]
+fn chunks_the_receiver_has_are_reused_not_sent() {
+    use crate::manifest::tests::Spec;
+    let f = |c, len| Spec::File {
+        content: c,
+        len,
+        mode: 0o644,
+        mtime: 1,
+    };
+    // Receiver has a file with chunks (7,0),(7,1); the sender renamed it and appended one.
+    let a = tree(&Spec::Dir(0o755, [(b"renamed".to_vec(), f(7, 3))].into()));
+    let b = tree(&Spec::Dir(0o755, [(b"old".to_vec(), f(7, 2))].into()));
+    let out = run(&a, &b, true, false, lcg(3));
+    assert_eq!(out.receiver_tree, a);
+    assert_eq!(out.totals.chunks_reused, 2);
+    assert_eq!(out.totals.chunks_received, 1);
+}
+
+#[test]
+fn dry_run_reports_and_changes_nothing() {
+    use crate::manifest::tests::Spec;
+    let f = |c| Spec::File {
+        content: c,
+        len: 1,
+        mode: 0o644,
+        mtime: 1,
+    };
+    let a = tree(&Spec::Dir(
+        0o755,
+        [(b"new".to_vec(), f(1)), (b"same".to_vec(), f(2))].into(),
+    ));
+    let b = tree(&Spec::Dir(
+        0o755,
+        [(b"old".to_vec(), f(3)), (b"same".to_vec(), f(2))].into(),
+    ));
+    let out = run(&a, &b, true, true, lcg(4));
+    assert_eq!(out.receiver_tree, b);
+    let mut report = out.report;
+    report.sort();
+    assert_eq!(
+        report,
+        vec![(b'+', b"new".to_vec()), (b'-', b"old".to_vec())]
+    );
+}
+
+#[test]
+fn unknown_version_is_refused_cleanly() {
+    let mut r = Receiver::new();
+    let t = Tree::default();
+    let err = r
+        .handle(
+            Frame::Hello {
+                version: 99,
+                root: Hash([0; 32]),
+                delete: false,
+                dry_run: false,
+            },
+            &t,
+            Hash([1; 32]),
+        )
+        .unwrap_err();
+    assert_eq!(err, ProtoError::Version { theirs: 99 });
+    assert!(matches!(r.poll(), Some(Action::Send(Frame::Refuse { .. }))));
+}
+
+#[test]
+fn frames_out_of_order_are_errors_not_panics() {
+    let mut r = Receiver::new();
+    let t = Tree::default();
+    assert!(
+        r.handle(Frame::Want { ids: vec![] }, &t, Hash([0; 32]))
+            .is_err()
+    );
+    let mut s = Sender::new(Hash([0; 32]), false, false);
+    assert!(
+        s.handle(Frame::GetNodes { paths: vec![] }, &t, &mut |_, _| None)
+            .is_err()
+    );
+}
+
+// ------------------------------- codec -------------------------------
+
+#[test]
+fn every_frame_round_trips() {
+    let node = Node::Symlink {
+        target: b"t".to_vec(),
+    };
+    let frames = vec![
+        Frame::Hello {
+            version: VERSION,
+            root: Hash([1; 32]),
+            delete: true,
+            dry_run: false,
+        },
+        Frame::HelloAck {
+            version: VERSION,
+            root: Hash([2; 32]),
+        },
+        Frame::Refuse {
+            reason: "no".into(),
+        },
+        Frame::GetNodes {
+            paths: vec![vec![], b"a/b".to_vec(), vec![0xff]],
+        },
+        Frame::Nodes {
+            items: vec![NodeItem {
+                path: b"a".to_vec(),
+                node,
+                meta: Meta {
+                    mtime_ns: -5,
+                    uid: 1,
+                    gid: 2,
+                    xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
+                },
+            }],
+        },
+        Frame::Vanished {
+            path: b"x".to_vec(),
+        },
+        Frame::Want {
+            ids: vec![ChunkId([3; 32])],
+        },
+        Frame::Chunk {
+            id: ChunkId([4; 32]),
+            raw_len: 3,
+            codec: Codec::Raw,
+            data: vec![1, 2, 3],
+        },
+        Frame::Chunk {
+            id: ChunkId([4; 32]),
+            raw_len: 300,
+            codec: Codec::Zstd,
+            data: vec![9],
+        },
+        Frame::Report {
+            items: vec![(b'+', b"p".to_vec())],
+        },
+        Frame::Done {
+            root: Hash([5; 32]),
+            totals: Totals {
+                files: 1,
+                chunks_received: 2,
+                chunks_reused: 3,
+                bytes_reused: 4,
+                removed: 5,
+            },
+        },
+    ];
+    let mut stream = Vec::new();
+    for f in &frames {
+        f.encode(&mut stream);
+    }
+    let mut got = Vec::new();
+    let mut at = 0;
+    while let Some((f, used)) = decode(&stream[at..]).unwrap() {
+        got.push(f);
+        at += used;
+    }
+    assert_eq!(got, frames);
+    // Every strict prefix of a frame is "need more", never an error.
+    let one = frames[4].to_bytes();
+    for cut in 0..one.len() {
+        assert_eq!(decode(&one[..cut]), Ok(None), "prefix {cut}");
+    }
+}
+
+#[test]
+fn oversized_and_empty_frames_are_refused_from_the_header() {
+    let mut b = ((MAX_FRAME + 1) as u32).to_le_bytes().to_vec();
+    b.push(1);
+    assert_eq!(decode(&b), Err(FrameError::TooLarge(MAX_FRAME + 1)));
+    assert_eq!(decode(&[0, 0, 0, 0]), Err(FrameError::Empty));
+    assert_eq!(decode(&[1, 0, 0, 0, 200]), Err(FrameError::UnknownTag(200)));
+}
+
+#[test]
+fn traversal_paths_are_refused_by_the_decoder() {
+    for bad in [
+        &b".."[..],
+        b"../x",
+        b"/etc/passwd",
+        b"a//b",
+        b"a/./b",
+        b"a/..",
+        b"a\0b",
+    ] {
+        for f in [
+            Frame::GetNodes {
+                paths: vec![bad.to_vec()],
+            },
+            Frame::Vanished { path: bad.to_vec() },
+            Frame::Nodes {
+                items: vec![NodeItem {
+                    path: bad.to_vec(),
+                    node: Node::Symlink { target: vec![] },
+                    meta: Meta::default(),
+                }],
+            },
+        ] {
+            let err = decode(&f.to_bytes()).unwrap_err();
+            assert!(err.to_string().contains("unsafe path"), "{bad:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn huge_counts_are_refused_before_allocating() {
+    // A `want` frame claiming 2^32-1 ids in a 9-byte body.
+    let mut b = 9u32.to_le_bytes().to_vec();
+    b.push(7);
+    b.extend_from_slice(&u32::MAX.to_le_bytes());
+    b.extend_from_slice(&[0; 4]);
+    assert!(matches!(decode(&b), Err(FrameError::Malformed { .. })));
+    let _ = codec::check_len(5);
+}
+
+proptest! {
+    #[test]
+    fn decoder_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+        let _ = decode(&bytes);
+    }
+}
