@@ -276,41 +276,60 @@ async fn fence_and_switch(
         );
     }
 
-    let final_pos = source.own_position().await.map_err(|e| e.to_string())?;
+    let mut final_pos = source.own_position().await.map_err(|e| e.to_string())?;
     log(steps, format!("source final position {final_pos}"));
 
-    let wait = d.wait_for_position(&final_pos, db.catch_up_timeout);
-    let value = replica
-        .query_string(&wait)
-        .await
-        .map_err(|e| e.to_string())?
-        .and_then(|v| v.trim().parse::<i64>().ok());
-    match d.wait_outcome(&final_pos, value) {
-        WaitOutcome::Reached => log(steps, format!("replica reached {final_pos}")),
-        outcome => {
-            let state = match replica.replica_status().await {
-                Ok(Some(r)) => r
-                    .status
-                    .problem()
-                    .unwrap_or_else(|| "both threads running".into()),
-                Ok(None) => "replication not configured".into(),
-                Err(e) => e.to_string(),
-            };
-            let applied = replica
-                .applied_position()
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            return Err(match outcome {
-                WaitOutcome::TimedOut => format!(
-                    "replica did not reach the source's final position {final_pos} within \
-                     catch_up_timeout {} (it has applied {applied}; {state})",
-                    humantime::format_duration(db.catch_up_timeout)
+    // Wait for the final position. On MariaDB an account with READ_ONLY ADMIN that
+    // reconnected after its session was ended could still have written: so re-read the
+    // source's position once the replica is there, and wait again if it moved.
+    let deadline = std::time::Instant::now() + db.catch_up_timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let wait = d.wait_for_position(&final_pos, left);
+        let value = replica
+            .query_string(&wait)
+            .await
+            .map_err(|e| e.to_string())?
+            .and_then(|v| v.trim().parse::<i64>().ok());
+        let outcome = d.wait_outcome(&final_pos, value);
+        if outcome == WaitOutcome::Reached {
+            let now = source.own_position().await.map_err(|e| e.to_string())?;
+            if now == final_pos {
+                log(steps, format!("replica reached {final_pos}"));
+                break;
+            }
+            log(
+                steps,
+                format!(
+                    "source moved from {final_pos} to {now} after the fence (a privileged \
+                     session wrote); waiting for that"
                 ),
-                _ => format!("replica is not replicating ({state})"),
-            });
+            );
+            final_pos = now;
+            continue;
         }
+        let state = match replica.replica_status().await {
+            Ok(Some(r)) => r
+                .status
+                .problem()
+                .unwrap_or_else(|| "both threads running".into()),
+            Ok(None) => "replication not configured".into(),
+            Err(e) => e.to_string(),
+        };
+        let applied = replica
+            .applied_position()
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        return Err(match outcome {
+            WaitOutcome::TimedOut => format!(
+                "replica did not reach the source's final position {final_pos} within \
+                 catch_up_timeout {} (it has applied {applied}; {state})",
+                humantime::format_duration(db.catch_up_timeout)
+            ),
+            _ => format!("replica is not replicating ({state})"),
+        });
     }
 
     progress.replica_stopped = true;
