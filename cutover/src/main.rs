@@ -28,10 +28,25 @@ struct Cli {
     command: Command,
 }
 
+const DB_EXAMPLE: &str = "\
+Runbook example ([database] table; durations like \"30s\" or \"500ms\"):
+
+  [database]
+  source   = \"mysql://root:pw@10.0.0.1:3306\"   # the current primary
+  replica  = \"mysql://root:pw@10.0.0.2:3306\"   # the destination, to be promoted
+  replication_user = \"repl\"
+  replication_password = \"secret\"            # or replication_password_file
+  source_address_for_replica = \"10.0.0.1:3306\" # optional
+  catch_up_timeout = \"30s\"                    # promote: wait for the final position
+  fence_grace = \"200ms\"                       # promote: before ending sessions (MariaDB)
+  verify_tables = [\"app.*\"]                   # verify: schema.table, * matches any run
+
+Typical order: setup, status (until lag is ~0), verify, promote --reverse, status.";
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Database switch-over: replica setup, status, zero-loss promotion, checksums.
-    #[command(subcommand)]
+    #[command(subcommand, after_long_help = DB_EXAMPLE)]
     Db(DbCommand),
 }
 

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::dialect::{Position, SourceSpec, StartAt, WaitOutcome};
+use super::position::transactions_behind;
 use super::{DbError, Server, connect_pair, source_address};
 use crate::runbook::Database;
 
@@ -126,6 +127,17 @@ pub async fn promote(db: &Database, reverse: bool) -> Result<PromoteReport, DbEr
     let mut log = |steps: &mut Vec<String>, s: String| {
         steps.push(format!("{:>6} ms  {s}", started.elapsed().as_millis()));
     };
+    // The replica's lag at the fence adds to the window: say how large it was.
+    if let (Position::Gtid(at_source), Some(applied)) = (
+        source.own_position().await?,
+        replica.applied_position().await?,
+    ) && let Ok(behind) = transactions_behind(&d, &at_source, &applied)
+    {
+        log(
+            &mut steps,
+            format!("pre-checks passed; replica {behind} transaction(s) behind"),
+        );
+    }
 
     // 2. Fence.
     let mut progress = Progress::default();
