@@ -6,6 +6,30 @@
 //! functions with table-driven tests; the IO shell around them uses `mysql_async`. The library
 //! never prints and never exits: the `cutover` binary turns reports into output and exit codes.
 //! Load balancer, DNS, health checks and the journaled `run`/`rollback` are not here yet.
+//!
+//! ```
+//! use std::path::Path;
+//! use std::time::Duration;
+//! use cutover::runbook::Runbook;
+//!
+//! let text = r#"
+//! [database]
+//! source  = "mysql://root:pw@10.0.0.1:3306"
+//! replica = "mysql://root:pw@10.0.0.2:3306"
+//! replication_password = "secret"
+//! catch_up_timeout = "5s"
+//! "#;
+//! let no_files = |_: &Path| Err("no secret files here".to_string());
+//! let runbook = Runbook::parse(text, Path::new("runbook.toml"), &no_files).unwrap();
+//! let db = runbook.database.unwrap();
+//! assert_eq!(db.catch_up_timeout, Duration::from_secs(5));
+//! assert_eq!(db.replication_user, "repl"); // the default
+//!
+//! // Errors name the key.
+//! let bad = text.replace("\"5s\"", "\"soon\"");
+//! let err = Runbook::parse(&bad, Path::new("runbook.toml"), &no_files).unwrap_err();
+//! assert!(err.to_string().contains("database.catch_up_timeout"));
+//! ```
 
 pub mod db;
 pub mod runbook;

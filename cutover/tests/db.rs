@@ -306,7 +306,13 @@ fn catch_up_timeout_aborts_and_makes_the_source_writable_again() {
     let mut lock = pair
         .replica
         .hold_session("FLUSH TABLES WITH READ LOCK; SELECT SLEEP(60)");
-    std::thread::sleep(Duration::from_millis(300));
+    pair.replica
+        .wait_for(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(60)'",
+            Duration::from_secs(10),
+            |o| o == "1",
+        )
+        .expect("the lock is held");
     pair.source
         .sql("INSERT INTO app.items (id, name) VALUES (4000, 'stuck')");
 
@@ -325,7 +331,12 @@ fn catch_up_timeout_aborts_and_makes_the_source_writable_again() {
         )
         .expect("the source takes writes again");
 
-    // The replica kept replicating: once the lock is gone it catches up.
+    // The replica kept replicating: once the lock is gone it catches up. End the lock's
+    // session on the server (a killed client is noticed only when SLEEP returns).
+    let id = pair
+        .replica
+        .sql("SELECT ID FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(60)'");
+    pair.replica.sql(&format!("KILL {id}"));
     let _ = lock.kill();
     let _ = lock.wait();
     pair.replica

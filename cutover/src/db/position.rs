@@ -309,6 +309,29 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The interval arithmetic agrees with a naive set of transaction numbers.
+        #[test]
+        fn mysql_missing_matches_a_naive_set(
+            src in proptest::collection::vec((1u64..60, 0u64..8), 0..6),
+            rep in proptest::collection::vec((1u64..60, 0u64..8), 0..6),
+        ) {
+            let u = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+            let render = |v: &[(u64, u64)]| {
+                v.iter().map(|(a, len)| format!("{u}:{a}-{}", a + len)).collect::<Vec<_>>().join(",")
+            };
+            let naive = |v: &[(u64, u64)]| {
+                v.iter().flat_map(|(a, len)| *a..=a + len).collect::<std::collections::BTreeSet<u64>>()
+            };
+            let want = naive(&src).difference(&naive(&rep)).count() as u64;
+            let got = mysql_missing(
+                &parse_mysql_gtids(&render(&src)).unwrap(),
+                &parse_mysql_gtids(&render(&rep)).unwrap(),
+            );
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
     #[test]
     fn bytes() {
         assert_eq!(bytes_behind(("b.2", 900), ("b.2", 400)), Some(500));
