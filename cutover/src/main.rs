@@ -61,7 +61,8 @@ enum DbCommand {
     Setup {
         /// The runbook (TOML) with a [database] table.
         runbook: PathBuf,
-        /// Seed a replica that already holds data: the source's schemas are dropped and
+        /// Seed a replica that already holds data or replicates from elsewhere: its replication
+        /// configuration and binary log are reset, the source's schemas are dropped and
         /// re-created on it; its other schemas are left alone.
         #[arg(long)]
         force: bool,

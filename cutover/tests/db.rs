@@ -370,6 +370,27 @@ fn stopped_applier_refuses_promotion_and_changes_nothing() {
         "source stays writable"
     );
     assert_eq!(pair.replica.sql("SELECT @@read_only"), "1");
+
+    // status says why and how far behind, by position.
+    let out = cutover(&["db", "status", "--json"], &runbook);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(json["replication"]["sql"]["state"], "stopped", "{json}");
+    assert_eq!(json["replication"]["io"]["state"], "running", "{json}");
+    assert!(
+        json["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("SQL thread stopped")),
+        "{json}"
+    );
+    assert!(
+        json["transactions_behind"].as_u64().is_some_and(|n| n >= 1),
+        "{json}"
+    );
+    assert!(
+        json["bytes_behind"].as_u64().is_some_and(|n| n > 0),
+        "{json}"
+    );
 }
 
 #[test]

@@ -220,6 +220,13 @@ async fn seed(
     // The seed is the replica's new history: its own binary log from before is not part of
     // it, and a leftover GTID there would conflict with the source's.
     replica.exec(replica.dialect.reset_own_binlog()).await?;
+    if replica.dialect.flavor == Flavor::MySql {
+        // super_read_only would stop even the loading account; `setup` sets it again at
+        // the end. (MariaDB's read_only does not stop an account with READ_ONLY ADMIN.)
+        for sql in replica.dialect.unfence() {
+            replica.exec(sql).await?;
+        }
+    }
     let d = source.dialect;
     let (dump_prog, dump_flags) = d.dump_program();
     let client_prog = d.client_program();
