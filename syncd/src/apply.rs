@@ -567,12 +567,18 @@ impl Target {
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&part)
         };
+        let create = || open(true).map_err(|e| io_err(rel, "create part file for", e));
         let (file, resumed) = match open(true) {
             Ok(f) => (f, false),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => (
-                open(false).map_err(|e| io_err(rel, "open part file for", e))?,
-                true,
-            ),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match open(false) {
+                Ok(f) if f.metadata().is_ok_and(|m| m.is_file() && m.nlink() == 1) => (f, true),
+                // Unusable: left read-only by a failed `finish`, or linked to another name
+                // (writing would change that file too). Start over.
+                _ => {
+                    remove_any(&part, rel)?;
+                    (create()?, false)
+                }
+            },
             Err(e) => return Err(io_err(rel, "create part file for", e)),
         };
         let m = file
@@ -1230,6 +1236,28 @@ mod tests {
         }
         part.finish(&meta(0o644, 5)).unwrap();
         assert_eq!(fs::read(at(&t, b"f")).unwrap(), data);
+    }
+
+    #[test]
+    fn a_hard_linked_part_file_is_not_reused() {
+        let (_tmp, t) = setup();
+        let data = noise(200_000, 9);
+        let node = node_of(&data, 0o644, 0);
+        drop(t.begin_file(b"f", &node).unwrap());
+        let name = part_files(t.root()).pop().unwrap();
+        let other = at(&t, b"other");
+        fs::hard_link(t.root().join(OsStr::from_bytes(&name)), &other).unwrap();
+        let mut part = t.begin_file(b"f", &node).unwrap();
+        assert!(!part.resumed());
+        for (i, (s, e)) in spans(&node).into_iter().enumerate() {
+            part.write_chunk(i, &data[s..e]).unwrap();
+        }
+        part.finish(&meta(0o644, 0)).unwrap();
+        assert_eq!(fs::read(at(&t, b"f")).unwrap(), data);
+        assert!(
+            fs::read(&other).unwrap().iter().all(|&b| b == 0),
+            "wrote through a link"
+        );
     }
 
     #[test]
