@@ -294,6 +294,40 @@ fn promote_reverse_replicates_new_writes_back_to_the_old_source() {
         "1",
         "the old source stays read-only"
     );
+
+    // The rollback direction: with the roles swapped in the runbook, the pair is a healthy
+    // replication pair, identical, and can be switched back without losing the writes made
+    // on the new primary.
+    let swapped = runbook.with_file_name("swapped.toml");
+    std::fs::write(
+        &swapped,
+        format!(
+            "[database]\nsource = \"{}\"\nreplica = \"{}\"\nreplication_password = \"replpw\"\n\
+             verify_tables = [\"app.*\"]\n",
+            pair.replica.url(),
+            pair.source.url()
+        ),
+    )
+    .expect("write runbook");
+    assert_eq!(cutover(&["db", "status"], &swapped).status.code(), Some(0));
+    assert_eq!(cutover(&["db", "verify"], &swapped).status.code(), Some(0));
+    let out = cutover(&["db", "promote", "--reverse"], &swapped);
+    assert_eq!(out.status.code(), Some(0), "switch back");
+    pair.source
+        .try_sql_as(
+            APP_USER,
+            APP_PASSWORD,
+            "INSERT INTO app.items (id, name) VALUES (3001, 'switched back')",
+        )
+        .expect("the original source is the primary again");
+    pair.replica
+        .wait_for(
+            "SELECT COUNT(*) FROM app.items WHERE id IN (2000, 3000, 3001)",
+            Duration::from_secs(10),
+            |o| o == "3",
+        )
+        .expect("and replicates to the replica again");
+    assert_eq!(cutover(&["db", "status"], &runbook).status.code(), Some(0));
 }
 
 #[test]
