@@ -40,7 +40,7 @@ use filetime::FileTime;
 use xattr::FileExt as _;
 
 use crate::chunk::ChunkId;
-use crate::manifest::{FileNode, Node, check_name, display_path, parent};
+use crate::manifest::{ChunkRef, FileNode, Node, check_name, display_path, parent};
 
 /// Every temporary name this module creates starts with this prefix (see [`is_part_file`]).
 pub const PART_PREFIX: &[u8] = b".syncd-";
@@ -415,7 +415,64 @@ fn file_name(rel: &[u8]) -> &[u8] {
     }
 }
 
+/// The chunk a long run of zeros is cut into, if `node` has one: content-defined chunking
+/// cuts zeros at the maximum length, so this looks for zeros of the file's longest chunk
+/// length when that length occurs at least twice. One hash of one chunk per file at most,
+/// so that fresh part files need not be read to find their holes.
+fn zero_run_chunk(node: &FileNode) -> Option<ChunkRef> {
+    let longest = node.chunks.iter().map(|c| c.len).max()?;
+    // At least two chunks of that length.
+    node.chunks.iter().filter(|c| c.len == longest).nth(1)?;
+    let zero = ChunkRef {
+        id: ChunkId::of(&vec![0; longest as usize]),
+        len: longest,
+    };
+    node.chunks.contains(&zero).then_some(zero)
+}
+
 /// A destination tree: the root every received relative path is applied under.
+///
+/// Relative paths are raw bytes, `/`-separated, the root being `b""`. A driver applies a
+/// push in this order: [`mkdir`](Target::mkdir) for directories, parents first; per file
+/// [`begin_file`](Target::begin_file), [`PartFile::present`], [`PartFile::write_chunk`]
+/// for the chunks not present (from the wire, or [`read_span`](Target::read_span) of a
+/// copy already in the tree), then [`PartFile::finish`]; [`symlink`](Target::symlink);
+/// [`hard_link`](Target::hard_link) once the linked entry is in place;
+/// [`remove`](Target::remove) for extraneous entries after the new content; and last
+/// [`set_dir_meta`](Target::set_dir_meta), children before parents.
+///
+/// ```
+/// use syncd::apply::{Meta, Target};
+/// use syncd::chunk::{ChunkParams, chunk};
+/// use syncd::manifest::{ChunkRef, FileNode};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dest = tempfile::tempdir()?;
+/// let data = b"hello, world\n";
+/// let chunks = chunk(data, ChunkParams::default());
+/// let node = FileNode {
+///     size: data.len() as u64,
+///     mode: 0o644,
+///     mtime_ns: 1_700_000_000_000_000_000,
+///     chunks: chunks.iter().map(|c| ChunkRef { id: c.id, len: c.len }).collect(),
+/// };
+/// let dir = Meta { mode: 0o755, ..Meta::default() };
+/// let file = Meta { mode: node.mode, mtime_ns: node.mtime_ns, ..Meta::default() };
+///
+/// let target = Target::open(dest.path())?;
+/// target.mkdir(b"docs", &dir)?;
+/// let mut part = target.begin_file(b"docs/hello.txt", &node)?;
+/// let present = part.present()?;
+/// for (i, c) in chunks.iter().enumerate().filter(|(i, _)| !present[*i]) {
+///     let span = c.offset as usize..(c.offset + u64::from(c.len)) as usize;
+///     part.write_chunk(i, &data[span])?;
+/// }
+/// part.finish(&file)?;
+/// target.set_dir_meta(b"docs", &dir)?;
+/// assert_eq!(std::fs::read(dest.path().join("docs/hello.txt"))?, data);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Target {
     root: PathBuf,
@@ -882,8 +939,10 @@ impl PartFile {
 
     /// Which chunks (by index into the node's chunks) are already correct in the part file.
     /// A resumed part file is read and each chunk span hashed; a hole reads as zeros and so
-    /// matches only an all-zero chunk. A fresh part file is not read: only what was written
-    /// through this handle counts.
+    /// matches only an all-zero chunk. A fresh part file is not read: it is all holes, so
+    /// the zero runs of a sparse file are present (recognised as repeated chunks of the
+    /// file's longest chunk length, which is how content-defined chunking cuts long zero
+    /// runs), and otherwise only what was written through this handle counts.
     pub fn present(&mut self) -> Result<Vec<bool>, ApplyError> {
         if self.resumed {
             let mut buf = Vec::new();
@@ -896,6 +955,10 @@ impl PartFile {
                     .read_exact_at(&mut buf, self.offsets[i])
                     .map_err(|e| io_err(&self.rel, "read part file for", e))?;
                 self.done[i] = ChunkId::of(&buf) == c.id;
+            }
+        } else if let Some(zero) = zero_run_chunk(&self.node) {
+            for (done, c) in self.done.iter_mut().zip(&self.node.chunks) {
+                *done |= *c == zero;
             }
         }
         Ok(self.done.clone())
@@ -996,7 +1059,6 @@ impl PartFile {
 mod tests {
     use super::*;
     use crate::chunk::{ChunkParams, chunk};
-    use crate::manifest::ChunkRef;
     use std::os::unix::fs::symlink as make_symlink;
     use std::process::Command;
 
@@ -1297,7 +1359,21 @@ mod tests {
     fn zeros_stay_sparse() {
         let (_tmp, t) = setup();
         let data = vec![0u8; 64 << 20];
-        assemble(&t, b"sparse", &data, &meta(0o644, 0));
+        let node = node_of(&data, 0o644, 0);
+        let mut part = t.begin_file(b"sparse", &node).unwrap();
+        // A fresh part file is all holes: the zero chunks need not be sent at all.
+        let present = part.present().unwrap();
+        let missing: Vec<usize> = (0..present.len()).filter(|&i| !present[i]).collect();
+        assert!(
+            missing.len() <= 1,
+            "zero chunks reported missing: {missing:?}"
+        );
+        for (i, (s, e)) in spans(&node).into_iter().enumerate() {
+            if !present[i] {
+                part.write_chunk(i, &data[s..e]).unwrap();
+            }
+        }
+        part.finish(&meta(0o644, 0)).unwrap();
         let m = fs::symlink_metadata(at(&t, b"sparse")).unwrap();
         assert_eq!(m.len(), 64 << 20);
         assert!(
