@@ -465,12 +465,17 @@ impl Dialect {
 
     /// Lists the ids of the sessions to end after fencing: everything but this session,
     /// replication and system threads.
-    pub fn sessions_to_end_query(&self) -> &'static str {
-        "SELECT ID FROM information_schema.PROCESSLIST \
-         WHERE ID <> CONNECTION_ID() \
-         AND USER NOT IN ('system user', 'event_scheduler', 'unauthenticated user') \
-         AND COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Killed', \
-         'Slave_IO', 'Slave_SQL', 'Slave_worker', 'Connect')"
+    pub fn sessions_to_end_query(&self) -> String {
+        format!("SELECT ID FROM information_schema.PROCESSLIST WHERE {SESSIONS_TO_END}")
+    }
+
+    /// Counts the sessions of [`Dialect::sessions_to_end_query`] that are running a statement;
+    /// when none is, the fence's grace period can end early.
+    pub fn busy_sessions_query(&self) -> String {
+        format!(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+             WHERE {SESSIONS_TO_END} AND COMMAND <> 'Sleep'"
+        )
     }
 
     /// Ends one session.
@@ -621,6 +626,12 @@ impl Dialect {
         }
     }
 }
+
+/// Client sessions, as opposed to this session, replication and system threads.
+const SESSIONS_TO_END: &str = "ID <> CONNECTION_ID() \
+     AND USER NOT IN ('system user', 'event_scheduler', 'unauthenticated user') \
+     AND COMMAND NOT IN ('Binlog Dump', 'Binlog Dump GTID', 'Daemon', 'Killed', \
+     'Slave_IO', 'Slave_SQL', 'Slave_worker', 'Connect')";
 
 /// How to open a consistent snapshot at a known position (see [`Dialect::snapshot`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -869,6 +880,23 @@ mod tests {
             vec!["SET GLOBAL super_read_only = 0", "SET GLOBAL read_only = 0"]
         );
         assert!(m.fence_ends_sessions() && !my.fence_ends_sessions());
+    }
+
+    #[test]
+    fn sessions_ended_by_the_fence_spare_replication_and_ourselves() {
+        let d = mariadb();
+        for q in [d.sessions_to_end_query(), d.busy_sessions_query()] {
+            for spared in [
+                "ID <> CONNECTION_ID()",
+                "'Binlog Dump'",
+                "'Slave_SQL'",
+                "'system user'",
+            ] {
+                assert!(q.contains(spared), "{q} should spare {spared}");
+            }
+        }
+        assert!(d.busy_sessions_query().ends_with("AND COMMAND <> 'Sleep'"));
+        assert_eq!(d.kill_session(42), "KILL CONNECTION 42");
     }
 
     #[test]

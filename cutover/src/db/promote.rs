@@ -275,14 +275,18 @@ async fn fence_and_switch(
 
     let mut ended = 0;
     if d.fence_ends_sessions() {
-        tokio::time::sleep(db.fence_grace).await;
+        let waited = grace(source, db.fence_grace)
+            .await
+            .map_err(|e| e.to_string())?;
         ended = end_sessions(source, killer)
             .await
             .map_err(|e| e.to_string())?;
         log(
             steps,
             format!(
-                "ended {ended} remaining client session(s) after {} ms grace",
+                "ended {ended} remaining client session(s) after {} ms of grace (at most {} ms, \
+                 less when no session is running a statement)",
+                waited.as_millis(),
                 db.fence_grace.as_millis()
             ),
         );
@@ -366,6 +370,21 @@ async fn fence_and_switch(
     Ok((final_pos, ended, start))
 }
 
+/// Lets statements that were running at the fence finish, for at most `limit`; returns early
+/// once no client session is running one (idle sessions have nothing in flight to lose).
+async fn grace(source: &mut Server, limit: Duration) -> Result<Duration, DbError> {
+    let start = Instant::now();
+    let query = source.dialect.busy_sessions_query();
+    loop {
+        let busy = source.query_string(&query).await?;
+        if busy.as_deref() == Some("0") || start.elapsed() >= limit {
+            return Ok(start.elapsed());
+        }
+        let left = limit.saturating_sub(start.elapsed());
+        tokio::time::sleep(left.min(Duration::from_millis(5))).await;
+    }
+}
+
 /// Ends every client session on the source except ours and the replication threads.
 async fn end_sessions(
     source: &mut Server,
@@ -373,7 +392,7 @@ async fn end_sessions(
 ) -> Result<usize, DbError> {
     use mysql_async::prelude::Queryable;
     let rows = source
-        .query_strings(source.dialect.sessions_to_end_query())
+        .query_strings(&source.dialect.sessions_to_end_query())
         .await?;
     let mine = u64::from(killer.id());
     let mut ended = 0;
