@@ -1,7 +1,7 @@
 //! The `syncd` command line. Exit codes: 0 ok/identical, 1 a difference or a failed check
 //! was found, 2 a usage or runtime error (one line on stderr).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -26,7 +26,11 @@ use syncd::scan::{self, Problem, ScanOptions, Summary};
         size, mtime, ctime or inode changed.\n\n\
         Exit status: 0 ok or identical, 1 a difference or a failed check was found, 2 usage or \
         runtime error.",
-    after_help = "Examples:\n  syncd manifest /srv/data\n  syncd diff /srv/data /mnt/copy\n  syncd verify /srv/data"
+    after_help = "Examples:\n  syncd manifest /srv/data\n  syncd diff /srv/data /mnt/copy\n  syncd verify /srv/data\n  \
+        syncd push /srv/data /mnt/copy/            # local, no server needed\n  \
+        syncd init && syncd id                      # on both nodes; exchange the ids\n  \
+        syncd serve --root /srv/data --listen 0.0.0.0:7700 --allow SENDER-ID\n  \
+        syncd push /srv/data newhost:7700 --peer-id RECEIVER-ID --delete --bwlimit 200M"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -65,6 +69,83 @@ struct Filters {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Create this node's identity (key pair + self-signed certificate) if missing, and
+    /// print its peer id.
+    ///
+    /// The peer id is the fingerprint of the certificate. Give it to the other side: a
+    /// `syncd serve` accepts only `--allow`ed peer ids, and a `syncd push` talks only to the
+    /// `--peer-id` it was given. There is no trust on first use.
+    Init {
+        #[command(flatten)]
+        home: Home,
+    },
+    /// Print this node's peer id (one line).
+    Id {
+        #[command(flatten)]
+        home: Home,
+    },
+    /// Receive pushes into ROOT over QUIC, from allowed peers only, until SIGTERM/SIGINT.
+    ///
+    /// Every file is assembled in a part file next to its destination, each chunk verified
+    /// against its BLAKE3 id, then fsynced and renamed into place. An interrupted push
+    /// leaves no partially written file at a final path, and the next push reuses what
+    /// arrived. Pushes are applied one at a time.
+    Serve {
+        /// Directory to receive into (must exist).
+        #[arg(long, value_name = "DIR")]
+        root: PathBuf,
+        /// UDP address to listen on, e.g. 0.0.0.0:7700 or [::]:7700.
+        #[arg(long, value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// Peer id allowed to push (from its `syncd id`); repeatable; at least one.
+        #[arg(long = "allow", value_name = "PEER_ID", required = true)]
+        allow: Vec<syncd::identity::PeerId>,
+        #[command(flatten)]
+        home: Home,
+    },
+    /// Make DEST an exact copy of SRC, sending only the chunks DEST lacks.
+    ///
+    /// DEST is HOST:PORT of a `syncd serve` (then --peer-id is required), or a local
+    /// directory: any path containing a '/' (e.g. ./copy or /mnt/copy), created if missing;
+    /// a local push runs the same pipeline without the network. Preserves mode, mtime,
+    /// symlinks, empty directories, and owner and xattrs when the receiver runs as root.
+    /// The push ends by comparing the receiver's manifest root with the source's: exit 0 only
+    /// if they are equal. Exit 1 if they differ (e.g. extraneous entries without --delete,
+    /// or the source changed meanwhile) or, with --dry-run, if anything would change.
+    Push {
+        /// The source tree.
+        src: PathBuf,
+        /// HOST:PORT of a `syncd serve`, or a local directory path containing '/'.
+        dest: String,
+        /// The receiver's peer id (required for a remote DEST; see `syncd id` there).
+        #[arg(long, value_name = "PEER_ID")]
+        peer_id: Option<syncd::identity::PeerId>,
+        /// Remove entries in DEST that SRC does not have (after new content is in place).
+        #[arg(long)]
+        delete: bool,
+        #[arg(long, value_name = "RATE", help = syncd::rate::RATE_HELP)]
+        bwlimit: Option<syncd::rate::Rate>,
+        /// Fixed zstd level for chunk data (0 = off). Default: adapt to the link, which
+        /// means off on fast links where compressing costs more time than it saves.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(0..=19))]
+        compress_level: Option<i32>,
+        /// List what would change (like `syncd diff`), change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print a JSON summary instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Show progress on stderr (default: only when stderr is a terminal).
+        #[arg(long, overrides_with = "no_progress")]
+        progress: bool,
+        /// Never show progress.
+        #[arg(long)]
+        no_progress: bool,
+        #[command(flatten)]
+        home: Home,
+        #[command(flatten)]
+        filters: Filters,
+    },
     /// Build or refresh DIR's manifest and print its root hash, files, bytes and time.
     ///
     /// The first run reads every file; later runs re-read only files whose stat changed.
@@ -165,6 +246,48 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn run(cli: Cli) -> Result<Outcome> {
     match cli.command {
+        Command::Init { home } => cmd_init(&home.dir()?),
+        Command::Id { home } => {
+            let home = home.dir()?;
+            let id = syncd::identity::Identity::load(&home)?;
+            writeln!(std::io::stdout().lock(), "{}", id.peer_id())?;
+            Ok(Outcome::Ok)
+        }
+        Command::Serve {
+            root,
+            listen,
+            allow,
+            home,
+        } => cmd_serve(root, listen, allow, &home.dir()?),
+        Command::Push {
+            src,
+            dest,
+            peer_id,
+            delete,
+            bwlimit,
+            compress_level,
+            dry_run,
+            json,
+            progress,
+            no_progress,
+            home,
+            filters,
+        } => {
+            let opts = PushArgs {
+                peer_id,
+                json,
+                progress: progress || (!no_progress && std::io::stderr().is_terminal()),
+                push: syncd::push::PushOptions {
+                    delete,
+                    dry_run,
+                    scan: options(&home.dir()?, &filters),
+                    bwlimit: bwlimit.map(|r| r.bytes_per_sec()).filter(|&r| r > 0),
+                    compress_level,
+                    progress: None,
+                },
+            };
+            cmd_push(&src, &dest, &home.dir()?, opts)
+        }
         Command::Manifest {
             dir,
             json,
@@ -189,6 +312,7 @@ fn options(home: &Path, filters: &Filters) -> ScanOptions {
         gitignore: filters.filter_gitignore,
         params: Default::default(),
         exclude_path: std::fs::canonicalize(home).ok(),
+        skip_part_files: false,
     }
 }
 
@@ -383,4 +507,197 @@ fn human_bytes(n: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[u])
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn cmd_init(home: &Path) -> Result<Outcome> {
+    let (id, created) = syncd::identity::Identity::load_or_create(home)?;
+    let path = syncd::identity::Identity::path_in(home);
+    if created {
+        eprintln!("syncd: created a new identity in {}", path.display());
+    } else {
+        eprintln!("syncd: identity already exists in {}", path.display());
+    }
+    writeln!(std::io::stdout().lock(), "{}", id.peer_id())?;
+    Ok(Outcome::Ok)
+}
+
+fn cmd_serve(
+    root: PathBuf,
+    listen: std::net::SocketAddr,
+    allow: Vec<syncd::identity::PeerId>,
+    home: &Path,
+) -> Result<Outcome> {
+    let identity = syncd::identity::Identity::load(home)?;
+    let root = scan::canonical_root(&root)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let endpoint = syncd::transport::server_endpoint(&identity, listen, allow)?;
+        let local = endpoint.local_addr().unwrap_or(listen);
+        eprintln!(
+            "syncd serve: listening on {local} as {} into {}",
+            identity.peer_id(),
+            root.display()
+        );
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+            eprintln!("syncd serve: shutting down (the running push may finish)");
+        };
+        let log = std::sync::Arc::new(|line: String| eprintln!("syncd serve: {line}"));
+        syncd::push::serve(endpoint, root, home.to_path_buf(), shutdown, log).await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(Outcome::Ok)
+}
+
+struct PushArgs {
+    peer_id: Option<syncd::identity::PeerId>,
+    json: bool,
+    progress: bool,
+    push: syncd::push::PushOptions,
+}
+
+fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<Outcome> {
+    let rt = runtime()?;
+    let bar = args.progress.then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed} sent {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        bar
+    });
+    if let Some(bar) = &bar {
+        let b = bar.clone();
+        let start = Instant::now();
+        args.push.progress = Some(syncd::push::Progress(std::sync::Arc::new(
+            move |bytes: u64, chunks: u64| {
+                let rate = bytes as f64 / start.elapsed().as_secs_f64().max(1e-3);
+                b.set_message(format!(
+                    "{} in {chunks} chunks, {}/s",
+                    human_bytes(bytes),
+                    human_bytes(rate as u64)
+                ));
+            },
+        )));
+    }
+    let t = Instant::now();
+    let result = rt.block_on(async {
+        if dest.contains('/') {
+            syncd::push::push_local(src, Path::new(dest), home, &args.push)
+                .await
+                .map_err(anyhow::Error::from)
+        } else {
+            let addr = tokio::net::lookup_host(dest)
+                .await
+                .with_context(|| {
+                    format!("DEST {dest:?} is neither HOST:PORT nor a directory path containing '/' (write ./{dest} for a local directory)")
+                })?
+                .next()
+                .with_context(|| format!("{dest}: no address found"))?;
+            let peer_id = args.peer_id.with_context(|| {
+                format!("--peer-id is required to push to {dest}: run `syncd id` on the receiver and pass it here (syncd never trusts on first use)")
+            })?;
+            let identity = syncd::identity::Identity::load(home)?;
+            syncd::push::push_remote(src, addr, &peer_id, &identity, home, &args.push)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    });
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let (report, summary) = result?;
+    for w in &summary.warnings {
+        eprintln!("syncd: warning: {w}");
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let ratio = if report.bytes_encoded > 0 {
+        report.bytes_sent as f64 / report.bytes_encoded as f64
+    } else {
+        1.0
+    };
+    let mut out = std::io::stdout().lock();
+    if args.push.dry_run {
+        let mut changes = report.changes.clone();
+        changes.sort_by(|a, b| a.1.cmp(&b.1));
+        if args.json {
+            let v = json!({
+                "dry_run": true,
+                "identical": changes.is_empty(),
+                "root": report.root.to_hex(),
+                "changes": changes.iter().map(|(m, p)| json!({"marker": m.to_string(), "path": display_path(p)})).collect::<Vec<_>>(),
+            });
+            writeln!(out, "{v}")?;
+        } else {
+            for (m, p) in &changes {
+                writeln!(out, "{m} {}", display_path(p))?;
+            }
+        }
+        return Ok(if changes.is_empty() {
+            Outcome::Ok
+        } else {
+            Outcome::Found
+        });
+    }
+    if args.json {
+        let v = json!({
+            "files_scanned": report.files_scanned,
+            "bytes_scanned": report.bytes_scanned,
+            "files_transferred": report.files_transferred,
+            "chunks_sent": report.chunks_sent,
+            "bytes_sent": report.bytes_sent,
+            "bytes_encoded": report.bytes_encoded,
+            "wire_bytes": report.wire_bytes,
+            "chunks_deduplicated": report.chunks_deduplicated,
+            "bytes_deduplicated": report.bytes_deduplicated,
+            "compression_ratio": ratio,
+            "removed": report.removed,
+            "seconds": secs,
+            "root": report.root.to_hex(),
+            "receiver_root": report.receiver_root.to_hex(),
+            "identical": report.identical(),
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(
+            out,
+            "pushed {} files ({}): sent {} in {} chunks ({:.2}x compressed, {} on the wire), reused {} already there, removed {}  {:.2}s\nroot {} {}",
+            report.files_transferred,
+            human_bytes(report.bytes_scanned),
+            human_bytes(report.bytes_sent),
+            report.chunks_sent,
+            ratio,
+            human_bytes(report.wire_bytes),
+            human_bytes(report.bytes_deduplicated),
+            report.removed,
+            secs,
+            report.root,
+            if report.identical() {
+                "(receiver identical)"
+            } else {
+                ""
+            },
+        )?;
+    }
+    if !report.identical() {
+        eprintln!(
+            "syncd: the receiver's root {} differs from the source's {}: it keeps entries the source lacks (use --delete) or the source changed during the push (push again)",
+            report.receiver_root, report.root
+        );
+        return Ok(Outcome::Found);
+    }
+    Ok(Outcome::Ok)
 }

@@ -1,1 +1,1130 @@
-//! `push` (in progress).
+//! The push pipeline, top to bottom: scan → hello/root compare → merkle descent →
+//! want/have → send chunks → apply → rescan → verify roots.
+//!
+//! These are the IO drivers around the sans-IO [`crate::proto`] state machines. Both drivers
+//! are generic over tokio byte streams: a remote push runs them over QUIC streams
+//! ([`push_remote`] / [`serve`]), a local push ([`push_local`]) runs them over in-memory
+//! pipes in one process, so both modes exercise the same code.
+//!
+//! Streams: one bidirectional control stream (hello, nodes, wants, done) and several
+//! unidirectional data streams from sender to receiver carrying only `Chunk` frames, so that
+//! chunk reads, compression, decompression and verification run in parallel.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::apply::{self, Target};
+use crate::chunk::ChunkId;
+use crate::identity::{Identity, PeerId};
+use crate::manifest::store::{Opened, Snapshot, Store};
+use crate::manifest::{Hash, Node};
+use crate::proto::adapt::{self, Adapt};
+use crate::proto::codec::{self, Codec, Frame, FrameError};
+use crate::proto::{Action, ChunkLoc, FileKey, Meta, ProtoError, Receiver, Sender, SenderEvent};
+use crate::scan::{self, ScanOptions, Summary};
+use crate::transport::{self, Throttle};
+
+/// Data streams per session.
+pub const DATA_STREAMS: usize = 4;
+
+/// Errors of a push or of serving one.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// Scanning a tree failed.
+    #[error(transparent)]
+    Scan(#[from] scan::ScanError),
+    /// The manifest store failed.
+    #[error(transparent)]
+    Store(#[from] crate::manifest::store::StoreError),
+    /// Applying on the receiver failed.
+    #[error(transparent)]
+    Apply(#[from] apply::ApplyError),
+    /// The peer broke the protocol or refused.
+    #[error("{peer}: {source}")]
+    Proto {
+        /// Who.
+        peer: String,
+        /// What.
+        #[source]
+        source: ProtoError,
+    },
+    /// A frame did not decode.
+    #[error("{peer}: {source}")]
+    Frame {
+        /// Who sent it.
+        peer: String,
+        /// What is wrong with it.
+        #[source]
+        source: FrameError,
+    },
+    /// A chunk's bytes did not match its id after decoding.
+    #[error("{peer}: chunk {id} does not match its hash")]
+    BadChunk {
+        /// Who sent it.
+        peer: String,
+        /// Which chunk.
+        id: String,
+    },
+    /// The connection or a stream failed.
+    #[error("{peer}: {source}")]
+    Io {
+        /// Who.
+        peer: String,
+        /// What.
+        #[source]
+        source: std::io::Error,
+    },
+    /// QUIC / TLS setup failed.
+    #[error(transparent)]
+    Transport(#[from] transport::TransportError),
+    /// The node identity could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// The receiver refused or aborted the push (its reason).
+    #[error("{peer} aborted the push: {reason}")]
+    Remote {
+        /// Who.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// The peer closed the session early.
+    #[error("{peer} closed the connection before the push finished")]
+    Closed {
+        /// Who.
+        peer: String,
+    },
+}
+
+/// Options of a push.
+#[derive(Debug, Clone, Default)]
+pub struct PushOptions {
+    /// Remove receiver entries the sender does not have.
+    pub delete: bool,
+    /// Report what would change; change nothing.
+    pub dry_run: bool,
+    /// Scan filters for the source.
+    pub scan: ScanOptions,
+    /// Bandwidth cap on wire bytes per second (remote pushes).
+    pub bwlimit: Option<u64>,
+    /// Fixed zstd level (`0` = off); `None` adapts.
+    pub compress_level: Option<i32>,
+    /// Called with (raw bytes sent, chunks sent) four times a second, for progress display.
+    pub progress: Option<Progress>,
+}
+
+/// A progress callback: (raw bytes sent, chunks sent).
+#[derive(Clone)]
+pub struct Progress(pub Arc<dyn Fn(u64, u64) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress(..)")
+    }
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Default)]
+pub struct PushReport {
+    /// Source files scanned.
+    pub files_scanned: u64,
+    /// Their bytes.
+    pub bytes_scanned: u64,
+    /// The source root.
+    pub root: Hash,
+    /// The receiver's root after the push.
+    pub receiver_root: Hash,
+    /// Files written on the receiver.
+    pub files_transferred: u64,
+    /// Chunks sent.
+    pub chunks_sent: u64,
+    /// Raw bytes of the chunks sent.
+    pub bytes_sent: u64,
+    /// Encoded bytes of the chunks sent (after compression).
+    pub bytes_encoded: u64,
+    /// Estimated wire bytes (all frames, plus per-packet overhead on QUIC).
+    pub wire_bytes: u64,
+    /// Chunks the receiver already had.
+    pub chunks_deduplicated: u64,
+    /// Bytes the receiver already had.
+    pub bytes_deduplicated: u64,
+    /// Entries removed on the receiver.
+    pub removed: u64,
+    /// Dry run: what would change (marker, path).
+    pub changes: Vec<(char, Vec<u8>)>,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+impl PushReport {
+    /// True when the receiver ended with exactly the sender's tree.
+    pub fn identical(&self) -> bool {
+        self.root == self.receiver_root
+    }
+}
+
+// ------------------------------------------------------------------ frame IO
+
+async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    peer: &str,
+) -> Result<Option<Frame>, PushError> {
+    let io = |source| PushError::Io {
+        peer: peer.to_string(),
+        source,
+    };
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(io(e)),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    codec::check_len(len).map_err(|source| PushError::Frame {
+        peer: peer.to_string(),
+        source,
+    })?;
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await.map_err(io)?;
+    codec::decode_body(&body)
+        .map(Some)
+        .map_err(|source| PushError::Frame {
+            peer: peer.to_string(),
+            source,
+        })
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    f: &Frame,
+    peer: &str,
+) -> Result<u64, PushError> {
+    let bytes = f.to_bytes();
+    w.write_all(&bytes).await.map_err(|source| PushError::Io {
+        peer: peer.to_string(),
+        source,
+    })?;
+    Ok(bytes.len() as u64)
+}
+
+// ------------------------------------------------------------------ sender
+
+/// Metadata of a source path for the wire (owner, xattrs, mtime).
+fn source_meta(root: &Path, rel: &[u8], node: &Node) -> Option<Meta> {
+    let abs = root.join(std::ffi::OsStr::from_bytes(rel));
+    let m = std::fs::symlink_metadata(&abs).ok()?;
+    let xattrs = if matches!(node, Node::Symlink { .. }) {
+        Vec::new()
+    } else {
+        read_xattrs(&abs)
+    };
+    Some(Meta {
+        mtime_ns: match node {
+            Node::File(f) => f.mtime_ns,
+            _ => m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        },
+        uid: m.uid(),
+        gid: m.gid(),
+        xattrs,
+    })
+}
+
+fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let Ok(names) = xattr::list(path) else {
+        return Vec::new();
+    };
+    names
+        .filter_map(|n| {
+            let v = xattr::get(path, &n).ok().flatten()?;
+            Some((n.as_bytes().to_vec(), v))
+        })
+        .collect()
+}
+
+/// Counters shared by the sender's data workers.
+#[derive(Debug, Default)]
+struct SendStats {
+    chunks: AtomicU64,
+    raw: AtomicU64,
+    encoded: AtomicU64,
+    wire: AtomicU64,
+    wait_ns: AtomicU64,
+}
+
+struct Job {
+    id: ChunkId,
+    loc: ChunkLoc,
+}
+
+/// Reads one chunk from the source, or says the file changed.
+fn read_chunk(root: &Path, id: &ChunkId, loc: &ChunkLoc) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let abs = root.join(std::ffi::OsStr::from_bytes(&loc.path));
+    let f = std::fs::File::open(abs).ok()?;
+    let mut buf = vec![0u8; loc.len as usize];
+    f.read_exact_at(&mut buf, loc.offset).ok()?;
+    (ChunkId::of(&buf) == *id).then_some(buf)
+}
+
+fn encode_chunk(adapt: &Mutex<Adapt>, id: ChunkId, raw: Vec<u8>) -> Frame {
+    let level = lock(adapt).next_level();
+    if level > 0 {
+        let t = Instant::now();
+        if let Ok(z) = zstd::bulk::compress(&raw, level) {
+            lock(adapt).observe_compress(level, raw.len(), z.len(), t.elapsed().as_secs_f64());
+            if adapt::worth_it(raw.len(), z.len()) {
+                return Frame::Chunk {
+                    id,
+                    raw_len: raw.len() as u32,
+                    codec: Codec::Zstd,
+                    data: z,
+                };
+            }
+        }
+    }
+    Frame::Chunk {
+        id,
+        raw_len: raw.len() as u32,
+        codec: Codec::Raw,
+        data: raw,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Per-packet overhead estimate for wire accounting: QUIC for remote pushes, none locally.
+#[derive(Debug, Clone, Copy)]
+enum Wire {
+    Quic,
+    Local,
+}
+
+impl Wire {
+    fn bytes(self, payload: u64) -> u64 {
+        match self {
+            Wire::Quic => transport::wire_bytes(payload),
+            Wire::Local => payload,
+        }
+    }
+}
+
+/// Runs the sending side of one session over the given streams.
+#[allow(clippy::too_many_arguments)]
+async fn run_sender<CR, CW, DW>(
+    peer: &str,
+    root_path: &Path,
+    snap: Snapshot,
+    root: Hash,
+    mut control_r: CR,
+    mut control_w: CW,
+    data: Vec<DW>,
+    opts: &PushOptions,
+    wire: Wire,
+    throttle: Option<Throttle>,
+) -> Result<PushReport, PushError>
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    DW: AsyncWrite + Unpin + Send + 'static,
+{
+    let started = Instant::now();
+    let stats = Arc::new(SendStats::default());
+    let adapt = Arc::new(Mutex::new(match (opts.compress_level, wire) {
+        (Some(l), _) => Adapt::fixed(l),
+        (None, Wire::Local) => Adapt::fixed(0),
+        (None, Wire::Quic) => Adapt::new(opts.bwlimit),
+    }));
+    let (job_tx, job_rx) = async_channel();
+    let (changed_tx, mut changed_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let mut workers = tokio::task::JoinSet::new();
+    let senders = data.len();
+    for mut w in data {
+        let job_rx = job_rx.clone();
+        let changed_tx = changed_tx.clone();
+        let stats = stats.clone();
+        let adapt = adapt.clone();
+        let throttle = throttle.clone();
+        let root_path = root_path.to_path_buf();
+        let peer = peer.to_string();
+        workers.spawn(async move {
+            while let Some(job) = recv_job(&job_rx).await {
+                let rp = root_path.clone();
+                let adapt2 = adapt.clone();
+                let path = job.loc.path.clone();
+                let encoded = tokio::task::spawn_blocking(move || {
+                    read_chunk(&rp, &job.id, &job.loc)
+                        .map(|raw| (raw.len(), encode_chunk(&adapt2, job.id, raw)))
+                })
+                .await
+                .ok()
+                .flatten();
+                let Some((raw_len, frame)) = encoded else {
+                    let _ = changed_tx.send(path);
+                    continue;
+                };
+                let bytes = frame.to_bytes();
+                let enc_len = match &frame {
+                    Frame::Chunk { data, .. } => data.len(),
+                    _ => 0,
+                };
+                let t = Instant::now();
+                if let Some(th) = &throttle {
+                    for part in bytes.chunks(th.piece().max(1)) {
+                        th.acquire(part.len()).await;
+                        w.write_all(part).await.map_err(|source| PushError::Io {
+                            peer: peer.clone(),
+                            source,
+                        })?;
+                    }
+                } else {
+                    w.write_all(&bytes).await.map_err(|source| PushError::Io {
+                        peer: peer.clone(),
+                        source,
+                    })?;
+                }
+                stats
+                    .wait_ns
+                    .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                stats.chunks.fetch_add(1, Ordering::Relaxed);
+                stats.raw.fetch_add(raw_len as u64, Ordering::Relaxed);
+                stats.encoded.fetch_add(enc_len as u64, Ordering::Relaxed);
+                stats
+                    .wire
+                    .fetch_add(wire.bytes(bytes.len() as u64), Ordering::Relaxed);
+            }
+            w.shutdown().await.map_err(|source| PushError::Io {
+                peer: peer.clone(),
+                source,
+            })?;
+            Ok::<(), PushError>(())
+        });
+    }
+    drop(changed_tx);
+
+    // Link observations for the compression policy, four times a second.
+    let observer = {
+        let stats = stats.clone();
+        let adapt = adapt.clone();
+        let progress = opts.progress.clone();
+        tokio::spawn(async move {
+            let mut last = (Instant::now(), 0u64, 0u64);
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                let now = Instant::now();
+                let wire = stats.wire.load(Ordering::Relaxed);
+                let wait = stats.wait_ns.load(Ordering::Relaxed);
+                let secs = now.duration_since(last.0).as_secs_f64();
+                lock(&adapt).observe_link(
+                    wire - last.1,
+                    secs,
+                    (wait - last.2) as f64 / 1e9,
+                    senders,
+                );
+                if let Some(Progress(p)) = &progress {
+                    p(
+                        stats.raw.load(Ordering::Relaxed),
+                        stats.chunks.load(Ordering::Relaxed),
+                    );
+                }
+                last = (now, wire, wait);
+            }
+        })
+    };
+
+    let mut s = Sender::new(root, opts.delete, opts.dry_run);
+    let mut report = PushReport {
+        root,
+        ..PushReport::default()
+    };
+    let mut control_wire = 0u64;
+    let mut resent: HashSet<(Vec<u8>, Hash)> = HashSet::new();
+    let result: Result<(), PushError> = async {
+        loop {
+            while let Some(ev) = s.poll() {
+                match ev {
+                    SenderEvent::Send(f) => {
+                        control_wire += write_frame(&mut control_w, &f, peer).await?;
+                    }
+                    SenderEvent::Read { id, loc } => {
+                        job_tx.send(Job { id, loc });
+                    }
+                    SenderEvent::Report(m, p) => report.changes.push((m as char, p)),
+                    SenderEvent::Finished { root, totals } => {
+                        report.receiver_root = root;
+                        report.files_transferred = totals.files;
+                        report.chunks_deduplicated = totals.chunks_reused;
+                        report.bytes_deduplicated = totals.bytes_reused;
+                        report.removed = totals.removed;
+                    }
+                }
+            }
+            if s.is_finished() {
+                return Ok(());
+            }
+            tokio::select! {
+                frame = read_frame(&mut control_r, peer) => {
+                    let Some(frame) = frame? else {
+                        return Err(PushError::Closed { peer: peer.to_string() });
+                    };
+                    if let Frame::Refuse { reason } = &frame {
+                        return Err(PushError::Remote { peer: peer.to_string(), reason: reason.clone() });
+                    }
+                    let mut meta = |p: &[u8], n: &Node| source_meta(root_path, p, n);
+                    s.handle(frame, &snap, &mut meta).map_err(|source| PushError::Proto {
+                        peer: peer.to_string(),
+                        source,
+                    })?;
+                }
+                Some(path) = changed_rx.recv() => {
+                    // The source file changed under us: read it again and offer the new node.
+                    let abs = root_path.join(std::ffi::OsStr::from_bytes(&path));
+                    let fresh = scan::read_file(&abs, opts.scan.params).ok();
+                    let update = fresh.and_then(|(node, _)| {
+                        let n = Node::File(node.clone());
+                        let meta = source_meta(root_path, &path, &n)?;
+                        Some((node, meta, n.hash()))
+                    });
+                    match update {
+                        Some((node, meta, h)) => {
+                            if resent.insert((path.clone(), h)) {
+                                s.source_changed(path, Some((node, meta)));
+                            }
+                        }
+                        None => s.source_changed(path, None),
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    job_tx.close();
+    while let Some(r) = workers.join_next().await {
+        if let Ok(Err(e)) = r
+            && result.is_ok()
+        {
+            observer.abort();
+            return Err(e);
+        }
+    }
+    observer.abort();
+    result?;
+    let _ = control_w.shutdown().await;
+    report.chunks_sent = stats.chunks.load(Ordering::Relaxed);
+    report.bytes_sent = stats.raw.load(Ordering::Relaxed);
+    report.bytes_encoded = stats.encoded.load(Ordering::Relaxed);
+    report.wire_bytes = stats.wire.load(Ordering::Relaxed) + wire.bytes(control_wire);
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// A tiny multi-consumer job queue (tokio has none): an unbounded mpsc behind a mutex.
+type JobRx = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>;
+
+struct JobTx(Option<mpsc::UnboundedSender<Job>>);
+
+impl JobTx {
+    fn send(&self, job: Job) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(job);
+        }
+    }
+    fn close(mut self) {
+        self.0 = None;
+    }
+}
+
+fn async_channel() -> (JobTx, JobRx) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (JobTx(Some(tx)), Arc::new(tokio::sync::Mutex::new(rx)))
+}
+
+async fn recv_job(rx: &JobRx) -> Option<Job> {
+    rx.lock().await.recv().await
+}
+
+// ------------------------------------------------------------------ receiver
+
+/// Receiver-side configuration.
+#[derive(Debug, Clone)]
+pub struct ReceiveOptions {
+    /// State directory (the receiver's manifest store).
+    pub home: PathBuf,
+}
+
+fn dest_scan_options(home: &Path) -> ScanOptions {
+    ScanOptions {
+        exclude_path: std::fs::canonicalize(home).ok(),
+        skip_part_files: true,
+        ..ScanOptions::default()
+    }
+}
+
+fn open_store(home: &Path, root: &Path) -> Result<Store, PushError> {
+    Ok(match Store::open(home, root)? {
+        Opened::Rebuilt { store, .. } => store,
+        other => other.into_store(),
+    })
+}
+
+/// Refreshes the receiver's manifest (opening its store first if `store` is `None`).
+async fn refresh_blocking(
+    root: PathBuf,
+    home: PathBuf,
+    store: Option<Arc<Store>>,
+) -> Result<(Arc<Store>, Summary), PushError> {
+    tokio::task::spawn_blocking(move || {
+        let store = match store {
+            Some(s) => s,
+            None => Arc::new(open_store(&home, &root)?),
+        };
+        let summary = scan::refresh(&root, &store, &dest_scan_options(&home))?;
+        Ok::<_, PushError>((store, summary))
+    })
+    .await
+    .map_err(|e| PushError::Io {
+        peer: "local".into(),
+        source: std::io::Error::other(e),
+    })?
+}
+
+fn apply_meta(mode: u32, meta: &Meta) -> apply::Meta {
+    apply::Meta {
+        mode,
+        mtime_ns: meta.mtime_ns,
+        uid: Some(meta.uid),
+        gid: Some(meta.gid),
+        xattrs: meta.xattrs.clone(),
+    }
+}
+
+/// Runs the receiving side of one session into `root`.
+async fn run_receiver<CR, CW, DR>(
+    peer: &str,
+    root: &Path,
+    opts: &ReceiveOptions,
+    mut control_r: CR,
+    mut control_w: CW,
+    mut data: mpsc::Receiver<DR>,
+) -> Result<(), PushError>
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    DR: AsyncRead + Unpin + Send + 'static,
+{
+    let root = scan::canonical_root(root)?;
+    let (store, summary) = refresh_blocking(root.clone(), opts.home.clone(), None).await?;
+    let snap = store.snapshot()?;
+    let target = Target::open(&root)?;
+    let mut r = Receiver::new();
+    let mut index: Option<HashMap<ChunkId, ChunkLoc>> = None;
+    let mut parts: HashMap<FileKey, apply::PartFile> = HashMap::new();
+
+    // Data streams: each reader decodes, decompresses and verifies chunks in parallel.
+    let (chunk_tx, mut chunk_rx) = mpsc::channel::<Result<(ChunkId, Vec<u8>), PushError>>(64);
+    let peer_s = peer.to_string();
+    let acceptor = tokio::spawn(async move {
+        let mut readers = tokio::task::JoinSet::new();
+        while let Some(mut stream) = data.recv().await {
+            let tx = chunk_tx.clone();
+            let peer = peer_s.clone();
+            readers.spawn(async move {
+                loop {
+                    let item = match read_frame(&mut stream, &peer).await {
+                        Ok(None) => break,
+                        Ok(Some(Frame::Chunk {
+                            id,
+                            raw_len,
+                            codec,
+                            data,
+                        })) => {
+                            let p = peer.clone();
+                            tokio::task::spawn_blocking(move || {
+                                decode_chunk(&p, id, raw_len, codec, data)
+                            })
+                            .await
+                            .unwrap_or_else(|e| {
+                                Err(PushError::Io {
+                                    peer: "local".into(),
+                                    source: std::io::Error::other(e),
+                                })
+                            })
+                        }
+                        Ok(Some(other)) => Err(PushError::Proto {
+                            peer: peer.clone(),
+                            source: ProtoError::Unexpected {
+                                frame: other.name(),
+                                state: "on a data stream",
+                            },
+                        }),
+                        Err(e) => Err(e),
+                    };
+                    let failed = item.is_err();
+                    if tx.send(item).await.is_err() || failed {
+                        break;
+                    }
+                }
+            });
+        }
+        while readers.join_next().await.is_some() {}
+    });
+
+    let result: Result<(), PushError> = async {
+        loop {
+            while let Some(act) = r.poll() {
+                execute(
+                    &mut r,
+                    act,
+                    &target,
+                    &mut parts,
+                    &mut index,
+                    &snap,
+                    &store,
+                    &root,
+                    opts,
+                    &mut control_w,
+                    peer,
+                )
+                .await?;
+            }
+            if r.is_done() {
+                return Ok(());
+            }
+            tokio::select! {
+                frame = read_frame(&mut control_r, peer) => {
+                    let Some(frame) = frame? else {
+                        return Err(PushError::Closed { peer: peer.to_string() });
+                    };
+                    r.handle(frame, &snap, summary.root).map_err(|source| PushError::Proto {
+                        peer: peer.to_string(),
+                        source,
+                    })?;
+                }
+                Some(item) = chunk_rx.recv() => {
+                    let (id, bytes) = item?;
+                    r.handle_chunk(id, bytes);
+                }
+            }
+        }
+    }
+    .await;
+    acceptor.abort();
+    if let Err(e) = &result {
+        // Tell the sender why, if the connection still carries it. Partial files stay
+        // for a resume, except where they are useless (no space).
+        let _ = write_frame(
+            &mut control_w,
+            &Frame::Refuse {
+                reason: e.to_string(),
+            },
+            peer,
+        )
+        .await;
+        let no_space = matches!(e, PushError::Apply(apply::ApplyError::NoSpace { .. }));
+        for (_, p) in parts.drain() {
+            if no_space {
+                let _ = p.abort();
+            }
+        }
+    }
+    let _ = control_w.shutdown().await;
+    result
+}
+
+fn decode_chunk(
+    peer: &str,
+    id: ChunkId,
+    raw_len: u32,
+    codec: Codec,
+    data: Vec<u8>,
+) -> Result<(ChunkId, Vec<u8>), PushError> {
+    let raw = match codec {
+        Codec::Raw => data,
+        Codec::Zstd => {
+            zstd::bulk::decompress(&data, raw_len as usize).map_err(|_| PushError::BadChunk {
+                peer: peer.to_string(),
+                id: id.to_string(),
+            })?
+        }
+    };
+    if raw.len() != raw_len as usize || ChunkId::of(&raw) != id {
+        return Err(PushError::BadChunk {
+            peer: peer.to_string(),
+            id: id.to_string(),
+        });
+    }
+    Ok((id, raw))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn execute<CW: AsyncWrite + Unpin>(
+    r: &mut Receiver,
+    act: Action,
+    target: &Target,
+    parts: &mut HashMap<FileKey, apply::PartFile>,
+    index: &mut Option<HashMap<ChunkId, ChunkLoc>>,
+    snap: &Snapshot,
+    store: &Arc<Store>,
+    root: &Path,
+    opts: &ReceiveOptions,
+    control_w: &mut CW,
+    peer: &str,
+) -> Result<(), PushError> {
+    match act {
+        Action::Send(f) => {
+            write_frame(control_w, &f, peer).await?;
+        }
+        Action::Remove { path } => target.remove(&path)?,
+        Action::MakeDir { path, mode, meta } => target.mkdir(&path, &apply_meta(mode, &meta))?,
+        Action::Symlink {
+            path,
+            target: t,
+            meta,
+        } => target.symlink(&path, &t, &apply_meta(0o777, &meta))?,
+        Action::SetFileMeta { path, mode, meta } => {
+            set_file_meta(target, &path, &apply_meta(mode, &meta))?
+        }
+        Action::StartFile { key, path, node } => {
+            let mut part = target.begin_file(&path, &node)?;
+            let present = part.present()?;
+            parts.insert(key, part);
+            if index.is_none() {
+                *index = Some(build_index(snap)?);
+            }
+            let idx = index.as_ref();
+            r.file_started(key, &present, &|id| idx.and_then(|i| i.get(id).cloned()));
+        }
+        Action::CopyLocal {
+            key,
+            index: i,
+            from,
+        } => {
+            let want = r.file_node(key).and_then(|n| n.chunks.get(i)).map(|c| c.id);
+            let bytes = target.read_span(&from.path, from.offset, from.len).ok();
+            match (bytes, want, parts.get_mut(&key)) {
+                (Some(b), Some(id), Some(part)) if ChunkId::of(&b) == id => {
+                    part.write_chunk(i, &b)?;
+                    r.chunk_written(key, i, true);
+                }
+                _ => r.copy_failed(key, i),
+            }
+        }
+        Action::Write {
+            key,
+            index: i,
+            data,
+        } => {
+            if let Some(part) = parts.get_mut(&key) {
+                part.write_chunk(i, &data)?;
+                r.chunk_written(key, i, false);
+            }
+        }
+        Action::FinishFile { key, mode, meta } => {
+            if let Some(part) = parts.remove(&key) {
+                part.finish(&apply_meta(mode, &meta))?;
+            }
+            r.file_finished(key);
+        }
+        Action::AbortFile { key } => {
+            if let Some(part) = parts.remove(&key) {
+                part.abort()?;
+            }
+        }
+        Action::SetDirMeta { path, mode, meta } => {
+            target.set_dir_meta(&path, &apply_meta(mode, &meta))?
+        }
+        Action::Rescan => {
+            let (_, summary) =
+                refresh_blocking(root.to_path_buf(), opts.home.clone(), Some(store.clone()))
+                    .await?;
+            r.rescanned(summary.root);
+        }
+    }
+    Ok(())
+}
+
+/// Applies mode, owner (as root) and mtime to an existing regular file whose content is
+/// already right. Refuses to act through a symlinked ancestor or on a non-file.
+fn set_file_meta(target: &Target, rel: &[u8], meta: &apply::Meta) -> Result<(), PushError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source: std::io::Error| PushError::Io {
+        peer: format!(
+            "{}/{}",
+            target.root().display(),
+            crate::manifest::display_path(rel)
+        ),
+        source,
+    };
+    let mut abs = target.root().to_path_buf();
+    for comp in rel.split(|&c| c == b'/') {
+        abs.push(std::ffi::OsStr::from_bytes(comp));
+        let m = std::fs::symlink_metadata(&abs).map_err(err)?;
+        let last = abs.as_os_str().len() == target.root().as_os_str().len() + 1 + rel.len();
+        if m.file_type().is_symlink() || (!last && !m.is_dir()) || (last && !m.is_file()) {
+            return Err(err(std::io::Error::other(
+                "not a regular file under real directories",
+            )));
+        }
+    }
+    std::fs::set_permissions(&abs, std::fs::Permissions::from_mode(meta.mode & 0o7777))
+        .map_err(err)?;
+    if running_as_root() {
+        std::os::unix::fs::lchown(&abs, meta.uid, meta.gid).map_err(err)?;
+        // chown clears set-id bits: set the mode again.
+        std::fs::set_permissions(&abs, std::fs::Permissions::from_mode(meta.mode & 0o7777))
+            .map_err(err)?;
+    }
+    let t = filetime::FileTime::from_unix_time(
+        meta.mtime_ns.div_euclid(1_000_000_000),
+        meta.mtime_ns.rem_euclid(1_000_000_000) as u32,
+    );
+    filetime::set_symlink_file_times(&abs, t, t).map_err(err)
+}
+
+fn running_as_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// Every chunk of the receiver's tree, by id: the basis for reusing data it already has.
+fn build_index(snap: &Snapshot) -> Result<HashMap<ChunkId, ChunkLoc>, PushError> {
+    let mut index = HashMap::new();
+    snap.for_each(|path, rec| {
+        if let Node::File(f) = &rec.node {
+            for (id, loc) in crate::proto::chunk_locs(path, f) {
+                index.entry(id).or_insert(loc);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(index)
+}
+
+// ------------------------------------------------------------------ entry points
+
+/// Scans the source tree (refreshing its manifest) and returns its summary and store.
+fn scan_source(
+    src: &Path,
+    home: &Path,
+    opts: &ScanOptions,
+) -> Result<(PathBuf, Store, Summary), PushError> {
+    let root = scan::canonical_root(src)?;
+    let store = open_store(home, &root)?;
+    let summary = scan::refresh(&root, &store, opts)?;
+    Ok((root, store, summary))
+}
+
+/// Pushes `src` into the local directory `dest` (created if missing): the same pipeline as
+/// a remote push, over in-memory pipes instead of QUIC.
+pub async fn push_local(
+    src: &Path,
+    dest: &Path,
+    home: &Path,
+    opts: &PushOptions,
+) -> Result<(PushReport, Summary), PushError> {
+    if !dest.exists() && !opts.dry_run {
+        std::fs::create_dir_all(dest).map_err(|source| PushError::Io {
+            peer: dest.display().to_string(),
+            source,
+        })?;
+    }
+    let (src_root, store, summary) = {
+        let (src, home, o) = (src.to_path_buf(), home.to_path_buf(), opts.scan.clone());
+        tokio::task::spawn_blocking(move || scan_source(&src, &home, &o))
+            .await
+            .map_err(|e| PushError::Io {
+                peer: "local".into(),
+                source: std::io::Error::other(e),
+            })??
+    };
+    let snap = store.snapshot()?;
+    let peer = dest.display().to_string();
+    const PIPE: usize = 4 << 20;
+    let (c1, c2) = tokio::io::duplex(PIPE);
+    let (sr, sw) = tokio::io::split(c1);
+    let (rr, rw) = tokio::io::split(c2);
+    let (data_tx, data_rx) = mpsc::channel(DATA_STREAMS);
+    let mut writers = Vec::new();
+    for _ in 0..DATA_STREAMS {
+        let (w, r) = tokio::io::duplex(PIPE);
+        writers.push(w);
+        let _ = data_tx.send(r).await;
+    }
+    drop(data_tx);
+    let ropts = ReceiveOptions {
+        home: home.to_path_buf(),
+    };
+    let dest = dest.to_path_buf();
+    let receiver = tokio::spawn(async move {
+        if !dest.exists() {
+            // Dry run into a missing directory: compare against nothing.
+            return Ok(());
+        }
+        run_receiver(&dest.display().to_string(), &dest, &ropts, rr, rw, data_rx).await
+    });
+    let sent = run_sender(
+        &peer,
+        &src_root,
+        snap,
+        summary.root,
+        sr,
+        sw,
+        writers,
+        opts,
+        Wire::Local,
+        None,
+    )
+    .await;
+    let received = receiver.await.map_err(|e| PushError::Io {
+        peer: "local".into(),
+        source: std::io::Error::other(e),
+    })?;
+    // The receiver's error is the cause; the sender's is usually just "closed".
+    received?;
+    let mut report = sent?;
+    report.files_scanned = summary.files;
+    report.bytes_scanned = summary.bytes;
+    Ok((report, summary))
+}
+
+/// Pushes `src` to the `syncd serve` at `addr`, which must present `peer_id`.
+pub async fn push_remote(
+    src: &Path,
+    addr: SocketAddr,
+    peer_id: &PeerId,
+    identity: &Identity,
+    home: &Path,
+    opts: &PushOptions,
+) -> Result<(PushReport, Summary), PushError> {
+    let (src_root, store, summary) = {
+        let (src, home, o) = (src.to_path_buf(), home.to_path_buf(), opts.scan.clone());
+        tokio::task::spawn_blocking(move || scan_source(&src, &home, &o))
+            .await
+            .map_err(|e| PushError::Io {
+                peer: "local".into(),
+                source: std::io::Error::other(e),
+            })??
+    };
+    let snap = store.snapshot()?;
+    let peer = addr.to_string();
+    let endpoint = transport::client_endpoint()?;
+    let conn = transport::connect(&endpoint, identity, addr, peer_id).await?;
+    let conn_err = |e: quinn::ConnectionError| PushError::Io {
+        peer: peer.clone(),
+        source: std::io::Error::other(e),
+    };
+    let (cw, cr) = conn.open_bi().await.map_err(conn_err)?;
+    let mut data = Vec::new();
+    for _ in 0..DATA_STREAMS {
+        data.push(conn.open_uni().await.map_err(conn_err)?);
+    }
+    let throttle = opts.bwlimit.map(Throttle::new);
+    let result = run_sender(
+        &peer,
+        &src_root,
+        snap,
+        summary.root,
+        cr,
+        cw,
+        data,
+        opts,
+        Wire::Quic,
+        throttle,
+    )
+    .await;
+    conn.close(quinn::VarInt::from_u32(0), b"done");
+    endpoint.wait_idle().await;
+    let mut report = result?;
+    report.files_scanned = summary.files;
+    report.bytes_scanned = summary.bytes;
+    Ok((report, summary))
+}
+
+/// Serves pushes into `root` until `shutdown` resolves; sessions are serialised (one
+/// writer at a time), and a shutdown lets the running session finish.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    root: PathBuf,
+    home: PathBuf,
+    shutdown: impl std::future::Future<Output = ()>,
+    log: Arc<dyn Fn(String) + Send + Sync>,
+) -> Result<(), PushError> {
+    let root = scan::canonical_root(&root)?;
+    let gate = Arc::new(tokio::sync::Mutex::new(()));
+    let mut sessions = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let (root, home, gate, log) = (root.clone(), home.clone(), gate.clone(), log.clone());
+                sessions.spawn(async move {
+                    let addr = incoming.remote_address();
+                    match transport::accept(incoming).await {
+                        Err(e) => log(format!("rejected connection from {addr}: {e}")),
+                        Ok((conn, peer_id)) => {
+                            let peer = format!("{addr} ({})", peer_id.short());
+                            let _turn = gate.lock().await;
+                            log(format!("push from {peer} into {}", root.display()));
+                            match serve_session(&conn, &peer, &root, &home).await {
+                                Ok(()) => log(format!("push from {peer} done")),
+                                Err(e) => log(format!("push from {peer} failed: {e}")),
+                            }
+                            conn.close(quinn::VarInt::from_u32(0), b"done");
+                        }
+                    }
+                });
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    endpoint.close(quinn::VarInt::from_u32(0), b"server shutting down");
+    while sessions.join_next().await.is_some() {}
+    endpoint.wait_idle().await;
+    Ok(())
+}
+
+async fn serve_session(
+    conn: &quinn::Connection,
+    peer: &str,
+    root: &Path,
+    home: &Path,
+) -> Result<(), PushError> {
+    let conn_err = |e: quinn::ConnectionError| PushError::Io {
+        peer: peer.to_string(),
+        source: std::io::Error::other(e),
+    };
+    let (cw, cr) = conn.accept_bi().await.map_err(conn_err)?;
+    let (tx, rx) = mpsc::channel(DATA_STREAMS);
+    let c = conn.clone();
+    let accept_data = tokio::spawn(async move {
+        while let Ok(s) = c.accept_uni().await {
+            if tx.send(s).await.is_err() {
+                break;
+            }
+        }
+    });
+    let opts = ReceiveOptions {
+        home: home.to_path_buf(),
+    };
+    let result = run_receiver(peer, root, &opts, cr, cw, rx).await;
+    accept_data.abort();
+    // Give the Done frame time to reach the sender before the connection closes.
+    if result.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+    }
+    result
+}

@@ -99,6 +99,9 @@ pub struct ScanOptions {
     /// A path to leave out whatever the filters say (the state directory, when it lies
     /// inside the tree).
     pub exclude_path: Option<PathBuf>,
+    /// Leave out the receiver's part files (`.syncd-*.part`, see [`crate::apply`]): set when
+    /// scanning a push destination, whose in-progress files are not part of its tree.
+    pub skip_part_files: bool,
 }
 
 /// What a refresh found.
@@ -535,6 +538,7 @@ fn walk(root: &Path, opts: &ScanOptions) -> Result<(Vec<Walked>, Vec<Warning>, u
     let mut vb = CollectorBuilder {
         root: root.to_path_buf(),
         shared: shared.clone(),
+        skip_part_files: opts.skip_part_files,
     };
     builder.build_parallel().visit(&mut vb);
     drop(vb);
@@ -553,6 +557,7 @@ type Shared = Arc<Mutex<(Vec<Walked>, Vec<Warning>)>>;
 struct CollectorBuilder {
     root: PathBuf,
     shared: Shared,
+    skip_part_files: bool,
 }
 
 impl<'s> ParallelVisitorBuilder<'s> for CollectorBuilder {
@@ -560,6 +565,7 @@ impl<'s> ParallelVisitorBuilder<'s> for CollectorBuilder {
         Box::new(Collector {
             root: self.root.clone(),
             shared: self.shared.clone(),
+            skip_part_files: self.skip_part_files,
             walked: Vec::new(),
             warnings: Vec::new(),
         })
@@ -569,6 +575,7 @@ impl<'s> ParallelVisitorBuilder<'s> for CollectorBuilder {
 struct Collector {
     root: PathBuf,
     shared: Shared,
+    skip_part_files: bool,
     walked: Vec<Walked>,
     warnings: Vec<Warning>,
 }
@@ -587,6 +594,9 @@ impl Collector {
         let Ok(rel) = e.path().strip_prefix(&self.root) else {
             return;
         };
+        if self.skip_part_files && crate::apply::is_part_file(e.file_name().as_bytes()) {
+            return;
+        }
         let warn = |message: String, special: bool| Warning {
             path: e.path().to_path_buf(),
             message,

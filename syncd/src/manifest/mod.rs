@@ -26,7 +26,7 @@ use std::fmt;
 use crate::chunk::ChunkId;
 
 /// Hash of an encoded node.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Hash(pub [u8; 32]);
 
 impl Hash {

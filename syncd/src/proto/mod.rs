@@ -411,7 +411,10 @@ struct FileState {
     /// Chunks not yet written.
     missing: usize,
     done: Vec<bool>,
+    /// `file_started` was called.
     started: bool,
+    /// Holds one of the [`MAX_OPEN_FILES`] slots.
+    slot: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -442,7 +445,13 @@ pub struct Receiver {
     report: Vec<(u8, Vec<u8>)>,
     out: VecDeque<Action>,
     totals: Totals,
+    /// Files waiting for a slot, and how many are open (started, not finished).
+    queued: VecDeque<FileKey>,
+    open: usize,
 }
+
+/// At most this many part files are open at once on the receiver.
+pub const MAX_OPEN_FILES: usize = 256;
 
 impl Default for Receiver {
     fn default() -> Self {
@@ -467,7 +476,38 @@ impl Receiver {
             report: Vec::new(),
             out: VecDeque::new(),
             totals: Totals::default(),
+            queued: VecDeque::new(),
+            open: 0,
         }
+    }
+
+    /// Starts queued files while fewer than [`MAX_OPEN_FILES`] are open.
+    fn pump(&mut self) {
+        while self.open < MAX_OPEN_FILES {
+            let Some(key) = self.queued.pop_front() else {
+                return;
+            };
+            if let Some(f) = self.files.get_mut(&key) {
+                f.slot = true;
+                self.open += 1;
+                self.out.push_back(Action::StartFile {
+                    key,
+                    path: f.path.clone(),
+                    node: f.node.clone(),
+                });
+            }
+        }
+    }
+
+    /// Forgets file `key` (restarted or vanished), releasing its slot if it had one.
+    fn drop_file(&mut self, key: FileKey) {
+        if let Some(f) = self.files.remove(&key) {
+            if f.slot {
+                self.open -= 1;
+            }
+            self.out.push_back(Action::AbortFile { key });
+        }
+        self.pump();
     }
 
     /// The next action.
@@ -552,8 +592,7 @@ impl Receiver {
             }
             (RState::Descending, Frame::Vanished { path }) => {
                 if let Some(key) = self.by_path.remove(&path) {
-                    self.files.remove(&key);
-                    self.out.push_back(Action::AbortFile { key });
+                    self.drop_file(key);
                 } else {
                     self.outstanding = self.outstanding.saturating_sub(1);
                 }
@@ -586,8 +625,7 @@ impl Receiver {
         let NodeItem { path, node, meta } = item;
         // An update for a file already in progress (the source changed): start it over.
         if let Some(key) = self.by_path.remove(&path) {
-            self.files.remove(&key);
-            self.out.push_back(Action::AbortFile { key });
+            self.drop_file(key);
         } else {
             self.outstanding = self.outstanding.saturating_sub(1);
         }
@@ -704,9 +742,11 @@ impl Receiver {
                         missing: n,
                         done: vec![false; n],
                         started: false,
+                        slot: false,
                     },
                 );
-                self.out.push_back(Action::StartFile { key, path, node: f });
+                self.queued.push_back(key);
+                self.pump();
             }
         }
         Ok(())
@@ -830,7 +870,9 @@ impl Receiver {
         if let Some(f) = self.files.remove(&key) {
             self.by_path.remove(&f.path);
             self.totals.files += 1;
+            self.open -= 1;
         }
+        self.pump();
         self.check_complete();
     }
 
