@@ -793,7 +793,7 @@ async fn execute<CW: AsyncWrite + Unpin>(
             meta,
         } => target.symlink(&path, &t, &apply_meta(0o777, &meta))?,
         Action::SetFileMeta { path, mode, meta } => {
-            set_file_meta(target, &path, &apply_meta(mode, &meta))?
+            target.set_file_meta(&path, &apply_meta(mode, &meta))?
         }
         Action::StartFile { key, path, node } => {
             let mut part = target.begin_file(&path, &node)?;
@@ -852,50 +852,6 @@ async fn execute<CW: AsyncWrite + Unpin>(
         }
     }
     Ok(())
-}
-
-/// Applies mode, owner (as root) and mtime to an existing regular file whose content is
-/// already right. Refuses to act through a symlinked ancestor or on a non-file.
-fn set_file_meta(target: &Target, rel: &[u8], meta: &apply::Meta) -> Result<(), PushError> {
-    use std::os::unix::fs::PermissionsExt;
-    let err = |source: std::io::Error| PushError::Io {
-        peer: format!(
-            "{}/{}",
-            target.root().display(),
-            crate::manifest::display_path(rel)
-        ),
-        source,
-    };
-    let mut abs = target.root().to_path_buf();
-    for comp in rel.split(|&c| c == b'/') {
-        abs.push(std::ffi::OsStr::from_bytes(comp));
-        let m = std::fs::symlink_metadata(&abs).map_err(err)?;
-        let last = abs.as_os_str().len() == target.root().as_os_str().len() + 1 + rel.len();
-        if m.file_type().is_symlink() || (!last && !m.is_dir()) || (last && !m.is_file()) {
-            return Err(err(std::io::Error::other(
-                "not a regular file under real directories",
-            )));
-        }
-    }
-    std::fs::set_permissions(&abs, std::fs::Permissions::from_mode(meta.mode & 0o7777))
-        .map_err(err)?;
-    if running_as_root() {
-        std::os::unix::fs::lchown(&abs, meta.uid, meta.gid).map_err(err)?;
-        // chown clears set-id bits: set the mode again.
-        std::fs::set_permissions(&abs, std::fs::Permissions::from_mode(meta.mode & 0o7777))
-            .map_err(err)?;
-    }
-    let t = filetime::FileTime::from_unix_time(
-        meta.mtime_ns.div_euclid(1_000_000_000),
-        meta.mtime_ns.rem_euclid(1_000_000_000) as u32,
-    );
-    filetime::set_symlink_file_times(&abs, t, t).map_err(err)
-}
-
-fn running_as_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
 }
 
 /// Every chunk of the receiver's tree, by id: the basis for reusing data it already has.
