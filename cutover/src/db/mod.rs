@@ -89,6 +89,18 @@ pub enum DbError {
         /// Why, and what to do about it.
         message: String,
     },
+    /// A promotion failed after the fence and putting things back failed too: the source
+    /// may still be read-only and the replica may not replicate. Needs a human.
+    #[error(
+        "promotion failed ({reason}) and undoing it failed: {message}; CHECK THE PAIR: the \
+         source may still be read-only and the replica may not be replicating"
+    )]
+    UndoFailed {
+        /// Why the promotion failed.
+        reason: String,
+        /// Why the undo failed.
+        message: String,
+    },
     /// Running the dump or the client program failed.
     #[error("seeding the replica failed: {0}")]
     Seed(String),

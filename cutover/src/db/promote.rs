@@ -197,7 +197,20 @@ pub async fn promote(db: &Database, reverse: bool) -> Result<PromoteReport, DbEr
         Err(reason) => {
             let fenced_ms = u64::try_from(fenced_at.elapsed().as_millis()).unwrap_or(u64::MAX);
             log(&mut steps, format!("failed: {reason}; undoing"));
-            let undone = undo(db, &mut source, &mut replica, &progress, was_read_only).await?;
+            let undone = match undo(db, &mut source, &mut replica, &progress, was_read_only).await {
+                Ok(undone) => undone,
+                // The connections may be what failed: try once more on fresh ones.
+                Err(first) => {
+                    let retry = async {
+                        let (mut s, mut r) = connect_pair(db).await?;
+                        undo(db, &mut s, &mut r, &progress, was_read_only).await
+                    };
+                    retry.await.map_err(|second| DbError::UndoFailed {
+                        reason: reason.clone(),
+                        message: format!("{first}; on a fresh connection: {second}"),
+                    })?
+                }
+            };
             for u in &undone {
                 log(&mut steps, format!("undo: {u}"));
             }
