@@ -1078,9 +1078,9 @@ async fn serve_session(
     };
     let result = run_receiver(peer, root, &opts, cr, cw, rx).await;
     accept_data.abort();
-    // Give the Done frame time to reach the sender before the connection closes.
-    if result.is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
-    }
+    // Give the last frame (Done, or Refuse with the reason) time to reach the sender
+    // before the connection is closed: the sender closes once it has read it.
+    let linger = if result.is_ok() { 5 } else { 2 };
+    let _ = tokio::time::timeout(Duration::from_secs(linger), conn.closed()).await;
     result
 }

@@ -1,79 +1,18 @@
 //! End-to-end tests of `syncd manifest`, `syncd diff` and `syncd verify`, run as the real
 //! binary against real directories.
 
+// Test helpers unwrap freely: a failure is a test failure with its message.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use tempfile::TempDir;
-
-struct Env {
-    home: TempDir,
-}
-
-impl Env {
-    fn new() -> Self {
-        Env {
-            home: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn syncd(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_syncd"))
-            .args(args.iter().map(|a| a.as_ref()))
-            .env("SYNCD_HOME", self.home.path())
-            .output()
-            .unwrap()
-    }
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn write(root: &Path, rel: &str, content: &[u8]) {
-    let p = root.join(rel);
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    fs::write(p, content).unwrap();
-}
-
-/// A small tree with nested dirs, a symlink, an empty dir, a dotfile and a large file.
-fn sample(root: &Path) {
-    write(root, "a.txt", b"hello");
-    write(root, "dir/b.bin", &vec![7u8; 100_000]);
-    write(root, "dir/sub/c", b"c");
-    write(root, ".hidden", b"dot");
-    write(
-        root,
-        "big",
-        &(0..3_000_000u32)
-            .flat_map(|i| i.to_le_bytes())
-            .collect::<Vec<_>>(),
-    );
-    fs::create_dir_all(root.join("empty")).unwrap();
-    std::os::unix::fs::symlink("a.txt", root.join("link")).unwrap();
-}
-
-/// `cp -a`, so that mtimes match.
-fn copy_tree(from: &Path, to: &Path) {
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", from.display()))
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
+use common::*;
 
 fn diff_lines(env: &Env, a: &Path, b: &Path) -> (i32, Vec<String>) {
     let o = env.syncd(&[&"diff", &a, &b]);

@@ -1,0 +1,585 @@
+//! End-to-end tests of `syncd push` (local and over QUIC to `syncd serve`), with the real
+//! binary, real sockets on loopback and real filesystems, including the failure paths.
+
+// Test helpers unwrap freely: a failure is a test failure with its message.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn push_json(
+    env: &Env,
+    src: &Path,
+    dest: &dyn AsRef<std::ffi::OsStr>,
+    extra: &[&str],
+) -> (i32, serde_json::Value, String) {
+    let mut c = env.cmd();
+    c.arg("push").arg(src).arg(dest).arg("--json").args(extra);
+    let o = c.output().unwrap();
+    let v = if o.stdout.is_empty() {
+        serde_json::Value::Null
+    } else {
+        json(&o)
+    };
+    (code(&o), v, stderr(&o))
+}
+
+/// A richer tree: modes, a sparse file, non-UTF-8 names, a dangling symlink.
+fn rich(root: &Path) {
+    sample(root);
+    write(root, "exec.sh", b"#!/bin/sh\n");
+    fs::set_permissions(root.join("exec.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+    fs::create_dir_all(root.join("private")).unwrap();
+    write(root, "private/key", b"k");
+    fs::set_permissions(root.join("private/key"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(root.join("private"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(
+        root.join(std::ffi::OsStr::from_bytes(b"caf\xe9")),
+        b"latin1",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    let sparse = fs::File::create(root.join("sparse")).unwrap();
+    sparse.set_len(64 << 20).unwrap();
+    drop(sparse);
+    let st = Command::new("touch")
+        .args(["-h", "-d", "@1600000000"])
+        .arg(root.join("link"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn mtime_mode(p: &Path) -> (i64, i64, u32) {
+    let m = fs::symlink_metadata(p).unwrap();
+    (m.mtime(), m.mtime_nsec(), m.mode())
+}
+
+#[test]
+fn local_push_copies_everything_and_checks_the_root() {
+    let env = Env::new();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    rich(src.path());
+    let dest = dst.path().join("copy/"); // created by push
+    let (rc, v, err) = push_json(&env, src.path(), &dest, &[]);
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(v["identical"], true, "{v}");
+    assert_trees_equal(src.path(), &dest);
+    for rel in [
+        "exec.sh",
+        "private",
+        "private/key",
+        "link",
+        "dir/sub",
+        "empty",
+        "big",
+        ".",
+    ] {
+        assert_eq!(
+            mtime_mode(&src.path().join(rel)),
+            mtime_mode(&dest.join(rel)),
+            "mtime/mode of {rel}"
+        );
+    }
+    // Sparse stays sparse.
+    assert!(fs::metadata(dest.join("sparse")).unwrap().blocks() * 512 < (1 << 20));
+    // syncd itself agrees, and a second push sends nothing.
+    let o = env.syncd(&[&"diff", &src.path(), &dest]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    let (rc, v, _) = push_json(&env, src.path(), &dest, &[]);
+    assert_eq!(rc, 0);
+    assert_eq!(
+        (v["files_transferred"].as_u64(), v["chunks_sent"].as_u64()),
+        (Some(0), Some(0)),
+        "{v}"
+    );
+}
+
+#[test]
+fn delete_removes_extraneous_entries_only_when_asked() {
+    let env = Env::new();
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    sample(src.path());
+    write(dst.path(), "stale/file", b"old");
+    write(dst.path(), "a.txt", b"other content");
+    let (rc, v, err) = push_json(&env, src.path(), &dst.path().join(""), &[]);
+    assert_eq!(
+        rc, 1,
+        "roots differ while extraneous entries remain: {v} {err}"
+    );
+    assert!(err.contains("--delete"), "{err}");
+    assert!(dst.path().join("stale/file").exists());
+    assert_eq!(fs::read(dst.path().join("a.txt")).unwrap(), b"hello");
+    let (rc, v, err) = push_json(&env, src.path(), &dst.path().join(""), &["--delete"]);
+    assert_eq!(rc, 0, "{v} {err}");
+    assert!(!dst.path().join("stale").exists());
+    assert_trees_equal(src.path(), dst.path());
+}
+
+#[test]
+fn renamed_big_file_is_deduplicated_not_resent() {
+    let env = Env::new();
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    sample(src.path());
+    assert_eq!(push_json(&env, src.path(), &dst.path().join(""), &[]).0, 0);
+    fs::rename(src.path().join("big"), src.path().join("moved-big")).unwrap();
+    let (rc, v, err) = push_json(&env, src.path(), &dst.path().join(""), &["--delete"]);
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(v["chunks_sent"], 0, "the receiver had every chunk: {v}");
+    assert!(
+        v["bytes_deduplicated"].as_u64().unwrap() >= 12_000_000,
+        "{v}"
+    );
+    assert_trees_equal(src.path(), dst.path());
+}
+
+#[test]
+fn dry_run_lists_changes_and_touches_nothing() {
+    let env = Env::new();
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write(src.path(), "new", b"n");
+    write(src.path(), "same", b"s");
+    write(dst.path(), "old", b"o");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(src.path().join("same"))
+        .arg(dst.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = env.syncd(&[
+        &"push",
+        &src.path(),
+        &dst.path().join(""),
+        &"--dry-run",
+        &"--delete",
+    ]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "+ new\n- old\n");
+    assert!(!dst.path().join("new").exists() && dst.path().join("old").exists());
+}
+
+#[test]
+fn a_file_changing_during_the_push_is_never_stored_torn() {
+    let env = Env::new();
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = noise(4 << 20, 11);
+    let b = noise(4 << 20, 12);
+    write(src.path(), "hot", &a);
+    let path = src.path().join("hot");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path, a, b) = (stop.clone(), path.clone(), a.clone(), b.clone());
+        std::thread::spawn(move || {
+            let mut flip = false;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Rewrite in place, in two halves: readers can see torn states.
+                use std::os::unix::fs::FileExt;
+                let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+                let data = if flip { &a } else { &b };
+                f.write_all_at(&data[..2 << 20], 0).unwrap();
+                f.write_all_at(&data[2 << 20..], 2 << 20).unwrap();
+                flip = !flip;
+            }
+        })
+    };
+    for _ in 0..3 {
+        let (rc, _, err) = push_json(&env, src.path(), &dst.path().join(""), &[]);
+        assert!(rc == 0 || rc == 1, "push failed: {err}");
+        if let Ok(got) = fs::read(dst.path().join("hot")) {
+            assert!(got == a || got == b, "a torn file was stored");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    // Once the source is quiet, a push converges.
+    let (rc, _, err) = push_json(&env, src.path(), &dst.path().join(""), &[]);
+    assert_eq!(rc, 0, "{err}");
+    assert_trees_equal(src.path(), dst.path());
+}
+
+// ------------------------------------------------------------------ remote
+
+struct Server {
+    child: Child,
+    addr: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    fn start(env: &Env, root: &Path, allow: &str) -> Server {
+        let mut child = env
+            .cmd()
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--allow",
+                allow,
+                "--root",
+            ])
+            .arg(root)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("syncd serve: listening on ") {
+                    let _ = tx.send(rest.split(' ').next().unwrap_or("").to_string());
+                }
+                l.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("serve did not start: {}", log.lock().unwrap()));
+        Server { child, addr, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let l = self.log();
+            if l.contains(needle) || Instant::now() > deadline {
+                return l;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn init(env: &Env) -> String {
+    let o = env.syncd(&[&"init"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    let o = env.syncd(&[&"id"]);
+    assert_eq!(stdout(&o).trim(), id, "`syncd id` prints the same id");
+    id
+}
+
+#[test]
+fn remote_push_over_quic_with_pinned_peers() {
+    let (sender, receiver) = (Env::new(), Env::new());
+    let (sid, rid) = (init(&sender), init(&receiver));
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    rich(src.path());
+    let server = Server::start(&receiver, dst.path(), &sid);
+    let (rc, v, err) = push_json(&sender, src.path(), &server.addr, &["--peer-id", &rid]);
+    assert_eq!(rc, 0, "{err}\n{}", server.log());
+    assert_eq!(v["identical"], true);
+    assert_trees_equal(src.path(), dst.path());
+    assert!(
+        v["wire_bytes"].as_u64().unwrap() > v["bytes_sent"].as_u64().unwrap(),
+        "wire bytes include overhead: {v}"
+    );
+    // 1% change: only the changed file's chunks travel.
+    write(src.path(), "dir/sub/c", b"changed");
+    let (rc, v, err) = push_json(&sender, src.path(), &server.addr, &["--peer-id", &rid]);
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(v["chunks_sent"], 1, "{v}");
+    assert_trees_equal(src.path(), dst.path());
+}
+
+#[test]
+fn wrong_or_unknown_peers_are_rejected_in_the_handshake() {
+    let (sender, receiver, stranger) = (Env::new(), Env::new(), Env::new());
+    let (sid, rid, xid) = (init(&sender), init(&receiver), init(&stranger));
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    sample(src.path());
+    let server = Server::start(&receiver, dst.path(), &sid);
+    // The sender expects someone else at that address.
+    let (rc, _, err) = push_json(&sender, src.path(), &server.addr, &["--peer-id", &xid]);
+    assert_eq!(rc, 2);
+    assert!(
+        err.contains(&format!("expected {xid}")) && err.contains(&rid),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one clear line: {err}");
+    // A client the server does not allow.
+    let (rc, _, err) = push_json(&stranger, src.path(), &server.addr, &["--peer-id", &rid]);
+    assert_eq!(rc, 2);
+    assert!(err.contains("--allow"), "{err}");
+    let log = server.wait_log("is not in --allow");
+    assert!(
+        log.contains(&format!("client {xid} is not in --allow")),
+        "{log}"
+    );
+    // Nothing was written.
+    assert_eq!(fs::read_dir(dst.path()).unwrap().count(), 0);
+    // No TOFU: a remote push without --peer-id is refused before connecting.
+    let (rc, _, err) = push_json(&sender, src.path(), &server.addr, &[]);
+    assert_eq!(rc, 2);
+    assert!(err.contains("--peer-id is required"), "{err}");
+}
+
+#[test]
+fn serve_stops_cleanly_on_sigterm() {
+    let (sender, receiver) = (Env::new(), Env::new());
+    let sid = init(&sender);
+    init(&receiver);
+    let dst = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&receiver, dst.path(), &sid);
+    let st = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}: {}", server.log());
+            break;
+        }
+        assert!(Instant::now() < deadline, "serve ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A hand-driven client speaking the protocol, to play a malicious sender.
+fn malicious(
+    receiver_id: &str,
+    sender: &Env,
+    addr: &str,
+    script: impl FnOnce(&mut Vec<u8>) + Send + 'static,
+) -> String {
+    use syncd::proto::codec::{Frame, VERSION};
+    let identity = syncd::identity::Identity::load(sender.home.path()).unwrap();
+    let expected: syncd::identity::PeerId = receiver_id.parse().unwrap();
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let ep = syncd::transport::client_endpoint().unwrap();
+        let conn = syncd::transport::connect(&ep, &identity, addr, &expected)
+            .await
+            .unwrap();
+        let (mut w, mut r) = conn.open_bi().await.unwrap();
+        let hello = Frame::Hello {
+            version: VERSION,
+            root: syncd::manifest::Hash([9; 32]),
+            delete: false,
+            dry_run: false,
+        };
+        w.write_all(&hello.to_bytes()).await.unwrap();
+        let mut bytes = Vec::new();
+        script(&mut bytes);
+        w.write_all(&bytes).await.unwrap();
+        let _ = w.finish();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 4096];
+            while let Ok(Some(n)) = r.read(&mut buf).await {
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        conn.close(0u32.into(), b"bye");
+        String::from_utf8_lossy(&got).into_owned()
+    })
+}
+
+#[test]
+fn malicious_frames_are_refused_and_nothing_escapes_the_root() {
+    use syncd::manifest::Node;
+    use syncd::proto::codec::{Frame, Meta, NodeItem};
+    let (sender, receiver) = (Env::new(), Env::new());
+    let (sid, rid) = (init(&sender), init(&receiver));
+    let outer = tempfile::tempdir().unwrap();
+    let root = outer.path().join("root");
+    fs::create_dir(&root).unwrap();
+    let server = Server::start(&receiver, &root, &sid);
+
+    // 1. Path traversal in a node.
+    let reply = malicious(&rid, &sender, &server.addr, |out| {
+        for path in [&b"../escape"[..], b"/tmp/abs-escape"] {
+            Frame::Nodes {
+                items: vec![NodeItem {
+                    path: path.to_vec(),
+                    node: Node::Symlink {
+                        target: b"/etc/passwd".to_vec(),
+                    },
+                    meta: Meta::default(),
+                }],
+            }
+            .encode(out);
+        }
+    });
+    assert!(
+        reply.contains("unsafe path"),
+        "the receiver says why: {reply:?}"
+    );
+    // 2. An oversized frame header.
+    let reply = malicious(&rid, &sender, &server.addr, |out| {
+        out.extend_from_slice(&u32::MAX.to_le_bytes());
+        out.extend_from_slice(&[0; 64]);
+    });
+    assert!(reply.contains("exceeds"), "{reply:?}");
+    // 3. Garbage.
+    let _ = malicious(&rid, &sender, &server.addr, |out| {
+        out.extend_from_slice(&[7; 300])
+    });
+
+    assert!(!outer.path().join("escape").exists());
+    assert!(!Path::new("/tmp/abs-escape").exists());
+    assert_eq!(
+        fs::read_dir(&root).unwrap().count(),
+        0,
+        "nothing written into the root"
+    );
+    // The server is still up and serves a legitimate push.
+    let src = tempfile::tempdir().unwrap();
+    sample(src.path());
+    let (rc, _, err) = push_json(&sender, src.path(), &server.addr, &["--peer-id", &rid]);
+    assert_eq!(rc, 0, "{err}\n{}", server.log());
+    assert_trees_equal(src.path(), &root);
+}
+
+/// A tmpfs of `size` mounted for the test (root only), unmounted on drop.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(at: &Path, size: &str) -> Option<Mount> {
+        fs::create_dir_all(at).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .ok()?;
+        if st.success() {
+            Some(Mount(at.to_path_buf()))
+        } else {
+            assert!(
+                std::env::var("CI").is_err(),
+                "cannot mount a tmpfs under CI (need root)"
+            );
+            eprintln!("skipping: cannot mount a tmpfs (not root?)");
+            None
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn disk_full_is_a_clear_error_with_no_partial_file() {
+    let env = Env::new();
+    let (src, outer) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write(src.path(), "small", b"fits");
+    write(src.path(), "huge", &noise(8 << 20, 5));
+    let before = fs::read(src.path().join("huge")).unwrap();
+    let Some(mnt) = Mount::tmpfs(&outer.path().join("mnt"), "2m") else {
+        return;
+    };
+    let o = env.syncd(&[&"push", &src.path(), &mnt.0.join("")]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("no space left on device while writing huge"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let leftovers: Vec<_> = fs::read_dir(&mnt.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        !leftovers
+            .iter()
+            .any(|n| n == "huge" || n.as_bytes().starts_with(b".syncd-")),
+        "{leftovers:?}"
+    );
+    assert_eq!(
+        fs::read(src.path().join("huge")).unwrap(),
+        before,
+        "source unaffected"
+    );
+}
+
+#[test]
+fn receiver_killed_mid_push_resumes_and_converges() {
+    let (sender, receiver) = (Env::new(), Env::new());
+    let (sid, rid) = (init(&sender), init(&receiver));
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for i in 0..8 {
+        write(src.path(), &format!("f{i}"), &noise(8 << 20, 100 + i));
+    }
+    let mut server = Server::start(&receiver, dst.path(), &sid);
+    // Slow the push down so that it is surely mid-way when the receiver dies.
+    let push = sender
+        .cmd()
+        .arg("push")
+        .arg(src.path())
+        .arg(&server.addr)
+        .args(["--peer-id", &rid, "--bwlimit", "80M", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(3500));
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let o = push.wait_with_output().unwrap();
+    assert_eq!(
+        code(&o),
+        2,
+        "the push must fail when the receiver dies: {}",
+        stderr(&o)
+    );
+    // No partial file at a final path: every final file is complete.
+    let mut complete = 0;
+    for e in fs::read_dir(dst.path()).unwrap() {
+        let name = e.unwrap().file_name();
+        if name.as_bytes().starts_with(b".syncd-") {
+            continue;
+        }
+        assert_eq!(
+            fs::read(dst.path().join(&name)).unwrap(),
+            fs::read(src.path().join(&name)).unwrap(),
+            "{name:?} is torn"
+        );
+        complete += 1;
+    }
+    assert!(
+        complete < 8,
+        "the push finished before the kill; slow it down"
+    );
+    // Restart; the push resumes and only sends what is missing.
+    let server = Server::start(&receiver, dst.path(), &sid);
+    let (rc, v, err) = push_json(&sender, src.path(), &server.addr, &["--peer-id", &rid]);
+    assert_eq!(rc, 0, "{err}\n{}", server.log());
+    assert!(
+        v["chunks_deduplicated"].as_u64().unwrap() > 0,
+        "received chunks were reused: {v}"
+    );
+    assert_trees_equal(src.path(), dst.path());
+    let o = receiver.syncd(&[&"diff", &src.path(), &dst.path()]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+}
