@@ -361,6 +361,9 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
             let version = r.u32()?;
             let root = Hash(r.array()?);
             let flags = r.u8()?;
+            if flags & !3 != 0 {
+                return Err(r.bad(format!("unknown flags {flags:#x}")));
+            }
             Frame::Hello {
                 version,
                 root,
@@ -372,9 +375,14 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
             version: r.u32()?,
             root: Hash(r.array()?),
         },
-        tag::REFUSE => Frame::Refuse {
-            reason: String::from_utf8_lossy(r.bytes()?).into_owned(),
-        },
+        tag::REFUSE => {
+            let reason = r.bytes()?;
+            Frame::Refuse {
+                reason: std::str::from_utf8(reason)
+                    .map_err(|_| r.bad("reason is not UTF-8".into()))?
+                    .to_owned(),
+            }
+        }
         tag::GET_NODES => {
             let n = r.count(4)?;
             let mut paths = Vec::with_capacity(n);
