@@ -10,6 +10,7 @@
 //! - `promote_under_a_continuous_writer_loses_no_acknowledged_write`
 //! - `promote_reverse_replicates_new_writes_back_to_the_old_source`
 //! - `catch_up_timeout_aborts_and_makes_the_source_writable_again`
+//! - `interrupted_promotion_is_undone`
 //! - `stopped_applier_refuses_promotion_and_changes_nothing`
 //! - `broken_replication_shows_in_status_with_exit_1`
 //! - `verify_names_the_table_and_chunk_of_a_row_altered_behind_replications_back`
@@ -381,6 +382,68 @@ fn catch_up_timeout_aborts_and_makes_the_source_writable_again() {
         )
         .expect("the replica still replicates");
     assert_eq!(pair.replica.sql("SELECT @@read_only"), "1");
+}
+
+#[test]
+fn interrupted_promotion_is_undone() {
+    let Some((pair, runbook)) = replicating_pair(10, "catch_up_timeout = \"60s\"") else {
+        return;
+    };
+    let mut lock = pair
+        .replica
+        .hold_session("FLUSH TABLES WITH READ LOCK; SELECT SLEEP(60)");
+    pair.replica
+        .wait_for(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(60)'",
+            Duration::from_secs(10),
+            |o| o == "1",
+        )
+        .expect("the lock is held");
+    pair.source
+        .sql("INSERT INTO app.items (id, name) VALUES (4500, 'stuck')");
+    let child = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["db", "promote"])
+        .arg(&runbook)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cutover");
+    // Ctrl-C while the source is fenced and the replica cannot catch up.
+    pair.source
+        .wait_for("SELECT @@read_only", Duration::from_secs(10), |o| o == "1")
+        .expect("the source gets fenced");
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let interrupted_at = Instant::now();
+    let out = child.wait_with_output().expect("wait");
+    let fenced_for = interrupted_at.elapsed();
+    let text = stdout(&out);
+    eprintln!("{text}{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("interrupted by SIGINT"), "{text}");
+    assert!(text.contains("source writable again"), "{text}");
+    assert_eq!(pair.source.sql("SELECT @@read_only"), "0");
+
+    assert!(
+        fenced_for < Duration::from_secs(10),
+        "undone promptly, not after the replica's wait times out: {fenced_for:?}"
+    );
+    let id = pair
+        .replica
+        .sql("SELECT ID FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(60)'");
+    pair.replica.sql(&format!("KILL {id}"));
+    let _ = lock.kill();
+    let _ = lock.wait();
+    pair.replica
+        .wait_for(
+            "SELECT COUNT(*) FROM app.items WHERE id = 4500",
+            Duration::from_secs(10),
+            |o| o == "1",
+        )
+        .expect("the replica still replicates");
 }
 
 #[test]

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::dialect::{Position, SourceSpec, StartAt, WaitOutcome};
-use super::position::transactions_behind;
+use super::position::{ThreadState, transactions_behind};
 use super::{DbError, Server, connect_pair, source_address};
 use crate::runbook::Database;
 
@@ -142,16 +142,20 @@ pub async fn promote(db: &Database, reverse: bool) -> Result<PromoteReport, DbEr
     // 2. Fence.
     let mut progress = Progress::default();
     let fenced_at = Instant::now();
-    let result = fence_and_switch(
-        db,
-        &mut source,
-        &mut replica,
-        &mut killer,
-        &mut progress,
-        &mut steps,
-        &mut log,
-    )
-    .await;
+    // An operator's Ctrl-C (or a SIGTERM) while fenced is a failure like any other: undo.
+    let result = tokio::select! {
+        r = fence_and_switch(
+            db,
+            &mut source,
+            &mut replica,
+            &mut killer,
+            &mut progress,
+            &mut steps,
+            &mut log,
+        ) => r.map_err(|reason| (reason, true)),
+        // The statement in flight was abandoned mid-way: its connection is not reusable.
+        signal = interrupted() => Err((format!("interrupted by {signal}"), false)),
+    };
     let _ = killer.disconnect().await;
     match result {
         Ok((final_pos, sessions_ended, start)) => {
@@ -194,28 +198,40 @@ pub async fn promote(db: &Database, reverse: bool) -> Result<PromoteReport, DbEr
                 steps,
             ))
         }
-        Err(reason) => {
+        Err((reason, connections_usable)) => {
             let fenced_ms = u64::try_from(fenced_at.elapsed().as_millis()).unwrap_or(u64::MAX);
             log(&mut steps, format!("failed: {reason}; undoing"));
-            let undone = match undo(db, &mut source, &mut replica, &progress, was_read_only).await {
-                Ok(undone) => undone,
-                // The connections may be what failed: try once more on fresh ones.
+            let first = if connections_usable {
+                undo(db, &mut source, &mut replica, &progress, was_read_only)
+                    .await
+                    .map_err(|e| format!("{e}; on fresh connections: "))
+            } else {
+                Err(String::new())
+            };
+            let undone = match first {
+                Ok(undone) => {
+                    source.close().await;
+                    replica.close().await;
+                    undone
+                }
+                // The connections may be what failed: (try again) on fresh ones.
                 Err(first) => {
                     let retry = async {
                         let (mut s, mut r) = connect_pair(db).await?;
-                        undo(db, &mut s, &mut r, &progress, was_read_only).await
+                        let undone = undo(db, &mut s, &mut r, &progress, was_read_only).await?;
+                        s.close().await;
+                        r.close().await;
+                        Ok::<_, DbError>(undone)
                     };
                     retry.await.map_err(|second| DbError::UndoFailed {
                         reason: reason.clone(),
-                        message: format!("{first}; on a fresh connection: {second}"),
+                        message: format!("{first}{second}"),
                     })?
                 }
             };
             for u in &undone {
                 log(&mut steps, format!("undo: {u}"));
             }
-            source.close().await;
-            replica.close().await;
             Ok(report(
                 PromoteOutcome::Aborted {
                     reason,
@@ -225,6 +241,22 @@ pub async fn promote(db: &Database, reverse: bool) -> Result<PromoteReport, DbEr
                 steps,
             ))
         }
+    }
+}
+
+/// Resolves when the process is asked to stop (SIGINT or SIGTERM), with the signal's name.
+async fn interrupted() -> &'static str {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term => "SIGTERM",
     }
 }
 
@@ -334,6 +366,12 @@ async fn fence_and_switch(
                      session wrote); waiting for that"
                 ),
             );
+            if d.fence_ends_sessions() {
+                let ended = end_sessions(source, killer)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                log(steps, format!("ended {ended} more session(s)"));
+            }
             final_pos = now;
             continue;
         }
@@ -437,29 +475,7 @@ async fn undo(
 ) -> Result<Vec<String>, DbError> {
     let d = source.dialect;
     let mut done = Vec::new();
-    if progress.replica_reset {
-        let (host, port) = source_address(db, source);
-        let spec = SourceSpec {
-            host: host.clone(),
-            port,
-            user: db.replication_user.clone(),
-            password: db.replication_password.clone(),
-            start: StartAt::Gtid,
-        };
-        replica
-            .exec_secret(
-                "re-pointing the replica at the source",
-                &d.change_source(&spec),
-            )
-            .await?;
-        done.push(format!("replica re-pointed at {host}:{port}"));
-    }
-    if progress.replica_stopped {
-        replica.exec(d.start_replica()).await?;
-        done.push("replica replicating again".into());
-    } else {
-        done.push("replica kept replicating".into());
-    }
+    // The source first: its availability is what the fence took away.
     if progress.fenced {
         if was_read_only {
             done.push("source left read-only, as it was before".into());
@@ -469,6 +485,44 @@ async fn undo(
             }
             done.push("source writable again (read_only=0)".into());
         }
+    }
+    // Then the replica, by its actual state rather than by how far we think we got: an
+    // interrupted statement may or may not have taken effect.
+    if progress.replica_stopped {
+        // It may have been made writable just before the failure; a replica is read-only.
+        for sql in d.fence() {
+            replica.exec(sql).await?;
+        }
+    }
+    match replica.replica_status().await? {
+        None => {
+            let (host, port) = source_address(db, source);
+            let spec = SourceSpec {
+                host: host.clone(),
+                port,
+                user: db.replication_user.clone(),
+                password: db.replication_password.clone(),
+                start: StartAt::Gtid,
+            };
+            replica
+                .exec_secret(
+                    "re-pointing the replica at the source",
+                    &d.change_source(&spec),
+                )
+                .await?;
+            replica.exec(d.start_replica()).await?;
+            done.push(format!(
+                "replica re-pointed at {host}:{port} and replicating again"
+            ));
+        }
+        Some(row)
+            if row.status.io.state == ThreadState::Stopped
+                || row.status.sql.state == ThreadState::Stopped =>
+        {
+            replica.exec(d.start_replica()).await?;
+            done.push("replica replicating again".into());
+        }
+        Some(_) => done.push("replica kept replicating".into()),
     }
     Ok(done)
 }
