@@ -11,6 +11,7 @@
 //! - `promote_reverse_replicates_new_writes_back_to_the_old_source`
 //! - `catch_up_timeout_aborts_and_makes_the_source_writable_again`
 //! - `interrupted_promotion_is_undone`
+//! - `interrupted_verify_restarts_replication`
 //! - `stopped_applier_refuses_promotion_and_changes_nothing`
 //! - `broken_replication_shows_in_status_with_exit_1`
 //! - `verify_names_the_table_and_chunk_of_a_row_altered_behind_replications_back`
@@ -444,6 +445,54 @@ fn interrupted_promotion_is_undone() {
             |o| o == "1",
         )
         .expect("the replica still replicates");
+}
+
+#[test]
+fn interrupted_verify_restarts_replication() {
+    // One row per chunk: checksumming takes long enough to be interrupted in the middle.
+    let Some((pair, runbook)) =
+        replicating_pair(50_000, "verify_tables = [\"app.*\"]\nchunk_rows = 1")
+    else {
+        return;
+    };
+    let child = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["db", "verify"])
+        .arg(&runbook)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cutover");
+    // Verify has stopped replication once the replica shows no running applier.
+    pair.replica
+        .wait_for(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND = 'Slave_SQL'",
+            Duration::from_secs(10),
+            |o| o == "0",
+        )
+        .expect("verify stops the replica's applier");
+    std::thread::sleep(Duration::from_millis(500));
+    pair.source
+        .sql("INSERT INTO app.items (id, name) VALUES (60000, 'while verifying')");
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let out = child.wait_with_output().expect("wait");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("interrupted by SIGINT"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+
+    pair.replica
+        .wait_for(
+            "SELECT COUNT(*) FROM app.items WHERE id = 60000",
+            Duration::from_secs(10),
+            |o| o == "1",
+        )
+        .expect("the replica replicates again");
+    let out = cutover(&["db", "status"], &runbook);
+    assert_eq!(out.status.code(), Some(0), "both threads running again");
 }
 
 #[test]

@@ -101,6 +101,9 @@ pub enum DbError {
         /// Why the undo failed.
         message: String,
     },
+    /// The operator stopped the command (SIGINT/SIGTERM); what had to be restored was.
+    #[error("{0}")]
+    Interrupted(String),
     /// Running the dump or the client program failed.
     #[error("seeding the replica failed: {0}")]
     Seed(String),
@@ -508,4 +511,20 @@ pub async fn application_schemas(server: &mut Server) -> Result<Vec<String>, DbE
         .filter_map(|r| r.into_iter().next().flatten())
         .filter(|s| !SYSTEM_SCHEMAS.contains(&s.as_str()))
         .collect())
+}
+
+/// Resolves when the process is asked to stop (SIGINT or SIGTERM), with the signal's name.
+pub(crate) async fn interrupted() -> &'static str {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term => "SIGTERM",
+    }
 }

@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use super::dialect::{Position, SourceSpec, StartAt, WaitOutcome};
 use super::position::{ThreadState, transactions_behind};
-use super::{DbError, Server, connect_pair, source_address};
+use super::{DbError, Server, connect_pair, interrupted, source_address};
 use crate::runbook::Database;
 
 /// How a promotion ended.
@@ -241,22 +241,6 @@ pub async fn promote(db: &Database, reverse: bool) -> Result<PromoteReport, DbEr
                 steps,
             ))
         }
-    }
-}
-
-/// Resolves when the process is asked to stop (SIGINT or SIGTERM), with the signal's name.
-async fn interrupted() -> &'static str {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term => "SIGTERM",
     }
 }
 

@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use super::checksum::{Chunk, ChunkDiff, ChunkSum, TableShape};
 use super::dialect::{Position, WaitOutcome, quote};
-use super::{DbError, SYSTEM_SCHEMAS, Server, connect_pair};
+use super::{DbError, Role, SYSTEM_SCHEMAS, Server, connect_pair, interrupted};
 use crate::runbook::{Database, TablePattern};
 
 /// The result of `verify`.
@@ -90,28 +90,81 @@ pub async fn verify(db: &Database) -> Result<VerifyReport, DbError> {
             .source_server_id
             .is_none_or(|id| id == 0 || id == source.server_id),
     };
-    // 1-3: the same point on both sides.
+    // 1-4, abandoned (and step 5 still done) on SIGINT/SIGTERM.
     let mut restart_applier = false;
-    let (position, method) = if replicating {
-        restart_applier = row
-            .as_ref()
-            .is_some_and(|r| r.status.sql.state == super::position::ThreadState::Running);
-        replica.exec(d.stop_for_until()).await?;
-        let result = align(db, &mut source, &mut replica).await;
-        match result {
-            Ok(pos) => (
-                Some(pos.to_string()),
-                format!(
-                    "replica applier stopped at the source's consistent-snapshot position {pos}"
-                ),
-            ),
-            Err(e) => {
-                if restart_applier {
-                    let _ = replica.exec(d.start_replica()).await;
-                }
-                return Err(e);
-            }
+    let outcome = tokio::select! {
+        r = compare(
+            db,
+            &patterns,
+            &mut source,
+            &mut replica,
+            row.as_ref().filter(|_| replicating),
+            &mut restart_applier,
+        ) => r.map_err(|e| (e, true)),
+        signal = interrupted() => Err((
+            DbError::Interrupted(format!(
+                "verify interrupted by {signal}; the replica's replication was restarted"
+            )),
+            false,
+        )),
+    };
+
+    // 5. The replica replicates again, whatever happened. After an interruption the old
+    // connection may be in the middle of a query: use a fresh one.
+    if restart_applier {
+        let usable = outcome.as_ref().err().is_none_or(|(_, usable)| *usable);
+        if usable {
+            replica.exec(d.start_replica()).await?;
+        } else {
+            let mut fresh = Server::connect(Role::Replica, &db.replica, db.connect_timeout).await?;
+            fresh.exec(d.start_replica()).await?;
+            fresh.close().await;
         }
+    }
+    let (position, method, tables, differences, seconds) = outcome.map_err(|(e, _)| e)?;
+    let _ = source.exec("COMMIT").await;
+    source.close().await;
+    replica.close().await;
+    let rows = tables.iter().map(|t| t.rows).sum();
+    Ok(VerifyReport {
+        ok: differences.is_empty() && tables.iter().all(|t| t.matches),
+        position,
+        method,
+        tables,
+        differences,
+        rows,
+        seconds,
+    })
+}
+
+/// What [`compare`] found: position, method, tables, differing chunks, seconds.
+type Comparison = (
+    Option<String>,
+    String,
+    Vec<TableResult>,
+    Vec<ChunkDiff>,
+    f64,
+);
+
+/// Steps 1-4: bring both sides to the same point and checksum them. Sets `restart_applier`
+/// as soon as the replica's replication was stopped and must be started again.
+async fn compare(
+    db: &Database,
+    patterns: &[TablePattern],
+    source: &mut Server,
+    replica: &mut Server,
+    replication: Option<&super::ReplicaRow>,
+    restart_applier: &mut bool,
+) -> Result<Comparison, DbError> {
+    let d = source.dialect;
+    let (position, method) = if let Some(row) = replication {
+        *restart_applier = row.status.sql.state == super::position::ThreadState::Running;
+        replica.exec(d.stop_for_until()).await?;
+        let pos = align(db, source, replica).await?;
+        (
+            Some(pos.to_string()),
+            format!("replica applier stopped at the source's consistent-snapshot position {pos}"),
+        )
     } else {
         for sql in d.snapshot().open {
             source.exec(sql).await?;
@@ -126,30 +179,15 @@ pub async fn verify(db: &Database) -> Result<VerifyReport, DbError> {
                 .to_string(),
         )
     };
-
-    // 4.
     let started = Instant::now();
-    let result = checksum_tables(db, &patterns, &mut source, &mut replica).await;
-    let seconds = started.elapsed().as_secs_f64();
-
-    // 5.
-    let _ = source.exec("COMMIT").await;
-    if restart_applier {
-        replica.exec(d.start_replica()).await?;
-    }
-    let (tables, differences) = result?;
-    source.close().await;
-    replica.close().await;
-    let rows = tables.iter().map(|t| t.rows).sum();
-    Ok(VerifyReport {
-        ok: differences.is_empty() && tables.iter().all(|t| t.matches),
+    let (tables, differences) = checksum_tables(db, patterns, source, replica).await?;
+    Ok((
         position,
         method,
         tables,
         differences,
-        rows,
-        seconds,
-    })
+        started.elapsed().as_secs_f64(),
+    ))
 }
 
 /// Opens the snapshot on the source and brings the stopped replica applier to its position.
