@@ -703,6 +703,12 @@ fn refuses_a_replica_with_data_unless_forced() {
         "9",
         "untouched"
     );
+    assert_eq!(
+        pair.replica
+            .sql("SELECT COUNT(*) FROM mysql.user WHERE User = 'repl'"),
+        "0",
+        "not even the replication account was created on it"
+    );
 
     let out = cutover(&["db", "setup", "--force"], &runbook);
     assert_eq!(out.status.code(), Some(0));

@@ -74,6 +74,38 @@ pub async fn setup(db: &Database, force: bool) -> Result<SetupReport, DbError> {
         source.server_id, replica.server_id
     ));
 
+    // What is on the replica decides what to do, before anything is written anywhere: a
+    // replica that must be refused is not touched at all.
+    let existing = replica.replica_status().await?;
+    let replicates_from_source = existing
+        .as_ref()
+        .is_some_and(|r| r.source_server_id == Some(source.server_id));
+    let (host, port) = source_address(db, &source);
+    match &existing {
+        Some(row) if !(force || replicates_from_source || row.status.source_port == port) => {
+            return Err(replica.refused(format!(
+                "already replicates from {}:{}, not from the runbook's source; use --force to \
+                 re-seed it from the source",
+                row.status.source_host, row.status.source_port
+            )));
+        }
+        None if !force => {
+            let present: Vec<String> = application_schemas(&mut replica)
+                .await?
+                .into_iter()
+                .filter(|s| s != HEARTBEAT_SCHEMA)
+                .collect();
+            if !present.is_empty() {
+                return Err(replica.refused(format!(
+                    "holds data (schemas: {}) and does not replicate; refusing to touch it. \
+                     Use --force to overwrite the source's schemas on it from a fresh dump",
+                    present.join(", ")
+                )));
+            }
+        }
+        _ => {}
+    }
+
     // 2. Replication account on both sides: on the source for this replication, on the
     // replica (not binlogged) for the reverse replication after promotion.
     for sql in d.create_replication_user(&db.replication_user, &db.replication_password) {
@@ -104,13 +136,8 @@ pub async fn setup(db: &Database, force: bool) -> Result<SetupReport, DbError> {
         ))
         .await?;
 
-    // 3. Existing replication, data, or an empty replica to seed?
+    // 3. Existing replication (decided above), or an empty replica to seed.
     let mut seeded_at = None;
-    let existing = replica.replica_status().await?;
-    let replicates_from_source = existing
-        .as_ref()
-        .is_some_and(|r| r.source_server_id == Some(source.server_id));
-    let (host, port) = source_address(db, &source);
     match existing {
         Some(row) if !force && (replicates_from_source || row.status.source_port == port) => {
             steps.push(format!(
@@ -122,30 +149,11 @@ pub async fn setup(db: &Database, force: bool) -> Result<SetupReport, DbError> {
                 steps.push("replica: started replication".into());
             }
         }
-        Some(row) if !force => {
-            return Err(replica.refused(format!(
-                "already replicates from {}:{}, not from the runbook's source; use --force to \
-                 re-seed it from the source",
-                row.status.source_host, row.status.source_port
-            )));
-        }
         existing => {
             if existing.is_some() {
                 replica.exec(d.stop_replica()).await?;
                 replica.exec(d.reset_replica_all()).await?;
                 steps.push("replica: --force: removed its replication configuration".into());
-            }
-            let present: Vec<String> = application_schemas(&mut replica)
-                .await?
-                .into_iter()
-                .filter(|s| s != HEARTBEAT_SCHEMA)
-                .collect();
-            if !present.is_empty() && !force {
-                return Err(replica.refused(format!(
-                    "holds data (schemas: {}) and does not replicate; refusing to touch it. \
-                     Use --force to overwrite the source's schemas on it from a fresh dump",
-                    present.join(", ")
-                )));
             }
             let schemas = application_schemas(&mut source).await?;
             let pos = seed(&mut source, &mut replica, &schemas).await?;
