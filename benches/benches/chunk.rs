@@ -27,7 +27,8 @@ fn bench_chunk(c: &mut Criterion) {
     let mut g = c.benchmark_group(format!("chunk_{}MiB", data.len() >> 20));
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(5))
+        // 10 samples of ~0.5–2 s each: about 15 s per function on 2 cores.
+        .measurement_time(Duration::from_secs(15))
         .throughput(Throughput::Bytes(data.len() as u64));
     g.bench_function("chunk", |b| b.iter(|| chunk(&data, params)));
     g.bench_function("cut_points", |b| b.iter(|| cut_points(&data, params)));

@@ -151,7 +151,7 @@ fn bench_store(c: &mut Criterion) {
     std::thread::sleep(Duration::from_millis(200));
 
     let mut g = c.benchmark_group("manifest_10k_files");
-    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
     g.bench_function("refresh_cold", |bench| {
         bench.iter_batched(
             || tempdir("home"),

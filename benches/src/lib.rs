@@ -545,9 +545,9 @@ impl Table {
     }
 
     /// The standard comparison table: one row per sample with median, min–max, runs and the
-    /// ratio `sample / baseline` (how many times slower than the baseline, the first sample).
+    /// ratio `sample / baseline` (how many times longer than the first sample took).
     pub fn timings(samples: &[&Sample], with_rss: bool) -> Self {
-        let mut headers = vec!["command", "median", "min–max", "runs", "× syncd"];
+        let mut headers = vec!["command", "median", "min–max", "runs", "time ÷ row 1"];
         if with_rss {
             headers.push("peak RSS");
         }
