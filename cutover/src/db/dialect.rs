@@ -225,6 +225,15 @@ impl Dialect {
         format!("{name} {} ({pos})", self.version)
     }
 
+    /// The variable that makes a replica log what it applies (needed for `promote --reverse`).
+    pub fn log_replica_updates_variable(&self) -> &'static str {
+        if self.mysql_at_least(Version(8, 0, 26)) {
+            "log_replica_updates"
+        } else {
+            "log_slave_updates"
+        }
+    }
+
     /// The statement that shows the replica's status.
     pub fn show_replica_status(&self) -> &'static str {
         match self.flavor {
@@ -873,6 +882,12 @@ mod tests {
             assert_eq!(*maria, want_maria, "{name} (MariaDB)");
             assert_eq!(my, want_my, "{name} (MySQL)");
         }
+        assert_eq!(m.log_replica_updates_variable(), "log_slave_updates");
+        assert_eq!(my.log_replica_updates_variable(), "log_replica_updates");
+        assert_eq!(
+            mysql("8.0.25", "ON").log_replica_updates_variable(),
+            "log_slave_updates"
+        );
         assert_eq!(m.fence(), vec!["SET GLOBAL read_only = 1"]);
         assert_eq!(my.fence(), vec!["SET GLOBAL super_read_only = 1"]);
         assert_eq!(

@@ -63,11 +63,12 @@ pub async fn setup(db: &Database, force: bool) -> Result<SetupReport, DbError> {
             replica.server_id
         )));
     }
-    if !replica.global_bool("log_bin").await? || !replica.global_bool("log_slave_updates").await? {
-        return Err(replica.refused(
-            "needs log_bin and log_slave_updates on, so that after promotion it holds the whole \
-             history and the old source can replicate from it (promote --reverse)",
-        ));
+    let log_updates = d.log_replica_updates_variable();
+    if !replica.global_bool("log_bin").await? || !replica.global_bool(log_updates).await? {
+        return Err(replica.refused(format!(
+            "needs log_bin and {log_updates} on, so that after promotion it holds the whole \
+             history and the old source can replicate from it (promote --reverse)"
+        )));
     }
     steps.push(format!(
         "checked: binary log on, binlog_format=ROW, server_id {} vs {}",
