@@ -75,12 +75,15 @@ pub struct PromoteReport {
     pub steps: Vec<String>,
 }
 
-/// How far a promotion got: what the undo must reverse.
+/// How far a promotion got. Each flag is set before its step runs, because a step that
+/// fails or is interrupted may still have taken effect; the undo restores the replica from its
+/// actual state and uses these only to know what it may have to put back.
 #[derive(Debug, Default)]
 struct Progress {
+    /// The fence statement was sent to the source.
     fenced: bool,
+    /// The replica's replication may have been stopped (and reset, and made writable).
     replica_stopped: bool,
-    replica_reset: bool,
 }
 
 /// Runs `promote` against the pair in `db`.
@@ -282,7 +285,7 @@ async fn precheck(
 
 type Log<'a> = dyn FnMut(&mut Vec<String>, String) + 'a;
 
-/// Steps 2–5. On error returns the reason; `progress` says what to undo.
+/// Steps 2–5. On error returns the reason; `progress` says how far it got.
 async fn fence_and_switch(
     db: &Database,
     source: &mut Server,
@@ -388,7 +391,6 @@ async fn fence_and_switch(
         .exec(d.stop_replica())
         .await
         .map_err(|e| e.to_string())?;
-    progress.replica_reset = true;
     replica
         .exec(d.reset_replica_all())
         .await
