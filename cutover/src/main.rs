@@ -117,8 +117,17 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
-            eprintln!("cutover: error: {}", chain.join(": ").replace('\n', " "));
+            // One line: the chain of causes, skipping a cause its parent already quoted.
+            let mut line = String::new();
+            for cause in e.chain().map(ToString::to_string) {
+                if !line.ends_with(&cause) {
+                    if !line.is_empty() {
+                        line.push_str(": ");
+                    }
+                    line.push_str(&cause);
+                }
+            }
+            eprintln!("cutover: error: {}", line.replace('\n', " "));
             ExitCode::from(2)
         }
     }

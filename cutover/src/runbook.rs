@@ -16,19 +16,19 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum RunbookError {
     /// The file could not be read.
-    #[error("cannot read runbook {path}: {source}")]
+    #[error("cannot read runbook {path}: {error}")]
     Read {
         /// The runbook path.
         path: PathBuf,
-        /// The IO error.
-        source: std::io::Error,
+        /// The IO error (in the message, so not also a `source`).
+        error: std::io::Error,
     },
     /// The file is not valid TOML or does not have the expected shape.
     #[error("runbook {path}: {message}")]
     Parse {
         /// The runbook path.
         path: PathBuf,
-        /// The parser's message, which names the key and line.
+        /// `line N: ` and the parser's message, which names the key.
         message: String,
     },
     /// A key has a value that parses but makes no sense.
@@ -117,9 +117,9 @@ impl Runbook {
     /// Reads and validates the runbook at `path`. A relative `replication_password_file` is
     /// resolved against the runbook's directory.
     pub fn load(path: &Path) -> Result<Runbook, RunbookError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RunbookError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| RunbookError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Runbook::parse(&text, path, &|file| {
@@ -134,9 +134,19 @@ impl Runbook {
         path: &Path,
         read_file: &dyn Fn(&Path) -> Result<String, String>,
     ) -> Result<Runbook, RunbookError> {
-        let raw: RawRunbook = toml::from_str(text).map_err(|e| RunbookError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().replace('\n', " "),
+        let raw: RawRunbook = toml::from_str(text).map_err(|e| {
+            // The parser's own rendering spans several lines with a caret diagram; keep the
+            // line number and the message, which names the key.
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            RunbookError::Parse {
+                path: path.to_path_buf(),
+                message: match line {
+                    Some(line) => format!("line {line}: {}", e.message()),
+                    None => e.message().to_string(),
+                },
+            }
         })?;
         let invalid = |key: &str, message: String| RunbookError::Invalid {
             path: path.to_path_buf(),
@@ -431,6 +441,16 @@ stop  = "systemctl stop app"
                 "{extra}: error {err:?} does not name {key}"
             );
         }
+    }
+
+    #[test]
+    fn parse_errors_are_one_line_with_the_line_number() {
+        let err = parse(&format!("{MINIMAL}extra = 1\n")).unwrap_err();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with("runbook rb.toml: line 6: unknown field `extra`"),
+            "{err}"
+        );
     }
 
     #[test]
