@@ -15,6 +15,7 @@
 //! - `stopped_applier_refuses_promotion_and_changes_nothing`
 //! - `broken_replication_shows_in_status_with_exit_1`
 //! - `verify_names_the_table_and_chunk_of_a_row_altered_behind_replications_back`
+//! - `verify_handles_composite_string_and_missing_primary_keys`
 //! - `wrong_password_and_unreachable_host_give_one_clear_line`
 //! - `refuses_a_replica_with_data_unless_forced`
 
@@ -626,6 +627,62 @@ fn verify_names_the_table_and_chunk_of_a_row_altered_behind_replications_back() 
         .filter_map(|d| d["range"].as_str())
         .collect();
     assert!(ranges.iter().any(|r| r.ends_with("+inf]")), "{ranges:?}");
+}
+
+#[test]
+fn verify_handles_composite_string_and_missing_primary_keys() {
+    let Some((pair, runbook)) = replicating_pair(
+        10,
+        "verify_tables = [\"app.p*\", \"app.nokey\", \"app.strkey\"]\nchunk_rows = 50",
+    ) else {
+        return;
+    };
+    // Created after setup: they reach the replica by replication, and verify aligns on it.
+    pair.source.sql(
+        "CREATE TABLE app.pairs (a INT, b VARCHAR(10), v INT NULL, PRIMARY KEY (a, b)); \
+         INSERT INTO app.pairs SELECT seq DIV 10, CONCAT('k', seq % 10), IF(seq % 4 = 0, NULL, seq) \
+           FROM app.seq_0_to_499; \
+         CREATE TABLE app.nokey (x INT, y VARCHAR(10)); \
+         INSERT INTO app.nokey SELECT seq, 'y' FROM app.seq_1_to_50; \
+         CREATE TABLE app.strkey (k VARCHAR(20) PRIMARY KEY, v INT); \
+         INSERT INTO app.strkey SELECT CONCAT('key-', LPAD(seq, 4, '0')), seq FROM app.seq_1_to_300",
+    );
+    let out = cutover(&["db", "verify", "--json"], &runbook);
+    assert_eq!(out.status.code(), Some(0), "identical");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("verify JSON");
+    let tables: Vec<(&str, u64)> = json["tables"]
+        .as_array()
+        .expect("tables")
+        .iter()
+        .map(|t| {
+            (
+                t["table"].as_str().unwrap_or(""),
+                t["chunks"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tables,
+        vec![("app.nokey", 1), ("app.pairs", 11), ("app.strkey", 7)],
+        "pattern selection and chunk counts (the last chunk is open-ended, so one more)"
+    );
+
+    pair.replica.sql(
+        "SET sql_log_bin = 0; \
+         UPDATE app.pairs SET v = NULL WHERE a = 13 AND b = 'k7'; \
+         DELETE FROM app.nokey WHERE x = 17; \
+         UPDATE app.strkey SET v = -1 WHERE k = 'key-0042'",
+    );
+    let out = cutover(&["db", "verify"], &runbook);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for want in [
+        "app.pairs: chunk 2 ((a, b) in ((9, 'k9'), (14, 'k9')]) differs",
+        "app.nokey: chunk 0 (whole table (no primary key)) differs: source 50 rows",
+        "app.strkey: chunk 0 (k in (-inf, 'key-0050']) differs",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
 }
 
 #[test]
