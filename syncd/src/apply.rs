@@ -29,12 +29,14 @@
 //!   filesystem without xattr support silently keeps none (as [`Meta::read`] reads none).
 //! - Two writers of the same path at once are not supported; the driver serialises them.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use filetime::FileTime;
 use xattr::FileExt as _;
@@ -368,6 +370,10 @@ fn open_dir(abs: &Path) -> io::Result<File> {
         .open(abs)
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Removes whatever is at `abs` (a directory tree, without following symlinks in it).
 fn remove_any(abs: &Path, rel: &[u8]) -> Result<(), ApplyError> {
     let result = match fs::symlink_metadata(abs) {
@@ -477,6 +483,11 @@ fn zero_run_chunk(node: &FileNode) -> Option<ChunkRef> {
 pub struct Target {
     root: PathBuf,
     as_root: bool,
+    /// Ancestors already checked to be real directories (this session is the only writer;
+    /// cleared whenever anything is removed).
+    known_dirs: Arc<Mutex<HashSet<Vec<u8>>>>,
+    /// Directories holding renames not yet fsynced (see [`Target::sync_dirs`]).
+    unsynced: Arc<Mutex<HashSet<Vec<u8>>>>,
 }
 
 impl Target {
@@ -496,6 +507,8 @@ impl Target {
         Ok(Target {
             root,
             as_root: running_as_root(),
+            known_dirs: Arc::default(),
+            unsynced: Arc::default(),
         })
     }
 
@@ -517,6 +530,9 @@ impl Target {
     fn ancestors(&self, rel: &[u8], create: bool) -> Result<bool, ApplyError> {
         for (i, _) in rel.iter().enumerate().filter(|&(_, &b)| b == b'/') {
             let prefix = &rel[..i];
+            if lock(&self.known_dirs).contains(prefix) {
+                continue;
+            }
             let abs = self.abs(prefix);
             let meta = match fs::symlink_metadata(&abs) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -547,8 +563,27 @@ impl Target {
                     format!("{} is not a directory", display_path(prefix)),
                 ));
             }
+            lock(&self.known_dirs).insert(prefix.to_vec());
         }
         Ok(true)
+    }
+
+    /// Forgets which directories were checked: something was removed.
+    fn forget_dirs(&self) {
+        lock(&self.known_dirs).clear();
+    }
+
+    /// Fsyncs every directory that received a rename since the last call, once each. Call
+    /// it before reporting a transfer complete: until then a crash may lose a rename (the
+    /// file is then absent or old, never torn: its data was fsynced before the rename).
+    pub fn sync_dirs(&self) -> Result<(), ApplyError> {
+        let dirs: Vec<Vec<u8>> = lock(&self.unsynced).drain().collect();
+        for dir in dirs {
+            open_dir(&self.abs(&dir))
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_err(&dir, "fsync directory", e))?;
+        }
+        Ok(())
     }
 
     fn check(rel: &[u8]) -> Result<(), ApplyError> {
@@ -578,10 +613,11 @@ impl Target {
         Ok(self.ancestors(rel, false)?.then(|| self.abs(rel)))
     }
 
+    /// Records that `rel`'s directory needs an fsync; [`Target::sync_dirs`] does it once per
+    /// directory instead of once per file.
     fn sync_dir(&self, rel: &[u8]) -> Result<(), ApplyError> {
-        open_dir(&self.abs(parent(rel)))
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_err(rel, "fsync the directory of", e))
+        lock(&self.unsynced).insert(parent(rel).to_vec());
+        Ok(())
     }
 
     /// Starts assembling the file `rel` with content `node`: creates missing parent
@@ -684,6 +720,7 @@ impl Target {
         let mtime = meta.mtime();
         filetime::set_symlink_file_times(&tmp, mtime, mtime)
             .map_err(|e| io_err(rel, "set mtime of", e))?;
+        self.forget_dirs();
         clear_dir(&dest, rel)?;
         fs::rename(&tmp, &dest).map_err(|e| io_err(rel, "rename into place", e))?;
         guard.0 = None;
@@ -802,7 +839,10 @@ impl Target {
     pub fn remove(&self, rel: &[u8]) -> Result<(), ApplyError> {
         Self::check_entry(rel)?;
         match self.existing(rel)? {
-            Some(abs) => remove_any(&abs, rel),
+            Some(abs) => {
+                self.forget_dirs();
+                remove_any(&abs, rel)
+            }
             None => Ok(()),
         }
     }
@@ -837,6 +877,7 @@ impl Target {
         fs::hard_link(&src, &tmp).map_err(|e| io_err(rel, "create hard link", e))?;
         // Also removes `tmp` if `rename` found both names on one inode and did nothing.
         let _guard = TempName(Some(&tmp));
+        self.forget_dirs();
         clear_dir(&dest, rel)?;
         fs::rename(&tmp, &dest).map_err(|e| io_err(rel, "rename into place", e))?;
         self.sync_dir(rel)
@@ -1010,8 +1051,9 @@ impl PartFile {
 
     /// Completes the file: checks that every chunk is in place, applies owner (as root),
     /// xattrs, mode and mtime, fsyncs, and renames the part file onto the final path
-    /// (removing a directory tree there first), then fsyncs the directory.
-    pub fn finish(self, meta: &Meta) -> Result<(), ApplyError> {
+    /// (removing a directory tree there first). The directory is fsynced later, once for
+    /// all its files, by [`Target::sync_dirs`]. Returns the file's final metadata.
+    pub fn finish(self, meta: &Meta) -> Result<fs::Metadata, ApplyError> {
         let missing = self.done.iter().filter(|d| !**d).count();
         if let Some(first) = self.done.iter().position(|d| !*d) {
             return Err(ApplyError::Incomplete {
@@ -1034,9 +1076,12 @@ impl PartFile {
         if !self.target.ancestors(rel, false)? {
             return Err(io_err(rel, "rename into place", not_found()));
         }
+        self.target.forget_dirs();
         clear_dir(&self.dest, rel)?;
         fs::rename(&self.part, &self.dest).map_err(|e| io_err(rel, "rename into place", e))?;
-        self.target.sync_dir(rel)
+        self.target.sync_dir(rel)?;
+        // The stat of the file now at its final path, for the receiver's stat cache.
+        self.file.metadata().map_err(|e| io_err(rel, "inspect", e))
     }
 
     /// Gives up on this file and removes its part file (for errors that make it useless,

@@ -145,7 +145,8 @@ struct Walked {
     stat: Stat,
 }
 
-fn stat_of(m: &std::fs::Metadata) -> Stat {
+/// The stat-cache fields of a file's metadata.
+pub fn stat_of(m: &std::fs::Metadata) -> Stat {
     Stat {
         size: m.size(),
         mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
