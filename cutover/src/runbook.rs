@@ -76,6 +76,10 @@ pub struct Database {
     pub verify_tables: Vec<String>,
     /// Rows per checksum chunk in `verify`.
     pub chunk_rows: u64,
+    /// `promote` fences the source only once the replica is at most this many transactions
+    /// behind (GTID dialects), waiting up to `catch_up_timeout` for it; the lag at the fence
+    /// is what the write-unavailable window has to absorb.
+    pub max_lag_at_fence: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +115,7 @@ struct RawDatabase {
     #[serde(default)]
     verify_tables: Vec<String>,
     chunk_rows: Option<u64>,
+    max_lag_at_fence: Option<u64>,
 }
 
 impl Runbook {
@@ -271,6 +276,7 @@ fn validate_database(
         )?,
         verify_tables: d.verify_tables,
         chunk_rows,
+        max_lag_at_fence: d.max_lag_at_fence.unwrap_or(100),
     })
 }
 
@@ -412,6 +418,7 @@ stop  = "systemctl stop app"
         let db = parse(MINIMAL).unwrap().database.unwrap();
         assert_eq!(db.replication_user, "repl");
         assert_eq!(db.chunk_rows, 10_000);
+        assert_eq!(db.max_lag_at_fence, 100);
         assert_eq!(db.replica_address_for_source, None);
     }
 

@@ -368,6 +368,17 @@ fn catch_up_timeout_aborts_and_makes_the_source_writable_again() {
         )
         .expect("the source takes writes again");
 
+    // With no lag allowed at the fence, the same stuck replica is refused before the fence.
+    let strict = pair.runbook("catch_up_timeout = \"1s\"\nmax_lag_at_fence = 0");
+    let out = cutover(&["db", "promote"], &strict);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("promotion refused") && text.contains("max_lag_at_fence 0"),
+        "{text}"
+    );
+    assert!(!text.contains("fenced source"), "never fenced: {text}");
+
     // The replica kept replicating: once the lock is gone it catches up. End the lock's
     // session on the server (a killed client is noticed only when SLEEP returns).
     let id = pair

@@ -3,7 +3,8 @@
 //! The order is the whole point:
 //!
 //! 1. Pre-checks, which change nothing: the replica replicates from this source with both
-//!    threads running and no error.
+//!    threads running and no error, and it is (or gets, within `catch_up_timeout`) at most
+//!    `max_lag_at_fence` transactions behind.
 //! 2. **Fence** the source (`read_only`, plus `super_read_only` on MySQL). On MariaDB, which
 //!    has no `super_read_only`, the client sessions that remain after `fence_grace` are ended,
 //!    because accounts with `READ_ONLY ADMIN` could still write; replication threads are left
@@ -130,16 +131,42 @@ pub async fn promote(db: &Database, reverse: bool) -> Result<PromoteReport, DbEr
     let mut log = |steps: &mut Vec<String>, s: String| {
         steps.push(format!("{:>6} ms  {s}", started.elapsed().as_millis()));
     };
-    // The replica's lag at the fence adds to the window: say how large it was.
-    if let (Position::Gtid(at_source), Some(applied)) = (
-        source.own_position().await?,
-        replica.applied_position().await?,
-    ) && let Ok(behind) = transactions_behind(&d, &at_source, &applied)
-    {
-        log(
-            &mut steps,
-            format!("pre-checks passed; replica {behind} transaction(s) behind"),
-        );
+    // The replica's lag at the fence is what the window has to absorb: fence only once it is
+    // small (as Vitess and MySQL Shell sync the candidate before demoting the primary).
+    let deadline = Instant::now() + db.catch_up_timeout;
+    loop {
+        let (Position::Gtid(at_source), Some(applied)) = (
+            source.own_position().await?,
+            replica.applied_position().await?,
+        ) else {
+            break; // file/position: no transaction count to compare
+        };
+        let Ok(behind) = transactions_behind(&d, &at_source, &applied) else {
+            break;
+        };
+        if behind <= db.max_lag_at_fence {
+            log(
+                &mut steps,
+                format!(
+                    "pre-checks passed; replica {behind} transaction(s) behind \
+                     (max_lag_at_fence {})",
+                    db.max_lag_at_fence
+                ),
+            );
+            break;
+        }
+        if Instant::now() >= deadline {
+            let reason = format!(
+                "replica {} stayed {behind} transactions behind, more than max_lag_at_fence {}, \
+                 for catch_up_timeout {}; nothing was changed and the source stays writable",
+                replica.addr,
+                db.max_lag_at_fence,
+                humantime::format_duration(db.catch_up_timeout)
+            );
+            let _ = killer.disconnect().await;
+            return Ok(report(PromoteOutcome::Refused { reason }, steps));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
     // 2. Fence.
