@@ -39,6 +39,7 @@ Runbook example ([database] table; durations like \"30s\" or \"500ms\"):
   source_address_for_replica = \"10.0.0.1:3306\" # optional
   catch_up_timeout = \"30s\"                    # promote: wait for the final position
   fence_grace = \"200ms\"                       # promote: before ending sessions (MariaDB)
+  max_lag_at_fence = 100                      # promote: fence once at most this far behind
   verify_tables = [\"app.*\"]                   # verify: schema.table, * matches any run
 
 Typical order: setup, status (until lag is ~0), verify, promote --reverse, status.";
@@ -81,7 +82,8 @@ enum DbCommand {
     },
     /// Promote the replica to primary without losing acknowledged writes.
     ///
-    /// Fences the source (read_only; on MariaDB the remaining client sessions are ended after
+    /// Waits until the replica is at most database.max_lag_at_fence transactions behind, fences
+    /// the source (read_only; on MariaDB the remaining client sessions are ended after at most
     /// database.fence_grace), waits for the replica to apply the source's final position
     /// (database.catch_up_timeout), then stops replication and makes the replica writable.
     /// Any failure before that point is undone: the source is writable again and the replica
