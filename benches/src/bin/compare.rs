@@ -499,13 +499,18 @@ fn scenario_manifest(ctx: &Ctx) -> anyhow::Result<String> {
     let table = Table::timings(&refs, true);
     let mut out = format!(
         "## manifest: cold `syncd manifest` vs hashing every file\n\n\
-         A = copy of `{}`: {} files, {} bytes (syncd read {} files). {} runs each (the per-file \
-         sha256sum once), interleaved; load average before: {load_before}, after: {}.\n\n",
+         A = copy of `{}`: {} files, {} bytes (syncd read {} files). {} runs each{}, interleaved; \
+         load average before: {load_before}, after: {}.\n\n",
         ctx.source.display(),
         summary["files"],
         summary["bytes"],
         summary["hashed_files"],
         ctx.reps,
+        if ctx.per_file_sha256 {
+            " (the per-file sha256sum once)"
+        } else {
+            ""
+        },
         load_average()
     );
     out.push_str(&table.to_markdown());
