@@ -310,7 +310,7 @@ impl Server {
         let rows = r.map_err(|e| self.query_error(sql, &e))?;
         Ok(rows
             .into_iter()
-            .map(|r| r.unwrap().iter().map(value_to_string).collect())
+            .map(|r| Row::unwrap(r).iter().map(value_to_string).collect())
             .collect())
     }
 
