@@ -18,6 +18,7 @@
 //! - `verify_handles_composite_string_and_missing_primary_keys`
 //! - `wrong_password_and_unreachable_host_give_one_clear_line`
 //! - `refuses_a_replica_with_data_unless_forced`
+//! - `setup_sets_row_format_and_refuses_equal_server_ids`
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -784,5 +785,39 @@ fn refuses_a_replica_with_data_unless_forced() {
         pair.replica
             .sql("SELECT GROUP_CONCAT(id ORDER BY id) FROM app.t"),
         "1,2"
+    );
+}
+
+#[test]
+fn setup_sets_row_format_and_refuses_equal_server_ids() {
+    let Some(pair) = Pair::start_with(&["--binlog-format=MIXED"]) else {
+        return;
+    };
+    let out = cutover(&["db", "setup"], &pair.runbook(""));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stdout(&out).contains("set binlog_format=ROW (was MIXED)"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(pair.source.sql("SELECT @@GLOBAL.binlog_format"), "ROW");
+    drop(pair);
+
+    // Later options win: both servers get server_id 7.
+    let Some(pair) = Pair::start_with(&["--server-id=7"]) else {
+        return;
+    };
+    let out = cutover(&["db", "setup"], &pair.runbook(""));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("same server_id (7)"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        pair.replica
+            .sql("SELECT COUNT(*) FROM mysql.user WHERE User = 'repl'"),
+        "0",
+        "nothing was written"
     );
 }
