@@ -48,15 +48,6 @@ pub async fn setup(db: &Database, force: bool) -> Result<SetupReport, DbError> {
             "the binary log is off; start the server with log_bin (e.g. --log-bin=mysql-bin)",
         ));
     }
-    let format = source.global("binlog_format").await?.unwrap_or_default();
-    if !format.eq_ignore_ascii_case("ROW") {
-        source.exec("SET GLOBAL binlog_format = 'ROW'").await?;
-        steps.push(format!(
-            "source: set binlog_format=ROW (was {format}); sessions opened before keep the old \
-             format until they reconnect, and the server config must say binlog_format=ROW to \
-             keep it after a restart"
-        ));
-    }
     if source.server_id == replica.server_id {
         return Err(replica.refused(format!(
             "has the same server_id ({}) as the source; give each server a distinct server_id",
@@ -70,10 +61,6 @@ pub async fn setup(db: &Database, force: bool) -> Result<SetupReport, DbError> {
              history and the old source can replicate from it (promote --reverse)"
         )));
     }
-    steps.push(format!(
-        "checked: binary log on, binlog_format=ROW, server_id {} vs {}",
-        source.server_id, replica.server_id
-    ));
 
     // What is on the replica decides what to do, before anything is written anywhere: a
     // replica that must be refused is not touched at all.
@@ -106,6 +93,21 @@ pub async fn setup(db: &Database, force: bool) -> Result<SetupReport, DbError> {
         }
         _ => {}
     }
+
+    // Checks passed and nothing refused: the first write is the binlog format.
+    let format = source.global("binlog_format").await?.unwrap_or_default();
+    if !format.eq_ignore_ascii_case("ROW") {
+        source.exec("SET GLOBAL binlog_format = 'ROW'").await?;
+        steps.push(format!(
+            "source: set binlog_format=ROW (was {format}); sessions opened before keep the old \
+             format until they reconnect, and the server config must say binlog_format=ROW to \
+             keep it after a restart"
+        ));
+    }
+    steps.push(format!(
+        "checked: binary log on, binlog_format=ROW, server_id {} vs {}",
+        source.server_id, replica.server_id
+    ));
 
     // 2. Replication account on both sides: on the source for this replication, on the
     // replica (not binlogged) for the reverse replication after promotion.
