@@ -57,6 +57,10 @@ pub struct Database {
     pub source: String,
     /// URL of the destination, the replica to be promoted.
     pub replica: String,
+    /// The source's password from `source_password_file`, overriding the URL's.
+    pub source_password: Option<String>,
+    /// The replica's password from `replica_password_file`, overriding the URL's.
+    pub replica_password: Option<String>,
     /// The replication account created on the source.
     pub replication_user: String,
     /// Its password (from `replication_password` or `replication_password_file`).
@@ -104,6 +108,8 @@ struct RawRunbook {
 struct RawDatabase {
     source: String,
     replica: String,
+    source_password_file: Option<PathBuf>,
+    replica_password_file: Option<PathBuf>,
     replication_user: Option<String>,
     replication_password: Option<String>,
     replication_password_file: Option<PathBuf>,
@@ -228,6 +234,16 @@ fn validate_database(
     if replication_password.is_empty() {
         return Err(invalid("replication_password", "must not be empty".into()));
     }
+    let secret = |key: &str, file: Option<PathBuf>| -> Result<Option<String>, RunbookError> {
+        file.map(|f| {
+            read_file(&f)
+                .map(|p| p.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| invalid(key, format!("{}: {e}", f.display())))
+        })
+        .transpose()
+    };
+    let source_password = secret("source_password_file", d.source_password_file)?;
+    let replica_password = secret("replica_password_file", d.replica_password_file)?;
     let address = |key: &str, v: Option<String>| -> Result<Option<(String, u16)>, RunbookError> {
         v.map(|s| parse_host_port(&s).map_err(|m| invalid(key, m)))
             .transpose()
@@ -257,6 +273,8 @@ fn validate_database(
     Ok(Database {
         source: d.source,
         replica: d.replica,
+        source_password,
+        replica_password,
         replication_user,
         replication_password,
         source_address_for_replica: address(
@@ -469,6 +487,16 @@ stop  = "systemctl stop app"
         assert_eq!(
             parse(&text).unwrap().database.unwrap().replication_password,
             "s3cret"
+        );
+        let text = format!("{MINIMAL}source_password_file = \"pw.txt\"\n");
+        let db = parse(&text).unwrap().database.unwrap();
+        assert_eq!(db.source_password.as_deref(), Some("s3cret"));
+        assert_eq!(db.replica_password, None);
+        let text = format!("{MINIMAL}replica_password_file = \"gone.txt\"\n");
+        assert!(
+            parse(&text)
+                .unwrap_err()
+                .contains("database.replica_password_file: gone.txt")
         );
         let text = MINIMAL.replace(r#"replication_password = "secret""#, "");
         assert!(

@@ -735,6 +735,31 @@ fn wrong_password_and_unreachable_host_give_one_clear_line() {
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
         assert!(err.contains(want) && err.contains(&who), "{err}");
     }
+    // The password can come from a file instead of the URL.
+    let runbook = dir.path().join("pwfile.toml");
+    std::fs::write(dir.path().join("root.pw"), "rootpw\n").expect("write");
+    std::fs::write(
+        &runbook,
+        format!(
+            "[database]\nsource = \"mysql://root@127.0.0.1:{}\"\nsource_password_file = \"root.pw\"\n\
+             replica = \"{}\"\nreplication_password = \"p\"\n",
+            server.port,
+            server.url()
+        ),
+    )
+    .expect("write");
+    let out = cutover(&["db", "status"], &runbook);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "connected, found no replication"
+    );
+    assert!(
+        stdout(&out).contains("does not replicate"),
+        "{}",
+        stdout(&out)
+    );
+
     // A runbook error names the key.
     let runbook = dir.path().join("bad.toml");
     std::fs::write(

@@ -164,8 +164,23 @@ pub struct Server {
 }
 
 impl Server {
-    /// Connects to `url` within `timeout` and detects the dialect.
-    pub async fn connect(role: Role, url: &str, timeout: Duration) -> Result<Server, DbError> {
+    /// Connects to the runbook's server for `role` and detects the dialect.
+    pub async fn connect_to(db: &Database, role: Role) -> Result<Server, DbError> {
+        let (url, password) = match role {
+            Role::Source => (&db.source, db.source_password.as_deref()),
+            Role::Replica => (&db.replica, db.replica_password.as_deref()),
+        };
+        Server::connect(role, url, password, db.connect_timeout).await
+    }
+
+    /// Connects to `url` (with `password` instead of the URL's, if given) within `timeout`
+    /// and detects the dialect.
+    pub async fn connect(
+        role: Role,
+        url: &str,
+        password: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Server, DbError> {
         let normalized = match url.strip_prefix("mariadb://") {
             Some(rest) => format!("mysql://{rest}"),
             None => url.to_string(),
@@ -182,11 +197,12 @@ impl Server {
             format!("{host}:{port}")
         };
         let user = opts.user().unwrap_or("root").to_string();
-        let password = opts.pass().unwrap_or("").to_string();
+        let password = password.or(opts.pass()).unwrap_or("").to_string();
         // Always TCP to the address in the runbook, never a local socket the driver finds.
         let opts: Opts = OptsBuilder::from_opts(opts)
             .prefer_socket(false)
             .user(Some(user.clone()))
+            .pass((!password.is_empty()).then(|| password.clone()))
             .into();
         let mut conn = Server::open(role, &addr, &opts, timeout).await?;
         let probe = |e: mysql_async::Error| DbError::Query {
@@ -474,8 +490,8 @@ fn value_to_string(v: &Value) -> Option<String> {
 /// Connects to both servers of the runbook and checks that they speak the same dialect.
 pub async fn connect_pair(db: &Database) -> Result<(Server, Server), DbError> {
     let (source, replica) = tokio::join!(
-        Server::connect(Role::Source, &db.source, db.connect_timeout),
-        Server::connect(Role::Replica, &db.replica, db.connect_timeout),
+        Server::connect_to(db, Role::Source),
+        Server::connect_to(db, Role::Replica),
     );
     let (source, replica) = (source?, replica?);
     if source.dialect.flavor != replica.dialect.flavor {

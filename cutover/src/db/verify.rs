@@ -116,7 +116,7 @@ pub async fn verify(db: &Database) -> Result<VerifyReport, DbError> {
         if usable {
             replica.exec(d.start_replica()).await?;
         } else {
-            let mut fresh = Server::connect(Role::Replica, &db.replica, db.connect_timeout).await?;
+            let mut fresh = Server::connect_to(db, Role::Replica).await?;
             fresh.exec(d.start_replica()).await?;
             fresh.close().await;
         }
