@@ -5,8 +5,9 @@
 //! [`dialect`] builds, and feeds what it reads to the pure [`position`] and [`checksum`]
 //! modules, which decide. The four commands live in [`setup`], [`status`], [`promote`] and
 //! [`verify`]; each returns a report that the binary prints as text or JSON. This module does
-//! not print, does not exit, and never decides an exit code: [`DbError::exit_code`] and the
-//! reports' `ok` flags say what happened, and `main` maps them.
+//! not print and does not exit: the reports' `ok` flags and [`DbError::exit_code`] (a refusal
+//! is a finding, anything else a runtime error) say what happened, and `main` turns that into
+//! the process's exit code.
 
 pub mod checksum;
 pub mod dialect;
