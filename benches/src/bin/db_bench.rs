@@ -10,7 +10,8 @@
 //!    replica and checksummed with `verify`; rows per second over the best of 3 runs.
 //!
 //! It is a benchmark, not a test: it asserts nothing but prints the numbers (and exits 1 when
-//! a write was lost). Environment: `RUNS` (default 7), `WRITERS` (default 4), `VERIFY_ROWS`.
+//! a write was lost). Environment: `RUNS` (default 7), `WRITERS` (default 4), `VERIFY_ROWS`,
+//! and `VERBOSE=1` to print each promotion's timed steps.
 //! Run: `cargo run --release -p benches --bin db_bench`.
 
 use std::collections::HashSet;
