@@ -406,9 +406,15 @@ fn cmd_diff(
         };
         (open(a)?, open(b)?)
     } else {
-        let (sa, _) = refresh(a, home, filters)?;
-        let (sb, _) = refresh(b, home, filters)?;
-        (sa, sb)
+        // Both refreshes at once: each is parallel, but each also has sequential phases
+        // (sorting, rebuilding directory nodes) that the other can overlap.
+        let (ra, rb) = std::thread::scope(|s| {
+            let tb = s.spawn(|| refresh(b, home, filters));
+            let ra = refresh(a, home, filters);
+            (ra, tb.join())
+        });
+        let rb = rb.map_err(|_| anyhow::anyhow!("refreshing {} panicked", b.display()))?;
+        (ra?.0, rb?.0)
     };
     let (na, nb) = (sa.snapshot()?, sb.snapshot()?);
     let changes: Vec<Change> = manifest::diff(&na, &nb)?;

@@ -36,6 +36,8 @@ use crate::manifest::{ChunkRef, Entry, FileNode, Hash, Kind, Node, join};
 const WHOLE_FILE: u64 = 16 << 20;
 /// Window size for streaming large files.
 const WINDOW: usize = 32 << 20;
+/// Entries whose leaves are computed together (see [`refresh`]).
+const LEAF_BATCH: usize = 32 * 1024;
 /// How often a file that changes while being read is retried.
 const READ_RETRIES: usize = 3;
 /// Files modified this recently are not trusted to the stat cache (timestamps are coarse:
@@ -182,12 +184,6 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
     walked.par_sort_unstable_by(|a, b| component_order(&a.path, &b.path));
 
     let snap = store.snapshot()?;
-    // Leaves: reuse the stored hash when the stat matches, otherwise read.
-    let leaves: Vec<Leaf> = walked
-        .par_iter()
-        .map(|w| leaf(&root, w, &snap, opts.params, scan_start_ns))
-        .collect::<Result<_, StoreError>>()?;
-
     let mut b = TreeBuild {
         snap: &snap,
         puts: Vec::new(),
@@ -210,7 +206,22 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
         mode: root_mode,
         entries: Vec::new(),
     }];
-    for (w, leaf) in walked.iter().zip(leaves) {
+    // Leaves (reuse the stored hash when the stat matches, otherwise read) are computed in
+    // parallel one batch at a time, so that a million-file tree never holds a million of
+    // them at once.
+    let mut batch_leaves: Vec<Leaf> = Vec::new();
+    for (i, w) in walked.iter().enumerate() {
+        if i % LEAF_BATCH == 0 {
+            let end = (i + LEAF_BATCH).min(walked.len());
+            batch_leaves = walked[i..end]
+                .par_iter()
+                .map(|w| leaf(&root, w, &snap, opts.params, scan_start_ns))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            batch_leaves.reverse(); // popped from the end, in order
+        }
+        let Some(leaf) = batch_leaves.pop() else {
+            break;
+        };
         while !is_inside(&w.path, &stack[stack.len() - 1].path) {
             b.close_dir(&mut stack)?;
         }
@@ -312,8 +323,11 @@ impl TreeBuild<'_> {
             entries: dir.entries,
         };
         let hash = node.hash();
-        let old = self.snap.record(&dir.path)?;
-        if old.as_ref().map(|r| r.hash) != Some(hash) {
+        // The header is enough to see that nothing changed (the common case); decode the
+        // old node only when it did, to find children that vanished.
+        let unchanged = self.snap.header(&dir.path)?.map(|(h, _)| h) == Some(hash);
+        if !unchanged {
+            let old = self.snap.record(&dir.path)?;
             // Children that vanished (or stopped being directories) leave with their subtree.
             if let Some(Record {
                 node: Node::Dir { entries: old, .. },

@@ -22,6 +22,8 @@ const NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nodes");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const FORMAT: &[u8] = b"syncd-manifest-1";
 const HEADER: usize = 32 + 8 * 4;
+/// redb page cache per open store.
+const CACHE_BYTES: usize = 32 << 20;
 
 /// Errors of the manifest store. Each carries the database path.
 #[derive(Debug, thiserror::Error)]
@@ -253,7 +255,12 @@ impl Store {
 
     fn open_checked(path: &Path, tree: &Path) -> Result<Store, StoreError> {
         use std::os::unix::ffi::OsStrExt;
-        let db = Database::create(path).map_err(|e| db_err(path, e))?;
+        // redb's default 1 GiB page cache would hold a whole million-file manifest in
+        // memory; a refresh reads each record about once, so a small cache loses little.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| db_err(path, e))?;
         let store = Store {
             db,
             path: path.to_path_buf(),
