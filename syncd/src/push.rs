@@ -218,10 +218,27 @@ async fn write_frame<W: AsyncWrite + Unpin>(
 
 // ------------------------------------------------------------------ sender
 
-/// Metadata of a source path for the wire (owner, xattrs, mtime).
-fn source_meta(root: &Path, rel: &[u8], node: &Node) -> Option<Meta> {
+/// Metadata of a source path for the wire (owner, xattrs, mtime, hard link). `inodes`
+/// remembers the first path offered for each multiply-linked inode of this push.
+fn source_meta(
+    root: &Path,
+    rel: &[u8],
+    node: &Node,
+    inodes: &mut HashMap<(u64, u64), Vec<u8>>,
+) -> Option<Meta> {
     let abs = root.join(std::ffi::OsStr::from_bytes(rel));
     let m = std::fs::symlink_metadata(&abs).ok()?;
+    let link_to = if matches!(node, Node::File(_)) && m.nlink() > 1 {
+        match inodes.entry((m.dev(), m.ino())) {
+            std::collections::hash_map::Entry::Occupied(first) => Some(first.get().clone()),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(rel.to_vec());
+                None
+            }
+        }
+    } else {
+        None
+    };
     let xattrs = if matches!(node, Node::Symlink { .. }) {
         Vec::new()
     } else {
@@ -235,6 +252,7 @@ fn source_meta(root: &Path, rel: &[u8], node: &Node) -> Option<Meta> {
         uid: m.uid(),
         gid: m.gid(),
         xattrs,
+        link_to,
     })
 }
 
@@ -446,6 +464,7 @@ where
     };
     let mut control_wire = 0u64;
     let mut resent: HashSet<(Vec<u8>, Hash)> = HashSet::new();
+    let mut inodes: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     let result: Result<(), PushError> = async {
         loop {
             while let Some(ev) = s.poll() {
@@ -477,7 +496,7 @@ where
                     if let Frame::Refuse { reason } = &frame {
                         return Err(PushError::Remote { peer: peer.to_string(), reason: reason.clone() });
                     }
-                    let mut meta = |p: &[u8], n: &Node| source_meta(root_path, p, n);
+                    let mut meta = |p: &[u8], n: &Node| source_meta(root_path, p, n, &mut inodes);
                     s.handle(frame, &snap, &mut meta).map_err(|source| PushError::Proto {
                         peer: peer.to_string(),
                         source,
@@ -489,7 +508,7 @@ where
                     let fresh = scan::read_file(&abs, opts.scan.params).ok();
                     let update = fresh.and_then(|(node, _)| {
                         let n = Node::File(node.clone());
-                        let meta = source_meta(root_path, &path, &n)?;
+                        let meta = source_meta(root_path, &path, &n, &mut HashMap::new())?;
                         Some((node, meta, n.hash()))
                     });
                     match update {
@@ -910,6 +929,7 @@ async fn execute<CW: AsyncWrite + Unpin>(
                 part.abort()?;
             }
         }
+        Action::HardLink { path, to } => target.hard_link(&path, &to)?,
         Action::SetDirMeta { path, mode, meta } => {
             target.set_dir_meta(&path, &apply_meta(mode, &meta))?
         }

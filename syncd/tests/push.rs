@@ -583,3 +583,24 @@ fn receiver_killed_mid_push_resumes_and_converges() {
     let o = receiver.syncd(&[&"diff", &src.path(), &dst.path()]);
     assert_eq!(code(&o), 0, "{}", stdout(&o));
 }
+
+#[test]
+fn hard_links_within_the_tree_are_preserved() {
+    let env = Env::new();
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write(src.path(), "a/original", &noise(300_000, 9));
+    fs::hard_link(src.path().join("a/original"), src.path().join("b-link")).unwrap();
+    fs::hard_link(src.path().join("a/original"), src.path().join("a/z-link")).unwrap();
+    write(src.path(), "lonely", b"single");
+    let (rc, v, err) = push_json(&env, src.path(), &dst.path().join(""), &[]);
+    assert_eq!(rc, 0, "{v} {err}");
+    assert_trees_equal(src.path(), dst.path());
+    let ino = |p: &str| fs::metadata(dst.path().join(p)).unwrap().ino();
+    assert_eq!(ino("a/original"), ino("b-link"));
+    assert_eq!(ino("a/original"), ino("a/z-link"));
+    assert_ne!(ino("a/original"), ino("lonely"));
+    assert_eq!(
+        fs::metadata(dst.path().join("a/original")).unwrap().nlink(),
+        3
+    );
+}

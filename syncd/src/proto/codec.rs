@@ -38,6 +38,8 @@ pub struct Meta {
     pub gid: u32,
     /// Extended attributes (name, value).
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// For a file: another path of this push that is the same inode (a hard link).
+    pub link_to: Option<Vec<u8>>,
 }
 
 /// A node offered by the sender, with its path and metadata.
@@ -232,6 +234,13 @@ impl Frame {
                         put_bytes(out, k);
                         put_bytes(out, v);
                     }
+                    match &it.meta.link_to {
+                        None => out.push(0),
+                        Some(p) => {
+                            out.push(1);
+                            put_bytes(out, p);
+                        }
+                    }
                 }
             }
             Frame::Vanished { path } => {
@@ -392,7 +401,7 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
             Frame::GetNodes { paths }
         }
         tag::NODES => {
-            let n = r.count(4 + 4 + 8 + 4 + 4 + 4)?;
+            let n = r.count(4 + 4 + 8 + 4 + 4 + 4 + 1)?;
             let mut items = Vec::with_capacity(n);
             for _ in 0..n {
                 let path = r.path()?;
@@ -410,6 +419,11 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
                     let v = r.bytes()?.to_vec();
                     xattrs.push((k, v));
                 }
+                let link_to = match r.u8()? {
+                    0 => None,
+                    1 => Some(r.path()?),
+                    f => return Err(r.bad(format!("unknown link flag {f}"))),
+                };
                 items.push(NodeItem {
                     path,
                     node,
@@ -418,6 +432,7 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
                         uid,
                         gid,
                         xattrs,
+                        link_to,
                     },
                 });
             }

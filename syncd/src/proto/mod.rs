@@ -390,6 +390,13 @@ pub enum Action {
         /// The file.
         key: FileKey,
     },
+    /// Make `path` a hard link of `to` (an entry already complete in the receiver's tree).
+    HardLink {
+        /// Relative path of the new link.
+        path: Vec<u8>,
+        /// The existing path it links to.
+        to: Vec<u8>,
+    },
     /// Apply a directory's mode and mtime (after its content is final).
     SetDirMeta {
         /// Relative path.
@@ -448,6 +455,8 @@ pub struct Receiver {
     /// Files waiting for a slot, and how many are open (started, not finished).
     queued: VecDeque<FileKey>,
     open: usize,
+    /// Hard links waiting for the file they point to (by its key) to be finished.
+    links: HashMap<FileKey, Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
 /// At most this many part files are open at once on the receiver.
@@ -478,6 +487,7 @@ impl Receiver {
             totals: Totals::default(),
             queued: VecDeque::new(),
             open: 0,
+            links: HashMap::new(),
         }
     }
 
@@ -719,6 +729,15 @@ impl Receiver {
                 self.out.push_back(Action::Symlink { path, target, meta });
             }
             Node::File(f) => {
+                if let Some(to) = meta.link_to.clone() {
+                    // A hard link of a path offered earlier in this push: link once that
+                    // one is in place.
+                    match self.by_path.get(&to) {
+                        Some(&key) => self.links.entry(key).or_default().push((path, to)),
+                        None => self.out.push_back(Action::HardLink { path, to }),
+                    }
+                    return Ok(());
+                }
                 if let Some(Node::File(old)) = &mine
                     && old.chunks == f.chunks
                 {
@@ -871,6 +890,9 @@ impl Receiver {
             self.by_path.remove(&f.path);
             self.totals.files += 1;
             self.open -= 1;
+        }
+        for (path, to) in self.links.remove(&key).unwrap_or_default() {
+            self.out.push_back(Action::HardLink { path, to });
         }
         self.pump();
         self.check_complete();

@@ -163,6 +163,10 @@ fn run(
                 Action::AbortFile { key } => {
                     parts.remove(&key);
                 }
+                Action::HardLink { path, to } => {
+                    let n = fs.nodes[&to].clone();
+                    fs.nodes.insert(path, n);
+                }
                 Action::SetDirMeta { path, mode, .. } => {
                     if let Some(Node::Dir { mode: m, .. }) = fs.nodes.get_mut(&path) {
                         *m = mode;
@@ -383,6 +387,7 @@ fn every_frame_round_trips() {
                     uid: 1,
                     gid: 2,
                     xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
+                    link_to: Some(b"b/c".to_vec()),
                 },
             }],
         },
