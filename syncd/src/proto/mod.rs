@@ -456,8 +456,11 @@ pub struct Receiver {
     queued: VecDeque<FileKey>,
     open: usize,
     /// Hard links waiting for the file they point to (by its key) to be finished.
-    links: HashMap<FileKey, Vec<(Vec<u8>, Vec<u8>)>>,
+    links: HashMap<FileKey, Vec<LinkTo>>,
 }
+
+/// A hard link to make: (new path, existing path).
+type LinkTo = (Vec<u8>, Vec<u8>);
 
 /// At most this many part files are open at once on the receiver.
 pub const MAX_OPEN_FILES: usize = 256;
