@@ -608,10 +608,7 @@ async fn refresh_blocking(
         Ok::<_, PushError>((store, summary))
     })
     .await
-    .map_err(|e| PushError::Io {
-        peer: "local".into(),
-        source: std::io::Error::other(e),
-    })?
+    .map_err(join_err)?
 }
 
 fn apply_meta(mode: u32, meta: &Meta) -> apply::Meta {
@@ -721,17 +718,9 @@ where
                             codec,
                             data,
                         })) => {
-                            let p = peer.clone();
-                            tokio::task::spawn_blocking(move || {
-                                decode_chunk(&p, id, raw_len, codec, data)
-                            })
-                            .await
-                            .unwrap_or_else(|e| {
-                                Err(PushError::Io {
-                                    peer: "local".into(),
-                                    source: std::io::Error::other(e),
-                                })
-                            })
+                            // Inline, not spawn_blocking: decompressing and hashing one chunk
+                            // takes microseconds, less than a thread hand-off.
+                            decode_chunk(&peer, id, raw_len, codec, data)
                         }
                         Ok(Some(other)) => Err(PushError::Proto {
                             peer: peer.clone(),
@@ -938,10 +927,7 @@ async fn execute<CW: AsyncWrite + Unpin>(
             let (st, recs) = (store.clone(), std::mem::take(written));
             tokio::task::spawn_blocking(move || st.commit(&recs, &[]))
                 .await
-                .map_err(|e| PushError::Io {
-                    peer: "local".into(),
-                    source: std::io::Error::other(e),
-                })??;
+                .map_err(join_err)??;
             let (_, summary) =
                 refresh_blocking(root.to_path_buf(), opts.home.clone(), Some(store.clone()))
                     .await?;
@@ -967,16 +953,30 @@ fn build_index(snap: &Snapshot) -> Result<HashMap<ChunkId, ChunkLoc>, PushError>
 
 // ------------------------------------------------------------------ entry points
 
-/// Scans the source tree (refreshing its manifest) and returns its summary and store.
-fn scan_source(
+/// Scans the source tree (refreshing its manifest) on the blocking pool and returns its
+/// canonical root, its store and the scan summary.
+async fn scan_source(
     src: &Path,
     home: &Path,
     opts: &ScanOptions,
 ) -> Result<(PathBuf, Store, Summary), PushError> {
-    let root = scan::canonical_root(src)?;
-    let store = open_store(home, &root)?;
-    let summary = scan::refresh(&root, &store, opts)?;
-    Ok((root, store, summary))
+    let (src, home, opts) = (src.to_path_buf(), home.to_path_buf(), opts.clone());
+    tokio::task::spawn_blocking(move || {
+        let root = scan::canonical_root(&src)?;
+        let store = open_store(&home, &root)?;
+        let summary = scan::refresh(&root, &store, &opts)?;
+        Ok((root, store, summary))
+    })
+    .await
+    .map_err(join_err)?
+}
+
+/// A blocking task that panicked or was cancelled.
+fn join_err(e: tokio::task::JoinError) -> PushError {
+    PushError::Io {
+        peer: "local".into(),
+        source: std::io::Error::other(e),
+    }
 }
 
 /// Pushes `src` into the local directory `dest` (created if missing): the same pipeline as
@@ -993,15 +993,7 @@ pub async fn push_local(
             source,
         })?;
     }
-    let (src_root, store, summary) = {
-        let (src, home, o) = (src.to_path_buf(), home.to_path_buf(), opts.scan.clone());
-        tokio::task::spawn_blocking(move || scan_source(&src, &home, &o))
-            .await
-            .map_err(|e| PushError::Io {
-                peer: "local".into(),
-                source: std::io::Error::other(e),
-            })??
-    };
+    let (src_root, store, summary) = scan_source(src, home, &opts.scan).await?;
     let snap = store.snapshot()?;
     let peer = dest.display().to_string();
     const PIPE: usize = 4 << 20;
@@ -1040,10 +1032,7 @@ pub async fn push_local(
         None,
     )
     .await;
-    let received = receiver.await.map_err(|e| PushError::Io {
-        peer: "local".into(),
-        source: std::io::Error::other(e),
-    })?;
+    let received = receiver.await.map_err(join_err)?;
     // The receiver's error is the cause; the sender's is usually just "closed".
     received?;
     let mut report = sent?;
@@ -1061,15 +1050,7 @@ pub async fn push_remote(
     home: &Path,
     opts: &PushOptions,
 ) -> Result<(PushReport, Summary), PushError> {
-    let (src_root, store, summary) = {
-        let (src, home, o) = (src.to_path_buf(), home.to_path_buf(), opts.scan.clone());
-        tokio::task::spawn_blocking(move || scan_source(&src, &home, &o))
-            .await
-            .map_err(|e| PushError::Io {
-                peer: "local".into(),
-                source: std::io::Error::other(e),
-            })??
-    };
+    let (src_root, store, summary) = scan_source(src, home, &opts.scan).await?;
     let snap = store.snapshot()?;
     let peer = addr.to_string();
     let endpoint = transport::client_endpoint()?;
