@@ -315,12 +315,60 @@ fn display(cmd: &Command) -> String {
     s
 }
 
-/// Runs `cmd` to completion; fails (with its stderr) unless it exits 0.
+/// No command here legitimately runs this long (the slowest, a 400 MB push at 50 Mbit/s,
+/// takes ~75 s): past it a command counts as hung and is killed.
+const HANG_LIMIT: Duration = Duration::from_secs(300);
+
+/// Runs `cmd` to completion; fails (with its stderr) unless it exits 0 within [`HANG_LIMIT`].
 fn run(cmd: &mut Command) -> Result<Output> {
-    let out = cmd
+    let mut child = cmd
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .with_context(|| format!("starting {}", display(cmd)))?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let out_t = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err_t = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + HANG_LIMIT;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "`{}` hung: no exit after {}s, killed",
+                display(cmd),
+                HANG_LIMIT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let out = Output {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    };
     if !out.status.success() {
         bail!(
             "`{}` failed ({}): {}",
@@ -972,12 +1020,16 @@ impl Bench {
     }
 
     /// An rsync daemon (in `ns`, bound to `addr`) with module `mod` at `root`.
+    ///
+    /// `use chroot = yes`: without a chroot the daemon sanitizes symlink targets (an absolute
+    /// `/etc/X11/rgb.txt` arrives as `etc/X11/rgb.txt`; 330 of /usr/share's symlinks), and the
+    /// copy would not be exact. We run as root, so the chroot costs nothing else.
     fn rsync_daemon(&self, root: &Path, ns: Option<&str>, addr: &str, port: u16) -> Result<Daemon> {
         let conf = self.p("rsyncd.conf");
         std::fs::write(
             &conf,
             format!(
-                "use chroot = no\nmunge symlinks = no\nuid = root\ngid = root\nlog file = {}\n[mod]\n    path = {}\n    read only = no\n",
+                "use chroot = yes\nuid = root\ngid = root\nlog file = {}\n[mod]\n    path = {}\n    read only = no\n",
                 self.p("logs/rsyncd-transfers.log").display(),
                 root.display()
             ),
