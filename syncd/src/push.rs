@@ -203,6 +203,30 @@ async fn read_frame<R: AsyncRead + Unpin>(
         })
 }
 
+/// Reads control frames on a task of their own and hands them over a channel.
+///
+/// `read_frame` is not cancellation-safe (a `read_exact` interrupted mid-frame loses the
+/// bytes it had read), so it must never be a `tokio::select!` branch that another branch can
+/// win; receiving from this channel is. The task ends at end of stream or on an error,
+/// which it delivers as the last item.
+fn spawn_control_reader<R>(mut r: R, peer: &str) -> mpsc::Receiver<Result<Option<Frame>, PushError>>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(64);
+    let peer = peer.to_string();
+    tokio::spawn(async move {
+        loop {
+            let item = read_frame(&mut r, &peer).await;
+            let last = !matches!(item, Ok(Some(_)));
+            if tx.send(item).await.is_err() || last {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,
     f: &Frame,
@@ -344,7 +368,7 @@ async fn run_sender<CR, CW, DW>(
     root_path: &Path,
     snap: Snapshot,
     root: Hash,
-    mut control_r: CR,
+    control_r: CR,
     mut control_w: CW,
     data: Vec<DW>,
     opts: &PushOptions,
@@ -352,7 +376,7 @@ async fn run_sender<CR, CW, DW>(
     throttle: Option<Throttle>,
 ) -> Result<PushReport, PushError>
 where
-    CR: AsyncRead + Unpin,
+    CR: AsyncRead + Unpin + Send + 'static,
     CW: AsyncWrite + Unpin,
     DW: AsyncWrite + Unpin + Send + 'static,
 {
@@ -457,6 +481,7 @@ where
         })
     };
 
+    let mut control = spawn_control_reader(control_r, peer);
     let mut s = Sender::new(root, opts.delete, opts.dry_run);
     let mut report = PushReport {
         root,
@@ -489,8 +514,8 @@ where
                 return Ok(());
             }
             tokio::select! {
-                frame = read_frame(&mut control_r, peer) => {
-                    let Some(frame) = frame? else {
+                frame = control.recv() => {
+                    let Some(frame) = frame.unwrap_or(Ok(None))? else {
                         return Err(PushError::Closed { peer: peer.to_string() });
                     };
                     if let Frame::Refuse { reason } = &frame {
@@ -676,12 +701,12 @@ async fn run_receiver<CR, CW, DR>(
     peer: &str,
     root: &Path,
     opts: &ReceiveOptions,
-    mut control_r: CR,
+    control_r: CR,
     mut control_w: CW,
     mut data: mpsc::Receiver<DR>,
 ) -> Result<(), PushError>
 where
-    CR: AsyncRead + Unpin,
+    CR: AsyncRead + Unpin + Send + 'static,
     CW: AsyncWrite + Unpin,
     DR: AsyncRead + Unpin + Send + 'static,
 {
@@ -689,6 +714,7 @@ where
     let (store, summary) = refresh_blocking(root.clone(), opts.home.clone(), None).await?;
     let snap = store.snapshot()?;
     let target = Target::open(&root)?;
+    let mut control = spawn_control_reader(control_r, peer);
     let mut r = Receiver::new();
     let mut index: Option<HashMap<ChunkId, ChunkLoc>> = None;
     let mut parts: HashMap<FileKey, apply::PartFile> = HashMap::new();
@@ -766,8 +792,8 @@ where
                 return Ok(());
             }
             tokio::select! {
-                frame = read_frame(&mut control_r, peer) => {
-                    let Some(frame) = frame? else {
+                frame = control.recv() => {
+                    let Some(frame) = frame.unwrap_or(Ok(None))? else {
                         return Err(PushError::Closed { peer: peer.to_string() });
                     };
                     r.handle(frame, &snap, summary.root).map_err(|source| PushError::Proto {

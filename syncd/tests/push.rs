@@ -604,3 +604,27 @@ fn hard_links_within_the_tree_are_preserved() {
         3
     );
 }
+
+/// Regression: control frames used to be read inside `tokio::select!`, where a chunk
+/// arriving mid-frame cancelled the read and lost bytes ("frame of N bytes exceeds the
+/// limit" on large trees). Many small files interleave control and data traffic heavily.
+#[test]
+fn many_files_over_quic_keep_the_control_stream_framed() {
+    let (sender, receiver) = (Env::new(), Env::new());
+    let (sid, rid) = (init(&sender), init(&receiver));
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for i in 0..4000u64 {
+        write(
+            src.path(),
+            &format!("d{}/f{i}", i % 40),
+            &noise(2000 + (i as usize % 5000), i),
+        );
+    }
+    let server = Server::start(&receiver, dst.path(), &sid);
+    for _ in 0..2 {
+        let (rc, v, err) = push_json(&sender, src.path(), &server.addr, &["--peer-id", &rid]);
+        assert_eq!(rc, 0, "{err}\n{}", server.log());
+        assert_eq!(v["identical"], true);
+    }
+    assert_trees_equal(src.path(), dst.path());
+}
