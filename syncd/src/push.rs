@@ -457,6 +457,7 @@ where
         let progress = opts.progress.clone();
         tokio::spawn(async move {
             let mut last = (Instant::now(), 0u64, 0u64);
+            let mut cpu = cpu_times();
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tick.tick().await;
@@ -464,11 +465,20 @@ where
                 let wire = stats.wire.load(Ordering::Relaxed);
                 let wait = stats.wait_ns.load(Ordering::Relaxed);
                 let secs = now.duration_since(last.0).as_secs_f64();
+                let cpu_now = cpu_times();
+                let idle = match (cpu, cpu_now) {
+                    (Some((i0, t0)), Some((i1, t1))) if t1 > t0 => {
+                        Some((i1 - i0) as f64 / (t1 - t0) as f64)
+                    }
+                    _ => None,
+                };
+                cpu = cpu_now;
                 lock(&adapt).observe_link(
                     wire - last.1,
                     secs,
                     (wait - last.2) as f64 / 1e9,
                     senders,
+                    idle,
                 );
                 if let Some(Progress(p)) = &progress {
                     p(
@@ -567,6 +577,18 @@ where
     report.wire_bytes = stats.wire.load(Ordering::Relaxed) + wire.bytes(control_wire);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The machine's (idle + iowait, total) CPU time from `/proc/stat`, in clock ticks.
+fn cpu_times() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((idle, v.iter().take(8).sum()))
 }
 
 /// A tiny multi-consumer job queue (tokio has none): an unbounded mpsc behind a mutex.

@@ -5,9 +5,11 @@
 //! Compression pays only when the link, not the CPU, is the bottleneck, and only if the
 //! compressor outruns the link by a margin: on loopback or a fast LAN, zstd on two cores is
 //! slower than sending raw bytes. So:
-//! - while senders rarely wait on the link (it drains faster than we feed it), send raw;
-//! - while they mostly wait, use the highest level whose measured speed is at least
-//!   [`SPEED_MARGIN`] times the link rate and whose ratio is worth it ([`MIN_RATIO`]);
+//! - the link counts as the bottleneck while the senders mostly wait on it, or while the
+//!   machine's CPUs are mostly idle ([`CPU_IDLE`]: then the transfer is paced by the link or
+//!   its latency, and compressing costs cycles nobody else wants); otherwise send raw;
+//! - while the link is the bottleneck, use the highest level whose measured speed is at
+//!   least [`SPEED_MARGIN`] times the link rate and whose ratio is worth it ([`MIN_RATIO`]);
 //! - when compressing is off, every [`PROBE_EVERY`]th chunk is still compressed at level 1
 //!   (and sent compressed if smaller) to keep the speed and ratio estimates current.
 //!
@@ -17,12 +19,16 @@
 pub const LEVELS: [i32; 3] = [1, 3, 6];
 /// Compression must be this many times faster than the link.
 pub const SPEED_MARGIN: f64 = 2.0;
-/// Below this ratio compression is not worth the CPU.
-pub const MIN_RATIO: f64 = 1.08;
+/// Below this average ratio compression is not worth the CPU. Low, because the average
+/// mixes compressible and incompressible chunks, and [`worth_it`] already sends each chunk
+/// that does not shrink raw.
+pub const MIN_RATIO: f64 = 1.02;
 /// When off, probe one chunk in this many.
 pub const PROBE_EVERY: u64 = 16;
 /// Senders waiting on the link more than this fraction of the time means link-bound.
 pub const LINK_BOUND: f64 = 0.5;
+/// Machine CPUs idle more than this fraction of the time also means link-bound.
+pub const CPU_IDLE: f64 = 0.5;
 
 /// Running estimates and the current choice.
 #[derive(Debug, Clone)]
@@ -97,13 +103,21 @@ impl Adapt {
 
     /// Records one window of sending: `wire_bytes` went out in `secs` of wall time, during
     /// which the senders together spent `wait_secs` blocked on the link or the throttle,
-    /// out of `senders × secs` available.
-    pub fn observe_link(&mut self, wire_bytes: u64, secs: f64, wait_secs: f64, senders: usize) {
-        if secs <= 0.0 || senders == 0 {
+    /// out of `senders × secs` available, and the machine's CPUs were idle `cpu_idle` of the
+    /// time (0..=1, if known).
+    pub fn observe_link(
+        &mut self,
+        wire_bytes: u64,
+        secs: f64,
+        wait_secs: f64,
+        senders: usize,
+        cpu_idle: Option<f64>,
+    ) {
+        if secs <= 0.0 || senders == 0 || wire_bytes == 0 {
             return;
         }
         let busy = wait_secs / (secs * senders as f64);
-        self.link_bound = busy > LINK_BOUND;
+        self.link_bound = busy > LINK_BOUND || cpu_idle.is_some_and(|i| i > CPU_IDLE);
         if self.link_bound {
             self.link_rate = wire_bytes as f64 / secs;
         }
@@ -156,7 +170,7 @@ mod tests {
         let mut a = Adapt::new(None);
         // Loopback: senders never wait; zstd-1 at 400 MB/s, ratio 3.
         for _ in 0..100 {
-            a.observe_link(500_000_000, 1.0, 0.05, 4);
+            a.observe_link(500_000_000, 1.0, 0.05, 4, Some(0.05));
             a.observe_compress(1, 1 << 16, 1 << 14, (1 << 16) as f64 / 400e6);
         }
         assert_eq!(a.level(), 0);
@@ -173,10 +187,25 @@ mod tests {
             "level 1 is 32x the link: level 3 is worth trying"
         );
         a.observe_compress(3, 1 << 16, 22_000, (1 << 16) as f64 / 150e6);
-        a.observe_link(12_500_000, 1.0, 3.8, 4);
+        a.observe_link(12_500_000, 1.0, 3.8, 4, None);
         assert_eq!(a.level(), 6);
         a.observe_compress(6, 1 << 16, 21_000, (1 << 16) as f64 / 20e6);
         assert_eq!(a.level(), 3, "level 6 at 20 MB/s is under 2x the link");
+    }
+
+    #[test]
+    fn idle_cpus_on_a_slow_link_turn_compression_on() {
+        // Senders never block (little data in flight), but the machine is idle: the
+        // transfer is paced by the link, so compressing is free and saves bytes.
+        let mut a = Adapt::new(None);
+        a.observe_compress(1, 1 << 16, 30_000, (1 << 16) as f64 / 400e6);
+        a.observe_link(12_000_000, 1.0, 0.01, 4, Some(0.9));
+        assert!(a.level() >= 1);
+        // The same with busy CPUs (loopback): raw.
+        let mut b = Adapt::new(None);
+        b.observe_compress(1, 1 << 16, 30_000, (1 << 16) as f64 / 400e6);
+        b.observe_link(120_000_000, 1.0, 0.01, 4, Some(0.1));
+        assert_eq!(b.level(), 0);
     }
 
     #[test]
