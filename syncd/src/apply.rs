@@ -1103,22 +1103,10 @@ impl PartFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunk::tests::noise;
     use crate::chunk::{ChunkParams, chunk};
     use std::os::unix::fs::symlink as make_symlink;
     use std::process::Command;
-
-    /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
 
     fn node_of(data: &[u8], mode: u32, mtime_ns: i64) -> FileNode {
         FileNode {

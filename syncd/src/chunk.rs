@@ -292,7 +292,7 @@ pub fn chunk_window(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -301,7 +301,7 @@ mod tests {
     }
 
     /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
+    pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
         (0..len)
             .map(|_| {
