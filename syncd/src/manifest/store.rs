@@ -266,6 +266,12 @@ impl Store {
             path: path.to_path_buf(),
         };
         let want_tree = tree.as_os_str().as_bytes();
+        // An existing store of this format and tree needs no write transaction, whose
+        // commit would fsync on every open. Anything else takes the full path below, which
+        // initialises a new store or reports what is wrong.
+        if store.is_ours(want_tree) {
+            return Ok(store);
+        }
         let txn = store.db.begin_write().map_err(|e| db_err(path, e))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| db_err(path, e))?;
@@ -305,6 +311,18 @@ impl Store {
         }
         txn.commit().map_err(|e| db_err(path, e))?;
         Ok(store)
+    }
+
+    /// True if both tables exist and `meta` names this format and `tree` (read-only check).
+    fn is_ours(&self, tree: &[u8]) -> bool {
+        let Ok(txn) = self.db.begin_read() else {
+            return false;
+        };
+        let (Ok(meta), Ok(_)) = (txn.open_table(META), txn.open_table(NODES)) else {
+            return false;
+        };
+        let get = |k: &str| meta.get(k).ok().flatten().map(|v| v.value().to_vec());
+        get("format").as_deref() == Some(FORMAT) && get("tree").as_deref() == Some(tree)
     }
 
     /// The database file.
