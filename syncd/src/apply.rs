@@ -387,12 +387,17 @@ fn remove_any(abs: &Path, rel: &[u8]) -> Result<(), ApplyError> {
     }
 }
 
-/// Removes a directory tree at `abs` so that a non-directory can be renamed there. Anything
-/// else is left for `rename` to replace atomically.
-fn clear_dir(abs: &Path, rel: &[u8]) -> Result<(), ApplyError> {
+/// Removes a directory tree at `abs` so that a non-directory can be renamed there, and makes
+/// `target` forget the directories it had checked (they may have been inside). Anything else
+/// is left for `rename` to replace atomically, and the checked directories stay valid.
+fn clear_dir(target: &Target, abs: &Path, rel: &[u8]) -> Result<(), ApplyError> {
     match fs::symlink_metadata(abs) {
         Ok(m) if m.is_dir() => {
-            fs::remove_dir_all(abs).map_err(|e| io_err(rel, "remove directory tree at", e))
+            target.forget_dirs();
+            let removed =
+                fs::remove_dir_all(abs).map_err(|e| io_err(rel, "remove directory tree at", e));
+            target.forget_dirs();
+            removed
         }
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -484,7 +489,7 @@ pub struct Target {
     root: PathBuf,
     as_root: bool,
     /// Ancestors already checked to be real directories (this session is the only writer;
-    /// cleared whenever anything is removed).
+    /// cleared whenever a directory is removed).
     known_dirs: Arc<Mutex<HashSet<Vec<u8>>>>,
     /// Directories holding renames not yet fsynced (see [`Target::sync_dirs`]).
     unsynced: Arc<Mutex<HashSet<Vec<u8>>>>,
@@ -720,8 +725,7 @@ impl Target {
         let mtime = meta.mtime();
         filetime::set_symlink_file_times(&tmp, mtime, mtime)
             .map_err(|e| io_err(rel, "set mtime of", e))?;
-        self.forget_dirs();
-        clear_dir(&dest, rel)?;
+        clear_dir(self, &dest, rel)?;
         fs::rename(&tmp, &dest).map_err(|e| io_err(rel, "rename into place", e))?;
         guard.0 = None;
         self.sync_dir(rel)
@@ -840,8 +844,16 @@ impl Target {
         Self::check_entry(rel)?;
         match self.existing(rel)? {
             Some(abs) => {
-                self.forget_dirs();
-                remove_any(&abs, rel)
+                // Only a directory's removal can invalidate checked ancestors.
+                let dir = fs::symlink_metadata(&abs).is_ok_and(|m| m.is_dir());
+                if dir {
+                    self.forget_dirs();
+                }
+                let removed = remove_any(&abs, rel);
+                if dir {
+                    self.forget_dirs();
+                }
+                removed
             }
             None => Ok(()),
         }
@@ -877,8 +889,7 @@ impl Target {
         fs::hard_link(&src, &tmp).map_err(|e| io_err(rel, "create hard link", e))?;
         // Also removes `tmp` if `rename` found both names on one inode and did nothing.
         let _guard = TempName(Some(&tmp));
-        self.forget_dirs();
-        clear_dir(&dest, rel)?;
+        clear_dir(self, &dest, rel)?;
         fs::rename(&tmp, &dest).map_err(|e| io_err(rel, "rename into place", e))?;
         self.sync_dir(rel)
     }
@@ -1076,8 +1087,7 @@ impl PartFile {
         if !self.target.ancestors(rel, false)? {
             return Err(io_err(rel, "rename into place", not_found()));
         }
-        self.target.forget_dirs();
-        clear_dir(&self.dest, rel)?;
+        clear_dir(&self.target, &self.dest, rel)?;
         fs::rename(&self.part, &self.dest).map_err(|e| io_err(rel, "rename into place", e))?;
         self.target.sync_dir(rel)?;
         // The stat of the file now at its final path, for the receiver's stat cache.
