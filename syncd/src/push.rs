@@ -718,10 +718,42 @@ async fn dispatch_finishes(
     }
 }
 
-/// Runs the receiving side of one session into `root`.
+/// The receiver's tree at the start of a session: its canonical root, its store, and the
+/// refresh that brought its manifest up to date.
+struct Prepared {
+    root: PathBuf,
+    store: Arc<Store>,
+    summary: Summary,
+}
+
+/// Refreshes the receiver's manifest of `root`. The drivers start this as soon as a session
+/// begins, so that it runs while the sender scans its own tree.
+async fn prepare_receiver(root: &Path, opts: &ReceiveOptions) -> Result<Prepared, PushError> {
+    let root = scan::canonical_root(root)?;
+    let (store, summary) = refresh_blocking(root.clone(), opts.home.clone(), None).await?;
+    Ok(Prepared {
+        root,
+        store,
+        summary,
+    })
+}
+
+/// Tells the sender why the receiver gives up, if the connection still carries it.
+async fn refuse<CW: AsyncWrite + Unpin>(control_w: &mut CW, e: &PushError, peer: &str) {
+    let _ = write_frame(
+        control_w,
+        &Frame::Refuse {
+            reason: e.to_string(),
+        },
+        peer,
+    )
+    .await;
+}
+
+/// Runs the receiving side of one session into the prepared tree.
 async fn run_receiver<CR, CW, DR>(
     peer: &str,
-    root: &Path,
+    prepared: Prepared,
     opts: &ReceiveOptions,
     control_r: CR,
     mut control_w: CW,
@@ -732,8 +764,11 @@ where
     CW: AsyncWrite + Unpin,
     DR: AsyncRead + Unpin + Send + 'static,
 {
-    let root = scan::canonical_root(root)?;
-    let (store, summary) = refresh_blocking(root.clone(), opts.home.clone(), None).await?;
+    let Prepared {
+        root,
+        store,
+        summary,
+    } = prepared;
     let snap = store.snapshot()?;
     let target = Target::open(&root)?;
     let mut control = spawn_control_reader(control_r, peer);
@@ -838,16 +873,9 @@ where
     .await;
     acceptor.abort();
     if let Err(e) = &result {
-        // Tell the sender why, if the connection still carries it. Partial files stay
-        // for a resume, except where they are useless (no space).
-        let _ = write_frame(
-            &mut control_w,
-            &Frame::Refuse {
-                reason: e.to_string(),
-            },
-            peer,
-        )
-        .await;
+        // Tell the sender why. Partial files stay for a resume, except where they are
+        // useless (no space).
+        refuse(&mut control_w, e, peer).await;
         let no_space = matches!(e, PushError::Apply(apply::ApplyError::NoSpace { .. }));
         for (_, p) in parts.drain() {
             if no_space {
@@ -1041,8 +1069,6 @@ pub async fn push_local(
             source,
         })?;
     }
-    let (src_root, store, summary) = scan_source(src, home, &opts.scan).await?;
-    let snap = store.snapshot()?;
     let peer = dest.display().to_string();
     const PIPE: usize = 4 << 20;
     let (c1, c2) = tokio::io::duplex(PIPE);
@@ -1060,13 +1086,31 @@ pub async fn push_local(
         home: home.to_path_buf(),
     };
     let dest = dest.to_path_buf();
+    // The receiver refreshes its manifest while the sender scans the source.
     let receiver = tokio::spawn(async move {
         if !dest.exists() {
             // Dry run into a missing directory: compare against nothing.
             return Ok(());
         }
-        run_receiver(&dest.display().to_string(), &dest, &ropts, rr, rw, data_rx).await
+        let peer = dest.display().to_string();
+        let mut rw = rw;
+        match prepare_receiver(&dest, &ropts).await {
+            Ok(prepared) => run_receiver(&peer, prepared, &ropts, rr, rw, data_rx).await,
+            Err(e) => {
+                refuse(&mut rw, &e, &peer).await;
+                Err(e)
+            }
+        }
     });
+    let scanned = scan_source(src, home, &opts.scan).await;
+    let (src_root, store, summary) = match scanned {
+        Ok(s) => s,
+        Err(e) => {
+            receiver.abort();
+            return Err(e);
+        }
+    };
+    let snap = store.snapshot()?;
     let sent = run_sender(
         &peer,
         &src_root,
@@ -1098,11 +1142,24 @@ pub async fn push_remote(
     home: &Path,
     opts: &PushOptions,
 ) -> Result<(PushReport, Summary), PushError> {
-    let (src_root, store, summary) = scan_source(src, home, &opts.scan).await?;
-    let snap = store.snapshot()?;
     let peer = addr.to_string();
     let endpoint = transport::client_endpoint()?;
-    let conn = transport::connect(&endpoint, identity, addr, peer_id).await?;
+    // Connect while the source is scanned: the receiver refreshes its own manifest as soon
+    // as the session starts, so both scans run at once.
+    let (scanned, conn) = tokio::join!(
+        scan_source(src, home, &opts.scan),
+        transport::connect(&endpoint, identity, addr, peer_id)
+    );
+    let conn = conn?;
+    let (src_root, store, summary) = match scanned {
+        Ok(s) => s,
+        Err(e) => {
+            conn.close(quinn::VarInt::from_u32(1), b"source scan failed");
+            endpoint.wait_idle().await;
+            return Err(e);
+        }
+    };
+    let snap = store.snapshot()?;
     let conn_err = |e: quinn::ConnectionError| PushError::Io {
         peer: peer.clone(),
         source: std::io::Error::other(e),
@@ -1189,7 +1246,22 @@ async fn serve_session(
         peer: peer.to_string(),
         source: std::io::Error::other(e),
     };
-    let (cw, cr) = conn.accept_bi().await.map_err(conn_err)?;
+    let opts = ReceiveOptions {
+        home: home.to_path_buf(),
+    };
+    // Refresh the manifest now, while the sender scans; its first stream shows up only
+    // once it sends `Hello`.
+    let (prepared, streams) = tokio::join!(prepare_receiver(root, &opts), conn.accept_bi());
+    let (mut cw, cr) = streams.map_err(conn_err)?;
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            refuse(&mut cw, &e, peer).await;
+            let _ = cw.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+            return Err(e);
+        }
+    };
     let (tx, rx) = mpsc::channel(DATA_STREAMS);
     let c = conn.clone();
     let accept_data = tokio::spawn(async move {
@@ -1199,10 +1271,7 @@ async fn serve_session(
             }
         }
     });
-    let opts = ReceiveOptions {
-        home: home.to_path_buf(),
-    };
-    let result = run_receiver(peer, root, &opts, cr, cw, rx).await;
+    let result = run_receiver(peer, prepared, &opts, cr, cw, rx).await;
     accept_data.abort();
     // Give the last frame (Done, or Refuse with the reason) time to reach the sender
     // before the connection is closed: the sender closes once it has read it.
