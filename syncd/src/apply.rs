@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use filetime::FileTime;
 use xattr::FileExt as _;
 
-use crate::chunk::ChunkId;
+use crate::chunk::{ChunkId, Verified};
 use crate::manifest::{ChunkRef, FileNode, Node, check_name, display_path, parent};
 
 /// Every temporary name this module creates starts with this prefix (see [`is_part_file`]).
@@ -454,7 +454,7 @@ fn zero_run_chunk(node: &FileNode) -> Option<ChunkRef> {
 ///
 /// ```
 /// use syncd::apply::{Meta, Target};
-/// use syncd::chunk::{ChunkParams, chunk};
+/// use syncd::chunk::{ChunkParams, Verified, chunk};
 /// use syncd::manifest::{ChunkRef, FileNode};
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -476,7 +476,7 @@ fn zero_run_chunk(node: &FileNode) -> Option<ChunkRef> {
 /// let present = part.present()?;
 /// for (i, c) in chunks.iter().enumerate().filter(|(i, _)| !present[*i]) {
 ///     let span = c.offset as usize..(c.offset + u64::from(c.len)) as usize;
-///     part.write_chunk(i, &data[span])?;
+///     part.write_chunk(i, &Verified::of(data[span].to_vec()))?;
 /// }
 /// part.finish(&file)?;
 /// target.set_dir_meta(b"docs", &dir)?;
@@ -1016,10 +1016,12 @@ impl PartFile {
         Ok(self.done.clone())
     }
 
-    /// Verifies `data` against chunk `index` and writes it at its offset. Nothing is
-    /// written if it does not match. An all-zero chunk is not written (the file stays
-    /// sparse), unless a resumed part file holds other bytes there.
-    pub fn write_chunk(&mut self, index: usize, data: &[u8]) -> Result<(), ApplyError> {
+    /// Writes `chunk` as chunk `index` at its offset, if its id (computed when it was
+    /// verified) and length are that chunk's; nothing is written otherwise. An all-zero
+    /// chunk is not written (the file stays sparse), unless a resumed part file holds other
+    /// bytes there.
+    pub fn write_chunk(&mut self, index: usize, chunk: &Verified) -> Result<(), ApplyError> {
+        let data = chunk.bytes();
         let Some(c) = self.node.chunks.get(index) else {
             return Err(ApplyError::NoSuchChunk {
                 path: self.rel.clone(),
@@ -1027,7 +1029,7 @@ impl PartFile {
                 count: self.node.chunks.len(),
             });
         };
-        let actual = ChunkId::of(data);
+        let actual = *chunk.id();
         if actual != c.id || data.len() != c.len as usize {
             return Err(ApplyError::ChunkMismatch {
                 path: self.rel.clone(),
@@ -1177,7 +1179,8 @@ mod tests {
         let node = node_of(data, m.mode, m.mtime_ns);
         let mut part = t.begin_file(rel, &node).unwrap();
         for (i, (s, e)) in spans(&node).into_iter().enumerate().rev() {
-            part.write_chunk(i, &data[s..e]).unwrap();
+            part.write_chunk(i, &Verified::of(data[s..e].to_vec()))
+                .unwrap();
         }
         part.finish(m).unwrap();
     }
@@ -1252,7 +1255,8 @@ mod tests {
         assert!(!part.resumed());
         assert_eq!(part.present().unwrap(), vec![false; node.chunks.len()]);
         for (i, (s, e)) in spans(&node).into_iter().enumerate().rev() {
-            part.write_chunk(i, &data[s..e]).unwrap();
+            part.write_chunk(i, &Verified::of(data[s..e].to_vec()))
+                .unwrap();
         }
         assert!(!at(&t, rel).exists(), "final file exists before finish");
         assert_eq!(part_files(&at(&t, b"d/sub")).len(), 1);
@@ -1282,13 +1286,13 @@ mod tests {
         let mut wrong = data[s..e].to_vec();
         wrong[7] ^= 1;
         for bad in [wrong.as_slice(), &data[s..e - 1]] {
-            match part.write_chunk(0, bad) {
+            match part.write_chunk(0, &Verified::of(bad.to_vec())) {
                 Err(ApplyError::ChunkMismatch { path, index: 0, .. }) => assert_eq!(path, b"f"),
                 other => panic!("expected ChunkMismatch, got {other:?}"),
             }
         }
         assert!(matches!(
-            part.write_chunk(node.chunks.len(), b"x"),
+            part.write_chunk(node.chunks.len(), &Verified::of(b"x".to_vec())),
             Err(ApplyError::NoSuchChunk { .. })
         ));
         let name = part_files(t.root()).pop().unwrap();
@@ -1325,7 +1329,8 @@ mod tests {
         let mut part = t.begin_file(b"f", &node).unwrap();
         for (i, (s, e)) in spans(&node).into_iter().enumerate() {
             if written[i] {
-                part.write_chunk(i, &data[s..e]).unwrap();
+                part.write_chunk(i, &Verified::of(data[s..e].to_vec()))
+                    .unwrap();
             }
         }
         drop(part);
@@ -1336,7 +1341,8 @@ mod tests {
         assert_eq!(part.present().unwrap(), written);
         for (i, (s, e)) in spans(&node).into_iter().enumerate() {
             if !written[i] {
-                part.write_chunk(i, &data[s..e]).unwrap();
+                part.write_chunk(i, &Verified::of(data[s..e].to_vec()))
+                    .unwrap();
             }
         }
         part.finish(&meta(0o644, 5)).unwrap();
@@ -1355,7 +1361,8 @@ mod tests {
         let mut part = t.begin_file(b"f", &node).unwrap();
         assert!(!part.resumed());
         for (i, (s, e)) in spans(&node).into_iter().enumerate() {
-            part.write_chunk(i, &data[s..e]).unwrap();
+            part.write_chunk(i, &Verified::of(data[s..e].to_vec()))
+                .unwrap();
         }
         part.finish(&meta(0o644, 0)).unwrap();
         assert_eq!(fs::read(at(&t, b"f")).unwrap(), data);
@@ -1391,7 +1398,8 @@ mod tests {
         assert!(!present[zi], "a torn zero chunk must not count as present");
         for (i, (s, e)) in spans(&node).into_iter().enumerate() {
             if !present[i] {
-                part.write_chunk(i, &data[s..e]).unwrap();
+                part.write_chunk(i, &Verified::of(data[s..e].to_vec()))
+                    .unwrap();
             }
         }
         part.finish(&meta(0o644, 0)).unwrap();
@@ -1413,7 +1421,8 @@ mod tests {
         );
         for (i, (s, e)) in spans(&node).into_iter().enumerate() {
             if !present[i] {
-                part.write_chunk(i, &data[s..e]).unwrap();
+                part.write_chunk(i, &Verified::of(data[s..e].to_vec()))
+                    .unwrap();
             }
         }
         part.finish(&meta(0o644, 0)).unwrap();
@@ -1612,7 +1621,7 @@ mod tests {
         let mut part = t.begin_file(b"big", &node).unwrap();
         let mut failure = None;
         for (i, (s, e)) in spans(&node).into_iter().enumerate() {
-            if let Err(e) = part.write_chunk(i, &data[s..e]) {
+            if let Err(e) = part.write_chunk(i, &Verified::of(data[s..e].to_vec())) {
                 failure = Some(e);
                 break;
             }

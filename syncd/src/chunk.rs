@@ -113,6 +113,52 @@ impl ChunkId {
     }
 }
 
+/// Chunk bytes whose BLAKE3 id has been computed: the only form in which a chunk reaches a
+/// part file, so that the receiver hashes each chunk once (when it arrives or is copied) and
+/// the writer needs only compare ids.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Verified {
+    id: ChunkId,
+    bytes: Vec<u8>,
+}
+
+impl Verified {
+    /// Hashes `bytes`.
+    pub fn of(bytes: Vec<u8>) -> Verified {
+        Verified {
+            id: ChunkId::of(&bytes),
+            bytes,
+        }
+    }
+
+    /// Hashes `bytes` and keeps them only if they are the chunk `expected`; otherwise gives
+    /// them back.
+    pub fn check(expected: &ChunkId, bytes: Vec<u8>) -> Result<Verified, Vec<u8>> {
+        let v = Verified::of(bytes);
+        if v.id == *expected {
+            Ok(v)
+        } else {
+            Err(v.bytes)
+        }
+    }
+
+    /// The id the bytes hash to.
+    pub fn id(&self) -> &ChunkId {
+        &self.id
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl fmt::Debug for Verified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Verified({:?}, {} bytes)", self.id, self.bytes.len())
+    }
+}
+
 impl fmt::Display for ChunkId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for b in self.0 {

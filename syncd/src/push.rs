@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::apply::{self, Target};
-use crate::chunk::ChunkId;
+use crate::chunk::{ChunkId, Verified};
 use crate::identity::{Identity, PeerId};
 use crate::manifest::store::{Opened, Snapshot, Store};
 use crate::manifest::{Hash, Node};
@@ -317,11 +317,44 @@ fn read_chunk(root: &Path, id: &ChunkId, loc: &ChunkLoc) -> Option<Vec<u8>> {
     (ChunkId::of(&buf) == *id).then_some(buf)
 }
 
+thread_local! {
+    /// One zstd context per thread, reused: creating one per chunk cost more than
+    /// compressing a small chunk.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn compress(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with_borrow_mut(|c| {
+        let c = match c {
+            Some(c) => {
+                c.set_compression_level(level)?;
+                c
+            }
+            None => c.insert(zstd::bulk::Compressor::new(level)?),
+        };
+        c.compress(raw)
+    })
+}
+
+/// Decompresses at most `raw_len` bytes.
+fn decompress(data: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with_borrow_mut(|d| {
+        let d = match d {
+            Some(d) => d,
+            None => d.insert(zstd::bulk::Decompressor::new()?),
+        };
+        d.decompress(data, raw_len)
+    })
+}
+
 fn encode_chunk(adapt: &Mutex<Adapt>, id: ChunkId, raw: Vec<u8>) -> Frame {
     let level = lock(adapt).next_level();
     if level > 0 {
         let t = Instant::now();
-        if let Ok(z) = zstd::bulk::compress(&raw, level) {
+        if let Ok(z) = compress(&raw, level) {
             lock(adapt).observe_compress(level, raw.len(), z.len(), t.elapsed().as_secs_f64());
             if adapt::worth_it(raw.len(), z.len()) {
                 return Frame::Chunk {
@@ -784,7 +817,7 @@ where
     let mut finishing: Vec<FinishJob> = Vec::new();
 
     // Data streams: each reader decodes, decompresses and verifies chunks in parallel.
-    let (chunk_tx, mut chunk_rx) = mpsc::channel::<Result<(ChunkId, Vec<u8>), PushError>>(64);
+    let (chunk_tx, mut chunk_rx) = mpsc::channel::<Result<Verified, PushError>>(64);
     let peer_s = peer.to_string();
     let acceptor = tokio::spawn(async move {
         let mut readers = tokio::task::JoinSet::new();
@@ -859,8 +892,7 @@ where
                     })?;
                 }
                 Some(item) = chunk_rx.recv() => {
-                    let (id, bytes) = item?;
-                    r.handle_chunk(id, bytes);
+                    r.handle_chunk(item?);
                 }
                 Some((key, done)) = fin_rx.recv() => {
                     let (path, record) = done?;
@@ -893,23 +925,22 @@ fn decode_chunk(
     raw_len: u32,
     codec: Codec,
     data: Vec<u8>,
-) -> Result<(ChunkId, Vec<u8>), PushError> {
+) -> Result<Verified, PushError> {
     let raw = match codec {
         Codec::Raw => data,
-        Codec::Zstd => {
-            zstd::bulk::decompress(&data, raw_len as usize).map_err(|_| PushError::BadChunk {
-                peer: peer.to_string(),
-                id: id.to_string(),
-            })?
-        }
-    };
-    if raw.len() != raw_len as usize || ChunkId::of(&raw) != id {
-        return Err(PushError::BadChunk {
+        Codec::Zstd => decompress(&data, raw_len as usize).map_err(|_| PushError::BadChunk {
             peer: peer.to_string(),
             id: id.to_string(),
-        });
+        })?,
+    };
+    let bad = || PushError::BadChunk {
+        peer: peer.to_string(),
+        id: id.to_string(),
+    };
+    if raw.len() != raw_len as usize {
+        return Err(bad());
     }
-    Ok((id, raw))
+    Verified::check(&id, raw).map_err(|_| bad())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -959,9 +990,12 @@ async fn execute<CW: AsyncWrite + Unpin>(
         } => {
             let want = r.file_node(key).and_then(|n| n.chunks.get(i)).map(|c| c.id);
             let bytes = target.read_span(&from.path, from.offset, from.len).ok();
-            match (bytes, want, parts.get_mut(&key)) {
-                (Some(b), Some(id), Some(part)) if ChunkId::of(&b) == id => {
-                    part.write_chunk(i, &b)?;
+            let verified = bytes
+                .zip(want)
+                .and_then(|(b, id)| Verified::check(&id, b).ok());
+            match (verified, parts.get_mut(&key)) {
+                (Some(v), Some(part)) => {
+                    part.write_chunk(i, &v)?;
                     r.chunk_written(key, i, true);
                 }
                 _ => r.copy_failed(key, i),

@@ -28,7 +28,7 @@ use std::collections::{HashMap, VecDeque};
 
 pub use codec::{Codec, Frame, FrameError, MAX_FRAME, Meta, NodeItem, Totals, VERSION};
 
-use crate::chunk::ChunkId;
+use crate::chunk::{ChunkId, Verified};
 use crate::manifest::{ChangeKind, FileNode, Hash, Node, Nodes, join};
 
 /// Where a chunk's bytes can be read: a file (relative path), an offset and a length.
@@ -373,7 +373,7 @@ pub enum Action {
         /// Chunk index.
         index: usize,
         /// The chunk bytes.
-        data: std::sync::Arc<Vec<u8>>,
+        data: std::sync::Arc<Verified>,
     },
     /// Every chunk of `key` is in place: verify, fsync, apply metadata and rename it over
     /// its final path, then call [`Receiver::file_finished`].
@@ -839,8 +839,8 @@ impl Receiver {
     }
 
     /// A verified chunk arrived from the sender.
-    pub fn handle_chunk(&mut self, id: ChunkId, data: Vec<u8>) {
-        let Some(waiting) = self.waiters.remove(&id) else {
+    pub fn handle_chunk(&mut self, data: Verified) {
+        let Some(waiting) = self.waiters.remove(data.id()) else {
             return; // nobody needs it any more (its file was restarted or dropped)
         };
         self.totals.chunks_received += 1;
