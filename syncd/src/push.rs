@@ -27,8 +27,9 @@ use crate::chunk::{ChunkId, Verified};
 use crate::identity::{Identity, PeerId};
 use crate::manifest::store::{Opened, Snapshot, Store};
 use crate::manifest::{Hash, Node};
-use crate::proto::adapt::{self, Adapt};
+use crate::proto::adapt::Adapt;
 use crate::proto::codec::{self, Codec, Frame, FrameError};
+use crate::proto::stream::{StreamDecoder, StreamEncoder};
 use crate::proto::{Action, ChunkLoc, FileKey, Meta, ProtoError, Receiver, Sender, SenderEvent};
 use crate::scan::{self, ScanOptions, Summary};
 use crate::transport::{self, Throttle};
@@ -317,53 +318,27 @@ fn read_chunk(root: &Path, id: &ChunkId, loc: &ChunkLoc) -> Option<Vec<u8>> {
     (ChunkId::of(&buf) == *id).then_some(buf)
 }
 
-thread_local! {
-    /// One zstd context per thread, reused: creating one per chunk cost more than
-    /// compressing a small chunk.
-    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
-        const { std::cell::RefCell::new(None) };
-    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-fn compress(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
-    COMPRESSOR.with_borrow_mut(|c| {
-        let c = match c {
-            Some(c) => {
-                c.set_compression_level(level)?;
-                c
-            }
-            None => c.insert(zstd::bulk::Compressor::new(level)?),
-        };
-        c.compress(raw)
-    })
-}
-
-/// Decompresses at most `raw_len` bytes.
-fn decompress(data: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
-    DECOMPRESSOR.with_borrow_mut(|d| {
-        let d = match d {
-            Some(d) => d,
-            None => d.insert(zstd::bulk::Decompressor::new()?),
-        };
-        d.decompress(data, raw_len)
-    })
-}
-
-fn encode_chunk(adapt: &Mutex<Adapt>, id: ChunkId, raw: Vec<u8>) -> Frame {
+/// Encodes a chunk for the data stream that `stream` compresses: raw, or (at the level
+/// `adapt` picks) as the next part of that stream.
+fn encode_chunk(
+    adapt: &Mutex<Adapt>,
+    stream: &mut StreamEncoder,
+    id: ChunkId,
+    raw: Vec<u8>,
+) -> Frame {
     let level = lock(adapt).next_level();
     if level > 0 {
         let t = Instant::now();
-        if let Ok(z) = compress(&raw, level) {
+        if let Ok(z) = stream.compress(&raw, level) {
             lock(adapt).observe_compress(level, raw.len(), z.len(), t.elapsed().as_secs_f64());
-            if adapt::worth_it(raw.len(), z.len()) {
-                return Frame::Chunk {
-                    id,
-                    raw_len: raw.len() as u32,
-                    codec: Codec::Zstd,
-                    data: z,
-                };
-            }
+            // Sent even if it did not shrink: the receiver's context must see it (zstd
+            // stores incompressible blocks raw, so it costs a few bytes at most).
+            return Frame::Chunk {
+                id,
+                raw_len: raw.len() as u32,
+                codec: Codec::Zstd,
+                data: z,
+            };
         }
     }
     Frame::Chunk {
@@ -433,13 +408,14 @@ where
         let root_path = root_path.to_path_buf();
         let peer = peer.to_string();
         workers.spawn(async move {
+            let mut stream = StreamEncoder::new();
             while let Some(job) = recv_job(&job_rx).await {
                 // Inline, not spawn_blocking: a chunk read and encode take microseconds to
                 // a millisecond, and a thread hand-off per chunk cost more than the work
                 // (measured: half the CPU of a local push went to scheduler wake-ups).
                 let path = job.loc.path.clone();
                 let encoded = read_chunk(&root_path, &job.id, &job.loc)
-                    .map(|raw| (raw.len(), encode_chunk(&adapt, job.id, raw)));
+                    .map(|raw| (raw.len(), encode_chunk(&adapt, &mut stream, job.id, raw)));
                 let Some((raw_len, frame)) = encoded else {
                     let _ = changed_tx.send(path);
                     continue;
@@ -825,6 +801,7 @@ where
             let tx = chunk_tx.clone();
             let peer = peer_s.clone();
             readers.spawn(async move {
+                let mut zstd = StreamDecoder::new();
                 loop {
                     let item = match read_frame(&mut stream, &peer).await {
                         Ok(None) => break,
@@ -836,7 +813,7 @@ where
                         })) => {
                             // Inline, not spawn_blocking: decompressing and hashing one chunk
                             // takes microseconds, less than a thread hand-off.
-                            decode_chunk(&peer, id, raw_len, codec, data)
+                            decode_chunk(&peer, &mut zstd, id, raw_len, codec, data)
                         }
                         Ok(Some(other)) => Err(PushError::Proto {
                             peer: peer.clone(),
@@ -921,6 +898,7 @@ where
 
 fn decode_chunk(
     peer: &str,
+    stream: &mut StreamDecoder,
     id: ChunkId,
     raw_len: u32,
     codec: Codec,
@@ -928,10 +906,14 @@ fn decode_chunk(
 ) -> Result<Verified, PushError> {
     let raw = match codec {
         Codec::Raw => data,
-        Codec::Zstd => decompress(&data, raw_len as usize).map_err(|_| PushError::BadChunk {
-            peer: peer.to_string(),
-            id: id.to_string(),
-        })?,
+        Codec::Zstd => {
+            stream
+                .decompress(&data, raw_len as usize)
+                .map_err(|_| PushError::BadChunk {
+                    peer: peer.to_string(),
+                    id: id.to_string(),
+                })?
+        }
     };
     let bad = || PushError::BadChunk {
         peer: peer.to_string(),

@@ -7,6 +7,7 @@
 //! Scenarios: `loopback-full`, `loopback-1pct`, `link-100mbit`, `bwlimit`, `local`, or `all`.
 //! The syncd binary is `$SYNCD_BIN`, else `$CARGO_TARGET_DIR/release/syncd`, else the
 //! workspace's `target/release/syncd` (build it first: `cargo build --release -p syncd`).
+//! `$SYNCD_PUSH_ARGS` adds flags to every `syncd push`, e.g. `--compress-level 3`.
 //!
 //! Corpora live on tmpfs under `--work` (default `/dev/shm/pushbench`): a copy of `/usr/share`,
 //! its 1%-changed variant (every 100th regular file in sorted path order gets bytes appended or
@@ -1016,6 +1017,10 @@ impl Bench {
             .args(["--peer-id", &r.recv_id, "--home"])
             .arg(&r.send_home)
             .args(["--json", "--no-progress"]);
+        // Extra push flags for experiments, e.g. SYNCD_PUSH_ARGS="--compress-level 3".
+        if let Ok(extra) = std::env::var("SYNCD_PUSH_ARGS") {
+            c.args(extra.split_whitespace());
+        }
         c
     }
 

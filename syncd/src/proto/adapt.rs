@@ -13,15 +13,17 @@
 //! - when compressing is off, every [`PROBE_EVERY`]th chunk is still compressed at level 1
 //!   (and sent compressed if smaller) to keep the speed and ratio estimates current.
 //!
-//! Each chunk is sent raw anyway if compression saved less than 3% ([`worth_it`]).
+//! A compressed chunk is the next part of its data stream's zstd stream
+//! ([`super::stream`]), so it is sent as compressed even when it did not shrink: zstd
+//! stores such blocks raw (3 bytes of overhead), and the ratio measured is the stream's.
 
 /// Levels considered, cheapest first.
 pub const LEVELS: [i32; 3] = [1, 3, 6];
 /// Compression must be this many times faster than the link.
 pub const SPEED_MARGIN: f64 = 2.0;
 /// Below this average ratio compression is not worth the CPU. Low, because the average
-/// mixes compressible and incompressible chunks, and [`worth_it`] already sends each chunk
-/// that does not shrink raw.
+/// mixes compressible and incompressible chunks, and zstd stores blocks that do not shrink
+/// raw at almost no cost.
 pub const MIN_RATIO: f64 = 1.02;
 /// When off, probe one chunk in this many.
 pub const PROBE_EVERY: u64 = 16;
@@ -156,11 +158,6 @@ impl Adapt {
     }
 }
 
-/// True if a compressed chunk is worth sending instead of the raw one.
-pub fn worth_it(raw: usize, compressed: usize) -> bool {
-    compressed * 100 < raw * 97
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,8 +212,6 @@ mod tests {
             a.observe_compress(1, 1 << 16, (1 << 16) - 10, (1 << 16) as f64 / 800e6);
         }
         assert_eq!(a.level(), 0);
-        assert!(!worth_it(1000, 990));
-        assert!(worth_it(1000, 900));
     }
 
     #[test]

@@ -9,8 +9,9 @@
 use crate::chunk::ChunkId;
 use crate::manifest::{DecodeError, Hash, Node, check_name};
 
-/// Protocol version spoken by this build.
-pub const VERSION: u32 = 1;
+/// Protocol version spoken by this build. 2: a compressed chunk is the next part of its
+/// data stream's zstd stream ([`super::stream`]), not a zstd frame of its own.
+pub const VERSION: u32 = 2;
 
 /// Largest frame (tag + payload) either side accepts: a directory node of ~1M entries.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -23,7 +24,7 @@ pub const BATCH_BYTES: usize = 1 << 20;
 pub enum Codec {
     /// As is.
     Raw,
-    /// A zstd frame.
+    /// The next part of the data stream's zstd stream ([`super::stream`]).
     Zstd,
 }
 
@@ -458,6 +459,10 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
             let data = r.bytes()?.to_vec();
             if codec == Codec::Raw && data.len() != raw_len as usize {
                 return Err(r.bad("raw chunk length mismatch".into()));
+            }
+            // What a compressed chunk may decode to is bounded like a frame.
+            if raw_len as usize > MAX_FRAME {
+                return Err(r.bad(format!("chunk of {raw_len} bytes exceeds the frame limit")));
             }
             Frame::Chunk {
                 id,

@@ -23,6 +23,7 @@
 
 pub mod adapt;
 pub mod codec;
+pub mod stream;
 
 use std::collections::{HashMap, VecDeque};
 

@@ -451,6 +451,21 @@ fn oversized_and_empty_frames_are_refused_from_the_header() {
 }
 
 #[test]
+fn compressed_chunk_announcing_more_than_the_frame_limit_is_refused() {
+    let frame = |raw_len: u32| Frame::Chunk {
+        id: ChunkId([7; 32]),
+        raw_len,
+        codec: Codec::Zstd,
+        data: vec![1, 2, 3],
+    };
+    assert!(decode(&frame(MAX_FRAME as u32).to_bytes()).is_ok());
+    assert!(matches!(
+        decode(&frame(MAX_FRAME as u32 + 1).to_bytes()),
+        Err(FrameError::Malformed { .. })
+    ));
+}
+
+#[test]
 fn traversal_paths_are_refused_by_the_decoder() {
     for bad in [
         &b".."[..],
