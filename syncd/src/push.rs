@@ -649,18 +649,29 @@ fn open_store(home: &Path, root: &Path) -> Result<Store, PushError> {
     })
 }
 
-/// Refreshes the receiver's manifest (opening its store first if `store` is `None`).
+/// Refreshes the receiver's manifest (opening its store first if `store` is `None`),
+/// walking only into `changed` directories if given (falling back to a full walk if one
+/// of the others has no stored record).
 async fn refresh_blocking(
     root: PathBuf,
     home: PathBuf,
     store: Option<Arc<Store>>,
+    changed: Option<HashSet<Vec<u8>>>,
 ) -> Result<(Arc<Store>, Summary), PushError> {
     tokio::task::spawn_blocking(move || {
         let store = match store {
             Some(s) => s,
             None => Arc::new(open_store(&home, &root)?),
         };
-        let summary = scan::refresh(&root, &store, &dest_scan_options(&home))?;
+        let full = dest_scan_options(&home);
+        let partial = changed.map(|c| ScanOptions {
+            descend_only: Some(Arc::new(c)),
+            ..full.clone()
+        });
+        let summary = match partial.map(|p| scan::refresh(&root, &store, &p)) {
+            Some(Err(scan::ScanError::NotStored(_))) | None => scan::refresh(&root, &store, &full)?,
+            Some(result) => result?,
+        };
         Ok::<_, PushError>((store, summary))
     })
     .await
@@ -739,7 +750,7 @@ struct Prepared {
 /// begins, so that it runs while the sender scans its own tree.
 async fn prepare_receiver(root: &Path, opts: &ReceiveOptions) -> Result<Prepared, PushError> {
     let root = scan::canonical_root(root)?;
-    let (store, summary) = refresh_blocking(root.clone(), opts.home.clone(), None).await?;
+    let (store, summary) = refresh_blocking(root.clone(), opts.home.clone(), None, None).await?;
     Ok(Prepared {
         root,
         store,
@@ -1014,15 +1025,19 @@ async fn execute<CW: AsyncWrite + Unpin>(
         Action::SetDirMeta { path, mode, meta } => {
             target.set_dir_meta(&path, &apply_meta(mode, &meta))?
         }
-        Action::Rescan => {
+        Action::Rescan { changed } => {
             target.sync_dirs()?;
             let (st, recs) = (store.clone(), std::mem::take(written));
             tokio::task::spawn_blocking(move || st.commit(&recs, &[]))
                 .await
                 .map_err(join_err)??;
-            let (_, summary) =
-                refresh_blocking(root.to_path_buf(), opts.home.clone(), Some(store.clone()))
-                    .await?;
+            let (_, summary) = refresh_blocking(
+                root.to_path_buf(),
+                opts.home.clone(),
+                Some(store.clone()),
+                Some(changed.into_iter().collect()),
+            )
+            .await?;
             r.rescanned(summary.root);
         }
     }

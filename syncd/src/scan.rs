@@ -16,6 +16,7 @@
 //! A file that changes while it is read is read again, and reported if it keeps changing:
 //! it is never recorded torn.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Read;
@@ -70,6 +71,9 @@ pub enum ScanError {
     /// The manifest store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A directory outside [`ScanOptions::descend_only`] has no stored record to keep.
+    #[error("{}: not in the stored manifest, so it cannot be kept without a walk", .0.display())]
+    NotStored(PathBuf),
 }
 
 /// Something about one entry that the scan reported and went past.
@@ -104,6 +108,12 @@ pub struct ScanOptions {
     /// Leave out the receiver's part files (`.syncd-*.part`, see [`crate::apply`]): set when
     /// scanning a push destination, whose in-progress files are not part of its tree.
     pub skip_part_files: bool,
+    /// Walk into these directories only (relative paths; the root is always walked). Any
+    /// other directory keeps the hash its stored record has, without being walked: for a
+    /// receiver that knows which directories it changed and that no one else writes to
+    /// its tree. A directory without a stored record fails the refresh
+    /// ([`ScanError::NotStored`]). The summary's counts then cover only what was walked.
+    pub descend_only: Option<Arc<HashSet<Vec<u8>>>>,
 }
 
 /// What a refresh found.
@@ -145,6 +155,8 @@ struct Walked {
     kind: Kind,
     mode: u32,
     stat: Stat,
+    /// A directory not walked into ([`ScanOptions::descend_only`]).
+    kept: bool,
 }
 
 /// The stat-cache fields of a file's metadata.
@@ -227,6 +239,14 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
         }
         let name = w.path[w.path.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1)..].to_vec();
         let entry = match leaf {
+            Leaf::KeptDir(Some(hash)) => Entry {
+                name,
+                kind: Kind::Dir,
+                hash,
+            },
+            Leaf::KeptDir(None) => {
+                return Err(ScanError::NotStored(root.join(OsStr::from_bytes(&w.path))));
+            }
             Leaf::Dir => {
                 stack.push(OpenDir {
                     path: w.path.clone(),
@@ -378,7 +398,12 @@ impl TreeBuild<'_> {
 
 enum Leaf {
     Dir,
-    Reused { hash: Hash, size: u64 },
+    /// A directory not walked into ([`ScanOptions::descend_only`]): its stored hash.
+    KeptDir(Option<Hash>),
+    Reused {
+        hash: Hash,
+        size: u64,
+    },
     New(Record),
     Skipped(Warning),
 }
@@ -399,6 +424,7 @@ fn leaf(
         })
     };
     Ok(match w.kind {
+        Kind::Dir if w.kept => Leaf::KeptDir(snap.header(&w.path)?.map(|(hash, _)| hash)),
         Kind::Dir => Leaf::Dir,
         Kind::Symlink => match std::fs::read_link(&abs) {
             Ok(t) => {
@@ -554,6 +580,7 @@ fn walk(root: &Path, opts: &ScanOptions) -> Result<(Vec<Walked>, Vec<Warning>, u
         root: root.to_path_buf(),
         shared: shared.clone(),
         skip_part_files: opts.skip_part_files,
+        descend_only: opts.descend_only.clone(),
     };
     builder.build_parallel().visit(&mut vb);
     drop(vb);
@@ -573,6 +600,7 @@ struct CollectorBuilder {
     root: PathBuf,
     shared: Shared,
     skip_part_files: bool,
+    descend_only: Option<Arc<HashSet<Vec<u8>>>>,
 }
 
 impl<'s> ParallelVisitorBuilder<'s> for CollectorBuilder {
@@ -581,6 +609,7 @@ impl<'s> ParallelVisitorBuilder<'s> for CollectorBuilder {
             root: self.root.clone(),
             shared: self.shared.clone(),
             skip_part_files: self.skip_part_files,
+            descend_only: self.descend_only.clone(),
             walked: Vec::new(),
             warnings: Vec::new(),
         })
@@ -591,6 +620,7 @@ struct Collector {
     root: PathBuf,
     shared: Shared,
     skip_part_files: bool,
+    descend_only: Option<Arc<HashSet<Vec<u8>>>>,
     walked: Vec<Walked>,
     warnings: Vec<Warning>,
 }
@@ -602,15 +632,16 @@ impl Collector {
         g.1.append(&mut self.warnings);
     }
 
-    fn entry(&mut self, e: DirEntry) {
+    /// Collects one entry; says whether to walk into it (a directory).
+    fn entry(&mut self, e: DirEntry) -> WalkState {
         if e.depth() == 0 {
-            return; // the root itself
+            return WalkState::Continue; // the root itself
         }
         let Ok(rel) = e.path().strip_prefix(&self.root) else {
-            return;
+            return WalkState::Continue;
         };
         if self.skip_part_files && crate::apply::is_part_file(e.file_name().as_bytes()) {
-            return;
+            return WalkState::Continue;
         }
         let warn = |message: String, special: bool| Warning {
             path: e.path().to_path_buf(),
@@ -621,7 +652,7 @@ impl Collector {
             Ok(m) => m,
             Err(err) => {
                 self.warnings.push(warn(io_message(&err), false));
-                return;
+                return WalkState::Continue;
             }
         };
         let ft = meta.file_type();
@@ -644,16 +675,28 @@ impl Collector {
                 "special file"
             };
             self.warnings.push(warn(format!("skipped {what}"), true));
-            return;
+            return WalkState::Continue;
         };
+        let path = rel.as_os_str().as_bytes().to_vec();
+        let kept = kind == Kind::Dir
+            && self
+                .descend_only
+                .as_ref()
+                .is_some_and(|only| !only.contains(&path));
         self.walked.push(Walked {
-            path: rel.as_os_str().as_bytes().to_vec(),
+            path,
             kind,
             mode: meta.mode() & 0o7777,
             stat: stat_of(&meta),
+            kept,
         });
         if self.walked.len() >= 8192 {
             self.flush();
+        }
+        if kept {
+            WalkState::Skip
+        } else {
+            WalkState::Continue
         }
     }
 }
@@ -680,7 +723,7 @@ fn error_path(e: &ignore::Error) -> Option<PathBuf> {
 impl ParallelVisitor for Collector {
     fn visit(&mut self, entry: Result<DirEntry, ignore::Error>) -> WalkState {
         match entry {
-            Ok(e) => self.entry(e),
+            Ok(e) => return self.entry(e),
             Err(err) => {
                 let path = error_path(&err).unwrap_or_else(|| self.root.clone());
                 self.warnings.push(Warning {
@@ -774,5 +817,78 @@ fn io_problem(e: std::io::Error) -> Problem {
         Problem::Missing
     } else {
         Problem::Unreadable(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::store::Opened;
+    use std::fs;
+
+    fn store(home: &Path, root: &Path) -> Store {
+        match Store::open(home, root).unwrap() {
+            Opened::Rebuilt { store, .. } => store,
+            other => other.into_store(),
+        }
+    }
+
+    fn only(dirs: &[&str]) -> ScanOptions {
+        ScanOptions {
+            descend_only: Some(Arc::new(
+                dirs.iter().map(|d| d.as_bytes().to_vec()).collect(),
+            )),
+            ..ScanOptions::default()
+        }
+    }
+
+    #[test]
+    fn descend_only_walks_the_named_dirs_and_keeps_the_others() {
+        let (tree, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let root = canonical_root(tree.path()).unwrap();
+        for d in ["a/b", "c", "e"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for (f, body) in [("a/x", "x"), ("a/b/y", "y"), ("c/z", "z"), ("top", "t")] {
+            fs::write(root.join(f), body).unwrap();
+        }
+        let s = store(home.path(), &root);
+        let before = refresh(&root, &s, &ScanOptions::default()).unwrap().root;
+
+        // Changes inside the named directories (and at the top level) are found, and the
+        // root is exactly what a full walk from scratch computes.
+        fs::write(root.join("a/b/y"), "changed").unwrap();
+        fs::write(root.join("a/b/new"), "new").unwrap();
+        fs::remove_file(root.join("top")).unwrap();
+        let partial = refresh(&root, &s, &only(&["a", "a/b"])).unwrap();
+        assert_ne!(partial.root, before);
+        let fresh_home = tempfile::tempdir().unwrap();
+        let full = refresh(
+            &root,
+            &store(fresh_home.path(), &root),
+            &ScanOptions::default(),
+        );
+        assert_eq!(partial.root, full.unwrap().root);
+
+        // A change in a directory that is not named is not seen: its stored hash is kept.
+        fs::write(root.join("c/z"), "changed behind our back").unwrap();
+        let kept = refresh(&root, &s, &only(&["a"])).unwrap();
+        assert_eq!(kept.root, partial.root);
+        assert_ne!(
+            refresh(&root, &s, &ScanOptions::default()).unwrap().root,
+            kept.root
+        );
+    }
+
+    #[test]
+    fn descend_only_without_stored_records_is_an_error() {
+        let (tree, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let root = canonical_root(tree.path()).unwrap();
+        fs::create_dir(root.join("d")).unwrap();
+        let s = store(home.path(), &root);
+        match refresh(&root, &s, &only(&[])) {
+            Err(ScanError::NotStored(p)) => assert_eq!(p, root.join("d")),
+            other => panic!("expected NotStored, got {other:?}"),
+        }
     }
 }

@@ -407,8 +407,13 @@ pub enum Action {
         /// Metadata.
         meta: Meta,
     },
-    /// Everything is applied: rescan the tree and call [`Receiver::rescanned`].
-    Rescan,
+    /// Everything is applied: rescan the tree and call [`Receiver::rescanned`]. Only
+    /// `changed` directories (and the root) need walking: every other directory had the
+    /// sender's hash when the session started and this session wrote nothing into it.
+    Rescan {
+        /// Directories this session received nodes for (created, changed or emptied).
+        changed: Vec<Vec<u8>>,
+    },
 }
 
 #[derive(Debug)]
@@ -925,10 +930,11 @@ impl Receiver {
         // Deepest first, so that a parent's mtime is set after its children are final.
         let mut dirs = std::mem::take(&mut self.dirs);
         dirs.sort_by(|a, b| b.0.cmp(&a.0));
+        let changed = dirs.iter().map(|d| d.0.clone()).collect();
         for (path, mode, meta) in dirs {
             self.out.push_back(Action::SetDirMeta { path, mode, meta });
         }
-        self.out.push_back(Action::Rescan);
+        self.out.push_back(Action::Rescan { changed });
     }
 
     /// The rescan after applying found this root.

@@ -67,6 +67,10 @@ impl StreamEncoder {
     /// Compresses `raw` at `level` (≥ 1) as the next chunk of this stream. The output must
     /// be sent, in order, on this stream: the receiver's context depends on it.
     pub fn compress(&mut self, raw: &[u8], level: i32) -> io::Result<Vec<u8>> {
+        if raw.is_empty() {
+            // Nothing to add to the stream (and zstd counts calls without progress).
+            return Ok(Vec::new());
+        }
         let enc = match &mut self.enc {
             Some(e) => {
                 if level != self.level {
@@ -136,6 +140,14 @@ impl StreamDecoder {
     /// Decodes the next compressed chunk of this stream, which must be exactly `raw_len`
     /// bytes. After an error the stream is unusable (the session ends).
     pub fn decompress(&mut self, data: &[u8], raw_len: usize) -> Result<Vec<u8>, StreamError> {
+        if data.is_empty() {
+            // What the encoder makes of an empty chunk; zstd is not called (it fails after
+            // a few calls that make no progress).
+            return match raw_len {
+                0 => Ok(Vec::new()),
+                announced => Err(StreamError::Length { announced }),
+            };
+        }
         let dec = match &mut self.dec {
             Some(d) => d,
             None => {
@@ -214,6 +226,20 @@ mod tests {
         let mut dec = StreamDecoder::new();
         assert_eq!(dec.decompress(&first, chunk.len()).unwrap(), chunk);
         assert_eq!(dec.decompress(&again, chunk.len()).unwrap(), chunk);
+    }
+
+    #[test]
+    fn empty_chunks_do_not_wear_out_the_stream() {
+        let (mut enc, mut dec) = (StreamEncoder::new(), StreamDecoder::new());
+        let raw = text(3000, 5);
+        for _ in 0..3 {
+            for _ in 0..40 {
+                let z = enc.compress(&[], 2).unwrap();
+                assert!(dec.decompress(&z, 0).unwrap().is_empty());
+            }
+            let z = enc.compress(&raw, 2).unwrap();
+            assert_eq!(dec.decompress(&z, raw.len()).unwrap(), raw);
+        }
     }
 
     #[test]

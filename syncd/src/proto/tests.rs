@@ -172,7 +172,7 @@ fn run(
                         *m = mode;
                     }
                 }
-                Action::Rescan => {
+                Action::Rescan { .. } => {
                     rehash(&mut fs);
                     r.rescanned(fs.root_hash().unwrap());
                 }
