@@ -650,12 +650,6 @@ impl Target {
         let part = self
             .abs(parent(rel))
             .join(OsStr::from_bytes(&part_name(file_name(rel), &tag)));
-        // Our own name, but anything odd there (a symlink, a directory) goes first.
-        if let Ok(m) = fs::symlink_metadata(&part) {
-            if !m.is_file() {
-                remove_any(&part, rel)?;
-            }
-        }
         let open = |create_new: bool| {
             OpenOptions::new()
                 .read(true)
@@ -666,27 +660,33 @@ impl Target {
                 .open(&part)
         };
         let create = || open(true).map_err(|e| io_err(rel, "create part file for", e));
+        // O_CREAT|O_EXCL|O_NOFOLLOW makes a new regular file or fails: the common case
+        // needs no other check. Something already there is inspected before it is opened.
         let (file, resumed) = match open(true) {
             Ok(f) => (f, false),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match open(false) {
-                Ok(f) if f.metadata().is_ok_and(|m| m.is_file() && m.nlink() == 1) => (f, true),
-                // Unusable: left read-only by a failed `finish`, or linked to another name
-                // (writing would change that file too). Start over.
-                _ => {
-                    remove_any(&part, rel)?;
-                    (create()?, false)
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let regular = fs::symlink_metadata(&part).is_ok_and(|m| m.is_file());
+                match regular.then(|| open(false)) {
+                    Some(Ok(f)) if f.metadata().is_ok_and(|m| m.is_file() && m.nlink() == 1) => {
+                        (f, true)
+                    }
+                    // Our own name but unusable: a symlink or a directory, left read-only
+                    // by a failed `finish`, or linked to another name (writing would
+                    // change that file too). Start over.
+                    _ => {
+                        remove_any(&part, rel)?;
+                        (create()?, false)
+                    }
                 }
-            },
+            }
             Err(e) => return Err(io_err(rel, "create part file for", e)),
         };
-        let m = file
-            .metadata()
-            .map_err(|e| io_err(rel, "inspect part file for", e))?;
-        if !m.is_file() {
-            return Err(unsafe_path(rel, "part file is not a regular file"));
+        if resumed {
+            // Cut off what a longer earlier attempt left; a fresh file grows as it is
+            // written and gets its length in `finish` only if it ends in a hole.
+            file.set_len(node.size)
+                .map_err(|e| io_err(rel, "size part file for", e))?;
         }
-        file.set_len(node.size)
-            .map_err(|e| io_err(rel, "size part file for", e))?;
         Ok(PartFile {
             target: self.clone(),
             rel: rel.to_vec(),
@@ -697,6 +697,7 @@ impl Target {
             part,
             file,
             resumed,
+            sized: resumed || node.size == 0,
         })
     }
 
@@ -975,6 +976,8 @@ pub struct PartFile {
     part: PathBuf,
     file: File,
     resumed: bool,
+    /// The file already has its final length (set, or written up to the end).
+    sized: bool,
 }
 
 impl PartFile {
@@ -1057,6 +1060,7 @@ impl PartFile {
             self.file
                 .write_all_at(data, offset)
                 .map_err(|e| io_err(&self.rel, "write", e))?;
+            self.sized |= offset + data.len() as u64 == self.node.size;
         }
         self.done[index] = true;
         Ok(())
@@ -1077,6 +1081,12 @@ impl PartFile {
             });
         }
         let rel = &self.rel;
+        if !self.sized {
+            // Ends in a hole that was not written: give the file its length.
+            self.file
+                .set_len(self.node.size)
+                .map_err(|e| io_err(rel, "size", e))?;
+        }
         apply_owner_xattrs(&self.file, meta, self.target.as_root, rel)?;
         self.file
             .set_permissions(Permissions::from_mode(meta.mode & 0o7777))
@@ -1089,8 +1099,12 @@ impl PartFile {
         if !self.target.ancestors(rel, false)? {
             return Err(io_err(rel, "rename into place", not_found()));
         }
-        clear_dir(&self.target, &self.dest, rel)?;
-        fs::rename(&self.part, &self.dest).map_err(|e| io_err(rel, "rename into place", e))?;
+        // A directory at the destination (a type change) is removed first; renaming a file
+        // over one fails, so try the rename before looking.
+        if fs::rename(&self.part, &self.dest).is_err() {
+            clear_dir(&self.target, &self.dest, rel)?;
+            fs::rename(&self.part, &self.dest).map_err(|e| io_err(rel, "rename into place", e))?;
+        }
         self.target.sync_dir(rel)?;
         // The stat of the file now at its final path, for the receiver's stat cache.
         self.file.metadata().map_err(|e| io_err(rel, "inspect", e))

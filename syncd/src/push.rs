@@ -409,46 +409,48 @@ where
         let peer = peer.to_string();
         workers.spawn(async move {
             let mut stream = StreamEncoder::new();
-            while let Some(job) = recv_job(&job_rx).await {
-                // Inline, not spawn_blocking: a chunk read and encode take microseconds to
-                // a millisecond, and a thread hand-off per chunk cost more than the work
-                // (measured: half the CPU of a local push went to scheduler wake-ups).
-                let path = job.loc.path.clone();
-                let encoded = read_chunk(&root_path, &job.id, &job.loc)
-                    .map(|raw| (raw.len(), encode_chunk(&adapt, &mut stream, job.id, raw)));
-                let Some((raw_len, frame)) = encoded else {
-                    let _ = changed_tx.send(path);
-                    continue;
-                };
-                let bytes = frame.to_bytes();
-                let enc_len = match &frame {
-                    Frame::Chunk { data, .. } => data.len(),
-                    _ => 0,
-                };
-                let t = Instant::now();
-                if let Some(th) = &throttle {
-                    for part in bytes.chunks(th.piece().max(1)) {
-                        th.acquire(part.len()).await;
-                        w.write_all(part).await.map_err(|source| PushError::Io {
+            while let Some(batch) = recv_job(&job_rx).await {
+                for job in batch {
+                    // Inline, not spawn_blocking: a chunk read and encode take microseconds to
+                    // a millisecond, and a thread hand-off per chunk cost more than the work
+                    // (measured: half the CPU of a local push went to scheduler wake-ups).
+                    let path = job.loc.path.clone();
+                    let encoded = read_chunk(&root_path, &job.id, &job.loc)
+                        .map(|raw| (raw.len(), encode_chunk(&adapt, &mut stream, job.id, raw)));
+                    let Some((raw_len, frame)) = encoded else {
+                        let _ = changed_tx.send(path);
+                        continue;
+                    };
+                    let bytes = frame.to_bytes();
+                    let enc_len = match &frame {
+                        Frame::Chunk { data, .. } => data.len(),
+                        _ => 0,
+                    };
+                    let t = Instant::now();
+                    if let Some(th) = &throttle {
+                        for part in bytes.chunks(th.piece().max(1)) {
+                            th.acquire(part.len()).await;
+                            w.write_all(part).await.map_err(|source| PushError::Io {
+                                peer: peer.clone(),
+                                source,
+                            })?;
+                        }
+                    } else {
+                        w.write_all(&bytes).await.map_err(|source| PushError::Io {
                             peer: peer.clone(),
                             source,
                         })?;
                     }
-                } else {
-                    w.write_all(&bytes).await.map_err(|source| PushError::Io {
-                        peer: peer.clone(),
-                        source,
-                    })?;
+                    stats
+                        .wait_ns
+                        .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    stats.chunks.fetch_add(1, Ordering::Relaxed);
+                    stats.raw.fetch_add(raw_len as u64, Ordering::Relaxed);
+                    stats.encoded.fetch_add(enc_len as u64, Ordering::Relaxed);
+                    stats
+                        .wire
+                        .fetch_add(wire.bytes(bytes.len() as u64), Ordering::Relaxed);
                 }
-                stats
-                    .wait_ns
-                    .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                stats.chunks.fetch_add(1, Ordering::Relaxed);
-                stats.raw.fetch_add(raw_len as u64, Ordering::Relaxed);
-                stats.encoded.fetch_add(enc_len as u64, Ordering::Relaxed);
-                stats
-                    .wire
-                    .fetch_add(wire.bytes(bytes.len() as u64), Ordering::Relaxed);
             }
             w.shutdown().await.map_err(|source| PushError::Io {
                 peer: peer.clone(),
@@ -510,15 +512,14 @@ where
     let mut resent: HashSet<(Vec<u8>, Hash)> = HashSet::new();
     let mut inodes: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     let result: Result<(), PushError> = async {
+        let mut jobs = Vec::new();
         loop {
             while let Some(ev) = s.poll() {
                 match ev {
                     SenderEvent::Send(f) => {
                         control_wire += write_frame(&mut control_w, &f, peer).await?;
                     }
-                    SenderEvent::Read { id, loc } => {
-                        job_tx.send(Job { id, loc });
-                    }
+                    SenderEvent::Read { id, loc } => jobs.push(Job { id, loc }),
                     SenderEvent::Report(m, p) => report.changes.push((m as char, p)),
                     SenderEvent::Finished { root, totals } => {
                         report.receiver_root = root;
@@ -529,6 +530,7 @@ where
                     }
                 }
             }
+            job_tx.send_all(&mut jobs, senders);
             if s.is_finished() {
                 return Ok(());
             }
@@ -600,15 +602,29 @@ fn cpu_times() -> Option<(u64, u64)> {
     Some((idle, v.iter().take(8).sum()))
 }
 
-/// A tiny multi-consumer job queue (tokio has none): an unbounded mpsc behind a mutex.
-type JobRx = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>;
+/// A tiny multi-consumer job queue (tokio has none): an unbounded mpsc behind a mutex,
+/// carrying batches of chunks so that workers take and wake per batch, not per chunk.
+type JobRx = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Vec<Job>>>>;
 
-struct JobTx(Option<mpsc::UnboundedSender<Job>>);
+struct JobTx(Option<mpsc::UnboundedSender<Vec<Job>>>);
+
+/// Most chunks per batch handed to one sender worker.
+const JOB_BATCH: usize = 16;
 
 impl JobTx {
-    fn send(&self, job: Job) {
-        if let Some(tx) = &self.0 {
-            let _ = tx.send(job);
+    /// Queues `jobs` (emptying it) in batches spread over `workers`.
+    fn send_all(&self, jobs: &mut Vec<Job>, workers: usize) {
+        if jobs.is_empty() {
+            return;
+        }
+        let per = jobs.len().div_ceil(workers.max(1)).clamp(1, JOB_BATCH);
+        let Some(tx) = &self.0 else {
+            jobs.clear();
+            return;
+        };
+        let mut rest = std::mem::take(jobs).into_iter().peekable();
+        while rest.peek().is_some() {
+            let _ = tx.send(rest.by_ref().take(per).collect());
         }
     }
     fn close(mut self) {
@@ -621,7 +637,7 @@ fn async_channel() -> (JobTx, JobRx) {
     (JobTx(Some(tx)), Arc::new(tokio::sync::Mutex::new(rx)))
 }
 
-async fn recv_job(rx: &JobRx) -> Option<Job> {
+async fn recv_job(rx: &JobRx) -> Option<Vec<Job>> {
     rx.lock().await.recv().await
 }
 

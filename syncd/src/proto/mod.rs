@@ -463,6 +463,8 @@ pub struct Receiver {
     open: usize,
     /// Hard links waiting for the file they point to (by its key) to be finished.
     links: HashMap<FileKey, Vec<LinkTo>>,
+    /// Chunk ids to ask for, sent by [`Receiver::poll`] once the other actions are drained.
+    want: Vec<ChunkId>,
 }
 
 /// A hard link to make: (new path, existing path).
@@ -497,6 +499,7 @@ impl Receiver {
             queued: VecDeque::new(),
             open: 0,
             links: HashMap::new(),
+            want: Vec::new(),
         }
     }
 
@@ -529,9 +532,19 @@ impl Receiver {
         self.pump();
     }
 
-    /// The next action.
+    /// The next action. Chunk ids to ask for are collected while other actions are
+    /// pending and sent as one `Want` once those are drained: a Want per file (one chunk,
+    /// for most) cost a control frame and a wake-up of the sender per file.
     pub fn poll(&mut self) -> Option<Action> {
-        self.out.pop_front()
+        if let Some(a) = self.out.pop_front() {
+            return Some(a);
+        }
+        if self.want.is_empty() {
+            return None;
+        }
+        let n = self.want.len().min(codec::BATCH_BYTES / 32);
+        let ids: Vec<ChunkId> = self.want.drain(..n).collect();
+        Some(Action::Send(Frame::Want { ids }))
     }
 
     /// True once `Done` has been queued.
@@ -816,12 +829,7 @@ impl Receiver {
             }
             waiting.push((key, i));
         }
-        if !want.is_empty() {
-            for ids in want.chunks(codec::BATCH_BYTES / 32) {
-                self.out
-                    .push_back(Action::Send(Frame::Want { ids: ids.to_vec() }));
-            }
-        }
+        self.want.extend(want);
         self.maybe_finish(key);
     }
 
@@ -838,8 +846,7 @@ impl Receiver {
         };
         let waiting = self.waiters.entry(id).or_default();
         if waiting.is_empty() {
-            self.out
-                .push_back(Action::Send(Frame::Want { ids: vec![id] }));
+            self.want.push(id);
         }
         waiting.push((key, index));
     }
