@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use crate::manifest::store::{Opened, Snapshot, Store};
 use crate::manifest::{Hash, Node};
 use crate::proto::adapt::Adapt;
 use crate::proto::codec::{self, Codec, Frame, FrameError};
-use crate::proto::stream::{StreamDecoder, StreamEncoder};
+use crate::proto::stream::{self, StreamDecoder, StreamEncoder};
 use crate::proto::{Action, ChunkLoc, FileKey, Meta, ProtoError, Receiver, Sender, SenderEvent};
 use crate::scan::{self, ScanOptions, Summary};
 use crate::transport::{self, Throttle};
@@ -210,15 +210,37 @@ async fn read_frame<R: AsyncRead + Unpin>(
 /// bytes it had read), so it must never be a `tokio::select!` branch that another branch can
 /// win; receiving from this channel is. The task ends at end of stream or on an error,
 /// which it delivers as the last item.
-fn spawn_control_reader<R>(mut r: R, peer: &str) -> mpsc::Receiver<Result<Option<Frame>, PushError>>
+///
+/// Packed frames are unpacked here, with this direction's zstd stream; `packed` is set once
+/// the peer has sent one (the receiver then packs its own large frames too).
+fn spawn_control_reader<R>(
+    mut r: R,
+    peer: &str,
+    packed: Arc<AtomicBool>,
+) -> mpsc::Receiver<Result<Option<Frame>, PushError>>
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(64);
     let peer = peer.to_string();
     tokio::spawn(async move {
+        let mut zstd = StreamDecoder::new();
         loop {
-            let item = read_frame(&mut r, &peer).await;
+            let item = match read_frame(&mut r, &peer).await {
+                Ok(Some(Frame::Packed { raw_len, data })) => {
+                    packed.store(true, Ordering::Relaxed);
+                    stream::unpack(&mut zstd, raw_len, &data)
+                        .map(Some)
+                        .map_err(|e| PushError::Frame {
+                            peer: peer.clone(),
+                            source: FrameError::Malformed {
+                                frame: "packed",
+                                reason: e.to_string(),
+                            },
+                        })
+                }
+                other => other,
+            };
             let last = !matches!(item, Ok(Some(_)));
             if tx.send(item).await.is_err() || last {
                 break;
@@ -226,6 +248,64 @@ where
         }
     });
     rx
+}
+
+/// zstd level of packed control frames: cheap, and control frames are mostly names.
+const CONTROL_LEVEL: i32 = 1;
+
+/// The writing half of a control stream. With `zstd`, frames that carry names (nodes,
+/// paths, reports) are packed, one zstd stream per direction; the rest go plain, `Refuse`
+/// always (its reason must reach a peer that cannot decode).
+struct ControlTx<W> {
+    w: W,
+    zstd: Option<StreamEncoder>,
+    /// Start packing once this is set (the receiver: once the sender packs).
+    follow: Option<Arc<AtomicBool>>,
+}
+
+impl<W: AsyncWrite + Unpin> ControlTx<W> {
+    fn new(w: W, compress: bool) -> ControlTx<W> {
+        ControlTx {
+            w,
+            zstd: compress.then(StreamEncoder::new),
+            follow: None,
+        }
+    }
+
+    /// Packs once `peer_packs` is set.
+    fn following(w: W, peer_packs: Arc<AtomicBool>) -> ControlTx<W> {
+        ControlTx {
+            w,
+            zstd: None,
+            follow: Some(peer_packs),
+        }
+    }
+
+    /// Writes `f`; returns the bytes written.
+    async fn send(&mut self, f: &Frame, peer: &str) -> Result<u64, PushError> {
+        if self.zstd.is_none()
+            && self
+                .follow
+                .as_ref()
+                .is_some_and(|p| p.load(Ordering::Relaxed))
+        {
+            self.zstd = Some(StreamEncoder::new());
+        }
+        let packable = matches!(
+            f,
+            Frame::Nodes { .. } | Frame::GetNodes { .. } | Frame::Report { .. }
+        );
+        match &mut self.zstd {
+            Some(z) if packable => {
+                let packed = stream::pack(z, f, CONTROL_LEVEL).map_err(|source| PushError::Io {
+                    peer: peer.to_string(),
+                    source,
+                })?;
+                write_frame(&mut self.w, &packed, peer).await
+            }
+            _ => write_frame(&mut self.w, f, peer).await,
+        }
+    }
 }
 
 async fn write_frame<W: AsyncWrite + Unpin>(
@@ -377,7 +457,7 @@ async fn run_sender<CR, CW, DW>(
     snap: Snapshot,
     root: Hash,
     control_r: CR,
-    mut control_w: CW,
+    control_w: CW,
     data: Vec<DW>,
     opts: &PushOptions,
     wire: Wire,
@@ -502,7 +582,12 @@ where
         })
     };
 
-    let mut control = spawn_control_reader(control_r, peer);
+    let mut control = spawn_control_reader(control_r, peer, Arc::default());
+    // Control frames are compressed on the network, unless compression is turned off.
+    let mut control_w = ControlTx::new(
+        control_w,
+        matches!(wire, Wire::Quic) && opts.compress_level != Some(0),
+    );
     let mut s = Sender::new(root, opts.delete, opts.dry_run);
     let mut report = PushReport {
         root,
@@ -517,7 +602,7 @@ where
             while let Some(ev) = s.poll() {
                 match ev {
                     SenderEvent::Send(f) => {
-                        control_wire += write_frame(&mut control_w, &f, peer).await?;
+                        control_wire += control_w.send(&f, peer).await?;
                     }
                     SenderEvent::Read { id, loc } => jobs.push(Job { id, loc }),
                     SenderEvent::Report(m, p) => report.changes.push((m as char, p)),
@@ -581,7 +666,7 @@ where
     }
     observer.abort();
     result?;
-    let _ = control_w.shutdown().await;
+    let _ = control_w.w.shutdown().await;
     report.chunks_sent = stats.chunks.load(Ordering::Relaxed);
     report.bytes_sent = stats.raw.load(Ordering::Relaxed);
     report.bytes_encoded = stats.encoded.load(Ordering::Relaxed);
@@ -792,7 +877,7 @@ async fn run_receiver<CR, CW, DR>(
     prepared: Prepared,
     opts: &ReceiveOptions,
     control_r: CR,
-    mut control_w: CW,
+    control_w: CW,
     mut data: mpsc::Receiver<DR>,
 ) -> Result<(), PushError>
 where
@@ -807,7 +892,9 @@ where
     } = prepared;
     let snap = store.snapshot()?;
     let target = Target::open(&root)?;
-    let mut control = spawn_control_reader(control_r, peer);
+    let peer_packs = Arc::new(AtomicBool::new(false));
+    let mut control = spawn_control_reader(control_r, peer, peer_packs.clone());
+    let mut control_w = ControlTx::following(control_w, peer_packs);
     let mut r = Receiver::new();
     let mut index: Option<HashMap<ChunkId, ChunkLoc>> = None;
     let mut parts: HashMap<FileKey, apply::PartFile> = HashMap::new();
@@ -911,7 +998,7 @@ where
     if let Err(e) = &result {
         // Tell the sender why. Partial files stay for a resume, except where they are
         // useless (no space).
-        refuse(&mut control_w, e, peer).await;
+        refuse(&mut control_w.w, e, peer).await;
         let no_space = matches!(e, PushError::Apply(apply::ApplyError::NoSpace { .. }));
         for (_, p) in parts.drain() {
             if no_space {
@@ -919,7 +1006,7 @@ where
             }
         }
     }
-    let _ = control_w.shutdown().await;
+    let _ = control_w.w.shutdown().await;
     result
 }
 
@@ -965,12 +1052,12 @@ async fn execute<CW: AsyncWrite + Unpin>(
     store: &Arc<Store>,
     root: &Path,
     opts: &ReceiveOptions,
-    control_w: &mut CW,
+    control_w: &mut ControlTx<CW>,
     peer: &str,
 ) -> Result<(), PushError> {
     match act {
         Action::Send(f) => {
-            write_frame(control_w, &f, peer).await?;
+            control_w.send(&f, peer).await?;
         }
         Action::Remove { path } => target.remove(&path)?,
         Action::MakeDir { path, mode, meta } => target.mkdir(&path, &apply_meta(mode, &meta))?,

@@ -138,6 +138,14 @@ pub enum Frame {
         /// What was done.
         totals: Totals,
     },
+    /// Either side, on the control stream: one other frame, compressed as the next part of
+    /// that direction's zstd stream ([`super::stream::pack`]). Never nested.
+    Packed {
+        /// Length of the encoded frame inside (length prefix included).
+        raw_len: u32,
+        /// The compressed bytes.
+        data: Vec<u8>,
+    },
 }
 
 /// Why bytes are not a valid frame.
@@ -181,6 +189,7 @@ mod tag {
     pub const CHUNK: u8 = 8;
     pub const REPORT: u8 = 9;
     pub const DONE: u8 = 10;
+    pub const PACKED: u8 = 11;
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -278,6 +287,11 @@ impl Frame {
                     put_bytes(out, p);
                 }
             }
+            Frame::Packed { raw_len, data } => {
+                out.push(tag::PACKED);
+                out.extend_from_slice(&raw_len.to_le_bytes());
+                put_bytes(out, data);
+            }
             Frame::Done { root, totals } => {
                 out.push(tag::DONE);
                 out.extend_from_slice(&root.0);
@@ -316,6 +330,7 @@ impl Frame {
             Frame::Chunk { .. } => "chunk",
             Frame::Report { .. } => "report",
             Frame::Done { .. } => "done",
+            Frame::Packed { .. } => "packed",
         }
     }
 }
@@ -360,6 +375,7 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
         tag::CHUNK => "chunk",
         tag::REPORT => "report",
         tag::DONE => "done",
+        tag::PACKED => "packed",
         other => return Err(FrameError::UnknownTag(other)),
     };
     let mut r = R {
@@ -495,6 +511,18 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
                     bytes_reused: v[3],
                     removed: v[4],
                 },
+            }
+        }
+        tag::PACKED => {
+            let raw_len = r.u32()?;
+            if raw_len as usize > MAX_FRAME + 4 {
+                return Err(r.bad(format!(
+                    "packed frame of {raw_len} bytes exceeds the frame limit"
+                )));
+            }
+            Frame::Packed {
+                raw_len,
+                data: r.bytes()?.to_vec(),
             }
         }
         _ => return Err(FrameError::UnknownTag(t)),

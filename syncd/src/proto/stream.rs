@@ -11,7 +11,12 @@
 //! Incompressible input costs nothing on the wire: zstd stores a block it cannot shrink
 //! raw, with a 3-byte header.
 //!
-//! Pure computation (no IO, no clock), so the decoder is fuzzed (`fuzz/chunk_stream`).
+//! The control stream is compressed the same way, one stream per direction: a large
+//! control frame travels as a [`Frame::Packed`] ([`pack`] / [`unpack`]); small ones, and
+//! `Refuse`, travel plain.
+//!
+//! Pure computation (no IO, no clock), so the decoder is fuzzed (`fuzz/chunk_stream`,
+//! and `fuzz/frame` unpacks every packed frame it decodes).
 //! Decoding is bounded: the window is capped at [`WINDOW_LOG`] (a stream that asks for more
 //! is refused), and a chunk never decodes to more than its announced length, itself
 //! capped by the codec at [`super::MAX_FRAME`].
@@ -19,6 +24,8 @@
 use std::io;
 
 use zstd::stream::raw::{CParameter, DParameter, Decoder, Encoder, InBuffer, Operation, OutBuffer};
+
+use super::codec::{self, Frame, FrameError};
 
 /// Largest zstd window either side uses or accepts: 8 MiB of history per data stream.
 pub const WINDOW_LOG: u32 = 23;
@@ -181,6 +188,42 @@ impl StreamDecoder {
             return Err(StreamError::Length { announced: raw_len });
         }
         Ok(out)
+    }
+}
+
+/// Why a packed control frame did not unpack.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    /// The compressed bytes did not decode.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// What they decoded to is not exactly one frame (or is another packed frame).
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// Compresses `frame` as the next part of the control stream that `enc` compresses.
+pub fn pack(enc: &mut StreamEncoder, frame: &Frame, level: i32) -> io::Result<Frame> {
+    let raw = frame.to_bytes();
+    Ok(Frame::Packed {
+        raw_len: raw.len() as u32,
+        data: enc.compress(&raw, level)?,
+    })
+}
+
+/// Decompresses the frame inside a [`Frame::Packed`] with the control stream's `dec`. The
+/// bytes must hold exactly one frame, and not another packed one.
+pub fn unpack(dec: &mut StreamDecoder, raw_len: u32, data: &[u8]) -> Result<Frame, PackError> {
+    let raw = dec.decompress(data, raw_len as usize)?;
+    let malformed = |reason: &str| FrameError::Malformed {
+        frame: "packed",
+        reason: reason.to_string(),
+    };
+    match codec::decode(&raw)? {
+        Some((Frame::Packed { .. }, _)) => Err(malformed("nested packed frame").into()),
+        Some((frame, used)) if used == raw.len() => Ok(frame),
+        Some(_) => Err(malformed("trailing bytes after the frame").into()),
+        None => Err(malformed("truncated frame").into()),
     }
 }
 

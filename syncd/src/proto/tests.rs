@@ -422,6 +422,10 @@ fn every_frame_round_trips() {
                 removed: 5,
             },
         },
+        Frame::Packed {
+            raw_len: 40,
+            data: vec![7, 8],
+        },
     ];
     let mut stream = Vec::new();
     for f in &frames {
@@ -439,6 +443,51 @@ fn every_frame_round_trips() {
     for cut in 0..one.len() {
         assert_eq!(decode(&one[..cut]), Ok(None), "prefix {cut}");
     }
+}
+
+#[test]
+fn packed_frames_unpack_in_order_and_refuse_nesting_and_trailing_bytes() {
+    use super::stream::{PackError, StreamDecoder, StreamEncoder, pack, unpack};
+    let nodes = |n: u8| Frame::GetNodes {
+        paths: (0..50)
+            .map(|i| format!("usr/share/doc/package-{n}-{i}").into_bytes())
+            .collect(),
+    };
+    let (mut enc, mut dec) = (StreamEncoder::new(), StreamDecoder::new());
+    let mut sizes = Vec::new();
+    for n in 0..3 {
+        let Frame::Packed { raw_len, data } = pack(&mut enc, &nodes(n), 1).unwrap() else {
+            panic!("not packed");
+        };
+        sizes.push((raw_len, data.len()));
+        assert_eq!(unpack(&mut dec, raw_len, &data).unwrap(), nodes(n));
+    }
+    assert!(
+        sizes.iter().all(|&(raw, z)| z * 2 < raw as usize),
+        "{sizes:?}"
+    );
+
+    let bad = |frames: &[Frame]| {
+        let mut raw = Vec::new();
+        for f in frames {
+            f.encode(&mut raw);
+        }
+        let data = StreamEncoder::new().compress(&raw, 1).unwrap();
+        unpack(&mut StreamDecoder::new(), raw.len() as u32, &data)
+    };
+    let inner = Frame::Packed {
+        raw_len: 1,
+        data: vec![0],
+    };
+    assert!(matches!(bad(&[inner]), Err(PackError::Frame(_))));
+    assert!(matches!(
+        bad(&[nodes(0), nodes(1)]),
+        Err(PackError::Frame(_))
+    ));
+    assert!(matches!(
+        bad(&[]),
+        Err(PackError::Stream(_) | PackError::Frame(_))
+    ));
 }
 
 #[test]
