@@ -473,7 +473,8 @@ where
     let adapt = Arc::new(Mutex::new(match (opts.compress_level, wire) {
         (Some(l), _) => Adapt::fixed(l),
         (None, Wire::Local) => Adapt::fixed(0),
-        (None, Wire::Quic) => Adapt::new(opts.bwlimit),
+        (None, Wire::Quic) => Adapt::new(opts.bwlimit)
+            .with_cpus(std::thread::available_parallelism().map_or(1, |n| n.get())),
     }));
     let (job_tx, job_rx) = async_channel();
     let (changed_tx, mut changed_rx) = mpsc::unbounded_channel::<Vec<u8>>();

@@ -29,20 +29,34 @@ pub const MIN_RATIO: f64 = 1.02;
 pub const PROBE_EVERY: u64 = 16;
 /// Senders waiting on the link more than this fraction of the time means link-bound.
 pub const LINK_BOUND: f64 = 0.5;
-/// Machine CPUs idle more than this fraction of the time also means link-bound.
+/// Machine CPUs idle more than this fraction of the time also means link-bound. The CPU
+/// our own compression took counts as idle: it would be, were we not compressing (without
+/// that, compressing made the machine look busy, which turned compression off, which made
+/// it look idle again).
 pub const CPU_IDLE: f64 = 0.5;
+/// Windows in a row that must say "not link-bound" before compression is turned off.
+pub const HOLD_WINDOWS: u32 = 4;
 
 /// Running estimates and the current choice.
 #[derive(Debug, Clone)]
 pub struct Adapt {
     fixed: Option<i32>,
-    /// Bytes/s of raw input per level (EWMA), and compression ratio (raw / compressed).
+    /// Bytes/s of raw input per level (EWMA).
     speed: [f64; LEVELS.len()],
-    ratio: [f64; LEVELS.len()],
+    /// Compression ratio (raw / compressed, EWMA) of the content, at whatever level: it
+    /// depends on the content far more than on the level, and a per-level estimate went
+    /// stale (a level tried on gzipped files was never tried again on text).
+    ratio: f64,
     link_rate: f64,
     link_bound: bool,
     chunks: u64,
     level: i32,
+    /// CPUs of the machine, to turn compression seconds into a share of it.
+    cpus: f64,
+    /// Seconds spent compressing since the last link window.
+    compress_secs: f64,
+    /// Link windows in a row that were not link-bound.
+    unbound_windows: u32,
 }
 
 impl Adapt {
@@ -52,12 +66,21 @@ impl Adapt {
         Adapt {
             fixed: None,
             speed: [0.0; LEVELS.len()],
-            ratio: [0.0; LEVELS.len()],
+            ratio: 0.0,
             link_rate: known_link_rate.map_or(f64::INFINITY, |r| r as f64),
             link_bound: known_link_rate.is_some(),
             chunks: 0,
             level: 0,
+            cpus: 1.0,
+            compress_secs: 0.0,
+            unbound_windows: 0,
         }
+    }
+
+    /// The machine has `cpus` CPUs (default 1), for [`Adapt::observe_link`]'s idle share.
+    pub fn with_cpus(mut self, cpus: usize) -> Adapt {
+        self.cpus = cpus.max(1) as f64;
+        self
     }
 
     /// Always this level (`0` = never compress), as with `--compress-level`.
@@ -89,6 +112,7 @@ impl Adapt {
         if raw == 0 || compressed == 0 {
             return;
         }
+        self.compress_secs += secs.max(0.0);
         let speed = raw as f64 / secs.max(1e-9);
         let ratio = raw as f64 / compressed as f64;
         let ewma = |old: f64, new: f64| {
@@ -99,14 +123,15 @@ impl Adapt {
             }
         };
         self.speed[i] = ewma(self.speed[i], speed);
-        self.ratio[i] = ewma(self.ratio[i], ratio);
+        self.ratio = ewma(self.ratio, ratio);
         self.decide();
     }
 
     /// Records one window of sending: `wire_bytes` went out in `secs` of wall time, during
     /// which the senders together spent `wait_secs` blocked on the link or the throttle,
     /// out of `senders × secs` available, and the machine's CPUs were idle `cpu_idle` of the
-    /// time (0..=1, if known).
+    /// time (0..=1, if known). Compression turns off only after [`HOLD_WINDOWS`] windows in a
+    /// row that are not link-bound.
     pub fn observe_link(
         &mut self,
         wire_bytes: u64,
@@ -119,9 +144,18 @@ impl Adapt {
             return;
         }
         let busy = wait_secs / (secs * senders as f64);
-        self.link_bound = busy > LINK_BOUND || cpu_idle.is_some_and(|i| i > CPU_IDLE);
-        if self.link_bound {
+        let own = self.compress_secs / (secs * self.cpus);
+        self.compress_secs = 0.0;
+        let bound = busy > LINK_BOUND || cpu_idle.is_some_and(|i| i + own > CPU_IDLE);
+        if bound {
+            self.link_bound = true;
+            self.unbound_windows = 0;
             self.link_rate = wire_bytes as f64 / secs;
+        } else {
+            self.unbound_windows += 1;
+            if self.unbound_windows >= HOLD_WINDOWS {
+                self.link_bound = false;
+            }
         }
         self.decide();
     }
@@ -135,7 +169,7 @@ impl Adapt {
             for (i, &l) in LEVELS.iter().enumerate() {
                 let measured = self.speed[i] > 0.0;
                 let fast = self.speed[i] >= SPEED_MARGIN * self.link_rate;
-                let pays = self.ratio[i] >= MIN_RATIO;
+                let pays = self.ratio >= MIN_RATIO;
                 if measured && fast && pays {
                     level = l;
                 } else if !measured && i > 0 && level == LEVELS[i - 1] {
@@ -203,6 +237,31 @@ mod tests {
         b.observe_compress(1, 1 << 16, 30_000, (1 << 16) as f64 / 400e6);
         b.observe_link(120_000_000, 1.0, 0.01, 4, Some(0.1));
         assert_eq!(b.level(), 0);
+    }
+
+    #[test]
+    fn compressing_does_not_talk_itself_out_of_compressing() {
+        // 100 Mbit/s on 2 CPUs: idle 0.8 while sending raw. While compressing (level 1 at
+        // 100 MB/s, 3.75 MB a window of 0.25 s: 0.075 of the machine) idle is 0.45.
+        let mut a = Adapt::new(None).with_cpus(2);
+        a.observe_compress(1, 1 << 16, 30_000, (1 << 16) as f64 / 400e6);
+        a.observe_link(3_000_000, 0.25, 0.0, 4, Some(0.8));
+        assert!(a.level() >= 1);
+        for _ in 0..20 {
+            for _ in 0..60 {
+                a.observe_compress(1, 1 << 16, 30_000, (1 << 16) as f64 / 100e6);
+            }
+            a.observe_link(3_000_000, 0.25, 0.0, 4, Some(0.45));
+            assert!(
+                a.level() >= 1,
+                "stays on: part of the busy CPU is our compression"
+            );
+        }
+        // Really busy (someone else's load): off, but only after HOLD_WINDOWS windows.
+        for i in 1..=HOLD_WINDOWS {
+            a.observe_link(3_000_000, 0.25, 0.0, 4, Some(0.05));
+            assert_eq!(a.level() == 0, i == HOLD_WINDOWS, "window {i}");
+        }
     }
 
     #[test]
