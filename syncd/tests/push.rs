@@ -554,21 +554,8 @@ fn receiver_killed_mid_push_resumes_and_converges() {
         stderr(&o)
     );
     // No partial file at a final path: every final file is complete.
-    let mut complete = 0;
-    for e in fs::read_dir(dst.path()).unwrap() {
-        let name = e.unwrap().file_name();
-        if name.as_bytes().starts_with(b".syncd-") {
-            continue;
-        }
-        assert_eq!(
-            fs::read(dst.path().join(&name)).unwrap(),
-            fs::read(src.path().join(&name)).unwrap(),
-            "{name:?} is torn"
-        );
-        complete += 1;
-    }
     assert!(
-        complete < 8,
+        complete_files(src.path(), dst.path()) < 8,
         "the push finished before the kill; slow it down"
     );
     // Restart; the push resumes and only sends what is missing.
@@ -578,6 +565,69 @@ fn receiver_killed_mid_push_resumes_and_converges() {
     assert!(
         v["chunks_deduplicated"].as_u64().unwrap() > 0,
         "received chunks were reused: {v}"
+    );
+    assert_trees_equal(src.path(), dst.path());
+    let o = receiver.syncd(&[&"diff", &src.path(), &dst.path()]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+}
+
+/// Every final (non-part) file in `dst` equals its source; returns how many there are.
+fn complete_files(src: &Path, dst: &Path) -> usize {
+    let mut complete = 0;
+    for e in fs::read_dir(dst).unwrap() {
+        let name = e.unwrap().file_name();
+        if name.as_bytes().starts_with(b".syncd-") {
+            continue;
+        }
+        assert_eq!(
+            fs::read(dst.join(&name)).unwrap(),
+            fs::read(src.join(&name)).unwrap(),
+            "{name:?} is torn"
+        );
+        complete += 1;
+    }
+    complete
+}
+
+#[test]
+fn network_cut_mid_push_fails_cleanly_and_the_next_push_resumes() {
+    let (sender, receiver) = (Env::new(), Env::new());
+    let (sid, rid) = (init(&sender), init(&receiver));
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for i in 0..8 {
+        write(src.path(), &format!("f{i}"), &noise(8 << 20, 300 + i));
+    }
+    let server = Server::start(&receiver, dst.path(), &sid);
+    let relay = Relay::start(&server.addr);
+    let push = sender
+        .cmd()
+        .arg("push")
+        .arg(src.path())
+        .arg(relay.addr.to_string())
+        .args(["--peer-id", &rid, "--bwlimit", "80M", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(3000));
+    relay.cut();
+    // Neither side hears from the other again: the push gives up after the idle timeout.
+    let o = push.wait_with_output().unwrap();
+    assert_eq!(code(&o), 2, "a cut push fails: {}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("timed out"), "says why: {err}");
+    assert!(
+        complete_files(src.path(), dst.path()) < 8,
+        "the push finished before the cut; slow it down"
+    );
+    // The receiver gives the session up too, and keeps serving.
+    server.wait_log("failed");
+    let (rc, v, err) = push_json(&sender, src.path(), &server.addr, &["--peer-id", &rid]);
+    assert_eq!(rc, 0, "{err}\n{}", server.log());
+    assert!(
+        v["chunks_deduplicated"].as_u64().unwrap() > 0,
+        "what arrived before the cut was reused: {v}"
     );
     assert_trees_equal(src.path(), dst.path());
     let o = receiver.syncd(&[&"diff", &src.path(), &dst.path()]);
