@@ -313,7 +313,7 @@ fn options(home: &Path, filters: &Filters) -> ScanOptions {
         params: Default::default(),
         exclude_path: std::fs::canonicalize(home).ok(),
         skip_part_files: false,
-        descend_only: None,
+        changed_only: None,
     }
 }
 

@@ -752,13 +752,13 @@ fn open_store(home: &Path, root: &Path) -> Result<Store, PushError> {
 }
 
 /// Refreshes the receiver's manifest (opening its store first if `store` is `None`),
-/// walking only into `changed` directories if given (falling back to a full walk if one
-/// of the others has no stored record).
+/// looking only at what `changed` names if given (falling back to a full walk if a
+/// directory it keeps has no stored record).
 async fn refresh_blocking(
     root: PathBuf,
     home: PathBuf,
     store: Option<Arc<Store>>,
-    changed: Option<HashSet<Vec<u8>>>,
+    changed: Option<scan::Changed>,
 ) -> Result<(Arc<Store>, Summary), PushError> {
     tokio::task::spawn_blocking(move || {
         let store = match store {
@@ -767,7 +767,7 @@ async fn refresh_blocking(
         };
         let full = dest_scan_options(&home);
         let partial = changed.map(|c| ScanOptions {
-            descend_only: Some(Arc::new(c)),
+            changed_only: Some(Arc::new(c)),
             ..full.clone()
         });
         let summary = match partial.map(|p| scan::refresh(&root, &store, &p)) {
@@ -1129,7 +1129,7 @@ async fn execute<CW: AsyncWrite + Unpin>(
         Action::SetDirMeta { path, mode, meta } => {
             target.set_dir_meta(&path, &apply_meta(mode, &meta))?
         }
-        Action::Rescan { changed } => {
+        Action::Rescan { dirs, entries } => {
             target.sync_dirs()?;
             let (st, recs) = (store.clone(), std::mem::take(written));
             tokio::task::spawn_blocking(move || st.commit(&recs, &[]))
@@ -1139,7 +1139,10 @@ async fn execute<CW: AsyncWrite + Unpin>(
                 root.to_path_buf(),
                 opts.home.clone(),
                 Some(store.clone()),
-                Some(changed.into_iter().collect()),
+                Some(scan::Changed {
+                    dirs: dirs.into_iter().collect(),
+                    entries: entries.into_iter().collect(),
+                }),
             )
             .await?;
             r.rescanned(summary.root);

@@ -16,7 +16,7 @@
 //! A file that changes while it is read is read again, and reported if it keeps changing:
 //! it is never recorded torn.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Read;
@@ -71,7 +71,7 @@ pub enum ScanError {
     /// The manifest store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A directory outside [`ScanOptions::descend_only`] has no stored record to keep.
+    /// A directory outside [`Changed::dirs`] has no stored record to keep.
     #[error("{}: not in the stored manifest, so it cannot be kept without a walk", .0.display())]
     NotStored(PathBuf),
 }
@@ -108,12 +108,26 @@ pub struct ScanOptions {
     /// Leave out the receiver's part files (`.syncd-*.part`, see [`crate::apply`]): set when
     /// scanning a push destination, whose in-progress files are not part of its tree.
     pub skip_part_files: bool,
-    /// Walk into these directories only (relative paths; the root is always walked). Any
-    /// other directory keeps the hash its stored record has, without being walked: for a
-    /// receiver that knows which directories it changed and that no one else writes to
-    /// its tree. A directory without a stored record fails the refresh
-    /// ([`ScanError::NotStored`]). The summary's counts then cover only what was walked.
-    pub descend_only: Option<Arc<HashSet<Vec<u8>>>>,
+    /// Look only at what changed: for a receiver that knows what it wrote into its tree
+    /// since the last refresh, and that no one else writes to it. See [`Changed`].
+    pub changed_only: Option<Arc<Changed>>,
+}
+
+/// What a receiver changed in its tree since its manifest was last refreshed
+/// ([`ScanOptions::changed_only`]). The root and the `dirs` are listed and stat'ed, and the
+/// `entries` in them are stat'ed (and read if their stat is not the stored one). Everything
+/// else keeps its stored hash without a system call: a directory not in `dirs` is not
+/// walked at all, a file or symlink in a listed directory is taken as its stored record
+/// (its kind from the listing). A directory without a stored record fails the refresh
+/// ([`ScanError::NotStored`]); a file or symlink without one is looked at as usual. The
+/// summary's counts cover only what was listed, and its bytes only files that were
+/// stat'ed (the root hash covers everything).
+#[derive(Debug, Clone, Default)]
+pub struct Changed {
+    /// Directories whose listing may have changed.
+    pub dirs: HashSet<Vec<u8>>,
+    /// Files, symlinks and hard links written, or whose metadata was set.
+    pub entries: HashSet<Vec<u8>>,
 }
 
 /// What a refresh found.
@@ -155,7 +169,7 @@ struct Walked {
     kind: Kind,
     mode: u32,
     stat: Stat,
-    /// A directory not walked into ([`ScanOptions::descend_only`]).
+    /// Taken as stored, not looked at ([`ScanOptions::changed_only`]).
     kept: bool,
 }
 
@@ -196,6 +210,20 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
     walked.par_sort_unstable_by(|a, b| component_order(&a.path, &b.path));
 
     let snap = store.snapshot()?;
+    // With `changed_only`, untouched entries of a listed directory take their hash from
+    // that directory's stored listing: one record per directory, not one per entry.
+    let mut listings = HashMap::new();
+    if let Some(changed) = &opts.changed_only {
+        for dir in changed.dirs.iter().chain(std::iter::once(&Vec::new())) {
+            if let Some(Record {
+                node: Node::Dir { entries, .. },
+                ..
+            }) = snap.record(dir)?
+            {
+                listings.insert(dir.clone(), entries);
+            }
+        }
+    }
     let mut b = TreeBuild {
         snap: &snap,
         puts: Vec::new(),
@@ -227,7 +255,7 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
             let end = (i + LEAF_BATCH).min(walked.len());
             batch_leaves = walked[i..end]
                 .par_iter()
-                .map(|w| leaf(&root, w, &snap, opts.params, scan_start_ns))
+                .map(|w| leaf(&root, w, &snap, &listings, opts.params, scan_start_ns))
                 .collect::<Result<Vec<_>, StoreError>>()?;
             batch_leaves.reverse(); // popped from the end, in order
         }
@@ -246,6 +274,15 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
             },
             Leaf::KeptDir(None) => {
                 return Err(ScanError::NotStored(root.join(OsStr::from_bytes(&w.path))));
+            }
+            Leaf::Kept { kind, hash, size } => {
+                if kind == Kind::File {
+                    b.summary.files += 1;
+                    b.summary.bytes += size;
+                } else {
+                    b.summary.symlinks += 1;
+                }
+                Entry { name, kind, hash }
             }
             Leaf::Dir => {
                 stack.push(OpenDir {
@@ -398,8 +435,14 @@ impl TreeBuild<'_> {
 
 enum Leaf {
     Dir,
-    /// A directory not walked into ([`ScanOptions::descend_only`]): its stored hash.
+    /// A directory not walked into ([`ScanOptions::changed_only`]): its stored hash.
     KeptDir(Option<Hash>),
+    /// A file or symlink taken as stored ([`ScanOptions::changed_only`]).
+    Kept {
+        kind: Kind,
+        hash: Hash,
+        size: u64,
+    },
     Reused {
         hash: Hash,
         size: u64,
@@ -408,13 +451,40 @@ enum Leaf {
     Skipped(Warning),
 }
 
+/// The stored hash of `path` from its parent's stored listing, if it is there as `kind`.
+fn listed(listings: &HashMap<Vec<u8>, Vec<Entry>>, path: &[u8], kind: Kind) -> Option<Hash> {
+    let cut = path.iter().rposition(|&c| c == b'/');
+    let (parent, name) = match cut {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&path[..0], path),
+    };
+    let entries = listings.get(parent)?;
+    let i = entries
+        .binary_search_by(|e| e.name.as_slice().cmp(name))
+        .ok()?;
+    (entries[i].kind == kind).then_some(entries[i].hash)
+}
+
 fn leaf(
     root: &Path,
     w: &Walked,
     snap: &Snapshot,
+    listings: &HashMap<Vec<u8>, Vec<Entry>>,
     params: ChunkParams,
     scan_start_ns: i64,
 ) -> Result<Leaf, StoreError> {
+    if w.kept
+        && let Some(hash) = listed(listings, &w.path, w.kind)
+    {
+        return Ok(match w.kind {
+            Kind::Dir => Leaf::KeptDir(Some(hash)),
+            kind => Leaf::Kept {
+                kind,
+                hash,
+                size: 0,
+            },
+        });
+    }
     let abs = root.join(OsStr::from_bytes(&w.path));
     let skipped = |e: std::io::Error| {
         Leaf::Skipped(Warning {
@@ -425,6 +495,27 @@ fn leaf(
     };
     Ok(match w.kind {
         Kind::Dir if w.kept => Leaf::KeptDir(snap.header(&w.path)?.map(|(hash, _)| hash)),
+        Kind::File | Kind::Symlink if w.kept => match snap.header(&w.path)? {
+            Some((hash, stat)) => Leaf::Kept {
+                kind: w.kind,
+                hash,
+                size: stat.size,
+            },
+            // New to the store (not written by the receiver): look at it as usual.
+            None => match std::fs::symlink_metadata(&abs) {
+                Ok(m) => {
+                    let fresh = Walked {
+                        path: w.path.clone(),
+                        kind: w.kind,
+                        mode: m.mode() & 0o7777,
+                        stat: stat_of(&m),
+                        kept: false,
+                    };
+                    return leaf(root, &fresh, snap, listings, params, scan_start_ns);
+                }
+                Err(e) => skipped(e),
+            },
+        },
         Kind::Dir => Leaf::Dir,
         Kind::Symlink => match std::fs::read_link(&abs) {
             Ok(t) => {
@@ -580,7 +671,7 @@ fn walk(root: &Path, opts: &ScanOptions) -> Result<(Vec<Walked>, Vec<Warning>, u
         root: root.to_path_buf(),
         shared: shared.clone(),
         skip_part_files: opts.skip_part_files,
-        descend_only: opts.descend_only.clone(),
+        changed_only: opts.changed_only.clone(),
     };
     builder.build_parallel().visit(&mut vb);
     drop(vb);
@@ -600,7 +691,7 @@ struct CollectorBuilder {
     root: PathBuf,
     shared: Shared,
     skip_part_files: bool,
-    descend_only: Option<Arc<HashSet<Vec<u8>>>>,
+    changed_only: Option<Arc<Changed>>,
 }
 
 impl<'s> ParallelVisitorBuilder<'s> for CollectorBuilder {
@@ -609,7 +700,7 @@ impl<'s> ParallelVisitorBuilder<'s> for CollectorBuilder {
             root: self.root.clone(),
             shared: self.shared.clone(),
             skip_part_files: self.skip_part_files,
-            descend_only: self.descend_only.clone(),
+            changed_only: self.changed_only.clone(),
             walked: Vec::new(),
             warnings: Vec::new(),
         })
@@ -620,7 +711,7 @@ struct Collector {
     root: PathBuf,
     shared: Shared,
     skip_part_files: bool,
-    descend_only: Option<Arc<HashSet<Vec<u8>>>>,
+    changed_only: Option<Arc<Changed>>,
     walked: Vec<Walked>,
     warnings: Vec<Warning>,
 }
@@ -642,6 +733,40 @@ impl Collector {
         };
         if self.skip_part_files && crate::apply::is_part_file(e.file_name().as_bytes()) {
             return WalkState::Continue;
+        }
+        let path = rel.as_os_str().as_bytes();
+        if let Some(changed) = &self.changed_only
+            && !changed.dirs.contains(path)
+            && !changed.entries.contains(path)
+            && let Some(ft) = e.file_type()
+        {
+            // Untouched: its kind from the listing, its hash from the store.
+            let kind = if ft.is_dir() {
+                Some(Kind::Dir)
+            } else if ft.is_file() {
+                Some(Kind::File)
+            } else if ft.is_symlink() {
+                Some(Kind::Symlink)
+            } else {
+                None
+            };
+            if let Some(kind) = kind {
+                self.walked.push(Walked {
+                    path: path.to_vec(),
+                    kind,
+                    mode: 0,
+                    stat: Stat::default(),
+                    kept: true,
+                });
+                if self.walked.len() >= 8192 {
+                    self.flush();
+                }
+                return if kind == Kind::Dir {
+                    WalkState::Skip
+                } else {
+                    WalkState::Continue
+                };
+            }
         }
         let warn = |message: String, special: bool| Warning {
             path: e.path().to_path_buf(),
@@ -677,27 +802,17 @@ impl Collector {
             self.warnings.push(warn(format!("skipped {what}"), true));
             return WalkState::Continue;
         };
-        let path = rel.as_os_str().as_bytes().to_vec();
-        let kept = kind == Kind::Dir
-            && self
-                .descend_only
-                .as_ref()
-                .is_some_and(|only| !only.contains(&path));
         self.walked.push(Walked {
-            path,
+            path: path.to_vec(),
             kind,
             mode: meta.mode() & 0o7777,
             stat: stat_of(&meta),
-            kept,
+            kept: false,
         });
         if self.walked.len() >= 8192 {
             self.flush();
         }
-        if kept {
-            WalkState::Skip
-        } else {
-            WalkState::Continue
-        }
+        WalkState::Continue
     }
 }
 
@@ -833,17 +948,26 @@ mod tests {
         }
     }
 
-    fn only(dirs: &[&str]) -> ScanOptions {
+    fn only(dirs: &[&str], entries: &[&str]) -> ScanOptions {
+        let set = |v: &[&str]| v.iter().map(|d| d.as_bytes().to_vec()).collect();
         ScanOptions {
-            descend_only: Some(Arc::new(
-                dirs.iter().map(|d| d.as_bytes().to_vec()).collect(),
-            )),
+            changed_only: Some(Arc::new(Changed {
+                dirs: set(dirs),
+                entries: set(entries),
+            })),
             ..ScanOptions::default()
         }
     }
 
+    fn full_root_from_scratch(root: &Path) -> Hash {
+        let home = tempfile::tempdir().unwrap();
+        refresh(root, &store(home.path(), root), &ScanOptions::default())
+            .unwrap()
+            .root
+    }
+
     #[test]
-    fn descend_only_walks_the_named_dirs_and_keeps_the_others() {
+    fn changed_only_looks_at_what_changed_and_keeps_the_rest() {
         let (tree, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let root = canonical_root(tree.path()).unwrap();
         for d in ["a/b", "c", "e"] {
@@ -852,41 +976,50 @@ mod tests {
         for (f, body) in [("a/x", "x"), ("a/b/y", "y"), ("c/z", "z"), ("top", "t")] {
             fs::write(root.join(f), body).unwrap();
         }
+        std::os::unix::fs::symlink("x", root.join("a/l")).unwrap();
         let s = store(home.path(), &root);
         let before = refresh(&root, &s, &ScanOptions::default()).unwrap().root;
 
-        // Changes inside the named directories (and at the top level) are found, and the
-        // root is exactly what a full walk from scratch computes.
+        // Changes named in `Changed` are found, and the root is exactly what a full walk
+        // from scratch computes: a changed file, a new file, a new symlink, a removal.
         fs::write(root.join("a/b/y"), "changed").unwrap();
         fs::write(root.join("a/b/new"), "new").unwrap();
+        std::os::unix::fs::symlink("y", root.join("a/b/l2")).unwrap();
         fs::remove_file(root.join("top")).unwrap();
-        let partial = refresh(&root, &s, &only(&["a", "a/b"])).unwrap();
-        assert_ne!(partial.root, before);
-        let fresh_home = tempfile::tempdir().unwrap();
-        let full = refresh(
+        let partial = refresh(
             &root,
-            &store(fresh_home.path(), &root),
-            &ScanOptions::default(),
-        );
-        assert_eq!(partial.root, full.unwrap().root);
+            &s,
+            &only(&["a", "a/b"], &["a/b/y", "a/b/new", "a/b/l2"]),
+        )
+        .unwrap();
+        assert_ne!(partial.root, before);
+        assert_eq!(partial.root, full_root_from_scratch(&root));
+        // Counts cover what was listed: c/z is inside a directory that was not walked.
+        assert_eq!((partial.files, partial.symlinks), (3, 2));
 
-        // A change in a directory that is not named is not seen: its stored hash is kept.
+        // A new file that is not named is still found (it is not in the store).
+        fs::write(root.join("a/b/stranger"), "s").unwrap();
+        let found = refresh(&root, &s, &only(&["a", "a/b"], &[])).unwrap();
+        assert_eq!(found.root, full_root_from_scratch(&root));
+
+        // A change that is not named is not seen: the stored hash is kept, in a directory
+        // not walked (c) and in one walked but for an entry not named (a/x).
         fs::write(root.join("c/z"), "changed behind our back").unwrap();
-        let kept = refresh(&root, &s, &only(&["a"])).unwrap();
-        assert_eq!(kept.root, partial.root);
-        assert_ne!(
-            refresh(&root, &s, &ScanOptions::default()).unwrap().root,
-            kept.root
-        );
+        fs::write(root.join("a/x"), "this one too").unwrap();
+        let kept = refresh(&root, &s, &only(&["a"], &[])).unwrap();
+        assert_eq!(kept.root, found.root);
+        let full = refresh(&root, &s, &ScanOptions::default()).unwrap();
+        assert_ne!(full.root, kept.root);
+        assert_eq!(full.root, full_root_from_scratch(&root));
     }
 
     #[test]
-    fn descend_only_without_stored_records_is_an_error() {
+    fn changed_only_without_stored_records_is_an_error() {
         let (tree, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let root = canonical_root(tree.path()).unwrap();
         fs::create_dir(root.join("d")).unwrap();
         let s = store(home.path(), &root);
-        match refresh(&root, &s, &only(&[])) {
+        match refresh(&root, &s, &only(&[], &[])) {
             Err(ScanError::NotStored(p)) => assert_eq!(p, root.join("d")),
             other => panic!("expected NotStored, got {other:?}"),
         }

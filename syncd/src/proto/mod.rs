@@ -407,12 +407,14 @@ pub enum Action {
         /// Metadata.
         meta: Meta,
     },
-    /// Everything is applied: rescan the tree and call [`Receiver::rescanned`]. Only
-    /// `changed` directories (and the root) need walking: every other directory had the
-    /// sender's hash when the session started and this session wrote nothing into it.
+    /// Everything is applied: rescan the tree and call [`Receiver::rescanned`]. Only the
+    /// root, `dirs` and `entries` need looking at: everything else had the sender's hash
+    /// when the session started, and this session did not touch it.
     Rescan {
         /// Directories this session received nodes for (created, changed or emptied).
-        changed: Vec<Vec<u8>>,
+        dirs: Vec<Vec<u8>>,
+        /// Files, symlinks and hard links this session wrote or set metadata on.
+        entries: Vec<Vec<u8>>,
     },
 }
 
@@ -465,6 +467,8 @@ pub struct Receiver {
     links: HashMap<FileKey, Vec<LinkTo>>,
     /// Chunk ids to ask for, sent by [`Receiver::poll`] once the other actions are drained.
     want: Vec<ChunkId>,
+    /// Non-directory paths this session writes (for [`Action::Rescan`]).
+    touched: Vec<Vec<u8>>,
 }
 
 /// A hard link to make: (new path, existing path).
@@ -500,6 +504,7 @@ impl Receiver {
             open: 0,
             links: HashMap::new(),
             want: Vec::new(),
+            touched: Vec::new(),
         }
     }
 
@@ -709,6 +714,9 @@ impl Receiver {
         if retyped {
             self.totals.removed += 1;
             self.out.push_back(Action::Remove { path: path.clone() });
+        }
+        if !matches!(node, Node::Dir { .. }) {
+            self.touched.push(path.clone());
         }
         match node {
             Node::Dir { mode, entries } => {
@@ -941,7 +949,10 @@ impl Receiver {
         for (path, mode, meta) in dirs {
             self.out.push_back(Action::SetDirMeta { path, mode, meta });
         }
-        self.out.push_back(Action::Rescan { changed });
+        self.out.push_back(Action::Rescan {
+            dirs: changed,
+            entries: std::mem::take(&mut self.touched),
+        });
     }
 
     /// The rescan after applying found this root.
