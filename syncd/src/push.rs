@@ -28,7 +28,7 @@ use crate::identity::{Identity, PeerId};
 use crate::manifest::store::{Opened, Snapshot, Store};
 use crate::manifest::{Hash, Node};
 use crate::proto::adapt::Adapt;
-use crate::proto::codec::{self, Codec, Frame, FrameError};
+use crate::proto::codec::{self, ChunkHead, Codec, Frame, FrameError};
 use crate::proto::stream::{self, StreamDecoder, StreamEncoder};
 use crate::proto::{Action, ChunkLoc, FileKey, Meta, ProtoError, Receiver, Sender, SenderEvent};
 use crate::scan::{self, ScanOptions, Summary};
@@ -202,6 +202,42 @@ async fn read_frame<R: AsyncRead + Unpin>(
             peer: peer.to_string(),
             source,
         })
+}
+
+/// Reads one chunk frame from a data stream, its data straight into a buffer of its own;
+/// `None` at the end of the stream.
+async fn read_chunk_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    peer: &str,
+) -> Result<Option<(ChunkHead, Vec<u8>)>, PushError> {
+    let io = |source| PushError::Io {
+        peer: peer.to_string(),
+        source,
+    };
+    let frame = |source| PushError::Frame {
+        peer: peer.to_string(),
+        source,
+    };
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(io(e)),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    codec::check_len(len).map_err(frame)?;
+    let mut head = [0u8; codec::CHUNK_HEAD];
+    if len < head.len() {
+        return Err(frame(FrameError::Malformed {
+            frame: "chunk",
+            reason: format!("frame of {len} bytes on a data stream"),
+        }));
+    }
+    r.read_exact(&mut head).await.map_err(io)?;
+    let head = ChunkHead::decode(len, &head).map_err(frame)?;
+    let mut data = vec![0u8; head.data_len];
+    r.read_exact(&mut data).await.map_err(io)?;
+    Ok(Some((head, data)))
 }
 
 /// Reads control frames on a task of their own and hands them over a channel.
@@ -399,13 +435,21 @@ fn read_chunk(root: &Path, id: &ChunkId, loc: &ChunkLoc) -> Option<Vec<u8>> {
 }
 
 /// Encodes a chunk for the data stream that `stream` compresses: raw, or (at the level
-/// `adapt` picks) as the next part of that stream.
+/// `adapt` picks) as the next part of that stream. Returns the frame's head and its data,
+/// written one after the other (the data is not copied into a frame).
 fn encode_chunk(
     adapt: &Mutex<Adapt>,
     stream: &mut StreamEncoder,
     id: ChunkId,
     raw: Vec<u8>,
-) -> Frame {
+) -> (ChunkHead, Vec<u8>) {
+    let raw_len = raw.len() as u32;
+    let head = |codec, data: &Vec<u8>| ChunkHead {
+        id,
+        raw_len,
+        codec,
+        data_len: data.len(),
+    };
     let level = lock(adapt).next_level();
     if level > 0 {
         let t = Instant::now();
@@ -413,20 +457,10 @@ fn encode_chunk(
             lock(adapt).observe_compress(level, raw.len(), z.len(), t.elapsed().as_secs_f64());
             // Sent even if it did not shrink: the receiver's context must see it (zstd
             // stores incompressible blocks raw, so it costs a few bytes at most).
-            return Frame::Chunk {
-                id,
-                raw_len: raw.len() as u32,
-                codec: Codec::Zstd,
-                data: z,
-            };
+            return (head(Codec::Zstd, &z), z);
         }
     }
-    Frame::Chunk {
-        id,
-        raw_len: raw.len() as u32,
-        codec: Codec::Raw,
-        data: raw,
-    }
+    (head(Codec::Raw, &raw), raw)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -498,29 +532,25 @@ where
                     let path = job.loc.path.clone();
                     let encoded = read_chunk(&root_path, &job.id, &job.loc)
                         .map(|raw| (raw.len(), encode_chunk(&adapt, &mut stream, job.id, raw)));
-                    let Some((raw_len, frame)) = encoded else {
+                    let Some((raw_len, (head, data))) = encoded else {
                         let _ = changed_tx.send(path);
                         continue;
                     };
-                    let bytes = frame.to_bytes();
-                    let enc_len = match &frame {
-                        Frame::Chunk { data, .. } => data.len(),
-                        _ => 0,
-                    };
+                    let head = head.encode();
+                    let enc_len = data.len();
+                    let frame_len = head.len() + data.len();
                     let t = Instant::now();
-                    if let Some(th) = &throttle {
-                        for part in bytes.chunks(th.piece().max(1)) {
-                            th.acquire(part.len()).await;
+                    for bytes in [&head[..], &data[..]] {
+                        let piece = throttle.as_ref().map_or(bytes.len(), |th| th.piece());
+                        for part in bytes.chunks(piece.max(1)) {
+                            if let Some(th) = &throttle {
+                                th.acquire(part.len()).await;
+                            }
                             w.write_all(part).await.map_err(|source| PushError::Io {
                                 peer: peer.clone(),
                                 source,
                             })?;
                         }
-                    } else {
-                        w.write_all(&bytes).await.map_err(|source| PushError::Io {
-                            peer: peer.clone(),
-                            source,
-                        })?;
                     }
                     stats
                         .wait_ns
@@ -530,7 +560,7 @@ where
                     stats.encoded.fetch_add(enc_len as u64, Ordering::Relaxed);
                     stats
                         .wire
-                        .fetch_add(wire.bytes(bytes.len() as u64), Ordering::Relaxed);
+                        .fetch_add(wire.bytes(frame_len as u64), Ordering::Relaxed);
                 }
             }
             w.shutdown().await.map_err(|source| PushError::Io {
@@ -918,25 +948,13 @@ where
             readers.spawn(async move {
                 let mut zstd = StreamDecoder::new();
                 loop {
-                    let item = match read_frame(&mut stream, &peer).await {
+                    let item = match read_chunk_frame(&mut stream, &peer).await {
                         Ok(None) => break,
-                        Ok(Some(Frame::Chunk {
-                            id,
-                            raw_len,
-                            codec,
-                            data,
-                        })) => {
-                            // Inline, not spawn_blocking: decompressing and hashing one chunk
-                            // takes microseconds, less than a thread hand-off.
-                            decode_chunk(&peer, &mut zstd, id, raw_len, codec, data)
+                        // Inline, not spawn_blocking: decompressing and hashing one chunk
+                        // takes microseconds, less than a thread hand-off.
+                        Ok(Some((h, data))) => {
+                            decode_chunk(&peer, &mut zstd, h.id, h.raw_len, h.codec, data)
                         }
-                        Ok(Some(other)) => Err(PushError::Proto {
-                            peer: peer.clone(),
-                            source: ProtoError::Unexpected {
-                                frame: other.name(),
-                                state: "on a data stream",
-                            },
-                        }),
                         Err(e) => Err(e),
                     };
                     let failed = item.is_err();

@@ -270,14 +270,14 @@ impl Frame {
                 codec,
                 data,
             } => {
-                out.push(tag::CHUNK);
-                out.extend_from_slice(&id.0);
-                out.extend_from_slice(&raw_len.to_le_bytes());
-                out.push(match codec {
-                    Codec::Raw => 0,
-                    Codec::Zstd => 1,
-                });
-                put_bytes(out, data);
+                let head = ChunkHead {
+                    id: *id,
+                    raw_len: *raw_len,
+                    codec: *codec,
+                    data_len: data.len(),
+                };
+                out.extend_from_slice(&head.encode()[4..]);
+                out.extend_from_slice(data);
             }
             Frame::Report { items } => {
                 out.push(tag::REPORT);
@@ -359,6 +359,87 @@ pub fn check_len(len: usize) -> Result<(), FrameError> {
         return Err(FrameError::TooLarge(len));
     }
     Ok(())
+}
+
+/// Bytes of a chunk frame's body before its data: tag, id, raw length, codec, data length.
+pub const CHUNK_HEAD: usize = 1 + 32 + 4 + 1 + 4;
+
+/// A chunk frame without its data, so that a data stream can read the data straight into
+/// a buffer of its own ([`ChunkHead::decode`]) and write it without copying it into a frame
+/// ([`ChunkHead::encode`]). [`decode_body`] decodes chunk frames through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkHead {
+    /// The chunk's id.
+    pub id: ChunkId,
+    /// Length of the raw bytes.
+    pub raw_len: u32,
+    /// How the data is encoded.
+    pub codec: Codec,
+    /// Length of the data that follows.
+    pub data_len: usize,
+}
+
+impl ChunkHead {
+    /// The length prefix and the head of the frame; the data follows.
+    pub fn encode(&self) -> [u8; 4 + CHUNK_HEAD] {
+        let mut out = [0u8; 4 + CHUNK_HEAD];
+        out[..4].copy_from_slice(&((CHUNK_HEAD + self.data_len) as u32).to_le_bytes());
+        out[4] = tag::CHUNK;
+        out[5..37].copy_from_slice(&self.id.0);
+        out[37..41].copy_from_slice(&self.raw_len.to_le_bytes());
+        out[41] = match self.codec {
+            Codec::Raw => 0,
+            Codec::Zstd => 1,
+        };
+        out[42..46].copy_from_slice(&(self.data_len as u32).to_le_bytes());
+        out
+    }
+
+    /// Decodes the head of a frame body of `body_len` bytes (checked with [`check_len`])
+    /// that starts with `head`: only a chunk frame, exactly as [`decode_body`] accepts it.
+    pub fn decode(body_len: usize, head: &[u8; CHUNK_HEAD]) -> Result<ChunkHead, FrameError> {
+        let bad = |reason: String| FrameError::Malformed {
+            frame: "chunk",
+            reason,
+        };
+        if head[0] != tag::CHUNK {
+            return Err(bad(format!(
+                "frame tag {} where a chunk was expected",
+                head[0]
+            )));
+        }
+        let u32_at =
+            |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&head[1..33]);
+        let raw_len = u32_at(33);
+        let codec = match head[37] {
+            0 => Codec::Raw,
+            1 => Codec::Zstd,
+            c => return Err(bad(format!("unknown codec {c}"))),
+        };
+        let data_len = u32_at(38) as usize;
+        if body_len.checked_sub(CHUNK_HEAD) != Some(data_len) {
+            return Err(bad(format!(
+                "{data_len} bytes of data in a frame of {body_len} bytes"
+            )));
+        }
+        if codec == Codec::Raw && data_len != raw_len as usize {
+            return Err(bad("raw chunk length mismatch".into()));
+        }
+        // What a compressed chunk may decode to is bounded like a frame.
+        if raw_len as usize > MAX_FRAME {
+            return Err(bad(format!(
+                "chunk of {raw_len} bytes exceeds the frame limit"
+            )));
+        }
+        Ok(ChunkHead {
+            id: ChunkId(id),
+            raw_len,
+            codec,
+            data_len,
+        })
+    }
 }
 
 /// Decodes a frame body (tag + payload, without the length prefix).
@@ -465,26 +546,17 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
             Frame::Want { ids }
         }
         tag::CHUNK => {
-            let id = ChunkId(r.array()?);
-            let raw_len = r.u32()?;
-            let codec = match r.u8()? {
-                0 => Codec::Raw,
-                1 => Codec::Zstd,
-                c => return Err(r.bad(format!("unknown codec {c}"))),
-            };
-            let data = r.bytes()?.to_vec();
-            if codec == Codec::Raw && data.len() != raw_len as usize {
-                return Err(r.bad("raw chunk length mismatch".into()));
-            }
-            // What a compressed chunk may decode to is bounded like a frame.
-            if raw_len as usize > MAX_FRAME {
-                return Err(r.bad(format!("chunk of {raw_len} bytes exceeds the frame limit")));
-            }
+            let head: &[u8; CHUNK_HEAD] = body
+                .get(..CHUNK_HEAD)
+                .and_then(|h| h.try_into().ok())
+                .ok_or_else(|| r.bad("truncated".into()))?;
+            let h = ChunkHead::decode(body.len(), head)?;
+            r.b = &[];
             Frame::Chunk {
-                id,
-                raw_len,
-                codec,
-                data,
+                id: h.id,
+                raw_len: h.raw_len,
+                codec: h.codec,
+                data: body[CHUNK_HEAD..].to_vec(),
             }
         }
         tag::REPORT => {

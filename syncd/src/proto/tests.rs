@@ -500,6 +500,31 @@ fn oversized_and_empty_frames_are_refused_from_the_header() {
 }
 
 #[test]
+fn chunk_head_is_the_chunk_frame_without_its_data() {
+    use super::codec::{CHUNK_HEAD, ChunkHead};
+    let f = Frame::Chunk {
+        id: ChunkId([4; 32]),
+        raw_len: 5,
+        codec: Codec::Raw,
+        data: b"hello".to_vec(),
+    };
+    let bytes = f.to_bytes();
+    let head: &[u8; CHUNK_HEAD] = bytes[4..4 + CHUNK_HEAD].try_into().unwrap();
+    let h = ChunkHead::decode(bytes.len() - 4, head).unwrap();
+    assert_eq!(h.encode()[..], bytes[..4 + CHUNK_HEAD]);
+    assert_eq!((h.id, h.raw_len, h.data_len), (ChunkId([4; 32]), 5, 5));
+    // Another length than the frame's, or another frame, is refused.
+    assert!(ChunkHead::decode(bytes.len() - 3, head).is_err());
+    let mut want = Frame::Want {
+        ids: vec![ChunkId([1; 32])],
+    }
+    .to_bytes();
+    want.resize(4 + CHUNK_HEAD, 0);
+    let other: &[u8; CHUNK_HEAD] = want[4..].try_into().unwrap();
+    assert!(ChunkHead::decode(CHUNK_HEAD, other).is_err());
+}
+
+#[test]
 fn compressed_chunk_announcing_more_than_the_frame_limit_is_refused() {
     let frame = |raw_len: u32| Frame::Chunk {
         id: ChunkId([7; 32]),
