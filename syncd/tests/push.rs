@@ -635,6 +635,47 @@ fn network_cut_mid_push_fails_cleanly_and_the_next_push_resumes() {
 }
 
 #[test]
+fn sender_killed_mid_push_leaves_no_torn_file_and_the_next_push_resumes() {
+    let (sender, receiver) = (Env::new(), Env::new());
+    let (sid, rid) = (init(&sender), init(&receiver));
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for i in 0..8 {
+        write(src.path(), &format!("f{i}"), &noise(8 << 20, 500 + i));
+    }
+    let server = Server::start(&receiver, dst.path(), &sid);
+    let mut push = sender
+        .cmd()
+        .arg("push")
+        .arg(src.path())
+        .arg(&server.addr)
+        .args(["--peer-id", &rid, "--bwlimit", "80M", "--json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(3000));
+    push.kill().unwrap();
+    push.wait().unwrap();
+    assert!(
+        complete_files(src.path(), dst.path()) < 8,
+        "the push finished before the kill; slow it down"
+    );
+    // The receiver notices the silence (after its idle timeout: the next push waits for
+    // that session to end, sessions are serialised), gives it up and keeps serving; the
+    // next push reuses what arrived.
+    let (rc, v, err) = push_json(&sender, src.path(), &server.addr, &["--peer-id", &rid]);
+    assert_eq!(rc, 0, "{err}\n{}", server.log());
+    assert!(server.log().contains("failed"), "{}", server.log());
+    assert!(
+        v["chunks_deduplicated"].as_u64().unwrap() > 0,
+        "what arrived before the kill was reused: {v}"
+    );
+    assert_trees_equal(src.path(), dst.path());
+    let o = receiver.syncd(&[&"diff", &src.path(), &dst.path()]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+}
+
+#[test]
 fn hard_links_within_the_tree_are_preserved() {
     let env = Env::new();
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
