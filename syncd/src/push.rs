@@ -967,9 +967,15 @@ where
         while readers.join_next().await.is_some() {}
     });
 
-    let result: Result<(), PushError> = async {
+    // Ends with the `Done` frame, which is sent only once the store is closed: the sender
+    // exits when it reads `Done`, and a `syncd diff` run right after must be able to open
+    // the receiver's manifest.
+    let result: Result<Frame, PushError> = async {
         loop {
             while let Some(act) = r.poll() {
+                if let Action::Send(done @ Frame::Done { .. }) = act {
+                    return Ok(done);
+                }
                 execute(
                     &mut r,
                     act,
@@ -988,9 +994,6 @@ where
                 .await?;
             }
             dispatch_finishes(&mut finishing, &fin_tx, &finishers).await;
-            if r.is_done() {
-                return Ok(());
-            }
             tokio::select! {
                 frame = control.recv() => {
                     let Some(frame) = frame.unwrap_or(Ok(None))? else {
@@ -1014,17 +1017,25 @@ where
     }
     .await;
     acceptor.abort();
-    if let Err(e) = &result {
-        // Tell the sender why. Partial files stay for a resume, except where they are
-        // useless (no space).
-        refuse(&mut control_w.w, e, peer).await;
-        let no_space = matches!(e, PushError::Apply(apply::ApplyError::NoSpace { .. }));
-        for (_, p) in parts.drain() {
-            if no_space {
-                let _ = p.abort();
-            }
+    let result = match result {
+        Ok(done) => {
+            drop((snap, index));
+            drop(store);
+            control_w.send(&done, peer).await.map(|_| ())
         }
-    }
+        Err(e) => {
+            // Tell the sender why. Partial files stay for a resume, except where they are
+            // useless (no space).
+            refuse(&mut control_w.w, &e, peer).await;
+            let no_space = matches!(e, PushError::Apply(apply::ApplyError::NoSpace { .. }));
+            for (_, p) in parts.drain() {
+                if no_space {
+                    let _ = p.abort();
+                }
+            }
+            Err(e)
+        }
+    };
     let _ = control_w.w.shutdown().await;
     result
 }

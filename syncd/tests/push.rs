@@ -303,6 +303,15 @@ fn remote_push_over_quic_with_pinned_peers() {
     assert_eq!(rc, 0, "{err}");
     assert_eq!(v["chunks_sent"], 1, "{v}");
     assert_trees_equal(src.path(), dst.path());
+    // The receiver has closed its manifest by the time the push exits: a check on the
+    // receiving machine right after (same home as `serve`) can open it, several times over.
+    for _ in 0..5 {
+        write(src.path(), "dir/sub/c", &noise(100, 7));
+        let (rc, _, err) = push_json(&sender, src.path(), &server.addr, &["--peer-id", &rid]);
+        assert_eq!(rc, 0, "{err}");
+        let o = receiver.syncd(&[&"diff", &src.path(), &dst.path()]);
+        assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    }
 }
 
 #[test]
