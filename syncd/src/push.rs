@@ -175,6 +175,31 @@ impl PushReport {
 
 // ------------------------------------------------------------------ frame IO
 
+/// Reads a frame's length prefix and checks it against the frame limit; `None` at the end
+/// of the stream.
+async fn read_frame_len<R: AsyncRead + Unpin>(
+    r: &mut R,
+    peer: &str,
+) -> Result<Option<usize>, PushError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(source) => {
+            return Err(PushError::Io {
+                peer: peer.to_string(),
+                source,
+            });
+        }
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    codec::check_len(len).map_err(|source| PushError::Frame {
+        peer: peer.to_string(),
+        source,
+    })?;
+    Ok(Some(len))
+}
+
 async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     peer: &str,
@@ -183,17 +208,9 @@ async fn read_frame<R: AsyncRead + Unpin>(
         peer: peer.to_string(),
         source,
     };
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(io(e)),
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    codec::check_len(len).map_err(|source| PushError::Frame {
-        peer: peer.to_string(),
-        source,
-    })?;
+    let Some(len) = read_frame_len(r, peer).await? else {
+        return Ok(None);
+    };
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await.map_err(io)?;
     codec::decode_body(&body)
@@ -218,14 +235,9 @@ async fn read_chunk_frame<R: AsyncRead + Unpin>(
         peer: peer.to_string(),
         source,
     };
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(io(e)),
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    codec::check_len(len).map_err(frame)?;
+    let Some(len) = read_frame_len(r, peer).await? else {
+        return Ok(None);
+    };
     let mut head = [0u8; codec::CHUNK_HEAD];
     if len < head.len() {
         return Err(frame(FrameError::Malformed {
@@ -289,42 +301,29 @@ where
 /// zstd level of packed control frames: cheap, and control frames are mostly names.
 const CONTROL_LEVEL: i32 = 1;
 
-/// The writing half of a control stream. With `zstd`, frames that carry names (nodes,
-/// paths, reports) are packed, one zstd stream per direction; the rest go plain, `Refuse`
-/// always (its reason must reach a peer that cannot decode).
+/// The writing half of a control stream. Once `pack` is set, frames that carry names
+/// (nodes, paths, reports) are packed, one zstd stream per direction; the rest go plain,
+/// `Refuse` always (its reason must reach a peer that cannot decode).
 struct ControlTx<W> {
     w: W,
+    /// Set from the start (the sender, unless compression is off) or once the peer packs
+    /// (the receiver).
+    pack: Arc<AtomicBool>,
     zstd: Option<StreamEncoder>,
-    /// Start packing once this is set (the receiver: once the sender packs).
-    follow: Option<Arc<AtomicBool>>,
 }
 
 impl<W: AsyncWrite + Unpin> ControlTx<W> {
-    fn new(w: W, compress: bool) -> ControlTx<W> {
+    fn new(w: W, pack: Arc<AtomicBool>) -> ControlTx<W> {
         ControlTx {
             w,
-            zstd: compress.then(StreamEncoder::new),
-            follow: None,
-        }
-    }
-
-    /// Packs once `peer_packs` is set.
-    fn following(w: W, peer_packs: Arc<AtomicBool>) -> ControlTx<W> {
-        ControlTx {
-            w,
+            pack,
             zstd: None,
-            follow: Some(peer_packs),
         }
     }
 
     /// Writes `f`; returns the bytes written.
     async fn send(&mut self, f: &Frame, peer: &str) -> Result<u64, PushError> {
-        if self.zstd.is_none()
-            && self
-                .follow
-                .as_ref()
-                .is_some_and(|p| p.load(Ordering::Relaxed))
-        {
+        if self.zstd.is_none() && self.pack.load(Ordering::Relaxed) {
             self.zstd = Some(StreamEncoder::new());
         }
         let packable = matches!(
@@ -617,7 +616,9 @@ where
     // Control frames are compressed on the network, unless compression is turned off.
     let mut control_w = ControlTx::new(
         control_w,
-        matches!(wire, Wire::Quic) && opts.compress_level != Some(0),
+        Arc::new(AtomicBool::new(
+            matches!(wire, Wire::Quic) && opts.compress_level != Some(0),
+        )),
     );
     let mut s = Sender::new(root, opts.delete, opts.dry_run);
     let mut report = PushReport {
@@ -902,13 +903,14 @@ async fn refuse<CW: AsyncWrite + Unpin>(control_w: &mut CW, e: &PushError, peer:
     .await;
 }
 
-/// Runs the receiving side of one session into the prepared tree.
+/// Runs the receiving side of one session into the prepared tree; if preparing it failed,
+/// tells the sender why.
 async fn run_receiver<CR, CW, DR>(
     peer: &str,
-    prepared: Prepared,
+    prepared: Result<Prepared, PushError>,
     opts: &ReceiveOptions,
     control_r: CR,
-    control_w: CW,
+    mut control_w: CW,
     mut data: mpsc::Receiver<DR>,
 ) -> Result<(), PushError>
 where
@@ -920,12 +922,19 @@ where
         root,
         store,
         summary,
-    } = prepared;
+    } = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            refuse(&mut control_w, &e, peer).await;
+            let _ = control_w.shutdown().await;
+            return Err(e);
+        }
+    };
     let snap = store.snapshot()?;
     let target = Target::open(&root)?;
     let peer_packs = Arc::new(AtomicBool::new(false));
     let mut control = spawn_control_reader(control_r, peer, peer_packs.clone());
-    let mut control_w = ControlTx::following(control_w, peer_packs);
+    let mut control_w = ControlTx::new(control_w, peer_packs);
     let mut r = Receiver::new();
     let mut index: Option<HashMap<ChunkId, ChunkLoc>> = None;
     let mut parts: HashMap<FileKey, apply::PartFile> = HashMap::new();
@@ -1048,20 +1057,15 @@ fn decode_chunk(
     codec: Codec,
     data: Vec<u8>,
 ) -> Result<Verified, PushError> {
-    let raw = match codec {
-        Codec::Raw => data,
-        Codec::Zstd => {
-            stream
-                .decompress(&data, raw_len as usize)
-                .map_err(|_| PushError::BadChunk {
-                    peer: peer.to_string(),
-                    id: id.to_string(),
-                })?
-        }
-    };
     let bad = || PushError::BadChunk {
         peer: peer.to_string(),
         id: id.to_string(),
+    };
+    let raw = match codec {
+        Codec::Raw => data,
+        Codec::Zstd => stream
+            .decompress(&data, raw_len as usize)
+            .map_err(|_| bad())?,
     };
     if raw.len() != raw_len as usize {
         return Err(bad());
@@ -1259,15 +1263,16 @@ pub async fn push_local(
             // Dry run into a missing directory: compare against nothing.
             return Ok(());
         }
-        let peer = dest.display().to_string();
-        let mut rw = rw;
-        match prepare_receiver(&dest, &ropts).await {
-            Ok(prepared) => run_receiver(&peer, prepared, &ropts, rr, rw, data_rx).await,
-            Err(e) => {
-                refuse(&mut rw, &e, &peer).await;
-                Err(e)
-            }
-        }
+        let prepared = prepare_receiver(&dest, &ropts).await;
+        run_receiver(
+            &dest.display().to_string(),
+            prepared,
+            &ropts,
+            rr,
+            rw,
+            data_rx,
+        )
+        .await
     });
     let scanned = scan_source(src, home, &opts.scan).await;
     let (src_root, store, summary) = match scanned {
@@ -1422,16 +1427,7 @@ async fn serve_session(
     // Refresh the manifest now, while the sender scans; its first stream shows up only
     // once it sends `Hello`.
     let (prepared, streams) = tokio::join!(prepare_receiver(root, &opts), conn.accept_bi());
-    let (mut cw, cr) = streams.map_err(conn_err)?;
-    let prepared = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            refuse(&mut cw, &e, peer).await;
-            let _ = cw.finish();
-            let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
-            return Err(e);
-        }
-    };
+    let (cw, cr) = streams.map_err(conn_err)?;
     let (tx, rx) = mpsc::channel(DATA_STREAMS);
     let c = conn.clone();
     let accept_data = tokio::spawn(async move {
