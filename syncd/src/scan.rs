@@ -31,7 +31,7 @@ use rayon::prelude::*;
 
 use crate::chunk::{self, ChunkParams};
 use crate::manifest::store::{Record, Snapshot, Stat, Store, StoreError};
-use crate::manifest::{ChunkRef, Entry, FileNode, Hash, Kind, Node, join};
+use crate::manifest::{ChunkRef, Entry, FileNode, Hash, Kind, Node, join, parent};
 
 /// Files up to this size are read whole; larger ones are streamed in windows.
 const WHOLE_FILE: u64 = 16 << 20;
@@ -275,15 +275,6 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
             Leaf::KeptDir(None) => {
                 return Err(ScanError::NotStored(root.join(OsStr::from_bytes(&w.path))));
             }
-            Leaf::Kept { kind, hash, size } => {
-                if kind == Kind::File {
-                    b.summary.files += 1;
-                    b.summary.bytes += size;
-                } else {
-                    b.summary.symlinks += 1;
-                }
-                Entry { name, kind, hash }
-            }
             Leaf::Dir => {
                 stack.push(OpenDir {
                     path: w.path.clone(),
@@ -296,14 +287,14 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
                 warnings.push(warning);
                 continue;
             }
-            Leaf::Reused { hash, size } => {
-                b.summary.files += 1;
-                b.summary.bytes += size;
-                Entry {
-                    name,
-                    kind: Kind::File,
-                    hash,
+            Leaf::Reused { kind, hash, size } => {
+                if kind == Kind::File {
+                    b.summary.files += 1;
+                    b.summary.bytes += size;
+                } else {
+                    b.summary.symlinks += 1;
                 }
+                Entry { name, kind, hash }
             }
             Leaf::New(record) => {
                 let kind = record.node.kind();
@@ -437,13 +428,10 @@ enum Leaf {
     Dir,
     /// A directory not walked into ([`ScanOptions::changed_only`]): its stored hash.
     KeptDir(Option<Hash>),
-    /// A file or symlink taken as stored ([`ScanOptions::changed_only`]).
-    Kept {
-        kind: Kind,
-        hash: Hash,
-        size: u64,
-    },
+    /// A file or symlink whose stored record still holds: its stat matched, or it was
+    /// not looked at ([`ScanOptions::changed_only`]).
     Reused {
+        kind: Kind,
         hash: Hash,
         size: u64,
     },
@@ -453,11 +441,12 @@ enum Leaf {
 
 /// The stored hash of `path` from its parent's stored listing, if it is there as `kind`.
 fn listed(listings: &HashMap<Vec<u8>, Vec<Entry>>, path: &[u8], kind: Kind) -> Option<Hash> {
-    let cut = path.iter().rposition(|&c| c == b'/');
-    let (parent, name) = match cut {
-        Some(i) => (&path[..i], &path[i + 1..]),
-        None => (&path[..0], path),
-    };
+    let parent = parent(path);
+    let name = &path[if parent.is_empty() {
+        0
+    } else {
+        parent.len() + 1
+    }..];
     let entries = listings.get(parent)?;
     let i = entries
         .binary_search_by(|e| e.name.as_slice().cmp(name))
@@ -478,7 +467,7 @@ fn leaf(
     {
         return Ok(match w.kind {
             Kind::Dir => Leaf::KeptDir(Some(hash)),
-            kind => Leaf::Kept {
+            kind => Leaf::Reused {
                 kind,
                 hash,
                 size: 0,
@@ -496,7 +485,7 @@ fn leaf(
     Ok(match w.kind {
         Kind::Dir if w.kept => Leaf::KeptDir(snap.header(&w.path)?.map(|(hash, _)| hash)),
         Kind::File | Kind::Symlink if w.kept => match snap.header(&w.path)? {
-            Some((hash, stat)) => Leaf::Kept {
+            Some((hash, stat)) => Leaf::Reused {
                 kind: w.kind,
                 hash,
                 size: stat.size,
@@ -535,6 +524,7 @@ fn leaf(
                 && stat == w.stat
             {
                 return Ok(Leaf::Reused {
+                    kind: Kind::File,
                     hash,
                     size: stat.size,
                 });
@@ -741,16 +731,7 @@ impl Collector {
             && let Some(ft) = e.file_type()
         {
             // Untouched: its kind from the listing, its hash from the store.
-            let kind = if ft.is_dir() {
-                Some(Kind::Dir)
-            } else if ft.is_file() {
-                Some(Kind::File)
-            } else if ft.is_symlink() {
-                Some(Kind::Symlink)
-            } else {
-                None
-            };
-            if let Some(kind) = kind {
+            if let Some(kind) = kind_of(ft) {
                 self.walked.push(Walked {
                     path: path.to_vec(),
                     kind,
@@ -781,13 +762,7 @@ impl Collector {
             }
         };
         let ft = meta.file_type();
-        let kind = if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_file() {
-            Kind::File
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else {
+        let Some(kind) = kind_of(ft) else {
             let what = if ft.is_socket() {
                 "socket"
             } else if ft.is_fifo() {
@@ -813,6 +788,19 @@ impl Collector {
             self.flush();
         }
         WalkState::Continue
+    }
+}
+
+/// The manifest kind of a file type; `None` for sockets, fifos and devices.
+fn kind_of(ft: std::fs::FileType) -> Option<Kind> {
+    if ft.is_dir() {
+        Some(Kind::Dir)
+    } else if ft.is_file() {
+        Some(Kind::File)
+    } else if ft.is_symlink() {
+        Some(Kind::Symlink)
+    } else {
+        None
     }
 }
 
