@@ -374,10 +374,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Removes the directory tree at `abs` (without following symlinks in it), making `target`
+/// forget the directories it had checked: they may have been inside. Only a directory's
+/// removal can invalidate them.
+fn remove_tree(target: &Target, abs: &Path) -> io::Result<()> {
+    target.forget_dirs();
+    let removed = fs::remove_dir_all(abs);
+    target.forget_dirs();
+    removed
+}
+
 /// Removes whatever is at `abs` (a directory tree, without following symlinks in it).
-fn remove_any(abs: &Path, rel: &[u8]) -> Result<(), ApplyError> {
+fn remove_any(target: &Target, abs: &Path, rel: &[u8]) -> Result<(), ApplyError> {
     let result = match fs::symlink_metadata(abs) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(abs),
+        Ok(m) if m.is_dir() => remove_tree(target, abs),
         Ok(_) => fs::remove_file(abs),
         Err(e) => Err(e),
     };
@@ -387,17 +397,12 @@ fn remove_any(abs: &Path, rel: &[u8]) -> Result<(), ApplyError> {
     }
 }
 
-/// Removes a directory tree at `abs` so that a non-directory can be renamed there, and makes
-/// `target` forget the directories it had checked (they may have been inside). Anything else
-/// is left for `rename` to replace atomically, and the checked directories stay valid.
+/// Removes a directory tree at `abs` so that a non-directory can be renamed there. Anything
+/// else is left for `rename` to replace atomically.
 fn clear_dir(target: &Target, abs: &Path, rel: &[u8]) -> Result<(), ApplyError> {
     match fs::symlink_metadata(abs) {
         Ok(m) if m.is_dir() => {
-            target.forget_dirs();
-            let removed =
-                fs::remove_dir_all(abs).map_err(|e| io_err(rel, "remove directory tree at", e));
-            target.forget_dirs();
-            removed
+            remove_tree(target, abs).map_err(|e| io_err(rel, "remove directory tree at", e))
         }
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -674,7 +679,7 @@ impl Target {
                     // by a failed `finish`, or linked to another name (writing would
                     // change that file too). Start over.
                     _ => {
-                        remove_any(&part, rel)?;
+                        remove_any(self, &part, rel)?;
                         (create()?, false)
                     }
                 }
@@ -715,7 +720,7 @@ impl Target {
         let tmp = self
             .abs(parent(rel))
             .join(OsStr::from_bytes(&part_name(file_name(rel), &tag)));
-        remove_any(&tmp, rel)?;
+        remove_any(self, &tmp, rel)?;
         std::os::unix::fs::symlink(OsStr::from_bytes(target), &tmp)
             .map_err(|e| io_err(rel, "create symlink", e))?;
         let mut guard = TempName(Some(&tmp));
@@ -844,18 +849,7 @@ impl Target {
     pub fn remove(&self, rel: &[u8]) -> Result<(), ApplyError> {
         Self::check_entry(rel)?;
         match self.existing(rel)? {
-            Some(abs) => {
-                // Only a directory's removal can invalidate checked ancestors.
-                let dir = fs::symlink_metadata(&abs).is_ok_and(|m| m.is_dir());
-                if dir {
-                    self.forget_dirs();
-                }
-                let removed = remove_any(&abs, rel);
-                if dir {
-                    self.forget_dirs();
-                }
-                removed
-            }
+            Some(abs) => remove_any(self, &abs, rel),
             None => Ok(()),
         }
     }
@@ -886,7 +880,7 @@ impl Target {
         let tmp = self
             .abs(parent(rel))
             .join(OsStr::from_bytes(&part_name(file_name(rel), &tag)));
-        remove_any(&tmp, rel)?;
+        remove_any(self, &tmp, rel)?;
         fs::hard_link(&src, &tmp).map_err(|e| io_err(rel, "create hard link", e))?;
         // Also removes `tmp` if `rename` found both names on one inode and did nothing.
         let _guard = TempName(Some(&tmp));
@@ -954,7 +948,7 @@ impl Target {
             let name = entry.file_name();
             if is_part_file(name.as_bytes()) {
                 let rel = crate::manifest::join(dir_rel, name.as_bytes());
-                remove_any(&entry.path(), &rel)?;
+                remove_any(self, &entry.path(), &rel)?;
                 removed += 1;
             }
         }
