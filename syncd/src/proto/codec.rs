@@ -398,43 +398,36 @@ impl ChunkHead {
     /// Decodes the head of a frame body of `body_len` bytes (checked with [`check_len`])
     /// that starts with `head`: only a chunk frame, exactly as [`decode_body`] accepts it.
     pub fn decode(body_len: usize, head: &[u8; CHUNK_HEAD]) -> Result<ChunkHead, FrameError> {
-        let bad = |reason: String| FrameError::Malformed {
+        let mut r = R {
+            b: head,
             frame: "chunk",
-            reason,
         };
-        if head[0] != tag::CHUNK {
-            return Err(bad(format!(
-                "frame tag {} where a chunk was expected",
-                head[0]
-            )));
+        let t = r.u8()?;
+        if t != tag::CHUNK {
+            return Err(r.bad(format!("frame tag {t} where a chunk was expected")));
         }
-        let u32_at =
-            |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
-        let mut id = [0u8; 32];
-        id.copy_from_slice(&head[1..33]);
-        let raw_len = u32_at(33);
-        let codec = match head[37] {
+        let id = ChunkId(r.array()?);
+        let raw_len = r.u32()?;
+        let codec = match r.u8()? {
             0 => Codec::Raw,
             1 => Codec::Zstd,
-            c => return Err(bad(format!("unknown codec {c}"))),
+            c => return Err(r.bad(format!("unknown codec {c}"))),
         };
-        let data_len = u32_at(38) as usize;
+        let data_len = r.u32()? as usize;
         if body_len.checked_sub(CHUNK_HEAD) != Some(data_len) {
-            return Err(bad(format!(
+            return Err(r.bad(format!(
                 "{data_len} bytes of data in a frame of {body_len} bytes"
             )));
         }
         if codec == Codec::Raw && data_len != raw_len as usize {
-            return Err(bad("raw chunk length mismatch".into()));
+            return Err(r.bad("raw chunk length mismatch".into()));
         }
         // What a compressed chunk may decode to is bounded like a frame.
         if raw_len as usize > MAX_FRAME {
-            return Err(bad(format!(
-                "chunk of {raw_len} bytes exceeds the frame limit"
-            )));
+            return Err(r.bad(format!("chunk of {raw_len} bytes exceeds the frame limit")));
         }
         Ok(ChunkHead {
-            id: ChunkId(id),
+            id,
             raw_len,
             codec,
             data_len,

@@ -471,6 +471,21 @@ pub struct Receiver {
     touched: Vec<Vec<u8>>,
 }
 
+/// Records that chunk `index` of file `key` waits for chunk `id`; the first waiter of an id
+/// asks the sender for it.
+fn wait_for(
+    waiters: &mut HashMap<ChunkId, Vec<(FileKey, usize)>>,
+    want: &mut Vec<ChunkId>,
+    id: ChunkId,
+    waiter: (FileKey, usize),
+) {
+    let waiting = waiters.entry(id).or_default();
+    if waiting.is_empty() {
+        want.push(id);
+    }
+    waiting.push(waiter);
+}
+
 /// A hard link to make: (new path, existing path).
 type LinkTo = (Vec<u8>, Vec<u8>);
 
@@ -813,7 +828,6 @@ impl Receiver {
             return;
         };
         f.started = true;
-        let mut want = Vec::new();
         let chunks = f.node.chunks.clone();
         for (i, c) in chunks.iter().enumerate() {
             if present.get(i).copied().unwrap_or(false) {
@@ -831,13 +845,8 @@ impl Receiver {
                 });
                 continue;
             }
-            let waiting = self.waiters.entry(c.id).or_default();
-            if waiting.is_empty() {
-                want.push(c.id);
-            }
-            waiting.push((key, i));
+            wait_for(&mut self.waiters, &mut self.want, c.id, (key, i));
         }
-        self.want.extend(want);
         self.maybe_finish(key);
     }
 
@@ -852,11 +861,7 @@ impl Receiver {
         else {
             return;
         };
-        let waiting = self.waiters.entry(id).or_default();
-        if waiting.is_empty() {
-            self.want.push(id);
-        }
-        waiting.push((key, index));
+        wait_for(&mut self.waiters, &mut self.want, id, (key, index));
     }
 
     /// A verified chunk arrived from the sender.
