@@ -532,26 +532,58 @@ fn disk_full_is_a_clear_error_with_no_partial_file() {
     );
 }
 
+/// 64 MiB of incompressible files in `src` (8 of 8 MiB, from `seed`), for pushes that are
+/// interrupted mid-way.
+fn big_source(src: &Path, seed: u64) {
+    for i in 0..8 {
+        write(src, &format!("f{i}"), &noise(8 << 20, seed + i));
+    }
+}
+
+/// A push of `src` to `addr` slowed to 80 Mbit/s (~6 s for [`big_source`]), so that it is
+/// surely mid-way when the test interrupts it.
+fn slow_push(sender: &Env, src: &Path, addr: &str, rid: &str) -> Child {
+    sender
+        .cmd()
+        .arg("push")
+        .arg(src)
+        .arg(addr)
+        .args(["--peer-id", rid, "--bwlimit", "80M", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// After an interrupted push: the next one succeeds, reuses chunks that arrived before
+/// the interruption, and leaves `dst` equal to `src` (`diff -r` and `syncd diff`).
+fn next_push_resumes(
+    sender: &Env,
+    receiver: &Env,
+    src: &Path,
+    dst: &Path,
+    server: &Server,
+    rid: &str,
+) {
+    let (rc, v, err) = push_json(sender, src, &server.addr, &["--peer-id", rid]);
+    assert_eq!(rc, 0, "{err}\n{}", server.log());
+    assert!(
+        v["chunks_deduplicated"].as_u64().unwrap() > 0,
+        "what arrived before the interruption was reused: {v}"
+    );
+    assert_trees_equal(src, dst);
+    let o = receiver.syncd(&[&"diff", &src, &dst]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+}
+
 #[test]
 fn receiver_killed_mid_push_resumes_and_converges() {
     let (sender, receiver) = (Env::new(), Env::new());
     let (sid, rid) = (init(&sender), init(&receiver));
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    for i in 0..8 {
-        write(src.path(), &format!("f{i}"), &noise(8 << 20, 100 + i));
-    }
+    big_source(src.path(), 100);
     let mut server = Server::start(&receiver, dst.path(), &sid);
-    // Slow the push down so that it is surely mid-way when the receiver dies.
-    let push = sender
-        .cmd()
-        .arg("push")
-        .arg(src.path())
-        .arg(&server.addr)
-        .args(["--peer-id", &rid, "--bwlimit", "80M", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let push = slow_push(&sender, src.path(), &server.addr, &rid);
     std::thread::sleep(Duration::from_millis(3500));
     server.child.kill().unwrap();
     server.child.wait().unwrap();
@@ -569,15 +601,7 @@ fn receiver_killed_mid_push_resumes_and_converges() {
     );
     // Restart; the push resumes and only sends what is missing.
     let server = Server::start(&receiver, dst.path(), &sid);
-    let (rc, v, err) = push_json(&sender, src.path(), &server.addr, &["--peer-id", &rid]);
-    assert_eq!(rc, 0, "{err}\n{}", server.log());
-    assert!(
-        v["chunks_deduplicated"].as_u64().unwrap() > 0,
-        "received chunks were reused: {v}"
-    );
-    assert_trees_equal(src.path(), dst.path());
-    let o = receiver.syncd(&[&"diff", &src.path(), &dst.path()]);
-    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    next_push_resumes(&sender, &receiver, src.path(), dst.path(), &server, &rid);
 }
 
 /// Every final (non-part) file in `dst` equals its source; returns how many there are.
@@ -603,21 +627,10 @@ fn network_cut_mid_push_fails_cleanly_and_the_next_push_resumes() {
     let (sender, receiver) = (Env::new(), Env::new());
     let (sid, rid) = (init(&sender), init(&receiver));
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    for i in 0..8 {
-        write(src.path(), &format!("f{i}"), &noise(8 << 20, 300 + i));
-    }
+    big_source(src.path(), 300);
     let server = Server::start(&receiver, dst.path(), &sid);
     let relay = Relay::start(&server.addr);
-    let push = sender
-        .cmd()
-        .arg("push")
-        .arg(src.path())
-        .arg(relay.addr.to_string())
-        .args(["--peer-id", &rid, "--bwlimit", "80M", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let push = slow_push(&sender, src.path(), &relay.addr.to_string(), &rid);
     std::thread::sleep(Duration::from_millis(3000));
     relay.cut();
     // Neither side hears from the other again: the push gives up after the idle timeout.
@@ -632,15 +645,7 @@ fn network_cut_mid_push_fails_cleanly_and_the_next_push_resumes() {
     );
     // The receiver gives the session up too, and keeps serving.
     server.wait_log("failed");
-    let (rc, v, err) = push_json(&sender, src.path(), &server.addr, &["--peer-id", &rid]);
-    assert_eq!(rc, 0, "{err}\n{}", server.log());
-    assert!(
-        v["chunks_deduplicated"].as_u64().unwrap() > 0,
-        "what arrived before the cut was reused: {v}"
-    );
-    assert_trees_equal(src.path(), dst.path());
-    let o = receiver.syncd(&[&"diff", &src.path(), &dst.path()]);
-    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    next_push_resumes(&sender, &receiver, src.path(), dst.path(), &server, &rid);
 }
 
 #[test]
@@ -648,20 +653,9 @@ fn sender_killed_mid_push_leaves_no_torn_file_and_the_next_push_resumes() {
     let (sender, receiver) = (Env::new(), Env::new());
     let (sid, rid) = (init(&sender), init(&receiver));
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    for i in 0..8 {
-        write(src.path(), &format!("f{i}"), &noise(8 << 20, 500 + i));
-    }
+    big_source(src.path(), 500);
     let server = Server::start(&receiver, dst.path(), &sid);
-    let mut push = sender
-        .cmd()
-        .arg("push")
-        .arg(src.path())
-        .arg(&server.addr)
-        .args(["--peer-id", &rid, "--bwlimit", "80M", "--json"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut push = slow_push(&sender, src.path(), &server.addr, &rid);
     std::thread::sleep(Duration::from_millis(3000));
     push.kill().unwrap();
     push.wait().unwrap();
@@ -672,16 +666,8 @@ fn sender_killed_mid_push_leaves_no_torn_file_and_the_next_push_resumes() {
     // The receiver notices the silence (after its idle timeout: the next push waits for
     // that session to end, sessions are serialised), gives it up and keeps serving; the
     // next push reuses what arrived.
-    let (rc, v, err) = push_json(&sender, src.path(), &server.addr, &["--peer-id", &rid]);
-    assert_eq!(rc, 0, "{err}\n{}", server.log());
+    next_push_resumes(&sender, &receiver, src.path(), dst.path(), &server, &rid);
     assert!(server.log().contains("failed"), "{}", server.log());
-    assert!(
-        v["chunks_deduplicated"].as_u64().unwrap() > 0,
-        "what arrived before the kill was reused: {v}"
-    );
-    assert_trees_equal(src.path(), dst.path());
-    let o = receiver.syncd(&[&"diff", &src.path(), &dst.path()]);
-    assert_eq!(code(&o), 0, "{}", stdout(&o));
 }
 
 #[test]
