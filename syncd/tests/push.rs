@@ -413,8 +413,7 @@ fn malicious(
 
 #[test]
 fn malicious_frames_are_refused_and_nothing_escapes_the_root() {
-    use syncd::manifest::Node;
-    use syncd::proto::codec::{Frame, Meta, NodeItem};
+    use syncd::proto::codec::{Frame, Meta, NodeItem, Offered};
     let (sender, receiver) = (Env::new(), Env::new());
     let (sid, rid) = (init(&sender), init(&receiver));
     let outer = tempfile::tempdir().unwrap();
@@ -428,7 +427,7 @@ fn malicious_frames_are_refused_and_nothing_escapes_the_root() {
             Frame::Nodes {
                 items: vec![NodeItem {
                     path: path.to_vec(),
-                    node: Node::Symlink {
+                    node: Offered::Symlink {
                         target: b"/etc/passwd".to_vec(),
                     },
                     meta: Meta::default(),

@@ -34,7 +34,20 @@ impl Hash {
     pub fn to_hex(&self) -> String {
         self.to_string()
     }
+
+    /// The first 8 bytes, as directory listings on the wire carry them.
+    pub fn short(&self) -> ShortHash {
+        let mut s = [0u8; 8];
+        s.copy_from_slice(&self.0[..8]);
+        ShortHash(s)
+    }
 }
+
+/// The first 8 bytes of a [`Hash`]: enough to tell a changed child from an unchanged one
+/// (a chance collision, 2^-64 per compared child, cannot go unnoticed: the receiver's root
+/// would not equal the sender's), a quarter of the bytes of a whole hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ShortHash(pub [u8; 8]);
 
 impl fmt::Display for Hash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -63,14 +76,16 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn tag(self) -> u8 {
+    /// The kind's tag in encodings.
+    pub(crate) fn tag(self) -> u8 {
         match self {
             Kind::File => 1,
             Kind::Symlink => 2,
             Kind::Dir => 3,
         }
     }
-    fn from_tag(tag: u8) -> Option<Kind> {
+    /// The kind of an encoding's tag.
+    pub(crate) fn from_tag(tag: u8) -> Option<Kind> {
         match tag {
             1 => Some(Kind::File),
             2 => Some(Kind::Symlink),
@@ -180,6 +195,28 @@ pub fn check_name(name: &[u8]) -> Result<(), DecodeError> {
     Ok(())
 }
 
+impl FileNode {
+    /// The canonical encoding of [`Node::File`] holding this.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.push(Kind::File.tag());
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&self.mode.to_le_bytes());
+        out.extend_from_slice(&self.mtime_ns.to_le_bytes());
+        out.extend_from_slice(&(self.chunks.len() as u32).to_le_bytes());
+        for c in &self.chunks {
+            out.extend_from_slice(&c.id.0);
+            out.extend_from_slice(&c.len.to_le_bytes());
+        }
+    }
+}
+
+/// The canonical encoding of [`Node::Symlink`] with this target.
+pub fn encode_symlink(target: &[u8], out: &mut Vec<u8>) {
+    out.push(Kind::Symlink.tag());
+    out.extend_from_slice(&(target.len() as u32).to_le_bytes());
+    out.extend_from_slice(target);
+}
+
 /// Decoding stops early rather than allocate for counts the input cannot hold.
 const FILE_CHUNK_BYTES: usize = 32 + 4;
 const DIR_ENTRY_MIN_BYTES: usize = 4 + 1 + 32;
@@ -196,23 +233,11 @@ impl Node {
 
     /// Canonical encoding (little-endian, length-prefixed). The hash is taken over this.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.push(self.kind().tag());
         match self {
-            Node::File(f) => {
-                out.extend_from_slice(&f.size.to_le_bytes());
-                out.extend_from_slice(&f.mode.to_le_bytes());
-                out.extend_from_slice(&f.mtime_ns.to_le_bytes());
-                out.extend_from_slice(&(f.chunks.len() as u32).to_le_bytes());
-                for c in &f.chunks {
-                    out.extend_from_slice(&c.id.0);
-                    out.extend_from_slice(&c.len.to_le_bytes());
-                }
-            }
-            Node::Symlink { target } => {
-                out.extend_from_slice(&(target.len() as u32).to_le_bytes());
-                out.extend_from_slice(target);
-            }
+            Node::File(f) => f.encode(out),
+            Node::Symlink { target } => encode_symlink(target, out),
             Node::Dir { mode, entries } => {
+                out.push(Kind::Dir.tag());
                 out.extend_from_slice(&mode.to_le_bytes());
                 out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
                 for e in entries {

@@ -7,11 +7,14 @@
 //! "Need more bytes" is `Ok(None)`, not an error.
 
 use crate::chunk::ChunkId;
-use crate::manifest::{DecodeError, Hash, Node, check_name};
+use crate::manifest::{
+    DecodeError, FileNode, Hash, Kind, Node, ShortHash, check_name, encode_symlink,
+};
 
 /// Protocol version spoken by this build. 2: a compressed chunk is the next part of its
-/// data stream's zstd stream ([`super::stream`]), not a zstd frame of its own.
-pub const VERSION: u32 = 2;
+/// data stream's zstd stream ([`super::stream`]), not a zstd frame of its own. 3: directories
+/// travel as [`Offered::Dir`] listings with [`ShortHash`]es.
+pub const VERSION: u32 = 3;
 
 /// Largest frame (tag + payload) either side accepts: a directory node of ~1M entries.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -43,13 +46,162 @@ pub struct Meta {
     pub link_to: Option<Vec<u8>>,
 }
 
+/// A directory child as the sender lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The name (a single valid component).
+    pub name: Vec<u8>,
+    /// What the child is.
+    pub kind: Kind,
+    /// The first 8 bytes of the child's node hash.
+    pub hash: ShortHash,
+}
+
+/// A node as the sender offers it. Files and symlinks travel whole (the receiver needs
+/// their chunk ids and targets). A directory travels as a listing whose child hashes are
+/// shortened to 8 bytes: the receiver only compares them with its own to decide where to
+/// descend, and a whole hash per child was most of the bytes of a small change in a large
+/// tree. The directory's own hash is never needed: the receiver computes its root from
+/// what it wrote, and `push` compares that with the sender's whole root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Offered {
+    /// A regular file.
+    File(FileNode),
+    /// A symlink and its target.
+    Symlink {
+        /// The target, unresolved.
+        target: Vec<u8>,
+    },
+    /// A directory: its mode and children, strictly ascending by name.
+    Dir {
+        /// Permission bits.
+        mode: u32,
+        /// Children.
+        entries: Vec<Listed>,
+    },
+}
+
+impl Offered {
+    /// The node's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Offered::File(_) => Kind::File,
+            Offered::Symlink { .. } => Kind::Symlink,
+            Offered::Dir { .. } => Kind::Dir,
+        }
+    }
+
+    /// True if `node` is this offer: equal files or symlinks, or a directory with the same
+    /// mode whose children have the same names, kinds and (short) hashes.
+    pub fn matches(&self, node: &Node) -> bool {
+        match (self, node) {
+            (Offered::File(a), Node::File(b)) => a == b,
+            (Offered::Symlink { target: a }, Node::Symlink { target: b }) => a == b,
+            (
+                Offered::Dir { mode, entries },
+                Node::Dir {
+                    mode: m,
+                    entries: es,
+                },
+            ) => {
+                mode == m
+                    && entries.len() == es.len()
+                    && entries.iter().zip(es).all(|(a, b)| {
+                        a.name == b.name && a.kind == b.kind && a.hash == b.hash.short()
+                    })
+            }
+            _ => false,
+        }
+    }
+
+    /// Appends the offer, length-prefixed: a file or symlink as its canonical node
+    /// encoding, a directory as a listing that starts with the directory tag.
+    fn encode(&self, out: &mut Vec<u8>) {
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        match self {
+            Offered::File(f) => f.encode(out),
+            Offered::Symlink { target } => encode_symlink(target, out),
+            Offered::Dir { mode, entries } => {
+                out.push(Kind::Dir.tag());
+                out.extend_from_slice(&mode.to_le_bytes());
+                out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+                for e in entries {
+                    put_bytes(out, &e.name);
+                    out.push(e.kind.tag());
+                    out.extend_from_slice(&e.hash.0);
+                }
+            }
+        }
+        let len = (out.len() - at - 4) as u32;
+        out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+
+    /// Decodes what [`Offered::encode`] wrote: a whole file or symlink node, or a listing.
+    fn decode(bytes: &[u8], path: &[u8]) -> Result<Offered, FrameError> {
+        let node_err = |source| FrameError::Node {
+            path: String::from_utf8_lossy(path).into_owned(),
+            source,
+        };
+        if bytes.first() != Some(&Kind::Dir.tag()) {
+            return match Node::decode(bytes).map_err(node_err)? {
+                Node::File(f) => Ok(Offered::File(f)),
+                Node::Symlink { target } => Ok(Offered::Symlink { target }),
+                Node::Dir { .. } => Err(node_err(DecodeError::BadTag(Kind::Dir.tag()))),
+            };
+        }
+        let mut r = R {
+            b: &bytes[1..],
+            frame: "nodes",
+        };
+        let mode = r.u32()?;
+        let n = r.count(4 + 1 + 8)?;
+        let mut entries: Vec<Listed> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = r.bytes()?.to_vec();
+            check_name(&name).map_err(node_err)?;
+            let tag = r.u8()?;
+            let kind = Kind::from_tag(tag).ok_or_else(|| node_err(DecodeError::BadTag(tag)))?;
+            let hash = ShortHash(r.array()?);
+            if entries.last().is_some_and(|prev| prev.name >= name) {
+                return Err(node_err(DecodeError::Unsorted));
+            }
+            entries.push(Listed { name, kind, hash });
+        }
+        if !r.b.is_empty() {
+            return Err(node_err(DecodeError::Trailing(r.b.len())));
+        }
+        Ok(Offered::Dir { mode, entries })
+    }
+}
+
+impl From<Node> for Offered {
+    fn from(node: Node) -> Offered {
+        match node {
+            Node::File(f) => Offered::File(f),
+            Node::Symlink { target } => Offered::Symlink { target },
+            Node::Dir { mode, entries } => Offered::Dir {
+                mode,
+                entries: entries
+                    .into_iter()
+                    .map(|e| Listed {
+                        hash: e.hash.short(),
+                        name: e.name,
+                        kind: e.kind,
+                    })
+                    .collect(),
+            },
+        }
+    }
+}
+
 /// A node offered by the sender, with its path and metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeItem {
     /// Relative path (the root is empty).
     pub path: Vec<u8>,
     /// The node.
-    pub node: Node,
+    pub node: Offered,
     /// Metadata not covered by the node hash.
     pub meta: Meta,
 }
@@ -235,7 +387,7 @@ impl Frame {
                 out.extend_from_slice(&(items.len() as u32).to_le_bytes());
                 for it in items {
                     put_bytes(out, &it.path);
-                    put_bytes(out, &it.node.to_bytes());
+                    it.node.encode(out);
                     out.extend_from_slice(&it.meta.mtime_ns.to_le_bytes());
                     out.extend_from_slice(&it.meta.uid.to_le_bytes());
                     out.extend_from_slice(&it.meta.gid.to_le_bytes());
@@ -496,10 +648,7 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
             let mut items = Vec::with_capacity(n);
             for _ in 0..n {
                 let path = r.path()?;
-                let node = Node::decode(r.bytes()?).map_err(|source| FrameError::Node {
-                    path: String::from_utf8_lossy(&path).into_owned(),
-                    source,
-                })?;
+                let node = Offered::decode(r.bytes()?, &path)?;
                 let mtime_ns = r.u64()? as i64;
                 let uid = r.u32()?;
                 let gid = r.u32()?;

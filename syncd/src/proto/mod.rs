@@ -27,7 +27,9 @@ pub mod stream;
 
 use std::collections::{HashMap, VecDeque};
 
-pub use codec::{Codec, Frame, FrameError, MAX_FRAME, Meta, NodeItem, Totals, VERSION};
+pub use codec::{
+    Codec, Frame, FrameError, Listed, MAX_FRAME, Meta, NodeItem, Offered, Totals, VERSION,
+};
 
 use crate::chunk::{ChunkId, Verified};
 use crate::manifest::{ChangeKind, FileNode, Hash, Node, Nodes, join};
@@ -218,7 +220,7 @@ impl Sender {
                     size += path.len() + 64 + node_size_hint(&node);
                     items.push(NodeItem {
                         path,
-                        node,
+                        node: node.into(),
                         meta: m,
                     });
                     if size >= codec::BATCH_BYTES {
@@ -276,7 +278,7 @@ impl Sender {
                 self.out.push_back(SenderEvent::Send(Frame::Nodes {
                     items: vec![NodeItem {
                         path,
-                        node: Node::File(node),
+                        node: Offered::File(node),
                         meta,
                     }],
                 }));
@@ -297,7 +299,7 @@ fn node_size_hint(node: &Node) -> usize {
     match node {
         Node::File(f) => f.chunks.len() * 36,
         Node::Symlink { target } => target.len(),
-        Node::Dir { entries, .. } => entries.iter().map(|e| e.name.len() + 40).sum(),
+        Node::Dir { entries, .. } => entries.iter().map(|e| e.name.len() + 4 + 1 + 8).sum(),
     }
 }
 
@@ -690,10 +692,10 @@ impl Receiver {
             let marker = match &mine {
                 None => Some(ChangeKind::Added),
                 Some(_) if retyped => Some(ChangeKind::TypeChanged),
-                Some(m) if *m == node => None,
+                Some(m) if node.matches(m) => None,
                 Some(Node::Dir { .. }) => None, // its children tell
                 Some(Node::File(a)) => match &node {
-                    Node::File(b) if a.chunks == b.chunks => Some(ChangeKind::Metadata),
+                    Offered::File(b) if a.chunks == b.chunks => Some(ChangeKind::Metadata),
                     _ => Some(ChangeKind::Modified),
                 },
                 Some(_) => Some(ChangeKind::Modified),
@@ -701,14 +703,14 @@ impl Receiver {
             if let Some(m) = marker {
                 self.report.push((m.marker() as u8, path.clone()));
             }
-            if let (Node::Dir { entries, .. }, Some(Node::Dir { entries: old, .. })) =
+            if let (Offered::Dir { entries, .. }, Some(Node::Dir { entries: old, .. })) =
                 (&node, &mine)
             {
                 for e in entries {
                     let same = old
                         .binary_search_by(|o| o.name.as_slice().cmp(&e.name))
                         .ok()
-                        .is_some_and(|i| old[i].hash == e.hash && old[i].kind == e.kind);
+                        .is_some_and(|i| old[i].hash.short() == e.hash && old[i].kind == e.kind);
                     if !same {
                         fetch.push(join(&path, &e.name));
                     }
@@ -730,11 +732,11 @@ impl Receiver {
             self.totals.removed += 1;
             self.out.push_back(Action::Remove { path: path.clone() });
         }
-        if !matches!(node, Node::Dir { .. }) {
+        if !matches!(node, Offered::Dir { .. }) {
             self.touched.push(path.clone());
         }
         match node {
-            Node::Dir { mode, entries } => {
+            Offered::Dir { mode, entries } => {
                 let old = match &mine {
                     Some(Node::Dir { entries, .. }) if !retyped => Some(entries),
                     _ => None,
@@ -750,7 +752,7 @@ impl Receiver {
                     let same = old.is_some_and(|old| {
                         old.binary_search_by(|o| o.name.as_slice().cmp(&e.name))
                             .ok()
-                            .is_some_and(|i| old[i].hash == e.hash && old[i].kind == e.kind)
+                            .is_some_and(|i| old[i].hash.short() == e.hash && old[i].kind == e.kind)
                     });
                     if !same {
                         fetch.push(join(&path, &e.name));
@@ -770,10 +772,10 @@ impl Receiver {
                 }
                 self.dirs.push((path, mode, meta));
             }
-            Node::Symlink { target } => {
+            Offered::Symlink { target } => {
                 self.out.push_back(Action::Symlink { path, target, meta });
             }
-            Node::File(f) => {
+            Offered::File(f) => {
                 if let Some(to) = meta.link_to.clone() {
                     // A hard link of a path offered earlier in this push: link once that
                     // one is in place.

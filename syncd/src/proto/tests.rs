@@ -379,17 +379,51 @@ fn every_frame_round_trips() {
             paths: vec![vec![], b"a/b".to_vec(), vec![0xff]],
         },
         Frame::Nodes {
-            items: vec![NodeItem {
-                path: b"a".to_vec(),
-                node,
-                meta: Meta {
-                    mtime_ns: -5,
-                    uid: 1,
-                    gid: 2,
-                    xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
-                    link_to: Some(b"b/c".to_vec()),
+            items: vec![
+                NodeItem {
+                    path: b"a".to_vec(),
+                    node: node.into(),
+                    meta: Meta {
+                        mtime_ns: -5,
+                        uid: 1,
+                        gid: 2,
+                        xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
+                        link_to: Some(b"b/c".to_vec()),
+                    },
                 },
-            }],
+                NodeItem {
+                    path: b"f".to_vec(),
+                    node: Offered::File(FileNode {
+                        size: 3,
+                        mode: 0o644,
+                        mtime_ns: 7,
+                        chunks: vec![crate::manifest::ChunkRef {
+                            id: ChunkId([4; 32]),
+                            len: 3,
+                        }],
+                    }),
+                    meta: Meta::default(),
+                },
+                NodeItem {
+                    path: Vec::new(),
+                    node: Offered::Dir {
+                        mode: 0o755,
+                        entries: vec![
+                            Listed {
+                                name: b"a".to_vec(),
+                                kind: crate::manifest::Kind::Symlink,
+                                hash: Hash([5; 32]).short(),
+                            },
+                            Listed {
+                                name: vec![0xff],
+                                kind: crate::manifest::Kind::Dir,
+                                hash: Hash([6; 32]).short(),
+                            },
+                        ],
+                    },
+                    meta: Meta::default(),
+                },
+            ],
         },
         Frame::Vanished {
             path: b"x".to_vec(),
@@ -558,7 +592,7 @@ fn traversal_paths_are_refused_by_the_decoder() {
             Frame::Nodes {
                 items: vec![NodeItem {
                     path: bad.to_vec(),
-                    node: Node::Symlink { target: vec![] },
+                    node: Node::Symlink { target: vec![] }.into(),
                     meta: Meta::default(),
                 }],
             },
@@ -567,6 +601,64 @@ fn traversal_paths_are_refused_by_the_decoder() {
             assert!(err.to_string().contains("unsafe path"), "{bad:?}: {err}");
         }
     }
+}
+
+#[test]
+fn directory_listings_are_canonical_and_never_whole_directories() {
+    use crate::manifest::{Entry, Kind};
+    let item = |node: Offered| Frame::Nodes {
+        items: vec![NodeItem {
+            path: b"d".to_vec(),
+            node,
+            meta: Meta::default(),
+        }],
+    };
+    let listed = |name: &[u8]| Listed {
+        name: name.to_vec(),
+        kind: Kind::File,
+        hash: Hash([1; 32]).short(),
+    };
+    for (entries, want) in [
+        (vec![listed(b"b"), listed(b"a")], "not sorted"),
+        (vec![listed(b"a"), listed(b"a")], "not sorted"),
+        (vec![listed(b"..")], "invalid entry name"),
+        (vec![listed(b"a/b")], "invalid entry name"),
+    ] {
+        let err = decode(&item(Offered::Dir { mode: 0, entries }).to_bytes()).unwrap_err();
+        assert!(err.to_string().contains(want), "{err}");
+    }
+    // A directory node with whole hashes is not a listing: it does not decode as one.
+    let whole = Node::Dir {
+        mode: 0o755,
+        entries: vec![Entry {
+            name: b"a".to_vec(),
+            kind: Kind::File,
+            hash: Hash([1; 32]),
+        }],
+    };
+    let mut body = vec![5];
+    body.extend_from_slice(&1u32.to_le_bytes());
+    body.extend_from_slice(&1u32.to_le_bytes());
+    body.push(b'd');
+    let bytes = whole.to_bytes();
+    body.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    body.extend_from_slice(&bytes);
+    body.extend_from_slice(&[0; 8 + 4 + 4 + 4 + 1]);
+    assert!(codec::decode_body(&body).is_err());
+    // What the receiver compares: names, kinds and short hashes, and the mode.
+    let listing = Offered::from(whole.clone());
+    assert!(listing.matches(&whole));
+    let Node::Dir { mut entries, mode } = whole.clone() else {
+        unreachable!()
+    };
+    entries[0].hash.0[31] ^= 1; // beyond the short hash: not seen
+    assert!(listing.matches(&Node::Dir {
+        mode,
+        entries: entries.clone()
+    }));
+    entries[0].hash.0[0] ^= 1;
+    assert!(!listing.matches(&Node::Dir { mode, entries }));
+    assert!(!listing.matches(&Node::Symlink { target: vec![] }));
 }
 
 #[test]
