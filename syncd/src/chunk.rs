@@ -151,6 +151,11 @@ impl Verified {
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+
+    /// The bytes, owned.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
 }
 
 impl fmt::Debug for Verified {

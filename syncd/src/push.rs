@@ -29,6 +29,7 @@ use crate::manifest::store::{Opened, Snapshot, Store};
 use crate::manifest::{Hash, Node};
 use crate::proto::adapt::Adapt;
 use crate::proto::codec::{self, ChunkHead, Codec, Frame, FrameError};
+use crate::proto::delta::{self, Signature};
 use crate::proto::stream::{self, StreamDecoder, StreamEncoder};
 use crate::proto::{Action, ChunkLoc, FileKey, Meta, ProtoError, Receiver, Sender, SenderEvent};
 use crate::scan::{self, ScanOptions, Summary};
@@ -421,6 +422,7 @@ struct SendStats {
 struct Job {
     id: ChunkId,
     loc: ChunkLoc,
+    against: Option<Signature>,
 }
 
 /// Reads one chunk from the source, or says the file changed.
@@ -529,8 +531,23 @@ where
                     // a millisecond, and a thread hand-off per chunk cost more than the work
                     // (measured: half the CPU of a local push went to scheduler wake-ups).
                     let path = job.loc.path.clone();
-                    let encoded = read_chunk(&root_path, &job.id, &job.loc)
-                        .map(|raw| (raw.len(), encode_chunk(&adapt, &mut stream, job.id, raw)));
+                    let encoded = read_chunk(&root_path, &job.id, &job.loc).map(|raw| {
+                        let raw_len = raw.len();
+                        let frame = match job.against.map(|sig| delta::delta(&sig, &raw)) {
+                            // Worth it only if smaller than the chunk itself.
+                            Some(ops) if ops.len() < raw_len => (
+                                ChunkHead {
+                                    id: job.id,
+                                    raw_len: raw_len as u32,
+                                    codec: Codec::Delta,
+                                    data_len: ops.len(),
+                                },
+                                ops,
+                            ),
+                            _ => encode_chunk(&adapt, &mut stream, job.id, raw),
+                        };
+                        (raw_len, frame)
+                    });
                     let Some((raw_len, (head, data))) = encoded else {
                         let _ = changed_tx.send(path);
                         continue;
@@ -636,7 +653,7 @@ where
                     SenderEvent::Send(f) => {
                         control_wire += control_w.send(&f, peer).await?;
                     }
-                    SenderEvent::Read { id, loc } => jobs.push(Job { id, loc }),
+                    SenderEvent::Read { id, loc, against } => jobs.push(Job { id, loc, against }),
                     SenderEvent::Report(m, p) => report.changes.push((m as char, p)),
                     SenderEvent::Finished { root, totals } => {
                         report.receiver_root = root;
@@ -938,6 +955,7 @@ where
     let mut r = Receiver::new();
     let mut index: Option<HashMap<ChunkId, ChunkLoc>> = None;
     let mut parts: HashMap<FileKey, apply::PartFile> = HashMap::new();
+    let bases: Bases = Arc::default();
     // Records of files written in this session, for the stat cache of the final rescan.
     let mut written: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     // Files are finished (fsync, metadata, rename) in parallel on the blocking pool: an
@@ -946,14 +964,18 @@ where
     let finishers = Arc::new(tokio::sync::Semaphore::new(FINISHERS));
     let mut finishing: Vec<FinishJob> = Vec::new();
 
+    // Bases of the chunks asked for as deltas (by the id asked for): a data-stream reader
+    // takes out the base of the chunk it rebuilds.
     // Data streams: each reader decodes, decompresses and verifies chunks in parallel.
     let (chunk_tx, mut chunk_rx) = mpsc::channel::<Result<Verified, PushError>>(64);
     let peer_s = peer.to_string();
+    let bases_r = bases.clone();
     let acceptor = tokio::spawn(async move {
         let mut readers = tokio::task::JoinSet::new();
         while let Some(mut stream) = data.recv().await {
             let tx = chunk_tx.clone();
             let peer = peer_s.clone();
+            let bases = bases_r.clone();
             readers.spawn(async move {
                 let mut zstd = StreamDecoder::new();
                 loop {
@@ -961,9 +983,7 @@ where
                         Ok(None) => break,
                         // Inline, not spawn_blocking: decompressing and hashing one chunk
                         // takes microseconds, less than a thread hand-off.
-                        Ok(Some((h, data))) => {
-                            decode_chunk(&peer, &mut zstd, h.id, h.raw_len, h.codec, data)
-                        }
+                        Ok(Some((h, data))) => decode_chunk(&peer, &mut zstd, &bases, h, data),
                         Err(e) => Err(e),
                     };
                     let failed = item.is_err();
@@ -993,6 +1013,7 @@ where
                     &mut written,
                     &mut finishing,
                     &mut index,
+                    &bases,
                     &snap,
                     &store,
                     &root,
@@ -1049,23 +1070,36 @@ where
     result
 }
 
+/// Base chunks kept for the deltas asked for, by the id of the chunk asked for.
+type Bases = Arc<Mutex<HashMap<ChunkId, Vec<u8>>>>;
+
 fn decode_chunk(
     peer: &str,
     stream: &mut StreamDecoder,
-    id: ChunkId,
-    raw_len: u32,
-    codec: Codec,
+    bases: &Bases,
+    head: ChunkHead,
     data: Vec<u8>,
 ) -> Result<Verified, PushError> {
+    let ChunkHead {
+        id, raw_len, codec, ..
+    } = head;
     let bad = || PushError::BadChunk {
         peer: peer.to_string(),
         id: id.to_string(),
+    };
+    // A chunk asked for as a delta may come whole (when that was smaller): its base goes too.
+    let base = {
+        let mut b = lock(bases);
+        if b.is_empty() { None } else { b.remove(&id) }
     };
     let raw = match codec {
         Codec::Raw => data,
         Codec::Zstd => stream
             .decompress(&data, raw_len as usize)
             .map_err(|_| bad())?,
+        Codec::Delta => {
+            delta::apply(&base.ok_or_else(bad)?, &data, raw_len as usize).map_err(|_| bad())?
+        }
     };
     if raw.len() != raw_len as usize {
         return Err(bad());
@@ -1082,6 +1116,7 @@ async fn execute<CW: AsyncWrite + Unpin>(
     written: &mut Vec<(Vec<u8>, Vec<u8>)>,
     finishing: &mut Vec<FinishJob>,
     index: &mut Option<HashMap<ChunkId, ChunkLoc>>,
+    bases: &Bases,
     snap: &Snapshot,
     store: &Arc<Store>,
     root: &Path,
@@ -1129,6 +1164,19 @@ async fn execute<CW: AsyncWrite + Unpin>(
                     r.chunk_written(key, i, true);
                 }
                 _ => r.copy_failed(key, i),
+            }
+        }
+        Action::ReadBase { id, base, from } => {
+            let bytes = target.read_span(&from.path, from.offset, from.len).ok();
+            match bytes.and_then(|b| Verified::check(&base, b).ok()) {
+                Some(v) => {
+                    let sig = Signature::of(v.bytes());
+                    lock(bases).insert(id, v.into_bytes());
+                    control_w
+                        .send(&Frame::WantDelta { id, base, sig }, peer)
+                        .await?;
+                }
+                None => r.base_failed(id),
             }
         }
         Action::Write {

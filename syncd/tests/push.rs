@@ -144,6 +144,54 @@ fn renamed_big_file_is_deduplicated_not_resent() {
 }
 
 #[test]
+fn small_edits_travel_as_deltas_against_the_old_version() {
+    let (sender, receiver) = (Env::new(), Env::new());
+    let (sid, rid) = (init(&sender), init(&receiver));
+    let (src, local, remote) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    write(src.path(), "small", &noise(1341, 1));
+    write(src.path(), "d/big", &noise(600_000, 2));
+    let server = Server::start(&receiver, remote.path(), &sid);
+    let push = |dest: &dyn AsRef<std::ffi::OsStr>| {
+        let (rc, v, err) = push_json(&sender, src.path(), dest, &["--peer-id", &rid]);
+        assert_eq!(rc, 0, "{err}\n{}", server.log());
+        v
+    };
+    push(&local.path().join(""));
+    push(&server.addr);
+    // A 17-byte append to a one-chunk file and 8 bytes overwritten inside a big file.
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(src.path().join("small"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"#pushbench000001\n").unwrap();
+    drop(f);
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(src.path().join("d/big"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"PB000001", 300_000).unwrap();
+    drop(f);
+    for v in [push(&local.path().join("")), push(&server.addr)] {
+        assert_eq!(v["identical"], true);
+        assert_eq!(v["chunks_sent"], 2, "{v}");
+        // The two changed chunks hold at least 1358 + 16 KiB bytes; their deltas a block or
+        // two each, plus the nodes of the root, `d` and the two files.
+        let (sent, wire) = (
+            v["bytes_sent"].as_u64().unwrap(),
+            v["wire_bytes"].as_u64().unwrap(),
+        );
+        assert!(sent >= 1358 + 16384, "{v}");
+        assert!(wire < 4096, "deltas, not whole chunks: {v}");
+    }
+    assert_trees_equal(src.path(), local.path());
+    assert_trees_equal(src.path(), remote.path());
+}
+
+#[test]
 fn dry_run_lists_changes_and_touches_nothing() {
     let env = Env::new();
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

@@ -6,6 +6,7 @@
 //! that remain, so a hostile peer cannot make the decoder allocate beyond the frame limit.
 //! "Need more bytes" is `Ok(None)`, not an error.
 
+use super::delta::{BlockSig, MAX_BLOCK_ACCEPTED, SIG_ENTRY, Signature};
 use crate::chunk::ChunkId;
 use crate::manifest::{
     DecodeError, FileNode, Hash, Kind, Node, ShortHash, check_name, encode_symlink,
@@ -29,6 +30,9 @@ pub enum Codec {
     Raw,
     /// The next part of the data stream's zstd stream ([`super::stream`]).
     Zstd,
+    /// Ops against the base the receiver named in its [`Frame::WantDelta`]
+    /// ([`super::delta`]).
+    Delta,
 }
 
 /// Metadata that travels beside a node (not part of its hash).
@@ -267,6 +271,16 @@ pub enum Frame {
         /// Chunk ids.
         ids: Vec<ChunkId>,
     },
+    /// Receiver → sender: send chunk `id` as a delta against `base`, a chunk the receiver
+    /// has, whose blocks `sig` describes (or whole, if that is smaller).
+    WantDelta {
+        /// The chunk wanted.
+        id: ChunkId,
+        /// The receiver's base chunk.
+        base: ChunkId,
+        /// The base's signature.
+        sig: Signature,
+    },
     /// Sender → receiver (on a data stream): one chunk.
     Chunk {
         /// Its id (BLAKE3 of the raw bytes).
@@ -342,6 +356,7 @@ mod tag {
     pub const REPORT: u8 = 9;
     pub const DONE: u8 = 10;
     pub const PACKED: u8 = 11;
+    pub const WANT_DELTA: u8 = 12;
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -416,6 +431,17 @@ impl Frame {
                     out.extend_from_slice(&id.0);
                 }
             }
+            Frame::WantDelta { id, base, sig } => {
+                out.push(tag::WANT_DELTA);
+                out.extend_from_slice(&id.0);
+                out.extend_from_slice(&base.0);
+                out.extend_from_slice(&sig.block.to_le_bytes());
+                out.extend_from_slice(&(sig.blocks.len() as u32).to_le_bytes());
+                for b in &sig.blocks {
+                    out.extend_from_slice(&b.weak.to_le_bytes());
+                    out.extend_from_slice(&b.strong);
+                }
+            }
             Frame::Chunk {
                 id,
                 raw_len,
@@ -479,6 +505,7 @@ impl Frame {
             Frame::Nodes { .. } => "nodes",
             Frame::Vanished { .. } => "vanished",
             Frame::Want { .. } => "want",
+            Frame::WantDelta { .. } => "want-delta",
             Frame::Chunk { .. } => "chunk",
             Frame::Report { .. } => "report",
             Frame::Done { .. } => "done",
@@ -542,6 +569,7 @@ impl ChunkHead {
         out[41] = match self.codec {
             Codec::Raw => 0,
             Codec::Zstd => 1,
+            Codec::Delta => 2,
         };
         out[42..46].copy_from_slice(&(self.data_len as u32).to_le_bytes());
         out
@@ -563,6 +591,7 @@ impl ChunkHead {
         let codec = match r.u8()? {
             0 => Codec::Raw,
             1 => Codec::Zstd,
+            2 => Codec::Delta,
             c => return Err(r.bad(format!("unknown codec {c}"))),
         };
         let data_len = r.u32()? as usize;
@@ -598,6 +627,7 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
         tag::NODES => "nodes",
         tag::VANISHED => "vanished",
         tag::WANT => "want",
+        tag::WANT_DELTA => "want-delta",
         tag::CHUNK => "chunk",
         tag::REPORT => "report",
         tag::DONE => "done",
@@ -686,6 +716,26 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
                 ids.push(ChunkId(r.array()?));
             }
             Frame::Want { ids }
+        }
+        tag::WANT_DELTA => {
+            let id = ChunkId(r.array()?);
+            let base = ChunkId(r.array()?);
+            let block = r.u32()?;
+            if block == 0 || block > MAX_BLOCK_ACCEPTED {
+                return Err(r.bad(format!("signature block size {block}")));
+            }
+            let n = r.count(SIG_ENTRY)?;
+            let mut blocks = Vec::with_capacity(n);
+            for _ in 0..n {
+                let weak = r.u32()?;
+                let strong = r.array()?;
+                blocks.push(BlockSig { weak, strong });
+            }
+            Frame::WantDelta {
+                id,
+                base,
+                sig: Signature { block, blocks },
+            }
         }
         tag::CHUNK => {
             let head: &[u8; CHUNK_HEAD] = body

@@ -23,6 +23,7 @@
 
 pub mod adapt;
 pub mod codec;
+pub mod delta;
 pub mod stream;
 
 use std::collections::{HashMap, VecDeque};
@@ -124,6 +125,9 @@ pub enum SenderEvent {
         id: ChunkId,
         /// Where it is.
         loc: ChunkLoc,
+        /// Send it as a delta ([`Codec::Delta`]) against the base this describes, if that
+        /// is smaller than the chunk.
+        against: Option<delta::Signature>,
     },
     /// A dry-run report line from the receiver.
     Report(u8, Vec<u8>),
@@ -242,8 +246,24 @@ impl Sender {
                         .get(&id)
                         .cloned()
                         .ok_or_else(|| ProtoError::UnknownChunk(id.to_string()))?;
-                    self.out.push_back(SenderEvent::Read { id, loc });
+                    self.out.push_back(SenderEvent::Read {
+                        id,
+                        loc,
+                        against: None,
+                    });
                 }
+            }
+            Frame::WantDelta { id, sig, .. } if self.acked => {
+                let loc = self
+                    .locs
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| ProtoError::UnknownChunk(id.to_string()))?;
+                self.out.push_back(SenderEvent::Read {
+                    id,
+                    loc,
+                    against: Some(sig),
+                });
             }
             Frame::Report { items } if self.acked => {
                 for (m, p) in items {
@@ -368,6 +388,18 @@ pub enum Action {
         /// Where the receiver already has those bytes.
         from: ChunkLoc,
     },
+    /// Read `from`, the receiver's chunk `base` (of the old version of the file being
+    /// replaced), check it, keep it, and ask for chunk `id` as a delta against it
+    /// ([`Frame::WantDelta`]). If it cannot be read or does not match, call
+    /// [`Receiver::base_failed`].
+    ReadBase {
+        /// The chunk wanted.
+        id: ChunkId,
+        /// The base's id.
+        base: ChunkId,
+        /// Where the base is.
+        from: ChunkLoc,
+    },
     /// Write chunk `index` of file `key` with these (verified) bytes, then report with
     /// [`Receiver::chunk_written`].
     Write {
@@ -425,6 +457,8 @@ struct FileState {
     path: Vec<u8>,
     node: FileNode,
     meta: Meta,
+    /// The receiver's own old version of this file, the base for deltas.
+    old: Option<FileNode>,
     /// Chunks not yet written.
     missing: usize,
     done: Vec<bool>,
@@ -486,6 +520,21 @@ fn wait_for(
         want.push(id);
     }
     waiting.push(waiter);
+}
+
+/// The chunk of `old` that covers byte `at`, as a delta base: (id, offset, length). Bases
+/// smaller than a delta block have nothing to match.
+fn base_at(old: Option<&FileNode>, at: u64) -> Option<(ChunkId, u64, u32)> {
+    let mut offset = 0u64;
+    for c in &old?.chunks {
+        let end = offset + u64::from(c.len);
+        if at < end {
+            return (c.len as usize >= delta::block_size(c.len as usize))
+                .then_some((c.id, offset, c.len));
+        }
+        offset = end;
+    }
+    None
 }
 
 /// A hard link to make: (new path, existing path).
@@ -805,6 +854,10 @@ impl Receiver {
                         path: path.clone(),
                         node: f.clone(),
                         meta,
+                        old: match mine {
+                            Some(Node::File(old)) => Some(old),
+                            _ => None,
+                        },
                         missing: n,
                         done: vec![false; n],
                         started: false,
@@ -831,7 +884,10 @@ impl Receiver {
         };
         f.started = true;
         let chunks = f.node.chunks.clone();
+        let mut offset = 0u64;
         for (i, c) in chunks.iter().enumerate() {
+            let at = offset;
+            offset += u64::from(c.len);
             if present.get(i).copied().unwrap_or(false) {
                 f.done[i] = true;
                 f.missing -= 1;
@@ -847,9 +903,32 @@ impl Receiver {
                 });
                 continue;
             }
-            wait_for(&mut self.waiters, &mut self.want, c.id, (key, i));
+            let waiting = self.waiters.entry(c.id).or_default();
+            waiting.push((key, i));
+            if waiting.len() > 1 {
+                continue;
+            }
+            match base_at(f.old.as_ref(), at) {
+                Some((base, from_offset, len)) => self.out.push_back(Action::ReadBase {
+                    id: c.id,
+                    base,
+                    from: ChunkLoc {
+                        path: f.path.clone(),
+                        offset: from_offset,
+                        len,
+                    },
+                }),
+                None => self.want.push(c.id),
+            }
         }
         self.maybe_finish(key);
+    }
+
+    /// The base for a delta of chunk `id` could not be read: ask for the whole chunk.
+    pub fn base_failed(&mut self, id: ChunkId) {
+        if self.waiters.get(&id).is_some_and(|w| !w.is_empty()) {
+            self.want.push(id);
+        }
     }
 
     /// A local copy for chunk `index` of `key` did not match (the local file changed): ask

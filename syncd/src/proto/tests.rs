@@ -72,6 +72,7 @@ fn run(
     }
     let mut fs = b.clone();
     let mut parts: HashMap<FileKey, Part> = HashMap::new();
+    let mut bases: HashMap<ChunkId, Vec<u8>> = HashMap::new();
 
     let mut s = Sender::new(a_root, delete, dry_run);
     let mut r = Receiver::new();
@@ -85,14 +86,19 @@ fn run(
         while let Some(ev) = s.poll() {
             match ev {
                 SenderEvent::Send(f) => to_r.push(roundtrip(&f)),
-                SenderEvent::Read { id, loc } => {
+                SenderEvent::Read { id, loc, against } => {
                     let bytes = content[&id].clone();
                     assert!(a.nodes.contains_key(&loc.path));
+                    let raw_len = bytes.len() as u32;
+                    let (codec, data_bytes) = match against {
+                        Some(sig) => (Codec::Delta, delta::delta(&sig, &bytes)),
+                        None => (Codec::Raw, bytes),
+                    };
                     data.push(roundtrip(&Frame::Chunk {
                         id,
-                        raw_len: bytes.len() as u32,
-                        codec: Codec::Raw,
-                        data: bytes,
+                        raw_len,
+                        codec,
+                        data: data_bytes,
                     }));
                 }
                 SenderEvent::Report(m, p) => report.push((m, p)),
@@ -143,6 +149,12 @@ fn run(
                     let src = f.chunks.iter().find(|c| index[&c.id] == from).unwrap();
                     assert_eq!(src.id, parts[&key].node.chunks[i].id);
                     r.chunk_written(key, i, true);
+                }
+                Action::ReadBase { id, base, from } => {
+                    assert!(b.nodes.contains_key(&from.path));
+                    let sig = delta::Signature::of(&content[&base]);
+                    bases.insert(id, content[&base].clone());
+                    to_s.push(roundtrip(&Frame::WantDelta { id, base, sig }));
                 }
                 Action::Write {
                     key,
@@ -195,7 +207,17 @@ fn run(
             let i = pick
                 .saturating_sub(to_r.len().min(1) + to_s.len().min(1))
                 .min(data.len() - 1);
-            if let Frame::Chunk { id, data: d, .. } = data.remove(i) {
+            if let Frame::Chunk {
+                id,
+                data: d,
+                codec,
+                raw_len,
+            } = data.remove(i)
+            {
+                let d = match codec {
+                    Codec::Delta => delta::apply(&bases[&id], &d, raw_len as usize).unwrap(),
+                    _ => d,
+                };
                 r.handle_chunk(Verified::check(&id, d).expect("the sender sent a wrong chunk"));
             }
         }
@@ -430,6 +452,17 @@ fn every_frame_round_trips() {
         },
         Frame::Want {
             ids: vec![ChunkId([3; 32])],
+        },
+        Frame::WantDelta {
+            id: ChunkId([3; 32]),
+            base: ChunkId([7; 32]),
+            sig: delta::Signature::of(&[5; 200]),
+        },
+        Frame::Chunk {
+            id: ChunkId([4; 32]),
+            raw_len: 70,
+            codec: Codec::Delta,
+            data: vec![64, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0],
         },
         Frame::Chunk {
             id: ChunkId([4; 32]),
