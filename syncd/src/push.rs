@@ -453,15 +453,24 @@ fn encode_chunk(
     };
     let level = lock(adapt).next_level();
     if level > 0 {
-        let t = Instant::now();
+        // CPU time, not wall time: on a busy machine a wall clock also counts the time this
+        // thread was preempted, which made level 1 look ten times slower than it is.
+        let t = thread_cpu_secs();
         if let Ok(z) = stream.compress(&raw, level) {
-            lock(adapt).observe_compress(level, raw.len(), z.len(), t.elapsed().as_secs_f64());
+            let secs = thread_cpu_secs() - t;
+            lock(adapt).observe_compress(level, raw.len(), z.len(), secs);
             // Sent even if it did not shrink: the receiver's context must see it (zstd
             // stores incompressible blocks raw, so it costs a few bytes at most).
             return (head(Codec::Zstd, &z), z);
         }
     }
     (head(Codec::Raw, &raw), raw)
+}
+
+/// CPU seconds this thread has used.
+fn thread_cpu_secs() -> f64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -484,6 +493,17 @@ impl Wire {
     }
 }
 
+/// The transport under a sender's streams.
+struct Link {
+    /// How wire bytes are counted.
+    wire: Wire,
+    /// The `--bwlimit` bucket.
+    throttle: Option<Throttle>,
+    /// The QUIC connection, whose round-trip time tells the compression policy when a
+    /// queue builds at a bottleneck.
+    conn: Option<quinn::Connection>,
+}
+
 /// Runs the sending side of one session over the given streams.
 #[allow(clippy::too_many_arguments)]
 async fn run_sender<CR, CW, DW>(
@@ -495,8 +515,7 @@ async fn run_sender<CR, CW, DW>(
     control_w: CW,
     data: Vec<DW>,
     opts: &PushOptions,
-    wire: Wire,
-    throttle: Option<Throttle>,
+    link: Link,
 ) -> Result<PushReport, PushError>
 where
     CR: AsyncRead + Unpin + Send + 'static,
@@ -504,6 +523,11 @@ where
     DW: AsyncWrite + Unpin + Send + 'static,
 {
     let started = Instant::now();
+    let Link {
+        wire,
+        throttle,
+        conn,
+    } = link;
     let stats = Arc::new(SendStats::default());
     let adapt = Arc::new(Mutex::new(match (opts.compress_level, wire) {
         (Some(l), _) => Adapt::fixed(l),
@@ -595,6 +619,7 @@ where
         let progress = opts.progress.clone();
         tokio::spawn(async move {
             let mut last = (Instant::now(), 0u64, 0u64);
+            let mut udp_last = 0u64;
             let mut cpu = cpu_times();
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
@@ -611,13 +636,21 @@ where
                     _ => None,
                 };
                 cpu = cpu_now;
-                lock(&adapt).observe_link(
-                    wire - last.1,
-                    secs,
-                    (wait - last.2) as f64 / 1e9,
-                    senders,
-                    idle,
-                );
+                // What the transport sent, when it is QUIC: what we wrote may only have
+                // gone into its send buffer.
+                let sent = match &conn {
+                    Some(c) => {
+                        let udp = c.stats().udp_tx.bytes;
+                        udp.saturating_sub(std::mem::replace(&mut udp_last, udp))
+                    }
+                    None => wire - last.1,
+                };
+                let mut a = lock(&adapt);
+                if let Some(c) = &conn {
+                    a.observe_rtt(c.rtt().as_secs_f64());
+                }
+                a.observe_link(sent, secs, (wait - last.2) as f64 / 1e9, senders, idle);
+                drop(a);
                 if let Some(Progress(p)) = &progress {
                     p(
                         stats.raw.load(Ordering::Relaxed),
@@ -1340,8 +1373,11 @@ pub async fn push_local(
         sw,
         writers,
         opts,
-        Wire::Local,
-        None,
+        Link {
+            wire: Wire::Local,
+            throttle: None,
+            conn: None,
+        },
     )
     .await;
     let received = receiver.await.map_err(join_err)?;
@@ -1399,8 +1435,11 @@ pub async fn push_remote(
         cw,
         data,
         opts,
-        Wire::Quic,
-        throttle,
+        Link {
+            wire: Wire::Quic,
+            throttle,
+            conn: Some(conn.clone()),
+        },
     )
     .await;
     conn.close(quinn::VarInt::from_u32(0), b"done");

@@ -5,13 +5,15 @@
 //! Compression pays only when the link, not the CPU, is the bottleneck, and only if the
 //! compressor outruns the link by a margin: on loopback or a fast LAN, zstd on two cores is
 //! slower than sending raw bytes. So:
-//! - the link counts as the bottleneck while the senders mostly wait on it, or while the
-//!   machine's CPUs are mostly idle ([`CPU_IDLE`]: then the transfer is paced by the link or
-//!   its latency, and compressing costs cycles nobody else wants); otherwise send raw;
+//! - the link counts as the bottleneck while the senders mostly wait on it, while the
+//!   transport's round trip shows a queue building at a bottleneck ([`QUEUE_RTT_FACTOR`]),
+//!   or while the machine's CPUs are mostly idle ([`CPU_IDLE`]: then the transfer is paced
+//!   by the link or its latency, and compressing costs cycles nobody else wants); otherwise
+//!   send raw;
 //! - while the link is the bottleneck, use the highest level whose measured speed is at
 //!   least [`SPEED_MARGIN`] times the link rate and whose ratio is worth it ([`MIN_RATIO`]);
-//! - when compressing is off, every [`PROBE_EVERY`]th chunk is still compressed at level 1
-//!   (and sent compressed if smaller) to keep the speed and ratio estimates current.
+//! - every [`PROBE_EVERY`]th chunk is compressed at the next level up (level 1 when off) to
+//!   keep the speed and ratio estimates current.
 //!
 //! A compressed chunk is the next part of its data stream's zstd stream
 //! ([`super::stream`]), so it is sent as compressed even when it did not shrink: zstd
@@ -25,7 +27,10 @@ pub const SPEED_MARGIN: f64 = 2.0;
 /// mixes compressible and incompressible chunks, and zstd stores blocks that do not shrink
 /// raw at almost no cost.
 pub const MIN_RATIO: f64 = 1.02;
-/// When off, probe one chunk in this many.
+/// Weight that earlier observations keep at each new one (about the last 30 count).
+pub const DECAY: f64 = 0.97;
+/// One chunk in this many is compressed at the next level up (at level 1 when off), to
+/// keep that level's estimates current.
 pub const PROBE_EVERY: u64 = 16;
 /// Senders waiting on the link more than this fraction of the time means link-bound.
 pub const LINK_BOUND: f64 = 0.5;
@@ -34,6 +39,13 @@ pub const LINK_BOUND: f64 = 0.5;
 /// that, compressing made the machine look busy, which turned compression off, which made
 /// it look idle again).
 pub const CPU_IDLE: f64 = 0.5;
+/// A smoothed round trip this many times the least one seen, and at least [`QUEUE_DELAY`]
+/// above it, means a queue is building at the bottleneck: the link is what limits us.
+/// (The senders' writes block only once the transport's 32 MiB send window is full, seconds
+/// after a slow link filled up.)
+pub const QUEUE_RTT_FACTOR: f64 = 2.0;
+/// See [`QUEUE_RTT_FACTOR`], in seconds.
+pub const QUEUE_DELAY: f64 = 0.005;
 /// Windows in a row that must say "not link-bound" before compression is turned off.
 pub const HOLD_WINDOWS: u32 = 4;
 
@@ -41,11 +53,15 @@ pub const HOLD_WINDOWS: u32 = 4;
 #[derive(Debug, Clone)]
 pub struct Adapt {
     fixed: Option<i32>,
-    /// Bytes/s of raw input per level (EWMA).
+    /// Per level, decaying sums of raw bytes compressed and CPU seconds it took: the speed
+    /// is their quotient, a throughput (a mean of per-chunk speeds is dominated by the
+    /// fixed cost of small chunks, and swung 10x from chunk to chunk).
+    raw_secs: [(f64, f64); LEVELS.len()],
     speed: [f64; LEVELS.len()],
-    /// Compression ratio (raw / compressed, EWMA) of the content, at whatever level: it
-    /// depends on the content far more than on the level, and a per-level estimate went
-    /// stale (a level tried on gzipped files was never tried again on text).
+    /// Decaying sums of raw and compressed bytes, at whatever level: the ratio depends on
+    /// the content far more than on the level, and a per-level estimate went stale (a
+    /// level tried on gzipped files was never tried again on text).
+    raw_comp: (f64, f64),
     ratio: f64,
     link_rate: f64,
     link_bound: bool,
@@ -57,6 +73,9 @@ pub struct Adapt {
     compress_secs: f64,
     /// Link windows in a row that were not link-bound.
     unbound_windows: u32,
+    /// The transport's latest smoothed round-trip time and the least seen, in seconds.
+    rtt: Option<f64>,
+    min_rtt: f64,
 }
 
 impl Adapt {
@@ -65,7 +84,9 @@ impl Adapt {
     pub fn new(known_link_rate: Option<u64>) -> Adapt {
         Adapt {
             fixed: None,
+            raw_secs: [(0.0, 0.0); LEVELS.len()],
             speed: [0.0; LEVELS.len()],
+            raw_comp: (0.0, 0.0),
             ratio: 0.0,
             link_rate: known_link_rate.map_or(f64::INFINITY, |r| r as f64),
             link_bound: known_link_rate.is_some(),
@@ -74,6 +95,8 @@ impl Adapt {
             cpus: 1.0,
             compress_secs: 0.0,
             unbound_windows: 0,
+            rtt: None,
+            min_rtt: f64::INFINITY,
         }
     }
 
@@ -98,8 +121,17 @@ impl Adapt {
         if let Some(l) = self.fixed {
             return l;
         }
-        if self.level == 0 && self.chunks % PROBE_EVERY == 0 {
-            return LEVELS[0];
+        if self.chunks % PROBE_EVERY == 0 {
+            // Keep the estimate of the next level up current, so that a level measured
+            // slow once (on a busy moment, or on content that is slow to compress) gets
+            // another chance.
+            let next = LEVELS
+                .iter()
+                .position(|&l| l == self.level)
+                .map_or(0, |i| i + 1);
+            if let Some(&l) = LEVELS.get(next) {
+                return l;
+            }
         }
         self.level
     }
@@ -113,17 +145,14 @@ impl Adapt {
             return;
         }
         self.compress_secs += secs.max(0.0);
-        let speed = raw as f64 / secs.max(1e-9);
-        let ratio = raw as f64 / compressed as f64;
-        let ewma = |old: f64, new: f64| {
-            if old == 0.0 {
-                new
-            } else {
-                0.8 * old + 0.2 * new
-            }
-        };
-        self.speed[i] = ewma(self.speed[i], speed);
-        self.ratio = ewma(self.ratio, ratio);
+        let (r, t) = &mut self.raw_secs[i];
+        *r = DECAY * *r + raw as f64;
+        *t = DECAY * *t + secs.max(0.0);
+        self.speed[i] = *r / t.max(1e-9);
+        let (r, c) = &mut self.raw_comp;
+        *r = DECAY * *r + raw as f64;
+        *c = DECAY * *c + compressed as f64;
+        self.ratio = *r / *c;
         self.decide();
     }
 
@@ -146,7 +175,10 @@ impl Adapt {
         let busy = wait_secs / (secs * senders as f64);
         let own = self.compress_secs / (secs * self.cpus);
         self.compress_secs = 0.0;
-        let bound = busy > LINK_BOUND || cpu_idle.is_some_and(|i| i + own > CPU_IDLE);
+        let queueing = self
+            .rtt
+            .is_some_and(|r| r > QUEUE_RTT_FACTOR * self.min_rtt && r - self.min_rtt > QUEUE_DELAY);
+        let bound = busy > LINK_BOUND || queueing || cpu_idle.is_some_and(|i| i + own > CPU_IDLE);
         if bound {
             self.link_bound = true;
             self.unbound_windows = 0;
@@ -158,6 +190,15 @@ impl Adapt {
             }
         }
         self.decide();
+    }
+
+    /// Records the transport's smoothed round-trip time, in seconds. A round trip well
+    /// above the least one seen means packets queue at a bottleneck: the link is full.
+    pub fn observe_rtt(&mut self, rtt: f64) {
+        if rtt > 0.0 {
+            self.rtt = Some(rtt);
+            self.min_rtt = self.min_rtt.min(rtt);
+        }
     }
 
     fn decide(&mut self) {
@@ -262,6 +303,44 @@ mod tests {
             a.observe_link(3_000_000, 0.25, 0.0, 4, Some(0.05));
             assert_eq!(a.level() == 0, i == HOLD_WINDOWS, "window {i}");
         }
+    }
+
+    #[test]
+    fn a_growing_round_trip_means_the_link_is_full() {
+        // 100 Mbit/s, senders never block (the send window holds seconds of data), CPUs
+        // busy with the transfer itself: only the queue at the bottleneck says link-bound.
+        let mut a = Adapt::new(None).with_cpus(2);
+        a.observe_compress(1, 1 << 20, 1 << 19, (1 << 20) as f64 / 300e6);
+        a.observe_rtt(0.0015);
+        a.observe_link(3_000_000, 0.25, 0.0, 4, Some(0.2));
+        assert_eq!(a.level(), 0, "no queue yet");
+        a.observe_rtt(0.010);
+        a.observe_link(3_000_000, 0.25, 0.0, 4, Some(0.2));
+        assert!(a.level() >= 1, "a 10 ms queue on a 1.5 ms path");
+        // Loopback jitter: 0.1 ms to 0.9 ms is not a queue worth compressing for.
+        let mut b = Adapt::new(None).with_cpus(2);
+        b.observe_compress(1, 1 << 20, 1 << 19, (1 << 20) as f64 / 300e6);
+        b.observe_rtt(0.0001);
+        b.observe_rtt(0.0009);
+        b.observe_link(120_000_000, 0.25, 0.0, 4, Some(0.1));
+        assert_eq!(b.level(), 0);
+    }
+
+    #[test]
+    fn speed_is_a_throughput_and_slow_levels_are_probed_again() {
+        let mut a = Adapt::new(Some(12_500_000));
+        // Many small chunks at a fixed cost each, one big chunk: the speed is bytes over
+        // seconds in all, not the mean of the chunks' speeds.
+        for _ in 0..9 {
+            a.observe_compress(1, 1000, 500, 100e-6);
+        }
+        a.observe_compress(1, 1 << 20, 1 << 19, 1e-3);
+        assert!(a.speed[0] > 500e6, "{}", a.speed[0]);
+        // Level 3 measured slow once: not used, but probed again one chunk in PROBE_EVERY.
+        a.observe_compress(3, 1 << 16, 1 << 15, 1.0);
+        assert_eq!(a.level(), 1);
+        let probes = (0..PROBE_EVERY * 4).filter(|_| a.next_level() == 3).count();
+        assert_eq!(probes, 4);
     }
 
     #[test]
