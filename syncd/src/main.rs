@@ -89,7 +89,8 @@ enum Command {
     /// Every file is assembled in a part file next to its destination, each chunk verified
     /// against its BLAKE3 id, then fsynced and renamed into place. An interrupted push
     /// leaves no partially written file at a final path, and the next push reuses what
-    /// arrived. Pushes are applied one at a time.
+    /// arrived. Pushes are applied one at a time; a new push from a peer ends that peer's
+    /// older connection (a killed or cut-off pusher) instead of waiting for it to time out.
     Serve {
         /// Directory to receive into (must exist).
         #[arg(long, value_name = "DIR")]

@@ -1464,6 +1464,9 @@ pub async fn serve(
 ) -> Result<(), PushError> {
     let root = scan::canonical_root(&root)?;
     let gate = Arc::new(tokio::sync::Mutex::new(()));
+    // The newest connection of each peer, running or waiting for its turn.
+    let latest: Latest = Arc::default();
+    let mut serial = 0u64;
     let mut sessions = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -1472,19 +1475,39 @@ pub async fn serve(
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let (root, home, gate, log) = (root.clone(), home.clone(), gate.clone(), log.clone());
+                let latest = latest.clone();
+                serial += 1;
+                let me = serial;
                 sessions.spawn(async move {
                     let addr = incoming.remote_address();
                     match transport::accept(incoming).await {
                         Err(e) => log(format!("rejected connection from {addr}: {e}")),
                         Ok((conn, peer_id)) => {
                             let peer = format!("{addr} ({})", peer_id.short());
-                            let _turn = gate.lock().await;
-                            log(format!("push from {peer} into {}", root.display()));
-                            match serve_session(&conn, &peer, &root, &home).await {
-                                Ok(()) => log(format!("push from {peer} done")),
-                                Err(e) => log(format!("push from {peer} failed: {e}")),
+                            // A peer pushes one tree at a time into this root, so its older
+                            // connection is one whose pusher was killed or cut off: end it
+                            // now rather than make the new push wait out its idle timeout.
+                            let older = lock(&latest).insert(peer_id, (me, conn.clone()));
+                            if let Some((_, old)) = older {
+                                log(format!("push from {peer} supersedes its older connection from {}", old.remote_address()));
+                                old.close(quinn::VarInt::from_u32(2), SUPERSEDED);
+                            }
+                            let turn = gate.lock().await;
+                            if let Some(why) = conn.close_reason() {
+                                log(format!("push from {peer} ended before its turn: {why}"));
+                            } else {
+                                log(format!("push from {peer} into {}", root.display()));
+                                match serve_session(&conn, &peer, &root, &home).await {
+                                    Ok(()) => log(format!("push from {peer} done")),
+                                    Err(e) => log(format!("push from {peer} failed: {e}")),
+                                }
                             }
                             conn.close(quinn::VarInt::from_u32(0), b"done");
+                            drop(turn);
+                            let mut l = lock(&latest);
+                            if l.get(&peer_id).is_some_and(|(id, _)| *id == me) {
+                                l.remove(&peer_id);
+                            }
                         }
                     }
                 });
@@ -1497,6 +1520,12 @@ pub async fn serve(
     endpoint.wait_idle().await;
     Ok(())
 }
+
+/// Each peer's newest connection, with the number `serve` gave it.
+type Latest = Arc<Mutex<HashMap<PeerId, (u64, quinn::Connection)>>>;
+
+/// Close reason for a connection a newer one from the same peer replaced.
+const SUPERSEDED: &[u8] = b"superseded by a newer push from the same peer";
 
 async fn serve_session(
     conn: &quinn::Connection,
