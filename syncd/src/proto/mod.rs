@@ -11,8 +11,11 @@
 //!    root; the sender answers with `Nodes` (node + metadata).
 //! 3. For each differing file the receiver reuses every chunk it already has (the partial
 //!    file of an interrupted push, or any file of its tree through its chunk index) and asks
-//!    for the rest with `Want`; each id is asked for once, whatever number of files need it.
-//! 4. The sender answers with `Chunk` frames (on data streams, in any order).
+//!    for the rest with `Want`, or with `WantDelta` and a [`delta::Signature`] when its old
+//!    version of the file has a chunk at the same offset; each id is asked for once,
+//!    whatever number of files need it.
+//! 4. The sender answers with `Chunk` frames (on data streams, in any order), a wanted
+//!    delta as copy/literal ops when those are smaller than the chunk.
 //! 5. When no node and no file is outstanding, the receiver removes extraneous entries
 //!    (`--delete`), applies directory metadata, rescans, and sends `Done{root}`. The sender
 //!    compares that root with its own: equal means the push succeeded.
