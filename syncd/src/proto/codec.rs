@@ -6,7 +6,7 @@
 //! that remain, so a hostile peer cannot make the decoder allocate beyond the frame limit.
 //! "Need more bytes" is `Ok(None)`, not an error.
 
-use super::delta::{BlockSig, MAX_BLOCK_ACCEPTED, SIG_ENTRY, Signature};
+use super::delta::{BlockSig, MAX_BLOCK_ACCEPTED, MIN_BLOCK, SIG_ENTRY, Signature};
 use crate::chunk::ChunkId;
 use crate::manifest::{
     DecodeError, FileNode, Hash, Kind, Node, ShortHash, check_name, encode_symlink,
@@ -721,10 +721,14 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
             let id = ChunkId(r.array()?);
             let base = ChunkId(r.array()?);
             let block = r.u32()?;
-            if block == 0 || block > MAX_BLOCK_ACCEPTED {
+            if !(MIN_BLOCK as u32..=MAX_BLOCK_ACCEPTED).contains(&block) {
                 return Err(r.bad(format!("signature block size {block}")));
             }
             let n = r.count(SIG_ENTRY)?;
+            // A base is a chunk, and no chunk exceeds the frame limit.
+            if n.saturating_mul(block as usize) > MAX_FRAME {
+                return Err(r.bad(format!("signature of {n} blocks of {block} bytes")));
+            }
             let mut blocks = Vec::with_capacity(n);
             for _ in 0..n {
                 let weak = r.u32()?;

@@ -14,8 +14,9 @@
 
 use std::collections::HashMap;
 
-/// The smallest and largest block a signature uses.
-const MIN_BLOCK: usize = 64;
+/// The smallest block a signature uses (and a decoder accepts).
+pub const MIN_BLOCK: usize = 64;
+/// The largest block a signature uses.
 const MAX_BLOCK: usize = 4096;
 
 /// Largest block size a decoder accepts.

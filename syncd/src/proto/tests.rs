@@ -695,6 +695,35 @@ fn directory_listings_are_canonical_and_never_whole_directories() {
 }
 
 #[test]
+fn signatures_outside_what_a_receiver_sends_are_refused() {
+    let want = |block: u32, n: usize| Frame::WantDelta {
+        id: ChunkId([1; 32]),
+        base: ChunkId([2; 32]),
+        sig: delta::Signature {
+            block,
+            blocks: vec![
+                delta::BlockSig {
+                    weak: 0,
+                    strong: [0; 8],
+                };
+                n
+            ],
+        },
+    };
+    assert!(decode(&want(64, 3).to_bytes()).is_ok());
+    for f in [
+        want(0, 1),
+        want(1, 1),
+        want(63, 1),
+        want(2 << 20, 1),
+        want(4096, 16385),
+    ] {
+        let err = decode(&f.to_bytes()).unwrap_err();
+        assert!(err.to_string().contains("signature"), "{err}");
+    }
+}
+
+#[test]
 fn huge_counts_are_refused_before_allocating() {
     // A `want` frame claiming 2^32-1 ids in a 9-byte body.
     let mut b = 9u32.to_le_bytes().to_vec();
