@@ -889,19 +889,25 @@ struct FinishJob {
 /// Finishes files (fsync, metadata, rename) on the blocking pool, in batches: an fsync waits
 /// on the disk, so one file at a time made a 44k-file push to disk take a minute, while a
 /// thread hand-off per file cost more than the work on tmpfs. Up to [`FINISHERS`] batches
-/// of [`FINISH_BATCH`] run at once; each file's outcome comes back on `tx`.
+/// of [`FINISH_BATCH`] run at once. A batch goes out when it is full, or when no batch is
+/// running (so nothing waits on a batch that does not fill): before, a batch went out on
+/// every turn of the session loop, which on a fast source meant one file per batch, a
+/// thread wake-up per file. A batch's outcomes come back on `tx` together, after its
+/// permit is released, so that the loop that receives them can dispatch the next one.
 async fn dispatch_finishes(
     pending: &mut Vec<FinishJob>,
-    tx: &mpsc::UnboundedSender<Finished>,
+    tx: &mpsc::UnboundedSender<Vec<Finished>>,
     finishers: &Arc<tokio::sync::Semaphore>,
 ) {
-    while !pending.is_empty() {
+    while pending.len() >= FINISH_BATCH
+        || (!pending.is_empty() && finishers.available_permits() == FINISHERS)
+    {
         let take = pending.len().min(FINISH_BATCH);
         let batch: Vec<FinishJob> = pending.drain(..take).collect();
         let permit = finishers.clone().acquire_owned().await;
         let tx = tx.clone();
         tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+            let mut out = Vec::with_capacity(batch.len());
             for job in batch {
                 let path = job.part.rel().to_vec();
                 let done = job.part.finish(&job.meta).map(|m| {
@@ -915,8 +921,10 @@ async fn dispatch_finishes(
                     };
                     (path, rec.encode())
                 });
-                let _ = tx.send((job.key, done.map_err(PushError::from)));
+                out.push((job.key, done.map_err(PushError::from)));
             }
+            drop(permit);
+            let _ = tx.send(out);
         });
     }
 }
@@ -993,7 +1001,7 @@ where
     let mut written: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     // Files are finished (fsync, metadata, rename) in parallel on the blocking pool: an
     // fsync waits on the disk, and one at a time made a 44k-file push take a minute.
-    let (fin_tx, mut fin_rx) = mpsc::unbounded_channel::<Finished>();
+    let (fin_tx, mut fin_rx) = mpsc::unbounded_channel::<Vec<Finished>>();
     let finishers = Arc::new(tokio::sync::Semaphore::new(FINISHERS));
     let mut finishing: Vec<FinishJob> = Vec::new();
 
@@ -1070,10 +1078,12 @@ where
                 Some(item) = chunk_rx.recv() => {
                     r.handle_chunk(item?);
                 }
-                Some((key, done)) = fin_rx.recv() => {
-                    let (path, record) = done?;
-                    written.push((path, record));
-                    r.file_finished(key);
+                Some(batch) = fin_rx.recv() => {
+                    for (key, done) in batch {
+                        let (path, record) = done?;
+                        written.push((path, record));
+                        r.file_finished(key);
+                    }
                 }
             }
         }
