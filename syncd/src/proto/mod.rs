@@ -244,30 +244,10 @@ impl Sender {
             }
             Frame::Want { ids } if self.acked => {
                 for id in ids {
-                    let loc = self
-                        .locs
-                        .get(&id)
-                        .cloned()
-                        .ok_or_else(|| ProtoError::UnknownChunk(id.to_string()))?;
-                    self.out.push_back(SenderEvent::Read {
-                        id,
-                        loc,
-                        against: None,
-                    });
+                    self.read(id, None)?;
                 }
             }
-            Frame::WantDelta { id, sig, .. } if self.acked => {
-                let loc = self
-                    .locs
-                    .get(&id)
-                    .cloned()
-                    .ok_or_else(|| ProtoError::UnknownChunk(id.to_string()))?;
-                self.out.push_back(SenderEvent::Read {
-                    id,
-                    loc,
-                    against: Some(sig),
-                });
-            }
+            Frame::WantDelta { id, sig, .. } if self.acked => self.read(id, Some(sig))?,
             Frame::Report { items } if self.acked => {
                 for (m, p) in items {
                     self.out.push_back(SenderEvent::Report(m, p));
@@ -288,6 +268,17 @@ impl Sender {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Queues the read of an offered chunk, to be sent whole or as a delta `against` a base.
+    fn read(&mut self, id: ChunkId, against: Option<delta::Signature>) -> Result<(), ProtoError> {
+        let loc = self
+            .locs
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ProtoError::UnknownChunk(id.to_string()))?;
+        self.out.push_back(SenderEvent::Read { id, loc, against });
         Ok(())
     }
 
