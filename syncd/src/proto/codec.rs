@@ -9,7 +9,7 @@
 use super::delta::{BlockSig, MAX_BLOCK_ACCEPTED, MIN_BLOCK, SIG_ENTRY, Signature};
 use crate::chunk::ChunkId;
 use crate::manifest::{
-    DecodeError, FileNode, Hash, Kind, Node, ShortHash, check_name, encode_symlink,
+    DecodeError, Entry, FileNode, Hash, Kind, Node, ShortHash, check_name, encode_symlink,
 };
 
 /// Protocol version spoken by this build. 2: a compressed chunk is the next part of its
@@ -61,6 +61,13 @@ pub struct Listed {
     pub hash: ShortHash,
 }
 
+impl Listed {
+    /// True if `e` is this child: same name, kind and (short) hash.
+    pub fn is(&self, e: &Entry) -> bool {
+        self.name == e.name && self.kind == e.kind && self.hash == e.hash.short()
+    }
+}
+
 /// A node as the sender offers it. Files and symlinks travel whole (the receiver needs
 /// their chunk ids and targets). A directory travels as a listing whose child hashes are
 /// shortened to 8 bytes: the receiver only compares them with its own to decide where to
@@ -110,9 +117,7 @@ impl Offered {
             ) => {
                 mode == m
                     && entries.len() == es.len()
-                    && entries.iter().zip(es).all(|(a, b)| {
-                        a.name == b.name && a.kind == b.kind && a.hash == b.hash.short()
-                    })
+                    && entries.iter().zip(es).all(|(a, b)| a.is(b))
             }
             _ => false,
         }

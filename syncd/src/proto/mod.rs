@@ -501,19 +501,23 @@ pub struct Receiver {
     touched: Vec<Vec<u8>>,
 }
 
-/// Records that chunk `index` of file `key` waits for chunk `id`; the first waiter of an id
-/// asks the sender for it.
+/// Records that chunk `index` of file `key` waits for chunk `id`. True for the first
+/// waiter of an id, which must ask the sender for it.
 fn wait_for(
     waiters: &mut HashMap<ChunkId, Vec<(FileKey, usize)>>,
-    want: &mut Vec<ChunkId>,
     id: ChunkId,
     waiter: (FileKey, usize),
-) {
+) -> bool {
     let waiting = waiters.entry(id).or_default();
-    if waiting.is_empty() {
-        want.push(id);
-    }
     waiting.push(waiter);
+    waiting.len() == 1
+}
+
+/// True if `e`, a child the sender lists, is in `old` (the receiver's sorted children) with
+/// the same kind and (short) hash: nothing to fetch below it.
+fn unchanged(old: &[crate::manifest::Entry], e: &Listed) -> bool {
+    old.binary_search_by(|o| o.name.as_slice().cmp(&e.name))
+        .is_ok_and(|i| e.is(&old[i]))
 }
 
 /// The chunk of `old` that covers byte `at`, as a delta base: (id, offset, length). Bases
@@ -750,11 +754,7 @@ impl Receiver {
                 (&node, &mine)
             {
                 for e in entries {
-                    let same = old
-                        .binary_search_by(|o| o.name.as_slice().cmp(&e.name))
-                        .ok()
-                        .is_some_and(|i| old[i].hash.short() == e.hash && old[i].kind == e.kind);
-                    if !same {
+                    if !unchanged(old, e) {
                         fetch.push(join(&path, &e.name));
                     }
                 }
@@ -792,12 +792,7 @@ impl Receiver {
                     });
                 }
                 for e in &entries {
-                    let same = old.is_some_and(|old| {
-                        old.binary_search_by(|o| o.name.as_slice().cmp(&e.name))
-                            .ok()
-                            .is_some_and(|i| old[i].hash.short() == e.hash && old[i].kind == e.kind)
-                    });
-                    if !same {
+                    if !old.is_some_and(|old| unchanged(old, e)) {
                         fetch.push(join(&path, &e.name));
                     }
                 }
@@ -897,9 +892,7 @@ impl Receiver {
                 });
                 continue;
             }
-            let waiting = self.waiters.entry(c.id).or_default();
-            waiting.push((key, i));
-            if waiting.len() > 1 {
+            if !wait_for(&mut self.waiters, c.id, (key, i)) {
                 continue;
             }
             match base_at(f.old.as_ref(), at) {
@@ -936,7 +929,9 @@ impl Receiver {
         else {
             return;
         };
-        wait_for(&mut self.waiters, &mut self.want, id, (key, index));
+        if wait_for(&mut self.waiters, id, (key, index)) {
+            self.want.push(id);
+        }
     }
 
     /// A verified chunk arrived from the sender.
