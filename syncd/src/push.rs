@@ -435,14 +435,16 @@ fn read_chunk(root: &Path, id: &ChunkId, loc: &ChunkLoc) -> Option<Vec<u8>> {
     (ChunkId::of(&buf) == *id).then_some(buf)
 }
 
-/// Encodes a chunk for the data stream that `stream` compresses: raw, or (at the level
-/// `adapt` picks) as the next part of that stream. Returns the frame's head and its data,
-/// written one after the other (the data is not copied into a frame).
+/// Encodes a chunk for the data stream that `stream` compresses: as delta ops `against` the
+/// receiver's base if those are smaller than the chunk, else raw or (at the level `adapt`
+/// picks) as the next part of that stream. Returns the frame's head and its data, written
+/// one after the other (the data is not copied into a frame).
 fn encode_chunk(
     adapt: &Mutex<Adapt>,
     stream: &mut StreamEncoder,
     id: ChunkId,
     raw: Vec<u8>,
+    against: Option<&Signature>,
 ) -> (ChunkHead, Vec<u8>) {
     let raw_len = raw.len() as u32;
     let head = |codec, data: &Vec<u8>| ChunkHead {
@@ -451,6 +453,11 @@ fn encode_chunk(
         codec,
         data_len: data.len(),
     };
+    if let Some(ops) = against.map(|sig| delta::delta(sig, &raw))
+        && ops.len() < raw.len()
+    {
+        return (head(Codec::Delta, &ops), ops);
+    }
     let level = lock(adapt).next_level();
     if level > 0 {
         // CPU time, not wall time: on a busy machine a wall clock also counts the time this
@@ -557,20 +564,11 @@ where
                     let path = job.loc.path.clone();
                     let encoded = read_chunk(&root_path, &job.id, &job.loc).map(|raw| {
                         let raw_len = raw.len();
-                        let frame = match job.against.map(|sig| delta::delta(&sig, &raw)) {
-                            // Worth it only if smaller than the chunk itself.
-                            Some(ops) if ops.len() < raw_len => (
-                                ChunkHead {
-                                    id: job.id,
-                                    raw_len: raw_len as u32,
-                                    codec: Codec::Delta,
-                                    data_len: ops.len(),
-                                },
-                                ops,
-                            ),
-                            _ => encode_chunk(&adapt, &mut stream, job.id, raw),
-                        };
-                        (raw_len, frame)
+                        let against = job.against.as_ref();
+                        (
+                            raw_len,
+                            encode_chunk(&adapt, &mut stream, job.id, raw, against),
+                        )
                     });
                     let Some((raw_len, (head, data))) = encoded else {
                         let _ = changed_tx.send(path);
@@ -996,6 +994,8 @@ where
     let mut r = Receiver::new();
     let mut index: Option<HashMap<ChunkId, ChunkLoc>> = None;
     let mut parts: HashMap<FileKey, apply::PartFile> = HashMap::new();
+    // Bases of the chunks asked for as deltas (by the id asked for): a data-stream reader
+    // takes out the base of the chunk it rebuilds.
     let bases: Bases = Arc::default();
     // Records of files written in this session, for the stat cache of the final rescan.
     let mut written: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
@@ -1005,8 +1005,6 @@ where
     let finishers = Arc::new(tokio::sync::Semaphore::new(FINISHERS));
     let mut finishing: Vec<FinishJob> = Vec::new();
 
-    // Bases of the chunks asked for as deltas (by the id asked for): a data-stream reader
-    // takes out the base of the chunk it rebuilds.
     // Data streams: each reader decodes, decompresses and verifies chunks in parallel.
     let (chunk_tx, mut chunk_rx) = mpsc::channel::<Result<Verified, PushError>>(64);
     let peer_s = peer.to_string();
@@ -1197,10 +1195,7 @@ async fn execute<CW: AsyncWrite + Unpin>(
             from,
         } => {
             let want = r.file_node(key).and_then(|n| n.chunks.get(i)).map(|c| c.id);
-            let bytes = target.read_span(&from.path, from.offset, from.len).ok();
-            let verified = bytes
-                .zip(want)
-                .and_then(|(b, id)| Verified::check(&id, b).ok());
+            let verified = want.and_then(|id| read_checked(target, &from, &id));
             match (verified, parts.get_mut(&key)) {
                 (Some(v), Some(part)) => {
                     part.write_chunk(i, &v)?;
@@ -1209,19 +1204,16 @@ async fn execute<CW: AsyncWrite + Unpin>(
                 _ => r.copy_failed(key, i),
             }
         }
-        Action::ReadBase { id, base, from } => {
-            let bytes = target.read_span(&from.path, from.offset, from.len).ok();
-            match bytes.and_then(|b| Verified::check(&base, b).ok()) {
-                Some(v) => {
-                    let sig = Signature::of(v.bytes());
-                    lock(bases).insert(id, v.into_bytes());
-                    control_w
-                        .send(&Frame::WantDelta { id, base, sig }, peer)
-                        .await?;
-                }
-                None => r.base_failed(id),
+        Action::ReadBase { id, base, from } => match read_checked(target, &from, &base) {
+            Some(v) => {
+                let sig = Signature::of(v.bytes());
+                lock(bases).insert(id, v.into_bytes());
+                control_w
+                    .send(&Frame::WantDelta { id, base, sig }, peer)
+                    .await?;
             }
-        }
+            None => r.base_failed(id),
+        },
         Action::Write {
             key,
             index: i,
@@ -1273,6 +1265,13 @@ async fn execute<CW: AsyncWrite + Unpin>(
         }
     }
     Ok(())
+}
+
+/// Reads chunk `id` from where the receiver's tree has it; `None` if it cannot be read or
+/// is no longer that chunk (the file changed).
+fn read_checked(target: &Target, from: &ChunkLoc, id: &ChunkId) -> Option<Verified> {
+    let bytes = target.read_span(&from.path, from.offset, from.len).ok()?;
+    Verified::check(id, bytes).ok()
 }
 
 /// Every chunk of the receiver's tree, by id: the basis for reusing data it already has.
