@@ -58,12 +58,10 @@ pub struct Adapt {
     /// is their quotient, a throughput (a mean of per-chunk speeds is dominated by the
     /// fixed cost of small chunks, and swung 10x from chunk to chunk).
     raw_secs: [(f64, f64); LEVELS.len()],
-    speed: [f64; LEVELS.len()],
     /// Decaying sums of raw and compressed bytes, at whatever level: the ratio depends on
     /// the content far more than on the level, and a per-level estimate went stale (a
     /// level tried on gzipped files was never tried again on text).
     raw_comp: (f64, f64),
-    ratio: f64,
     link_rate: f64,
     link_bound: bool,
     chunks: u64,
@@ -86,9 +84,7 @@ impl Adapt {
         Adapt {
             fixed: None,
             raw_secs: [(0.0, 0.0); LEVELS.len()],
-            speed: [0.0; LEVELS.len()],
             raw_comp: (0.0, 0.0),
-            ratio: 0.0,
             link_rate: known_link_rate.map_or(f64::INFINITY, |r| r as f64),
             link_bound: known_link_rate.is_some(),
             chunks: 0,
@@ -149,11 +145,9 @@ impl Adapt {
         let (r, t) = &mut self.raw_secs[i];
         *r = DECAY * *r + raw as f64;
         *t = DECAY * *t + secs.max(0.0);
-        self.speed[i] = *r / t.max(1e-9);
         let (r, c) = &mut self.raw_comp;
         *r = DECAY * *r + raw as f64;
         *c = DECAY * *c + compressed as f64;
-        self.ratio = *r / *c;
         self.decide();
     }
 
@@ -202,6 +196,18 @@ impl Adapt {
         }
     }
 
+    /// Bytes per CPU second at `LEVELS[i]`; 0 until measured.
+    fn speed(&self, i: usize) -> f64 {
+        let (raw, secs) = self.raw_secs[i];
+        raw / secs.max(1e-9)
+    }
+
+    /// Raw bytes per compressed byte; 0 until measured.
+    fn ratio(&self) -> f64 {
+        let (raw, comp) = self.raw_comp;
+        if comp > 0.0 { raw / comp } else { 0.0 }
+    }
+
     fn decide(&mut self) {
         if self.fixed.is_some() {
             return;
@@ -209,14 +215,14 @@ impl Adapt {
         let mut level = 0;
         if self.link_bound {
             for (i, &l) in LEVELS.iter().enumerate() {
-                let measured = self.speed[i] > 0.0;
-                let fast = self.speed[i] >= SPEED_MARGIN * self.link_rate;
-                let pays = self.ratio >= MIN_RATIO;
+                let measured = self.speed(i) > 0.0;
+                let fast = self.speed(i) >= SPEED_MARGIN * self.link_rate;
+                let pays = self.ratio() >= MIN_RATIO;
                 if measured && fast && pays {
                     level = l;
                 } else if !measured && i > 0 && level == LEVELS[i - 1] {
                     // Unmeasured but the cheaper level is comfortably fast: try it.
-                    if self.speed[i - 1] >= 4.0 * SPEED_MARGIN * self.link_rate {
+                    if self.speed(i - 1) >= 4.0 * SPEED_MARGIN * self.link_rate {
                         level = l;
                     }
                     break;
@@ -336,7 +342,7 @@ mod tests {
             a.observe_compress(1, 1000, 500, 100e-6);
         }
         a.observe_compress(1, 1 << 20, 1 << 19, 1e-3);
-        assert!(a.speed[0] > 500e6, "{}", a.speed[0]);
+        assert!(a.speed(0) > 500e6, "{}", a.speed(0));
         // Level 3 measured slow once: not used, but probed again one chunk in PROBE_EVERY.
         a.observe_compress(3, 1 << 16, 1 << 15, 1.0);
         assert_eq!(a.level(), 1);
