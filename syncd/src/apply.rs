@@ -42,7 +42,7 @@ use filetime::FileTime;
 use xattr::FileExt as _;
 
 use crate::chunk::{ChunkId, Verified};
-use crate::manifest::{ChunkRef, FileNode, Node, check_name, display_path, parent};
+use crate::manifest::{ChunkRef, FileNode, Node, check_name, display_path, file_name, parent};
 
 /// Every temporary name this module creates starts with this prefix (see [`is_part_file`]).
 pub const PART_PREFIX: &[u8] = b".syncd-";
@@ -418,16 +418,6 @@ impl Drop for TempName<'_> {
         if let Some(p) = self.0 {
             let _ = fs::remove_file(p);
         }
-    }
-}
-
-/// The last component of a non-root relative path.
-fn file_name(rel: &[u8]) -> &[u8] {
-    let p = parent(rel);
-    if p.is_empty() {
-        rel
-    } else {
-        &rel[p.len() + 1..]
     }
 }
 

@@ -31,7 +31,7 @@ use rayon::prelude::*;
 
 use crate::chunk::{self, ChunkParams};
 use crate::manifest::store::{Record, Snapshot, Stat, Store, StoreError};
-use crate::manifest::{ChunkRef, Entry, FileNode, Hash, Kind, Node, join, parent};
+use crate::manifest::{ChunkRef, Entry, FileNode, Hash, Kind, Node, file_name, join, parent};
 
 /// Files up to this size are read whole; larger ones are streamed in windows.
 const WHOLE_FILE: u64 = 16 << 20;
@@ -265,7 +265,7 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
         while !is_inside(&w.path, &stack[stack.len() - 1].path) {
             b.close_dir(&mut stack)?;
         }
-        let name = w.path[w.path.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1)..].to_vec();
+        let name = file_name(&w.path).to_vec();
         let entry = match leaf {
             Leaf::KeptDir(Some(hash)) => Entry {
                 name,
@@ -401,12 +401,7 @@ impl TreeBuild<'_> {
             self.puts.push((dir.path.clone(), rec.encode()));
         }
         if let Some(parent) = stack.last_mut() {
-            let name = dir.path[dir
-                .path
-                .iter()
-                .rposition(|&c| c == b'/')
-                .map_or(0, |i| i + 1)..]
-                .to_vec();
+            let name = file_name(&dir.path).to_vec();
             parent.entries.push(Entry {
                 name,
                 kind: Kind::Dir,
@@ -441,13 +436,8 @@ enum Leaf {
 
 /// The stored hash of `path` from its parent's stored listing, if it is there as `kind`.
 fn listed(listings: &HashMap<Vec<u8>, Vec<Entry>>, path: &[u8], kind: Kind) -> Option<Hash> {
-    let parent = parent(path);
-    let name = &path[if parent.is_empty() {
-        0
-    } else {
-        parent.len() + 1
-    }..];
-    let entries = listings.get(parent)?;
+    let name = file_name(path);
+    let entries = listings.get(parent(path))?;
     let i = entries
         .binary_search_by(|e| e.name.as_slice().cmp(name))
         .ok()?;

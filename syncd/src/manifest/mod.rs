@@ -380,6 +380,14 @@ pub fn parent(path: &[u8]) -> &[u8] {
     }
 }
 
+/// The last component of a non-root relative path.
+pub fn file_name(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => &path[i + 1..],
+        None => path,
+    }
+}
+
 /// A path for humans: UTF-8 as is, other bytes as `\xNN`, backslash doubled.
 pub fn display_path(path: &[u8]) -> String {
     let mut out = String::with_capacity(path.len());

@@ -408,3 +408,16 @@ fn decode_rejects_bad_names_and_order() {
     bytes.extend_from_slice(&u32::MAX.to_le_bytes());
     assert_eq!(Node::decode(&bytes), Err(DecodeError::Truncated));
 }
+
+#[test]
+fn parent_and_file_name_split_a_path() {
+    for (path, dir, name) in [
+        (&b"a"[..], &b""[..], &b"a"[..]),
+        (b"a/b", b"a", b"b"),
+        (b"a/b/\xffc", b"a/b", b"\xffc"),
+    ] {
+        assert_eq!(parent(path), dir);
+        assert_eq!(file_name(path), name);
+        assert_eq!(join(parent(path), file_name(path)), path);
+    }
+}
