@@ -270,19 +270,8 @@ fn take_u32(r: &mut &[u8]) -> Result<u32, DeltaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunk::tests::noise;
     use proptest::prelude::*;
-
-    fn bytes(seed: u64, n: usize) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
 
     fn roundtrip(base: &[u8], target: &[u8]) -> usize {
         let ops = delta(&Signature::of(base), target);
@@ -292,7 +281,7 @@ mod tests {
 
     #[test]
     fn rolling_equals_a_fresh_checksum() {
-        let data = bytes(1, 500);
+        let data = noise(500, 1);
         let mut r = Rolling::new(&data[..64]);
         for i in 0..data.len() - 64 {
             r.roll(data[i], data[i + 64]);
@@ -302,7 +291,7 @@ mod tests {
 
     #[test]
     fn small_edits_cost_about_a_block() {
-        let base = bytes(2, 65536);
+        let base = noise(65536, 2);
         let mut appended = base.clone();
         appended.extend_from_slice(b"#pushbench000001\n");
         assert!(roundtrip(&base, &appended) < 64);
@@ -313,7 +302,7 @@ mod tests {
         inserted.splice(100..100, *b"xyz");
         assert!(roundtrip(&base, &inserted) < block_size(base.len()) + 64);
         // A small file: its tail shorter than a block is sent literally.
-        let small = bytes(3, 1341);
+        let small = noise(1341, 3);
         let mut grown = small.clone();
         grown.extend_from_slice(b"#pushbench000002\n");
         assert!(roundtrip(&small, &grown) < 17 + block_size(1341) + 32);
@@ -321,16 +310,16 @@ mod tests {
 
     #[test]
     fn unrelated_and_degenerate_inputs_round_trip() {
-        roundtrip(&bytes(4, 5000), &bytes(5, 5000));
+        roundtrip(&noise(5000, 4), &noise(5000, 5));
         roundtrip(b"", b"abc");
         roundtrip(b"abc", b"");
         roundtrip(&[0; 4096], &[0; 10000]);
-        roundtrip(&bytes(6, 63), &bytes(6, 63));
+        roundtrip(&noise(63, 6), &noise(63, 6));
     }
 
     #[test]
     fn hostile_ops_are_refused() {
-        let base = bytes(7, 256);
+        let base = noise(256, 7);
         let mut ops = 64u32.to_le_bytes().to_vec();
         ops.push(OP_COPY);
         ops.extend_from_slice(&3u32.to_le_bytes());
@@ -368,16 +357,16 @@ mod tests {
             len in 0usize..20000,
             edits in prop::collection::vec((any::<u16>(), 0usize..40, any::<u8>()), 0..6),
         ) {
-            let base = bytes(seed, len);
+            let base = noise(len, seed);
             let mut target = base.clone();
             for (at, n, kind) in edits {
                 let at = usize::from(at) % (target.len() + 1);
                 match kind % 3 {
-                    0 => { target.splice(at..at, bytes(seed ^ 9, n)); }
+                    0 => { target.splice(at..at, noise(n, seed ^ 9)); }
                     1 => { let end = (at + n).min(target.len()); target.drain(at..end); }
                     _ => {
                         let end = (at + n).min(target.len());
-                        target[at..end].copy_from_slice(&bytes(seed ^ 5, end - at));
+                        target[at..end].copy_from_slice(&noise(end - at, seed ^ 5));
                     }
                 }
             }
