@@ -66,6 +66,7 @@ fn file_nodes() -> Vec<(Vec<u8>, Vec<u8>, FileNode)> {
                     mode: 0o100644,
                     mtime_ns: 1_700_000_000_000_000_000 + (d * FILES + f) as i64,
                     chunks,
+                    link: None,
                 },
             ));
         }

@@ -359,27 +359,11 @@ async fn write_frame<W: AsyncWrite + Unpin>(
 
 // ------------------------------------------------------------------ sender
 
-/// Metadata of a source path for the wire (owner, xattrs, mtime, hard link). `inodes`
-/// remembers the first path offered for each multiply-linked inode of this push.
-fn source_meta(
-    root: &Path,
-    rel: &[u8],
-    node: &Node,
-    inodes: &mut HashMap<(u64, u64), Vec<u8>>,
-) -> Option<Meta> {
+/// Metadata of a source path for the wire (owner, xattrs, mtime). Hard links are part of
+/// the node ([`crate::manifest::FileNode::link`]).
+fn source_meta(root: &Path, rel: &[u8], node: &Node) -> Option<Meta> {
     let abs = root.join(std::ffi::OsStr::from_bytes(rel));
     let m = std::fs::symlink_metadata(&abs).ok()?;
-    let link_to = if matches!(node, Node::File(_)) && m.nlink() > 1 {
-        match inodes.entry((m.dev(), m.ino())) {
-            std::collections::hash_map::Entry::Occupied(first) => Some(first.get().clone()),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(rel.to_vec());
-                None
-            }
-        }
-    } else {
-        None
-    };
     let xattrs = if matches!(node, Node::Symlink { .. }) {
         Vec::new()
     } else {
@@ -393,7 +377,6 @@ fn source_meta(
         uid: m.uid(),
         gid: m.gid(),
         xattrs,
-        link_to,
     })
 }
 
@@ -675,7 +658,6 @@ where
     };
     let mut control_wire = 0u64;
     let mut resent: HashSet<(Vec<u8>, Hash)> = HashSet::new();
-    let mut inodes: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     let result: Result<(), PushError> = async {
         let mut jobs = Vec::new();
         loop {
@@ -707,7 +689,7 @@ where
                     if let Frame::Refuse { reason } = &frame {
                         return Err(PushError::Remote { peer: peer.to_string(), reason: reason.clone() });
                     }
-                    let mut meta = |p: &[u8], n: &Node| source_meta(root_path, p, n, &mut inodes);
+                    let mut meta = |p: &[u8], n: &Node| source_meta(root_path, p, n);
                     s.handle(frame, &snap, &mut meta).map_err(|source| PushError::Proto {
                         peer: peer.to_string(),
                         source,
@@ -717,9 +699,15 @@ where
                     // The source file changed under us: read it again and offer the new node.
                     let abs = root_path.join(std::ffi::OsStr::from_bytes(&path));
                     let fresh = scan::read_file(&abs, opts.scan.params).ok();
-                    let update = fresh.and_then(|(node, _)| {
+                    // Linked as scanned: the link is a property of the tree, not of content.
+                    let link = match crate::manifest::Nodes::node(&snap, &path) {
+                        Ok(Some(Node::File(f))) => f.link,
+                        _ => None,
+                    };
+                    let update = fresh.and_then(|(mut node, _)| {
+                        node.link = link;
                         let n = Node::File(node.clone());
-                        let meta = source_meta(root_path, &path, &n, &mut HashMap::new())?;
+                        let meta = source_meta(root_path, &path, &n)?;
                         Some((node, meta, n.hash()))
                     });
                     match update {

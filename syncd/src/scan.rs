@@ -31,7 +31,9 @@ use rayon::prelude::*;
 
 use crate::chunk::{self, ChunkParams};
 use crate::manifest::store::{Record, Snapshot, Stat, Store, StoreError};
-use crate::manifest::{ChunkRef, Entry, FileNode, Hash, Kind, Node, file_name, join, parent};
+use crate::manifest::{
+    ChunkRef, Entry, FileNode, Hash, Kind, Node, component_order, file_name, join, parent,
+};
 
 /// Files up to this size are read whole; larger ones are streamed in windows.
 const WHOLE_FILE: u64 = 16 << 20;
@@ -169,6 +171,10 @@ struct Walked {
     kind: Kind,
     mode: u32,
     stat: Stat,
+    /// Device and link count (0 when kept): hard links are files with the same
+    /// `(dev, stat.ino)`.
+    dev: u64,
+    nlink: u64,
     /// Taken as stored, not looked at ([`ScanOptions::changed_only`]).
     kept: bool,
 }
@@ -208,6 +214,21 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
         .unwrap_or(0);
     let (mut walked, mut warnings, root_mode) = walk(&root, opts)?;
     walked.par_sort_unstable_by(|a, b| component_order(&a.path, &b.path));
+    if opts.changed_only.is_some()
+        && walked
+            .iter()
+            .any(|w| !w.kept && w.kind == Kind::File && w.nlink > 1)
+    {
+        // A hard link's node names the first path of its inode, which may be an entry
+        // this rescan would not look at: walk everything (the stat cache still spares
+        // the reads).
+        let full = ScanOptions {
+            changed_only: None,
+            ..opts.clone()
+        };
+        return refresh(&root, store, &full);
+    }
+    let links = hard_links(&walked);
 
     let snap = store.snapshot()?;
     // With `changed_only`, untouched entries of a listed directory take their hash from
@@ -255,7 +276,11 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
             let end = (i + LEAF_BATCH).min(walked.len());
             batch_leaves = walked[i..end]
                 .par_iter()
-                .map(|w| leaf(&root, w, &snap, &listings, opts.params, scan_start_ns))
+                .enumerate()
+                .map(|(k, w)| {
+                    let link = links.get(&(i + k)).map(Vec::as_slice);
+                    leaf(&root, w, link, &snap, &listings, opts.params, scan_start_ns)
+                })
                 .collect::<Result<Vec<_>, StoreError>>()?;
             batch_leaves.reverse(); // popped from the end, in order
         }
@@ -335,11 +360,25 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
     Ok(summary)
 }
 
-/// Orders paths component by component (a directory is directly followed by its subtree):
-/// names never contain NUL, so comparing with `/` mapped to NUL does exactly that.
-fn component_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
-    let map = |c: &u8| if *c == b'/' { 0 } else { *c };
-    a.iter().map(map).cmp(b.iter().map(map))
+/// For each walked file that shares its inode with an earlier walked file (`walked` is in
+/// component order), the path of the first one: its [`FileNode::link`].
+fn hard_links(walked: &[Walked]) -> HashMap<usize, Vec<u8>> {
+    let mut first: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut links = HashMap::new();
+    for (i, w) in walked.iter().enumerate() {
+        if w.kind != Kind::File || w.nlink < 2 || w.kept {
+            continue;
+        }
+        match first.entry((w.dev, w.stat.ino)) {
+            std::collections::hash_map::Entry::Occupied(f) => {
+                links.insert(i, walked[*f.get()].path.clone());
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(i);
+            }
+        }
+    }
+    links
 }
 
 fn is_inside(path: &[u8], dir: &[u8]) -> bool {
@@ -444,9 +483,11 @@ fn listed(listings: &HashMap<Vec<u8>, Vec<Entry>>, path: &[u8], kind: Kind) -> O
     (entries[i].kind == kind).then_some(entries[i].hash)
 }
 
+/// The leaf of walked entry `w`; `link` is its [`FileNode::link`].
 fn leaf(
     root: &Path,
     w: &Walked,
+    link: Option<&[u8]>,
     snap: &Snapshot,
     listings: &HashMap<Vec<u8>, Vec<Entry>>,
     params: ChunkParams,
@@ -488,9 +529,11 @@ fn leaf(
                         kind: w.kind,
                         mode: m.mode() & 0o7777,
                         stat: stat_of(&m),
+                        dev: m.dev(),
+                        nlink: m.nlink(),
                         kept: false,
                     };
-                    return leaf(root, &fresh, snap, listings, params, scan_start_ns);
+                    return leaf(root, &fresh, None, snap, listings, params, scan_start_ns);
                 }
                 Err(e) => skipped(e),
             },
@@ -513,17 +556,43 @@ fn leaf(
             if let Some((hash, stat)) = snap.header(&w.path)?
                 && stat == w.stat
             {
-                return Ok(Leaf::Reused {
-                    kind: Kind::File,
-                    hash,
-                    size: stat.size,
-                });
+                // A file with other links: its stat does not say whether the first path
+                // of its inode changed, so compare the stored link. (A file that lost its
+                // other links has a new ctime, and is read again.)
+                if w.nlink < 2 {
+                    return Ok(Leaf::Reused {
+                        kind: Kind::File,
+                        hash,
+                        size: stat.size,
+                    });
+                }
+                if let Some(Record {
+                    node: Node::File(mut f),
+                    ..
+                }) = snap.record(&w.path)?
+                {
+                    if f.link.as_deref() == link {
+                        return Ok(Leaf::Reused {
+                            kind: Kind::File,
+                            hash,
+                            size: stat.size,
+                        });
+                    }
+                    f.link = link.map(<[u8]>::to_vec);
+                    let node = Node::File(f);
+                    return Ok(Leaf::New(Record {
+                        hash: node.hash(),
+                        stat,
+                        node,
+                    }));
+                }
             }
             match read_file(&abs, params) {
-                Ok((node, mut stat)) => {
+                Ok((mut node, mut stat)) => {
                     if stat.mtime_ns + RACY_NS >= scan_start_ns {
                         stat.mtime_ns = i64::MIN; // never matches: re-read next time
                     }
+                    node.link = link.map(<[u8]>::to_vec);
                     let node = Node::File(node);
                     Leaf::New(Record {
                         hash: node.hash(),
@@ -554,6 +623,7 @@ pub fn read_file(path: &Path, params: ChunkParams) -> std::io::Result<(FileNode,
                     mode: before.mode() & 0o7777,
                     mtime_ns: s0.mtime_ns,
                     chunks,
+                    link: None,
                 },
                 s0,
             ));
@@ -727,6 +797,8 @@ impl Collector {
                     kind,
                     mode: 0,
                     stat: Stat::default(),
+                    dev: 0,
+                    nlink: 0,
                     kept: true,
                 });
                 if self.walked.len() >= 8192 {
@@ -772,6 +844,8 @@ impl Collector {
             kind,
             mode: meta.mode() & 0o7777,
             stat: stat_of(&meta),
+            dev: meta.dev(),
+            nlink: meta.nlink(),
             kept: false,
         });
         if self.walked.len() >= 8192 {
@@ -989,6 +1063,70 @@ mod tests {
         let full = refresh(&root, &s, &ScanOptions::default()).unwrap();
         assert_ne!(full.root, kept.root);
         assert_eq!(full.root, full_root_from_scratch(&root));
+    }
+
+    #[test]
+    fn hard_links_name_the_first_path_of_their_inode() {
+        let (tree, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let root = canonical_root(tree.path()).unwrap();
+        fs::create_dir(root.join("a")).unwrap();
+        fs::write(root.join("a/x"), "linked").unwrap();
+        fs::write(root.join("d"), "linked").unwrap(); // same content, its own inode
+        for l in ["b", "c"] {
+            fs::hard_link(root.join("a/x"), root.join(l)).unwrap();
+        }
+        let s = store(home.path(), &root);
+        let links = |s: &Store| {
+            let snap = s.snapshot().unwrap();
+            ["a/0", "a/x", "b", "c", "d", "e"].map(|p| {
+                match crate::manifest::Nodes::node(&snap, p.as_bytes()).unwrap() {
+                    Some(Node::File(f)) => Some(f.link.map(|l| String::from_utf8(l).unwrap())),
+                    _ => None,
+                }
+            })
+        };
+        let some = |p: &str| Some(Some(p.to_string()));
+        let check = |s: &Store, opts: &ScanOptions| {
+            let sum = refresh(&root, s, opts).unwrap();
+            assert_eq!(sum.root, full_root_from_scratch(&root));
+            sum.root
+        };
+        let first = check(&s, &ScanOptions::default());
+        assert_eq!(
+            links(&s),
+            [None, Some(None), some("a/x"), some("a/x"), Some(None), None]
+        );
+        // Unlinking one changes the tree: the same content, separate.
+        fs::remove_file(root.join("c")).unwrap();
+        fs::copy(root.join("a/x"), root.join("c")).unwrap();
+        assert_ne!(check(&s, &ScanOptions::default()), first);
+        assert_eq!(links(&s)[3], Some(None));
+
+        // A new link earlier in component order becomes the first path of the inode.
+        fs::hard_link(root.join("a/x"), root.join("a/0")).unwrap();
+        check(&s, &ScanOptions::default());
+        assert_eq!(
+            links(&s),
+            [
+                Some(None),
+                some("a/0"),
+                some("a/0"),
+                Some(None),
+                Some(None),
+                None
+            ]
+        );
+        // ... and when it goes, the next one is.
+        fs::remove_file(root.join("a/0")).unwrap();
+        fs::remove_file(root.join("a/x")).unwrap();
+        check(&s, &ScanOptions::default());
+        assert_eq!(links(&s)[2], Some(None));
+
+        // A rescan of only what changed cannot see the other paths of a linked entry's
+        // inode: it walks everything instead, and gets the same root as a walk from scratch.
+        fs::hard_link(root.join("b"), root.join("e")).unwrap();
+        check(&s, &only(&[], &["e"]));
+        assert_eq!(links(&s)[5], some("b"));
     }
 
     #[test]

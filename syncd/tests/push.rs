@@ -742,6 +742,60 @@ fn hard_links_within_the_tree_are_preserved() {
     );
 }
 
+/// A receiver whose copies of linked files are equal but separate (copied without keeping
+/// links) gets the links, and copies the sender has separated are separated again: how
+/// files are linked is part of the manifest, so `diff` sees it and `push` makes it equal.
+#[test]
+fn hard_links_are_made_and_broken_where_only_the_linking_differs() {
+    let (sender, receiver) = (Env::new(), Env::new());
+    let (sid, rid) = (init(&sender), init(&receiver));
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write(src.path(), "a/original", &noise(300_000, 9));
+    write(src.path(), "lonely", b"single");
+    fs::create_dir(dst.path().join("a")).unwrap();
+    let copy = |from: &Path, to: &Path| {
+        let st = Command::new("cp")
+            .arg("--preserve=mode,timestamps")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    for p in ["a/original", "b-link", "a/z-link", "lonely"] {
+        copy(&src.path().join("a/original"), &dst.path().join(p));
+    }
+    copy(&src.path().join("lonely"), &dst.path().join("lonely"));
+    for p in ["b-link", "a/z-link"] {
+        fs::hard_link(src.path().join("a/original"), src.path().join(p)).unwrap();
+    }
+    let diff = sender.syncd(&[&"diff", &src.path(), &dst.path()]);
+    assert_eq!(code(&diff), 1, "{}", stderr(&diff));
+    assert_eq!(stdout(&diff), "m a/z-link\nm b-link\n");
+
+    let server = Server::start(&receiver, dst.path(), &sid);
+    let (rc, v, err) = push_json(&sender, src.path(), &server.addr, &["--peer-id", &rid]);
+    assert_eq!(rc, 0, "{err}\n{}", server.log());
+    assert_eq!(v["identical"], true, "{v}");
+    assert_eq!(v["chunks_sent"], 0, "linking sends no content: {v}");
+    let ino = |p: &str| fs::metadata(dst.path().join(p)).unwrap().ino();
+    assert_eq!(ino("a/original"), ino("b-link"));
+    assert_eq!(ino("a/original"), ino("a/z-link"));
+    assert_ne!(ino("a/original"), ino("lonely"));
+
+    // The sender turns one link into a copy of its own.
+    copy(&src.path().join("b-link"), &src.path().join("b-copy"));
+    fs::rename(src.path().join("b-copy"), src.path().join("b-link")).unwrap();
+    let (rc, v, err) = push_json(&sender, src.path(), &server.addr, &["--peer-id", &rid]);
+    assert_eq!(rc, 0, "{err}\n{}", server.log());
+    assert_eq!(v["identical"], true, "{v}");
+    assert_ne!(ino("a/original"), ino("b-link"));
+    assert_eq!(ino("a/original"), ino("a/z-link"));
+    let diff = sender.syncd(&[&"diff", &src.path(), &dst.path()]);
+    assert_eq!(code(&diff), 0, "{}", stdout(&diff));
+    assert_trees_equal(src.path(), dst.path());
+}
+
 /// Regression: control frames used to be read inside `tokio::select!`, where a chunk
 /// arriving mid-frame cancelled the read and lost bytes ("frame of N bytes exceeds the
 /// limit" on large trees). Many small files interleave control and data traffic heavily.

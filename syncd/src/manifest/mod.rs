@@ -2,7 +2,9 @@
 //!
 //! Every entry of a tree is a [`Node`] keyed by its relative path (raw bytes, `/`-separated,
 //! the root is the empty path). A node's [`Hash`] is the BLAKE3 of its canonical encoding:
-//! - a file covers its kind, size, mode, mtime and ordered chunk ids and lengths;
+//! - a file covers its kind, size, mode, mtime and ordered chunk ids and lengths, and, for
+//!   a hard link, the path of the first entry of the tree that shares its inode (see
+//!   [`FileNode::link`]);
 //! - a symlink covers its target bytes;
 //! - a directory covers its mode and its sorted `(name, kind, hash)` children.
 //!
@@ -11,8 +13,9 @@
 //! not with the size of the tree.
 //!
 //! Deliberately absent from the hash: directory mtimes (any write inside a directory changes
-//! them, so they would make every ancestor of a change differ), ownership, xattrs and link
-//! counts. Those are preserved by the transfer, not compared.
+//! them, so they would make every ancestor of a change differ), ownership and xattrs. Those
+//! are preserved by the transfer, not compared. Links to inodes outside the tree are not
+//! part of the tree either: a file whose other links all lie outside it is a plain file.
 //!
 //! This module is sans-IO. [`store`] persists manifests in redb and is the only part that
 //! does IO; it implements [`Nodes`] so that [`diff`] runs over stored manifests without
@@ -134,6 +137,11 @@ pub struct FileNode {
     pub mtime_ns: i64,
     /// The chunks, in order.
     pub chunks: Vec<ChunkRef>,
+    /// For a hard link: the first path of the tree (in component order, see
+    /// [`component_order`]) that is the same inode, when that is another path. The first
+    /// path itself, and a file with no other link in the tree, have none. So two trees
+    /// compare equal only if their files are linked the same way.
+    pub link: Option<Vec<u8>>,
 }
 
 /// One entry of a manifest.
@@ -195,10 +203,30 @@ pub fn check_name(name: &[u8]) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// Refuses relative paths that are not `/`-joined plain components (so also the empty
+/// path, which is the root and never a file).
+pub fn check_path(path: &[u8]) -> Result<(), DecodeError> {
+    for name in path.split(|&b| b == b'/') {
+        check_name(name).map_err(|_| DecodeError::BadName(display_path(path)))?;
+    }
+    Ok(())
+}
+
+/// Orders paths component by component, so that a directory is directly followed by its
+/// subtree: names never contain NUL, so comparing with `/` mapped to NUL does exactly that.
+/// Scans walk in this order, and [`FileNode::link`] names the first path of an inode in it.
+pub fn component_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let map = |c: &u8| if *c == b'/' { 0 } else { *c };
+    a.iter().map(map).cmp(b.iter().map(map))
+}
+
 impl FileNode {
     /// The canonical encoding of [`Node::File`] holding this.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.push(Kind::File.tag());
+        out.push(match self.link {
+            None => Kind::File.tag(),
+            Some(_) => LINKED_FILE_TAG,
+        });
         out.extend_from_slice(&self.size.to_le_bytes());
         out.extend_from_slice(&self.mode.to_le_bytes());
         out.extend_from_slice(&self.mtime_ns.to_le_bytes());
@@ -206,6 +234,10 @@ impl FileNode {
         for c in &self.chunks {
             out.extend_from_slice(&c.id.0);
             out.extend_from_slice(&c.len.to_le_bytes());
+        }
+        if let Some(link) = &self.link {
+            out.extend_from_slice(&(link.len() as u32).to_le_bytes());
+            out.extend_from_slice(link);
         }
     }
 }
@@ -216,6 +248,11 @@ pub fn encode_symlink(target: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&(target.len() as u32).to_le_bytes());
     out.extend_from_slice(target);
 }
+
+/// The tag of a file node that is a hard link ([`FileNode::link`]): a plain file's
+/// encoding with the tag replaced, followed by the length-prefixed link path. Never a
+/// directory entry's kind, which is [`Kind::File`] either way.
+const LINKED_FILE_TAG: u8 = 4;
 
 /// Decoding stops early rather than allocate for counts the input cannot hold.
 const FILE_CHUNK_BYTES: usize = 32 + 4;
@@ -267,7 +304,11 @@ impl Node {
     pub fn decode(bytes: &[u8]) -> Result<Node, DecodeError> {
         let mut r = Reader(bytes);
         let tag = r.u8()?;
-        let node = match Kind::from_tag(tag).ok_or(DecodeError::BadTag(tag))? {
+        let kind = match tag {
+            LINKED_FILE_TAG => Kind::File,
+            _ => Kind::from_tag(tag).ok_or(DecodeError::BadTag(tag))?,
+        };
+        let node = match kind {
             Kind::File => {
                 let size = r.u64()?;
                 let mode = r.u32()?;
@@ -287,11 +328,20 @@ impl Node {
                 if sum != size {
                     return Err(DecodeError::SizeMismatch { size, sum });
                 }
+                let link = if tag == LINKED_FILE_TAG {
+                    let n = r.count(1)?;
+                    let link = r.take(n)?.to_vec();
+                    check_path(&link)?;
+                    Some(link)
+                } else {
+                    None
+                };
                 Node::File(FileNode {
                     size,
                     mode,
                     mtime_ns,
                     chunks,
+                    link,
                 })
             }
             Kind::Symlink => {

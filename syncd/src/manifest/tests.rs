@@ -30,6 +30,7 @@ fn file_node(content: u8, len: u8, mode: u32, mtime: i64) -> Node {
         mode,
         mtime_ns: mtime,
         chunks,
+        link: None,
     })
 }
 
@@ -419,5 +420,59 @@ fn parent_and_file_name_split_a_path() {
         assert_eq!(parent(path), dir);
         assert_eq!(file_name(path), name);
         assert_eq!(join(parent(path), file_name(path)), path);
+    }
+}
+
+#[test]
+fn a_hard_link_is_part_of_the_file_node() {
+    let Node::File(plain) = file_node(3, 2, 0o644, 1) else {
+        unreachable!()
+    };
+    let linked = FileNode {
+        link: Some(b"a/x".to_vec()),
+        ..plain.clone()
+    };
+    let (p, l) = (Node::File(plain), Node::File(linked.clone()));
+    assert_ne!(p.hash(), l.hash());
+    assert_eq!(Node::decode(&l.to_bytes()).unwrap(), l);
+    assert_eq!(Node::decode(&p.to_bytes()).unwrap(), p);
+
+    // The same content and metadata, linked differently: a metadata change.
+    let tree = |n: &Node| {
+        let mut t = Tree::default();
+        t.nodes.insert(b"f".to_vec(), n.clone());
+        t.nodes.insert(
+            Vec::new(),
+            Node::Dir {
+                mode: 0o755,
+                entries: Vec::new(),
+            },
+        );
+        rehash(&mut t);
+        t
+    };
+    let changes = diff(&tree(&p), &tree(&l)).unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].kind, ChangeKind::Metadata);
+
+    // A link path from a stored record or the network is a relative path of plain names.
+    for bad in [
+        &b""[..],
+        b"..",
+        b"a/../b",
+        b"/abs",
+        b"a//b",
+        b"a/",
+        b"./a",
+        b"a\0b",
+    ] {
+        let node = Node::File(FileNode {
+            link: Some(bad.to_vec()),
+            ..linked.clone()
+        });
+        assert!(
+            matches!(Node::decode(&node.to_bytes()), Err(DecodeError::BadName(_))),
+            "{bad:?}"
+        );
     }
 }

@@ -14,8 +14,9 @@ use crate::manifest::{
 
 /// Protocol version spoken by this build. 2: a compressed chunk is the next part of its
 /// data stream's zstd stream ([`super::stream`]), not a zstd frame of its own. 3: directories
-/// travel as [`Offered::Dir`] listings with [`ShortHash`]es.
-pub const VERSION: u32 = 3;
+/// travel as [`Offered::Dir`] listings with [`ShortHash`]es. 4: hard links are part of the
+/// file node ([`FileNode::link`]), not of [`Meta`].
+pub const VERSION: u32 = 4;
 
 /// Largest frame (tag + payload) either side accepts: a directory node of ~1M entries.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -46,8 +47,6 @@ pub struct Meta {
     pub gid: u32,
     /// Extended attributes (name, value).
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-    /// For a file: another path of this push that is the same inode (a hard link).
-    pub link_to: Option<Vec<u8>>,
 }
 
 /// A directory child as the sender lists it.
@@ -416,13 +415,6 @@ impl Frame {
                         put_bytes(out, k);
                         put_bytes(out, v);
                     }
-                    match &it.meta.link_to {
-                        None => out.push(0),
-                        Some(p) => {
-                            out.push(1);
-                            put_bytes(out, p);
-                        }
-                    }
                 }
             }
             Frame::Vanished { path } => {
@@ -679,7 +671,7 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
             Frame::GetNodes { paths }
         }
         tag::NODES => {
-            let n = r.count(4 + 4 + 8 + 4 + 4 + 4 + 1)?;
+            let n = r.count(4 + 4 + 8 + 4 + 4 + 4)?;
             let mut items = Vec::with_capacity(n);
             for _ in 0..n {
                 let path = r.path()?;
@@ -694,11 +686,6 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
                     let v = r.bytes()?.to_vec();
                     xattrs.push((k, v));
                 }
-                let link_to = match r.u8()? {
-                    0 => None,
-                    1 => Some(r.path()?),
-                    f => return Err(r.bad(format!("unknown link flag {f}"))),
-                };
                 items.push(NodeItem {
                     path,
                     node,
@@ -707,7 +694,6 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
                         uid,
                         gid,
                         xattrs,
-                        link_to,
                     },
                 });
             }

@@ -495,6 +495,9 @@ pub struct Receiver {
     open: usize,
     /// Hard links waiting for the file they point to (by its key) to be finished.
     links: HashMap<FileKey, Vec<LinkTo>>,
+    /// Hard links offered during the descent, made (or attached to [`Receiver::links`])
+    /// once it is over.
+    pending_links: Vec<LinkTo>,
     /// Chunk ids to ask for, sent by [`Receiver::poll`] once the other actions are drained.
     want: Vec<ChunkId>,
     /// Non-directory paths this session writes (for [`Action::Rescan`]).
@@ -567,6 +570,7 @@ impl Receiver {
             queued: VecDeque::new(),
             open: 0,
             links: HashMap::new(),
+            pending_links: Vec::new(),
             want: Vec::new(),
             touched: Vec::new(),
         }
@@ -590,13 +594,19 @@ impl Receiver {
         }
     }
 
-    /// Forgets file `key` (restarted or vanished), releasing its slot if it had one.
-    fn drop_file(&mut self, key: FileKey) {
+    /// Forgets file `key` (restarted or vanished), releasing its slot if it had one. The
+    /// hard links waiting for it wait for its next offer if it is `restarted`; the links of
+    /// a vanished file are not made (the push then ends with different roots).
+    fn drop_file(&mut self, key: FileKey, restarted: bool) {
         if let Some(f) = self.files.remove(&key) {
             if f.slot {
                 self.open -= 1;
             }
             self.out.push_back(Action::AbortFile { key });
+        }
+        let links = self.links.remove(&key).unwrap_or_default();
+        if restarted {
+            self.pending_links.extend(links);
         }
         self.pump();
     }
@@ -693,7 +703,7 @@ impl Receiver {
             }
             (RState::Descending, Frame::Vanished { path }) => {
                 if let Some(key) = self.by_path.remove(&path) {
-                    self.drop_file(key);
+                    self.drop_file(key, false);
                 } else {
                     self.outstanding = self.outstanding.saturating_sub(1);
                 }
@@ -726,7 +736,7 @@ impl Receiver {
         let NodeItem { path, node, meta } = item;
         // An update for a file already in progress (the source changed): start it over.
         if let Some(key) = self.by_path.remove(&path) {
-            self.drop_file(key);
+            self.drop_file(key, true);
         } else {
             self.outstanding = self.outstanding.saturating_sub(1);
         }
@@ -814,17 +824,17 @@ impl Receiver {
                 self.out.push_back(Action::Symlink { path, target, meta });
             }
             Offered::File(f) => {
-                if let Some(to) = meta.link_to.clone() {
-                    // A hard link of a path offered earlier in this push: link once that
-                    // one is in place.
-                    match self.by_path.get(&to) {
-                        Some(&key) => self.links.entry(key).or_default().push((path, to)),
-                        None => self.out.push_back(Action::HardLink { path, to }),
-                    }
+                if let Some(to) = f.link.clone() {
+                    // A hard link of `to`, the first path of its inode, which may be
+                    // offered later in the descent: linked once the descent is over.
+                    self.pending_links.push((path, to));
                     return Ok(());
                 }
+                // Same content, and not a link of another path here (which must become an
+                // inode of its own, rebuilt from local chunks): only metadata to set.
                 if let Some(Node::File(old)) = &mine
                     && old.chunks == f.chunks
+                    && old.link.is_none()
                 {
                     self.out.push_back(Action::SetFileMeta {
                         path,
@@ -998,7 +1008,18 @@ impl Receiver {
     }
 
     fn check_complete(&mut self) {
-        if self.state != RState::Descending || self.outstanding > 0 || !self.files.is_empty() {
+        if self.state != RState::Descending || self.outstanding > 0 {
+            return;
+        }
+        // The descent is over, so every path that differs was offered: a link whose first
+        // path is still being written waits for it, the others are made now.
+        for (path, to) in std::mem::take(&mut self.pending_links) {
+            match self.by_path.get(&to) {
+                Some(&key) => self.links.entry(key).or_default().push((path, to)),
+                None => self.out.push_back(Action::HardLink { path, to }),
+            }
+        }
+        if !self.files.is_empty() {
             return;
         }
         self.state = RState::Rescanning;

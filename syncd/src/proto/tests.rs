@@ -176,8 +176,12 @@ fn run(
                     parts.remove(&key);
                 }
                 Action::HardLink { path, to } => {
-                    let n = fs.nodes[&to].clone();
-                    fs.nodes.insert(path, n);
+                    // The same inode: `to`'s content and metadata, and `to` as the link.
+                    let Some(Node::File(mut f)) = fs.nodes.get(&to).cloned() else {
+                        panic!("hard link to a non-file {to:?}");
+                    };
+                    f.link = Some(to);
+                    fs.nodes.insert(path, Node::File(f));
                 }
                 Action::SetDirMeta { path, mode, .. } => {
                     if let Some(Node::Dir { mode: m, .. }) = fs.nodes.get_mut(&path) {
@@ -268,6 +272,65 @@ proptest! {
         let out = run(&a, &b, true, false, lcg(seed));
         prop_assert_eq!(out.receiver_root, out.sender_root);
         prop_assert_eq!(&out.receiver_tree, &a);
+    }
+}
+
+/// A tree with the given files (path, chunk content byte, link) and the directories above
+/// them, hashed.
+fn files_tree(files: &[(&str, u8, Option<&str>)]) -> Tree {
+    let mut t = Tree::default();
+    let dir = || Node::Dir {
+        mode: 0o755,
+        entries: Vec::new(),
+    };
+    t.nodes.insert(Vec::new(), dir());
+    for (path, content, link) in files {
+        let path = path.as_bytes().to_vec();
+        let mut at = crate::manifest::parent(&path);
+        while !at.is_empty() {
+            t.nodes.insert(at.to_vec(), dir());
+            at = crate::manifest::parent(at);
+        }
+        let chunk = crate::manifest::ChunkRef {
+            id: ChunkId::of(&[*content, 0]),
+            len: 2,
+        };
+        let node = FileNode {
+            size: 2,
+            mode: 0o644,
+            mtime_ns: 1,
+            chunks: vec![chunk],
+            link: link.map(|l| l.as_bytes().to_vec()),
+        };
+        t.nodes.insert(path, Node::File(node));
+    }
+    rehash(&mut t);
+    t
+}
+
+/// Links are made where the receiver has separate copies, also when the first path of the
+/// inode is new and is offered after its links (a deeper path, reached one round trip
+/// later), and separate files are unlinked where the receiver has them linked.
+#[test]
+fn hard_links_follow_the_sender_whatever_the_descent_order() {
+    let a = files_tree(&[
+        ("a/x", 9, None),
+        ("b", 9, Some("a/x")),
+        ("c", 9, Some("a/x")),
+        ("d", 4, None),
+        ("e", 4, None),
+    ]);
+    let b = files_tree(&[
+        ("b", 9, None),
+        ("c", 9, None),
+        ("d", 4, None),
+        ("e", 4, Some("d")),
+    ]);
+    for seed in 0..20 {
+        let out = run(&a, &b, true, false, lcg(seed));
+        assert_eq!(out.receiver_tree, a, "seed {seed}");
+        assert_eq!(out.receiver_root, out.sender_root);
+        assert_eq!(out.totals.chunks_received, 0, "every chunk is local");
     }
 }
 
@@ -410,7 +473,6 @@ fn every_frame_round_trips() {
                         uid: 1,
                         gid: 2,
                         xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
-                        link_to: Some(b"b/c".to_vec()),
                     },
                 },
                 NodeItem {
@@ -423,6 +485,7 @@ fn every_frame_round_trips() {
                             id: ChunkId([4; 32]),
                             len: 3,
                         }],
+                        link: Some(b"b/c".to_vec()),
                     }),
                     meta: Meta::default(),
                 },
