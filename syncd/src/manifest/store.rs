@@ -37,6 +37,17 @@ pub enum StoreError {
         #[source]
         source: Box<redb::Error>,
     },
+    /// Another process has the database open: a `serve` session writing into the tree, or
+    /// another command using the same `--home`.
+    #[error(
+        "manifest store {} is in use by another syncd process (a running serve session, or \
+         another command with the same --home); run this again once it is done",
+        path.display()
+    )]
+    InUse {
+        /// The database file.
+        path: PathBuf,
+    },
     /// The database is readable but does not hold a syncd manifest of this format.
     #[error("manifest store {}: {reason}", path.display())]
     Foreign {
@@ -85,7 +96,7 @@ impl StoreError {
                 ),
                 _ => false,
             },
-            StoreError::Io { .. } => false,
+            StoreError::Io { .. } | StoreError::InUse { .. } => false,
         }
     }
 }
@@ -260,7 +271,12 @@ impl Store {
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(path)
-            .map_err(|e| db_err(path, e))?;
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                    path: path.to_path_buf(),
+                },
+                e => db_err(path, e),
+            })?;
         let store = Store {
             db,
             path: path.to_path_buf(),
@@ -516,6 +532,26 @@ mod tests {
         assert!(matches!(
             Store::open(home.path(), Path::new("/a")).unwrap(),
             Opened::Rebuilt { .. }
+        ));
+    }
+
+    /// A store held by another process (here: another open of it) is neither rebuilt nor
+    /// moved aside; the error says who is likely to hold it.
+    #[test]
+    fn a_store_in_use_is_reported_not_rebuilt() {
+        let home = tempfile::tempdir().unwrap();
+        let held = Store::open(home.path(), Path::new("/t")).unwrap();
+        let err = Store::open(home.path(), Path::new("/t")).unwrap_err();
+        assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
+        assert!(!err.is_corruption());
+        assert!(
+            err.to_string().contains("in use by another syncd process"),
+            "{err}"
+        );
+        drop(held);
+        assert!(matches!(
+            Store::open(home.path(), Path::new("/t")).unwrap(),
+            Opened::Existing(_)
         ));
     }
 
