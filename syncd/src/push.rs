@@ -519,9 +519,16 @@ where
         conn,
     } = link;
     let stats = Arc::new(SendStats::default());
+    let same_host = conn
+        .as_ref()
+        .is_some_and(|c| c.remote_address().ip().to_canonical().is_loopback());
     let adapt = Arc::new(Mutex::new(match (opts.compress_level, wire) {
         (Some(l), _) => Adapt::fixed(l),
         (None, Wire::Local) => Adapt::fixed(0),
+        // A receiver on this machine has no link to save: compressing only moves the work
+        // of a memory copy onto the CPUs both sides share. (With --bwlimit the cap is a
+        // link, and the policy decides as usual.)
+        (None, Wire::Quic) if same_host && opts.bwlimit.is_none() => Adapt::fixed(0),
         (None, Wire::Quic) => Adapt::new(opts.bwlimit)
             .with_cpus(std::thread::available_parallelism().map_or(1, |n| n.get())),
     }));

@@ -345,6 +345,16 @@ fn remote_push_over_quic_with_pinned_peers() {
         v["wire_bytes"].as_u64().unwrap() > v["bytes_sent"].as_u64().unwrap(),
         "wire bytes include overhead: {v}"
     );
+    // The receiver is on this machine: no link to save, nothing is compressed, also not
+    // 16 MB of text (some hundred chunks: elsewhere, one chunk in 64 is compressed to
+    // measure what it would save).
+    let text: String = (0..600_000)
+        .map(|i| format!("line {i} of a text\n"))
+        .collect();
+    write(src.path(), "text", text.as_bytes());
+    let (rc, v, err) = push_json(&sender, src.path(), &server.addr, &["--peer-id", &rid]);
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(v["bytes_encoded"], v["bytes_sent"], "{v}");
     // 1% change: only the changed file's chunks travel.
     write(src.path(), "dir/sub/c", b"changed");
     let (rc, v, err) = push_json(&sender, src.path(), &server.addr, &["--peer-id", &rid]);
