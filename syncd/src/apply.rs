@@ -330,7 +330,11 @@ fn applies_xattr(name: &[u8], as_root: bool) -> bool {
     as_root || name.starts_with(b"user.")
 }
 
-/// Applies ownership (as root) and xattrs to an open file or directory.
+/// Applies ownership (as root) and xattrs to an open file or directory. The entry ends with
+/// exactly the source's xattrs among those this process applies: one it has and the source
+/// lacks is removed, such as an ACL a new entry inherited from its directory's default ACL,
+/// or an attribute an older version of the file had. `security.*` labels are left to the
+/// receiver's policy unless the source has them.
 fn apply_owner_xattrs(
     handle: &File,
     meta: &Meta,
@@ -350,6 +354,25 @@ fn apply_owner_xattrs(
             Ok(()) => {}
             Err(e) if is_unsupported(&e) => return Ok(()),
             Err(e) => return Err(io_err(rel, "set extended attribute of", e)),
+        }
+    }
+    let names = match handle.list_xattr() {
+        Ok(names) => names,
+        Err(e) if is_unsupported(&e) => return Ok(()),
+        Err(e) => return Err(io_err(rel, "list extended attributes of", e)),
+    };
+    for name in names {
+        let n = name.as_bytes();
+        if !applies_xattr(n, as_root)
+            || n.starts_with(b"security.")
+            || meta.xattrs.iter().any(|(k, _)| k.as_slice() == n)
+        {
+            continue;
+        }
+        match handle.remove_xattr(&name) {
+            Ok(()) => {}
+            Err(e) if is_unsupported(&e) || e.raw_os_error() == Some(libc::ENODATA) => {}
+            Err(e) => return Err(io_err(rel, "remove extended attribute of", e)),
         }
     }
     Ok(())

@@ -806,6 +806,92 @@ fn hard_links_are_made_and_broken_where_only_the_linking_differs() {
     assert_trees_equal(src.path(), dst.path());
 }
 
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"))
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{cmd:?}: {}", stderr(&o));
+    stdout(&o)
+}
+
+/// The access and default ACLs of `p`, without the header that names the file.
+fn acls(p: &Path) -> String {
+    run_ok(Command::new("getfacl").args(["-n", "-p"]).arg(p))
+        .lines()
+        .filter(|l| !l.starts_with("# file:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// What `rsync -aHAX` keeps and a migration needs, over the network: owner and group,
+/// POSIX ACLs (access and default) and extended attributes, on files, directories and
+/// symlinks (owner only). Runs as root (CI does); outside CI it is skipped otherwise.
+#[test]
+fn owners_acls_and_xattrs_arrive_over_quic() {
+    if !is_root() {
+        assert!(std::env::var("CI").is_err(), "CI must run this as root");
+        eprintln!("skipping: owners and ACLs need root");
+        return;
+    }
+    let (sender, receiver) = (Env::new(), Env::new());
+    let (sid, rid) = (init(&sender), init(&receiver));
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let s = src.path();
+    write(s, "team/report", b"quarterly numbers");
+    write(s, "team/plain", b"no acl here");
+    std::os::unix::fs::symlink("report", s.join("team/latest")).unwrap();
+    std::os::unix::fs::lchown(s.join("team/latest"), Some(1234), Some(5678)).unwrap();
+    std::os::unix::fs::chown(s.join("team/report"), Some(1234), Some(5678)).unwrap();
+    std::os::unix::fs::chown(s.join("team"), Some(1234), Some(5678)).unwrap();
+    run_ok(
+        Command::new("setfacl")
+            .args(["-m", "u:1001:rw-,g:2002:r--"])
+            .arg(s.join("team/report")),
+    );
+    run_ok(
+        Command::new("setfacl")
+            .args(["-m", "d:u:1001:rwx,u:1001:r-x"])
+            .arg(s.join("team")),
+    );
+    xattr::set(s.join("team/report"), "user.origin", b"old-server").unwrap();
+    xattr::set(s.join("team"), "user.owner-team", b"finance").unwrap();
+    let server = Server::start(&receiver, dst.path(), &sid);
+    let (rc, v, err) = push_json(&sender, s, &server.addr, &["--peer-id", &rid]);
+    assert_eq!(rc, 0, "{err}\n{}", server.log());
+    assert_eq!(v["identical"], true, "{v}");
+    assert_trees_equal(s, dst.path());
+    for rel in ["team", "team/report", "team/plain", "team/latest"] {
+        let (a, b) = (
+            fs::symlink_metadata(s.join(rel)).unwrap(),
+            fs::symlink_metadata(dst.path().join(rel)).unwrap(),
+        );
+        assert_eq!((a.uid(), a.gid()), (b.uid(), b.gid()), "owner of {rel}");
+        assert_eq!(a.mode(), b.mode(), "mode of {rel}");
+    }
+    for rel in ["team", "team/report", "team/plain"] {
+        assert_eq!(
+            acls(&s.join(rel)),
+            acls(&dst.path().join(rel)),
+            "ACLs of {rel}"
+        );
+    }
+    assert!(acls(&dst.path().join("team")).contains("default:user:1001:rwx"));
+    assert_eq!(
+        xattr::get(dst.path().join("team/report"), "user.origin").unwrap(),
+        Some(b"old-server".to_vec())
+    );
+    assert_eq!(
+        xattr::get(dst.path().join("team"), "user.owner-team").unwrap(),
+        Some(b"finance".to_vec())
+    );
+}
+
 /// Regression: control frames used to be read inside `tokio::select!`, where a chunk
 /// arriving mid-frame cancelled the read and lost bytes ("frame of N bytes exceeds the
 /// limit" on large trees). Many small files interleave control and data traffic heavily.
