@@ -109,7 +109,8 @@ enum Command {
     /// DEST is HOST:PORT of a `syncd serve` (then --peer-id is required), or a local
     /// directory: any path containing a '/' (e.g. ./copy or /mnt/copy), created if missing;
     /// a local push runs the same pipeline without the network. Preserves mode, mtime,
-    /// symlinks, empty directories, and owner and xattrs when the receiver runs as root.
+    /// symlinks, empty directories, hard links within the tree, sparse files, and owner,
+    /// xattrs and ACLs when the receiver runs as root.
     /// The push ends by comparing the receiver's manifest root with the source's: exit 0 only
     /// if they are equal. Exit 1 if they differ (e.g. extraneous entries without --delete,
     /// or the source changed meanwhile) or, with --dry-run, if anything would change.
@@ -127,7 +128,8 @@ enum Command {
         #[arg(long, value_name = "RATE", help = syncd::rate::RATE_HELP)]
         bwlimit: Option<syncd::rate::Rate>,
         /// Fixed zstd level for chunk data (0 = off). Default: adapt to the link, which
-        /// means off on fast links where compressing costs more time than it saves.
+        /// means off on fast links where compressing costs more time than it saves, and
+        /// off to a receiver on this machine (a loopback address) unless --bwlimit is set.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(0..=19))]
         compress_level: Option<i32>,
         /// List what would change (like `syncd diff`), change nothing.
@@ -166,8 +168,9 @@ enum Command {
     ///
     /// Both manifests are refreshed first (a parallel stat walk; only changed files are read),
     /// then compared by descending only where hashes differ. Line markers: `+` only in B,
-    /// `-` only in A, `M` content differs, `m` only metadata (mode, mtime) differs, `T` the
-    /// type differs (file, dir, symlink). Exits 0 if identical, 1 if they differ.
+    /// `-` only in A, `M` content differs, `m` only metadata (mode, mtime, or how a file is
+    /// hard-linked) differs, `T` the type differs (file, dir, symlink). Exits 0 if
+    /// identical, 1 if they differ.
     Diff {
         /// The first tree.
         a: PathBuf,
