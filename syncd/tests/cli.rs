@@ -153,7 +153,7 @@ fn unreadable_file_is_named_and_the_scan_goes_on() {
     write(d.path(), "secret", b"no");
     fs::set_permissions(d.path().join("secret"), fs::Permissions::from_mode(0o000)).unwrap();
     // Root reads anything: drop to `nobody` to get a real EACCES.
-    let mut cmd = if unsafe_is_root() {
+    let mut cmd = if is_root() {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(env!("CARGO_BIN_EXE_syncd"));
@@ -175,15 +175,6 @@ fn unreadable_file_is_named_and_the_scan_goes_on() {
     );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["files"], 1, "the readable file is still there: {v}");
-}
-
-fn unsafe_is_root() -> bool {
-    // SAFETY-free: read our effective uid from /proc.
-    fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"))
 }
 
 #[test]

@@ -806,14 +806,6 @@ fn hard_links_are_made_and_broken_where_only_the_linking_differs() {
     assert_trees_equal(src.path(), dst.path());
 }
 
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"))
-}
-
 fn run_ok(cmd: &mut Command) -> String {
     let o = cmd.output().unwrap();
     assert!(o.status.success(), "{cmd:?}: {}", stderr(&o));

@@ -188,3 +188,12 @@ impl Drop for Relay {
         }
     }
 }
+
+/// True when the tests run as root (effective uid 0, read from /proc: no unsafe needed).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"))
+}
