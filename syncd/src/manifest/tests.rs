@@ -72,6 +72,55 @@ pub(crate) fn build(spec: &Spec) -> Tree {
     t
 }
 
+/// Hard-links files of `t` as a scan would record it: for each pick `(i, j)`, the later (in
+/// component order) of the i-th and j-th files becomes a link of the earlier one's group
+/// (its content and metadata, and the group's first path as its link). Picks that would
+/// split or merge existing groups are skipped. Rehashes.
+pub(crate) fn link_files(t: &mut Tree, picks: &[(u8, u8)]) {
+    let mut files: Vec<Vec<u8>> = t
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.kind() == Kind::File)
+        .map(|(p, _)| p.clone())
+        .collect();
+    files.sort_by(|a, b| component_order(a, b));
+    if files.len() < 2 {
+        return;
+    }
+    let link_of = |t: &Tree, p: &[u8]| match t.nodes.get(p) {
+        Some(Node::File(f)) => f.link.clone(),
+        _ => None,
+    };
+    for &(i, j) in picks {
+        let (mut a, mut b) = (
+            files[i as usize % files.len()].clone(),
+            files[j as usize % files.len()].clone(),
+        );
+        if component_order(&a, &b).is_gt() {
+            std::mem::swap(&mut a, &mut b);
+        }
+        let leader = link_of(t, &a).unwrap_or(a);
+        let has_followers = t
+            .nodes
+            .values()
+            .any(|n| matches!(n, Node::File(f) if f.link.as_deref() == Some(b.as_slice())));
+        if leader == b || link_of(t, &b).is_some() || has_followers {
+            continue;
+        }
+        let Some(Node::File(lead)) = t.nodes.get(&leader).cloned() else {
+            continue;
+        };
+        t.nodes.insert(
+            b,
+            Node::File(FileNode {
+                link: Some(leader),
+                ..lead
+            }),
+        );
+    }
+    rehash(t);
+}
+
 fn name() -> impl Strategy<Value = Vec<u8>> {
     // A tiny alphabet so that independent trees overlap; 0xff is not UTF-8.
     prop_oneof![
@@ -185,6 +234,7 @@ fn apply(a: &Tree, changes: &[Change], b: &Tree) -> Tree {
                     assert_eq!(f.chunks, g.chunks, "metadata change with different content");
                     f.mode = g.mode;
                     f.mtime_ns = g.mtime_ns;
+                    f.link = g.link.clone();
                 }
                 other => panic!("metadata change on {other:?}"),
             },
@@ -254,6 +304,22 @@ proptest! {
         let b = build(&mutate(&sa, &ops));
         check_diff_applies(&a, &b)?;
         check_diff_applies(&b, &a)?;
+    }
+
+    /// The same with hard links, the same tree linked two ways included.
+    #[test]
+    fn diff_with_hard_links_applies(
+        sa in spec(),
+        la in prop::collection::vec((any::<u8>(), any::<u8>()), 0..6),
+        lb in prop::collection::vec((any::<u8>(), any::<u8>()), 0..6),
+    ) {
+        let (mut a, mut b) = (build(&sa), build(&sa));
+        link_files(&mut a, &la);
+        link_files(&mut b, &lb);
+        check_diff_applies(&a, &b)?;
+        for node in a.nodes.values() {
+            prop_assert_eq!(&Node::decode(&node.to_bytes()).unwrap(), node);
+        }
     }
 
     #[test]

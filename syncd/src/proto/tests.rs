@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 use super::codec::{self, decode};
 use super::*;
-use crate::manifest::tests::{build, mutate, rehash, spec};
+use crate::manifest::tests::{build, link_files, mutate, rehash, spec};
 use crate::manifest::{FileNode, Tree};
 
 /// Every chunk id the manifest test trees use, with the bytes it stands for.
@@ -259,6 +259,40 @@ proptest! {
     #[test]
     fn push_makes_receiver_equal_sender(sa in spec(), sb in spec(), seed in any::<u64>()) {
         let (a, b) = (tree(&sa), tree(&sb));
+        let out = run(&a, &b, true, false, lcg(seed));
+        prop_assert_eq!(out.receiver_root, out.sender_root);
+        prop_assert_eq!(&out.receiver_tree, &a);
+    }
+
+    /// The same with hard links on both sides, linked differently: the receiver ends linked
+    /// exactly as the sender, whatever the order in which the descent meets the paths.
+    #[test]
+    fn push_makes_receiver_linked_as_sender(
+        sa in spec(),
+        sb in spec(),
+        la in prop::collection::vec((any::<u8>(), any::<u8>()), 0..6),
+        lb in prop::collection::vec((any::<u8>(), any::<u8>()), 0..6),
+        seed in any::<u64>(),
+    ) {
+        let (mut a, mut b) = (tree(&sa), tree(&sb));
+        link_files(&mut a, &la);
+        link_files(&mut b, &lb);
+        let out = run(&a, &b, true, false, lcg(seed));
+        prop_assert_eq!(out.receiver_root, out.sender_root);
+        prop_assert_eq!(&out.receiver_tree, &a);
+    }
+
+    /// A receiver with the sender's tree, linked differently (or not at all).
+    #[test]
+    fn relinking_the_same_tree(
+        sa in spec(),
+        la in prop::collection::vec((any::<u8>(), any::<u8>()), 0..6),
+        lb in prop::collection::vec((any::<u8>(), any::<u8>()), 0..6),
+        seed in any::<u64>(),
+    ) {
+        let (mut a, mut b) = (tree(&sa), tree(&sa));
+        link_files(&mut a, &la);
+        link_files(&mut b, &lb);
         let out = run(&a, &b, true, false, lcg(seed));
         prop_assert_eq!(out.receiver_root, out.sender_root);
         prop_assert_eq!(&out.receiver_tree, &a);
