@@ -9,7 +9,8 @@
 use super::delta::{BlockSig, MAX_BLOCK_ACCEPTED, MIN_BLOCK, SIG_ENTRY, Signature};
 use crate::chunk::ChunkId;
 use crate::manifest::{
-    DecodeError, Entry, FileNode, Hash, Kind, Node, ShortHash, check_name, encode_symlink,
+    DecodeError, Entry, FileNode, Hash, Kind, Node, ShortHash, check_name, check_path,
+    encode_symlink,
 };
 
 /// Protocol version spoken by this build. 2: a compressed chunk is the next part of its
@@ -842,9 +843,7 @@ impl<'a> R<'a> {
     fn path(&mut self) -> Result<Vec<u8>, FrameError> {
         let p = self.bytes()?;
         if !p.is_empty() {
-            for comp in p.split(|&c| c == b'/') {
-                check_name(comp).map_err(|e| self.bad(format!("unsafe path: {e}")))?;
-            }
+            check_path(p).map_err(|e| self.bad(format!("unsafe path: {e}")))?;
         }
         Ok(p.to_vec())
     }
