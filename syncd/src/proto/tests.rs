@@ -251,6 +251,24 @@ fn tree(s: &crate::manifest::tests::Spec) -> Tree {
     build(s)
 }
 
+/// Pushes tree `sa` linked by `la` into tree `sb` linked by `lb` (with --delete): the
+/// receiver must end equal to the sender, links included.
+fn push_linked(
+    sa: &crate::manifest::tests::Spec,
+    la: &[(u8, u8)],
+    sb: &crate::manifest::tests::Spec,
+    lb: &[(u8, u8)],
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let (mut a, mut b) = (tree(sa), tree(sb));
+    link_files(&mut a, la);
+    link_files(&mut b, lb);
+    let out = run(&a, &b, true, false, lcg(seed));
+    prop_assert_eq!(out.receiver_root, out.sender_root);
+    prop_assert_eq!(&out.receiver_tree, &a);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -274,12 +292,7 @@ proptest! {
         lb in prop::collection::vec((any::<u8>(), any::<u8>()), 0..6),
         seed in any::<u64>(),
     ) {
-        let (mut a, mut b) = (tree(&sa), tree(&sb));
-        link_files(&mut a, &la);
-        link_files(&mut b, &lb);
-        let out = run(&a, &b, true, false, lcg(seed));
-        prop_assert_eq!(out.receiver_root, out.sender_root);
-        prop_assert_eq!(&out.receiver_tree, &a);
+        push_linked(&sa, &la, &sb, &lb, seed)?;
     }
 
     /// A receiver with the sender's tree, linked differently (or not at all).
@@ -290,12 +303,7 @@ proptest! {
         lb in prop::collection::vec((any::<u8>(), any::<u8>()), 0..6),
         seed in any::<u64>(),
     ) {
-        let (mut a, mut b) = (tree(&sa), tree(&sa));
-        link_files(&mut a, &la);
-        link_files(&mut b, &lb);
-        let out = run(&a, &b, true, false, lcg(seed));
-        prop_assert_eq!(out.receiver_root, out.sender_root);
-        prop_assert_eq!(&out.receiver_tree, &a);
+        push_linked(&sa, &la, &sa, &lb, seed)?;
     }
 
     /// The common case: the receiver holds an older version of the same tree.
