@@ -67,6 +67,7 @@ fn file_nodes() -> Vec<(Vec<u8>, Vec<u8>, FileNode)> {
                     mtime_ns: 1_700_000_000_000_000_000 + (d * FILES + f) as i64,
                     chunks,
                     link: None,
+                    attrs: None,
                 },
             ));
         }
@@ -97,6 +98,7 @@ fn build_tree(files: &[(Vec<u8>, Vec<u8>, FileNode)]) -> Tree {
         let node = Node::Dir {
             mode: 0o40755,
             entries,
+            attrs: None,
         };
         root_entries.push(Entry {
             name: dir.clone(),
@@ -110,6 +112,7 @@ fn build_tree(files: &[(Vec<u8>, Vec<u8>, FileNode)]) -> Tree {
         Node::Dir {
             mode: 0o40755,
             entries: root_entries,
+            attrs: None,
         },
     );
     Tree { nodes }
@@ -137,7 +140,9 @@ fn bench_in_memory(c: &mut Criterion) {
 
 fn refresh(root: &Path, home: &Path) -> scan::Summary {
     let canon = scan::canonical_root(root).expect("canonical root");
-    let store = Store::open(home, &canon).expect("open store").into_store();
+    let store = Store::open(home, &canon, false)
+        .expect("open store")
+        .into_store();
     scan::refresh(&canon, &store, &ScanOptions::default()).expect("refresh")
 }
 
@@ -178,7 +183,7 @@ fn bench_store(c: &mut Criterion) {
 
     let open = |dir: &Path| {
         let canon = scan::canonical_root(dir).expect("canonical root");
-        Store::open_existing(home.path(), &canon)
+        Store::open_existing(home.path(), &canon, false)
             .expect("open store")
             .expect("a stored manifest")
     };

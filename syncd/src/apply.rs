@@ -42,7 +42,10 @@ use filetime::FileTime;
 use xattr::FileExt as _;
 
 use crate::chunk::{ChunkId, Verified};
-use crate::manifest::{ChunkRef, FileNode, Node, check_name, display_path, file_name, parent};
+use crate::manifest::{
+    ChunkRef, FileNode, Hash, Node, attrs_hash, check_name, display_path, file_name, hashed_xattr,
+    parent,
+};
 
 /// Every temporary name this module creates starts with this prefix (see [`is_part_file`]).
 pub const PART_PREFIX: &[u8] = b".syncd-";
@@ -311,9 +314,31 @@ impl Meta {
     }
 }
 
+/// The attributes digest ([`crate::manifest::attrs_hash`]) of the entry at `abs` (relative
+/// path `rel`), whose metadata after [`PartFile::finish`] or [`Target::set_file_meta`] is
+/// `m`, and which was given `meta`'s xattrs: its owner as it now is, and those xattrs read
+/// back when some of them are covered (a filesystem without xattr support drops them
+/// silently). Without covered xattrs there is nothing to read: applying removed every
+/// covered xattr the source lacks.
+pub fn attrs_after(
+    abs: &Path,
+    rel: &[u8],
+    m: &fs::Metadata,
+    meta: &Meta,
+    owners: bool,
+) -> Result<Option<Hash>, ApplyError> {
+    let owner = owners.then(|| (m.uid(), m.gid()));
+    if !meta.xattrs.iter().any(|(n, _)| hashed_xattr(n, owners)) {
+        return Ok(attrs_hash(owner, &[]));
+    }
+    let xattrs =
+        crate::scan::read_xattrs(abs).map_err(|e| io_err(rel, "read extended attributes of", e))?;
+    Ok(attrs_hash(owner, &xattrs))
+}
+
 /// Whether this process runs with effective uid 0 (read from `/proc/self/status`, since
 /// `geteuid` is an `unsafe` FFI call). Anything unreadable counts as "not root".
-fn running_as_root() -> bool {
+pub fn running_as_root() -> bool {
     let Ok(status) = fs::read_to_string("/proc/self/status") else {
         return false;
     };
@@ -333,8 +358,9 @@ fn applies_xattr(name: &[u8], as_root: bool) -> bool {
 /// Applies ownership (as root) and xattrs to an open file or directory. The entry ends with
 /// exactly the source's xattrs among those this process applies: one it has and the source
 /// lacks is removed, such as an ACL a new entry inherited from its directory's default ACL,
-/// or an attribute an older version of the file had. `security.*` labels are left to the
-/// receiver's policy unless the source has them.
+/// or an attribute an older version of the file had. `security.*` labels other than file
+/// capabilities are left to the receiver's policy unless the source has them. So the
+/// entry's xattrs that [`crate::manifest::hashed_xattr`] covers end equal to the source's.
 fn apply_owner_xattrs(
     handle: &File,
     meta: &Meta,
@@ -364,7 +390,7 @@ fn apply_owner_xattrs(
     for name in names {
         let n = name.as_bytes();
         if !applies_xattr(n, as_root)
-            || n.starts_with(b"security.")
+            || !crate::manifest::hashed_xattr(n, true)
             || meta.xattrs.iter().any(|(k, _)| k.as_slice() == n)
         {
             continue;
@@ -373,6 +399,18 @@ fn apply_owner_xattrs(
             Ok(()) => {}
             Err(e) if is_unsupported(&e) || e.raw_os_error() == Some(libc::ENODATA) => {}
             Err(e) => return Err(io_err(rel, "remove extended attribute of", e)),
+        }
+    }
+    Ok(())
+}
+
+/// Sets the `user.*` xattrs of `meta` on an entry this process cannot open (not root, mode
+/// without u+r), by path: the caller checked with an lstat that it is not a symlink.
+fn set_user_xattrs_by_path(abs: &Path, meta: &Meta, rel: &[u8]) -> Result<(), ApplyError> {
+    for (name, value) in meta.xattrs.iter().filter(|(n, _)| applies_xattr(n, false)) {
+        match xattr::set(abs, OsStr::from_bytes(name), value) {
+            Err(e) if is_unsupported(&e) => break,
+            r => r.map_err(|e| io_err(rel, "set extended attribute of", e))?,
         }
     }
     Ok(())
@@ -727,6 +765,7 @@ impl Target {
         let tag = hex16(
             &Node::Symlink {
                 target: target.to_vec(),
+                attrs: None,
             }
             .hash()
             .0,
@@ -784,8 +823,9 @@ impl Target {
             .map_err(|e| io_err(rel, "set mode of", e))
     }
 
-    /// Sets a directory's exact mode and its mtime. Call it after everything inside the
-    /// directory is final, children before parents.
+    /// Sets a directory's owner (as root), xattrs, exact mode and mtime: an existing
+    /// directory may differ in any of them. Call it after everything inside the directory is
+    /// final, children before parents.
     pub fn set_dir_meta(&self, rel: &[u8], meta: &Meta) -> Result<(), ApplyError> {
         let abs = self
             .existing(rel)?
@@ -793,6 +833,7 @@ impl Target {
         let mode = Permissions::from_mode(meta.mode & 0o7777);
         match open_dir(&abs) {
             Ok(dir) => {
+                apply_owner_xattrs(&dir, meta, self.as_root, rel)?;
                 dir.set_permissions(mode)
                     .map_err(|e| io_err(rel, "set mode of", e))?;
                 filetime::set_file_handle_times(&dir, None, Some(meta.mtime()))
@@ -804,6 +845,7 @@ impl Target {
                 if !m.is_dir() {
                     return Err(unsafe_path(rel, "is not a directory"));
                 }
+                set_user_xattrs_by_path(&abs, meta, rel)?;
                 fs::set_permissions(&abs, mode).map_err(|e| io_err(rel, "set mode of", e))?;
                 filetime::set_file_mtime(&abs, meta.mtime())
                     .map_err(|e| io_err(rel, "set mtime of", e))
@@ -832,12 +874,7 @@ impl Target {
                 if !m.is_file() {
                     return Err(unsafe_path(rel, "is not a regular file"));
                 }
-                for (name, value) in meta.xattrs.iter().filter(|(n, _)| applies_xattr(n, false)) {
-                    match xattr::set(&abs, OsStr::from_bytes(name), value) {
-                        Err(e) if is_unsupported(&e) => break,
-                        r => r.map_err(|e| io_err(rel, "set extended attribute of", e))?,
-                    }
-                }
+                set_user_xattrs_by_path(&abs, meta, rel)?;
                 fs::set_permissions(&abs, mode).map_err(|e| io_err(rel, "set mode of", e))?;
                 return filetime::set_file_mtime(&abs, meta.mtime())
                     .map_err(|e| io_err(rel, "set mtime of", e));
@@ -989,6 +1026,11 @@ pub struct PartFile {
 }
 
 impl PartFile {
+    /// The final path.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
     /// The final relative path.
     pub fn rel(&self) -> &[u8] {
         &self.rel
@@ -1155,6 +1197,7 @@ mod tests {
                 })
                 .collect(),
             link: None,
+            attrs: None,
         }
     }
 

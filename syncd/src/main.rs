@@ -65,6 +65,19 @@ struct Filters {
     /// Honour .gitignore / .ignore / .git/info/exclude files in the tree. Off by default.
     #[arg(long)]
     filter_gitignore: bool,
+    /// Leave owner, group, ACLs and xattrs outside user.* out of the comparison (and, for
+    /// push, do not ask the receiver to make them equal). This is the default when not
+    /// running as root, since only root can set them; as root they are compared, and a push
+    /// makes them equal, so a receiver must then run as root too.
+    #[arg(long)]
+    no_owner: bool,
+}
+
+impl Filters {
+    /// Whether owners and all xattrs are part of the manifest: as root, unless --no-owner.
+    fn owners(&self) -> bool {
+        !self.no_owner && syncd::apply::running_as_root()
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -318,13 +331,14 @@ fn options(home: &Path, filters: &Filters) -> ScanOptions {
         exclude_path: std::fs::canonicalize(home).ok(),
         skip_part_files: false,
         changed_only: None,
+        owners: filters.owners(),
     }
 }
 
 /// Opens (or creates, or rebuilds) the store of `dir` and refreshes it.
 fn refresh(dir: &Path, home: &Path, filters: &Filters) -> Result<(Store, Summary)> {
     let root = scan::canonical_root(dir)?;
-    let store = match Store::open(home, &root)? {
+    let store = match Store::open(home, &root, filters.owners())? {
         Opened::Rebuilt {
             store,
             reason,
@@ -401,7 +415,7 @@ fn cmd_diff(
     let (sa, sb) = if cached {
         let open = |dir: &Path| -> Result<Store> {
             let root = scan::canonical_root(dir)?;
-            Store::open_existing(home, &root)?.with_context(|| {
+            Store::open_existing(home, &root, filters.owners())?.with_context(|| {
                 format!(
                     "no stored manifest for {}; run `syncd manifest {}` first",
                     dir.display(),
@@ -455,7 +469,13 @@ fn cmd_diff(
 fn cmd_verify(dir: &Path, json: bool, home: &Path) -> Result<Outcome> {
     let t = Instant::now();
     let root = scan::canonical_root(dir)?;
-    let store = Store::open_existing(home, &root)?.with_context(|| {
+    // The manifest of the mode `syncd manifest` uses here, else the other one.
+    let owners = syncd::apply::running_as_root();
+    let store = match Store::open_existing(home, &root, owners)? {
+        Some(s) => Some(s),
+        None => Store::open_existing(home, &root, !owners)?,
+    };
+    let store = store.with_context(|| {
         format!(
             "no stored manifest for {}; run `syncd manifest {}` first",
             dir.display(),

@@ -99,6 +99,13 @@ pub enum PushError {
         /// Why.
         reason: String,
     },
+    /// The sender compares owners, which this receiver cannot set.
+    #[error(
+        "the sender pushes with owners, ACLs and xattrs (it runs as root), but this receiver \
+         does not run as root and cannot set them: run the receiver as root, or push with \
+         --no-owner"
+    )]
+    CannotOwn,
     /// The peer closed the session early.
     #[error("{peer} closed the connection before the push finished")]
     Closed {
@@ -367,7 +374,8 @@ fn source_meta(root: &Path, rel: &[u8], node: &Node) -> Option<Meta> {
     let xattrs = if matches!(node, Node::Symlink { .. }) {
         Vec::new()
     } else {
-        read_xattrs(&abs)
+        // Unreadable xattrs go as none: the digests then differ, and the push says so.
+        scan::read_xattrs(&abs).unwrap_or_default()
     };
     Some(Meta {
         mtime_ns: match node {
@@ -378,18 +386,6 @@ fn source_meta(root: &Path, rel: &[u8], node: &Node) -> Option<Meta> {
         gid: m.gid(),
         xattrs,
     })
-}
-
-fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let Ok(names) = xattr::list(path) else {
-        return Vec::new();
-    };
-    names
-        .filter_map(|n| {
-            let v = xattr::get(path, &n).ok().flatten()?;
-            Some((n.as_bytes().to_vec(), v))
-        })
-        .collect()
 }
 
 /// Counters shared by the sender's data workers.
@@ -658,7 +654,7 @@ where
             matches!(wire, Wire::Quic) && opts.compress_level != Some(0),
         )),
     );
-    let mut s = Sender::new(root, opts.delete, opts.dry_run);
+    let mut s = Sender::new(root, opts.delete, opts.dry_run, opts.scan.owners);
     let mut report = PushReport {
         root,
         ..PushReport::default()
@@ -808,18 +804,22 @@ async fn recv_job(rx: &JobRx) -> Option<Vec<Job>> {
 pub struct ReceiveOptions {
     /// State directory (the receiver's manifest store).
     pub home: PathBuf,
+    /// The mode its manifest is refreshed in before the sender's `Hello` says which one the
+    /// session uses ([`ScanOptions::owners`]): the one a sender most likely uses.
+    pub owners: bool,
 }
 
-fn dest_scan_options(home: &Path) -> ScanOptions {
+fn dest_scan_options(home: &Path, owners: bool) -> ScanOptions {
     ScanOptions {
         exclude_path: std::fs::canonicalize(home).ok(),
         skip_part_files: true,
+        owners,
         ..ScanOptions::default()
     }
 }
 
-fn open_store(home: &Path, root: &Path) -> Result<Store, PushError> {
-    Ok(match Store::open(home, root)? {
+fn open_store(home: &Path, root: &Path, owners: bool) -> Result<Store, PushError> {
+    Ok(match Store::open(home, root, owners)? {
         Opened::Rebuilt { store, .. } => store,
         other => other.into_store(),
     })
@@ -830,16 +830,17 @@ fn open_store(home: &Path, root: &Path) -> Result<Store, PushError> {
 /// directory it keeps has no stored record).
 async fn refresh_blocking(
     root: PathBuf,
-    home: PathBuf,
+    opts: ReceiveOptions,
     store: Option<Arc<Store>>,
     changed: Option<scan::Changed>,
 ) -> Result<(Arc<Store>, Summary), PushError> {
     tokio::task::spawn_blocking(move || {
+        let ReceiveOptions { home, owners } = opts;
         let store = match store {
             Some(s) => s,
-            None => Arc::new(open_store(&home, &root)?),
+            None => Arc::new(open_store(&home, &root, owners)?),
         };
-        let full = dest_scan_options(&home);
+        let full = dest_scan_options(&home, owners);
         let partial = changed.map(|c| ScanOptions {
             changed_only: Some(Arc::new(c)),
             ..full.clone()
@@ -877,6 +878,8 @@ struct FinishJob {
     part: apply::PartFile,
     node: crate::manifest::FileNode,
     meta: apply::Meta,
+    /// The session's mode ([`ScanOptions::owners`]).
+    owners: bool,
 }
 
 /// Finishes files (fsync, metadata, rename) on the blocking pool, in batches: an fsync waits
@@ -903,16 +906,20 @@ async fn dispatch_finishes(
             let mut out = Vec::with_capacity(batch.len());
             for job in batch {
                 let path = job.part.rel().to_vec();
-                let done = job.part.finish(&job.meta).map(|m| {
+                let dest = job.part.dest().to_path_buf();
+                let done = job.part.finish(&job.meta).and_then(|m| {
                     // Every chunk was verified as it was written: record the file for the
                     // final rescan's stat cache, so that the rescan need not read it again.
-                    let node = Node::File(job.node);
+                    // Its attributes are what this side now has, not what the sender said.
+                    let mut f = job.node;
+                    f.attrs = apply::attrs_after(&dest, &path, &m, &job.meta, job.owners)?;
+                    let node = Node::File(f);
                     let rec = crate::manifest::store::Record {
                         hash: node.hash(),
                         stat: scan::stat_of(&m),
                         node,
                     };
-                    (path, rec.encode())
+                    Ok((path, rec.encode()))
                 });
                 out.push((job.key, done.map_err(PushError::from)));
             }
@@ -934,7 +941,7 @@ struct Prepared {
 /// begins, so that it runs while the sender scans its own tree.
 async fn prepare_receiver(root: &Path, opts: &ReceiveOptions) -> Result<Prepared, PushError> {
     let root = scan::canonical_root(root)?;
-    let (store, summary) = refresh_blocking(root.clone(), opts.home.clone(), None, None).await?;
+    let (store, summary) = refresh_blocking(root.clone(), opts.clone(), None, None).await?;
     Ok(Prepared {
         root,
         store,
@@ -969,6 +976,33 @@ where
     CW: AsyncWrite + Unpin,
     DR: AsyncRead + Unpin + Send + 'static,
 {
+    let peer_packs = Arc::new(AtomicBool::new(false));
+    let mut control = spawn_control_reader(control_r, peer, peer_packs.clone());
+    // `Hello` says whether the sender's manifest covers owners: one prepared in the other
+    // mode is refreshed again in the sender's (a receiver that cannot set owners refuses).
+    let first = match control.recv().await {
+        Some(Ok(Some(frame))) => frame,
+        Some(Err(e)) => return Err(e),
+        Some(Ok(None)) | None => {
+            return Err(PushError::Closed {
+                peer: peer.to_string(),
+            });
+        }
+    };
+    let mut opts = opts.clone();
+    let prepared = match (&first, prepared) {
+        (Frame::Hello { owners, .. }, Ok(p)) if *owners != opts.owners => {
+            if *owners && !apply::running_as_root() {
+                Err(PushError::CannotOwn)
+            } else {
+                opts.owners = *owners;
+                let root = p.root.clone();
+                drop(p);
+                prepare_receiver(&root, &opts).await
+            }
+        }
+        (_, prepared) => prepared,
+    };
     let Prepared {
         root,
         store,
@@ -981,10 +1015,9 @@ where
             return Err(e);
         }
     };
+    let opts = &opts;
     let snap = store.snapshot()?;
     let target = Target::open(&root)?;
-    let peer_packs = Arc::new(AtomicBool::new(false));
-    let mut control = spawn_control_reader(control_r, peer, peer_packs.clone());
     let mut control_w = ControlTx::new(control_w, peer_packs);
     let mut r = Receiver::new();
     let mut index: Option<HashMap<ChunkId, ChunkLoc>> = None;
@@ -1034,6 +1067,11 @@ where
     // exits when it reads `Done`, and a `syncd diff` run right after must be able to open
     // the receiver's manifest.
     let result: Result<Frame, PushError> = async {
+        r.handle(first, &snap, summary.root)
+            .map_err(|source| PushError::Proto {
+                peer: peer.to_string(),
+                source,
+            })?;
         loop {
             while let Some(act) = r.poll() {
                 if let Action::Send(done @ Frame::Done { .. }) = act {
@@ -1229,6 +1267,7 @@ async fn execute<CW: AsyncWrite + Unpin>(
                 part,
                 node,
                 meta: apply_meta(mode, &meta),
+                owners: opts.owners,
             });
         }
         Action::AbortFile { key } => {
@@ -1248,7 +1287,7 @@ async fn execute<CW: AsyncWrite + Unpin>(
                 .map_err(join_err)??;
             let (_, summary) = refresh_blocking(
                 root.to_path_buf(),
-                opts.home.clone(),
+                opts.clone(),
                 Some(store.clone()),
                 Some(scan::Changed {
                     dirs: dirs.into_iter().collect(),
@@ -1295,7 +1334,7 @@ async fn scan_source(
     let (src, home, opts) = (src.to_path_buf(), home.to_path_buf(), opts.clone());
     tokio::task::spawn_blocking(move || {
         let root = scan::canonical_root(&src)?;
-        let store = open_store(&home, &root)?;
+        let store = open_store(&home, &root, opts.owners)?;
         let summary = scan::refresh(&root, &store, &opts)?;
         Ok((root, store, summary))
     })
@@ -1340,6 +1379,7 @@ pub async fn push_local(
     drop(data_tx);
     let ropts = ReceiveOptions {
         home: home.to_path_buf(),
+        owners: opts.scan.owners,
     };
     let dest = dest.to_path_buf();
     // The receiver refreshes its manifest while the sender scans the source.
@@ -1543,6 +1583,7 @@ async fn serve_session(
     };
     let opts = ReceiveOptions {
         home: home.to_path_buf(),
+        owners: apply::running_as_root(),
     };
     // Refresh the manifest now, while the sender scans; its first stream shows up only
     // once it sends `Hello`.

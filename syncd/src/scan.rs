@@ -32,7 +32,8 @@ use rayon::prelude::*;
 use crate::chunk::{self, ChunkParams};
 use crate::manifest::store::{Record, Snapshot, Stat, Store, StoreError};
 use crate::manifest::{
-    ChunkRef, Entry, FileNode, Hash, Kind, Node, component_order, file_name, join, parent,
+    ChunkRef, Entry, FileNode, Hash, Kind, Node, attrs_hash, component_order, file_name, join,
+    parent,
 };
 
 /// Files up to this size are read whole; larger ones are streamed in windows.
@@ -113,6 +114,10 @@ pub struct ScanOptions {
     /// Look only at what changed: for a receiver that knows what it wrote into its tree
     /// since the last refresh, and that no one else writes to it. See [`Changed`].
     pub changed_only: Option<Arc<Changed>>,
+    /// Cover owner and group, and every xattr but `security.*` labels, in node hashes
+    /// (the default when running as root); otherwise only `user.*` xattrs are covered. See
+    /// [`crate::manifest::attrs_hash`]. A store holds the manifest of one mode.
+    pub owners: bool,
 }
 
 /// What a receiver changed in its tree since its manifest was last refreshed
@@ -171,6 +176,8 @@ struct Walked {
     kind: Kind,
     mode: u32,
     stat: Stat,
+    /// Owner and group.
+    owner: (u32, u32),
     /// Device and link count (0 when kept): hard links are files with the same
     /// `(dev, stat.ino)`.
     dev: u64,
@@ -212,7 +219,7 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0);
-    let (mut walked, mut warnings, root_mode) = walk(&root, opts)?;
+    let (mut walked, mut warnings, root_meta) = walk(&root, opts)?;
     walked.par_sort_unstable_by(|a, b| component_order(&a.path, &b.path));
     if opts.changed_only.is_some()
         && walked
@@ -262,10 +269,25 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
             warnings: Vec::new(),
         },
     };
+    let root_attrs = match entry_attrs(
+        &root,
+        Kind::Dir,
+        (root_meta.uid(), root_meta.gid()),
+        opts.owners,
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            return Err(ScanError::Root {
+                path: root.clone(),
+                source: e,
+            });
+        }
+    };
     let mut stack: Vec<OpenDir> = vec![OpenDir {
         path: Vec::new(),
-        mode: root_mode,
+        mode: root_meta.mode() & 0o7777,
         entries: Vec::new(),
+        attrs: root_attrs,
     }];
     // Leaves (reuse the stored hash when the stat matches, otherwise read) are computed in
     // parallel one batch at a time, so that a million-file tree never holds a million of
@@ -279,7 +301,7 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
                 .enumerate()
                 .map(|(k, w)| {
                     let link = links.get(&(i + k)).map(Vec::as_slice);
-                    leaf(&root, w, link, &snap, &listings, opts.params, scan_start_ns)
+                    leaf(&root, w, link, &snap, &listings, opts, scan_start_ns)
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
             batch_leaves.reverse(); // popped from the end, in order
@@ -300,11 +322,13 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
             Leaf::KeptDir(None) => {
                 return Err(ScanError::NotStored(root.join(OsStr::from_bytes(&w.path))));
             }
-            Leaf::Dir => {
+            Leaf::Dir { attrs, warning } => {
+                warnings.extend(warning);
                 stack.push(OpenDir {
                     path: w.path.clone(),
                     mode: w.mode,
                     entries: Vec::new(),
+                    attrs,
                 });
                 continue;
             }
@@ -389,6 +413,7 @@ struct OpenDir {
     path: Vec<u8>,
     mode: u32,
     entries: Vec<Entry>,
+    attrs: Option<Hash>,
 }
 
 struct TreeBuild<'a> {
@@ -408,6 +433,7 @@ impl TreeBuild<'_> {
         let node = Node::Dir {
             mode: dir.mode,
             entries: dir.entries,
+            attrs: dir.attrs,
         };
         let hash = node.hash();
         // The header is enough to see that nothing changed (the common case); decode the
@@ -459,7 +485,11 @@ impl TreeBuild<'_> {
 }
 
 enum Leaf {
-    Dir,
+    /// A directory to walk into: its attributes, and why they may be incomplete.
+    Dir {
+        attrs: Option<Hash>,
+        warning: Option<Warning>,
+    },
     /// A directory not walked into ([`ScanOptions::changed_only`]): its stored hash.
     KeptDir(Option<Hash>),
     /// A file or symlink whose stored record still holds: its stat matched, or it was
@@ -490,7 +520,7 @@ fn leaf(
     link: Option<&[u8]>,
     snap: &Snapshot,
     listings: &HashMap<Vec<u8>, Vec<Entry>>,
-    params: ChunkParams,
+    opts: &ScanOptions,
     scan_start_ns: i64,
 ) -> Result<Leaf, StoreError> {
     if w.kept
@@ -529,20 +559,37 @@ fn leaf(
                         kind: w.kind,
                         mode: m.mode() & 0o7777,
                         stat: stat_of(&m),
+                        owner: (m.uid(), m.gid()),
                         dev: m.dev(),
                         nlink: m.nlink(),
                         kept: false,
                     };
-                    return leaf(root, &fresh, None, snap, listings, params, scan_start_ns);
+                    return leaf(root, &fresh, None, snap, listings, opts, scan_start_ns);
                 }
                 Err(e) => skipped(e),
             },
         },
-        Kind::Dir => Leaf::Dir,
+        Kind::Dir => match entry_attrs(&abs, Kind::Dir, w.owner, opts.owners) {
+            Ok(attrs) => Leaf::Dir {
+                attrs,
+                warning: None,
+            },
+            // Still walked into (its entries are in the batch); its digest then differs
+            // from the source's, so a push fails its final check rather than pass.
+            Err(e) => Leaf::Dir {
+                attrs: attrs_hash(opts.owners.then_some(w.owner), &[]),
+                warning: Some(Warning {
+                    path: abs.clone(),
+                    message: format!("cannot read extended attributes: {e}"),
+                    skipped_special: false,
+                }),
+            },
+        },
         Kind::Symlink => match std::fs::read_link(&abs) {
             Ok(t) => {
                 let node = Node::Symlink {
                     target: t.as_os_str().as_bytes().to_vec(),
+                    attrs: attrs_hash(opts.owners.then_some(w.owner), &[]),
                 };
                 Leaf::New(Record {
                     hash: node.hash(),
@@ -587,12 +634,19 @@ fn leaf(
                     }));
                 }
             }
-            match read_file(&abs, params) {
-                Ok((mut node, mut stat)) => {
+            let read = read_file(&abs, opts.params).and_then(|(node, stat)| {
+                // Read after the content: a change in between moves the ctime, and the
+                // next scan looks again.
+                let attrs = entry_attrs(&abs, Kind::File, w.owner, opts.owners)?;
+                Ok((node, stat, attrs))
+            });
+            match read {
+                Ok((mut node, mut stat, attrs)) => {
                     if stat.mtime_ns + RACY_NS >= scan_start_ns {
                         stat.mtime_ns = i64::MIN; // never matches: re-read next time
                     }
                     node.link = link.map(<[u8]>::to_vec);
+                    node.attrs = attrs;
                     let node = Node::File(node);
                     Leaf::New(Record {
                         hash: node.hash(),
@@ -604,6 +658,42 @@ fn leaf(
             }
         }
     })
+}
+
+/// The xattrs of `path` (not following a symlink), sorted by name. A filesystem without
+/// xattr support has none; an attribute removed while it is listed is left out.
+pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let names = match xattr::list(path) {
+        Ok(names) => names,
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for name in names {
+        match xattr::get(path, &name) {
+            Ok(Some(value)) => out.push((name.as_bytes().to_vec(), value)),
+            Ok(None) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The attributes digest of an entry ([`attrs_hash`]) whose owner is `owner`: a symlink's
+/// covers its owner only (its xattrs are not copied).
+fn entry_attrs(
+    path: &Path,
+    kind: Kind,
+    owner: (u32, u32),
+    owners: bool,
+) -> std::io::Result<Option<Hash>> {
+    let xattrs = match kind {
+        Kind::Symlink => Vec::new(),
+        Kind::File | Kind::Dir => read_xattrs(path)?,
+    };
+    Ok(attrs_hash(owners.then_some(owner), &xattrs))
 }
 
 /// Reads and chunks one file, checking with `fstat` before and after that it did not change
@@ -624,6 +714,7 @@ pub fn read_file(path: &Path, params: ChunkParams) -> std::io::Result<(FileNode,
                     mtime_ns: s0.mtime_ns,
                     chunks,
                     link: None,
+                    attrs: None,
                 },
                 s0,
             ));
@@ -669,7 +760,11 @@ fn read_chunks(f: &mut File, size: u64, params: ChunkParams) -> std::io::Result<
     Ok(out)
 }
 
-fn walk(root: &Path, opts: &ScanOptions) -> Result<(Vec<Walked>, Vec<Warning>, u32), ScanError> {
+/// The walked entries, the warnings, and the root's metadata.
+fn walk(
+    root: &Path,
+    opts: &ScanOptions,
+) -> Result<(Vec<Walked>, Vec<Warning>, std::fs::Metadata), ScanError> {
     let root_meta = std::fs::metadata(root).map_err(|source| ScanError::Root {
         path: root.to_path_buf(),
         source,
@@ -732,7 +827,7 @@ fn walk(root: &Path, opts: &ScanOptions) -> Result<(Vec<Walked>, Vec<Warning>, u
             (std::mem::take(&mut g.0), std::mem::take(&mut g.1))
         }
     };
-    Ok((walked, warnings, root_meta.mode() & 0o7777))
+    Ok((walked, warnings, root_meta))
 }
 
 type Shared = Arc<Mutex<(Vec<Walked>, Vec<Warning>)>>;
@@ -797,6 +892,7 @@ impl Collector {
                     kind,
                     mode: 0,
                     stat: Stat::default(),
+                    owner: (0, 0),
                     dev: 0,
                     nlink: 0,
                     kept: true,
@@ -844,6 +940,7 @@ impl Collector {
             kind,
             mode: meta.mode() & 0o7777,
             stat: stat_of(&meta),
+            owner: (meta.uid(), meta.gid()),
             dev: meta.dev(),
             nlink: meta.nlink(),
             kept: false,
@@ -953,7 +1050,7 @@ pub fn verify(
         .filter_map(|(k, rec)| {
             let path = root.join(OsStr::from_bytes(k));
             let problem = match &rec.node {
-                Node::Symlink { target } => match std::fs::read_link(&path) {
+                Node::Symlink { target, .. } => match std::fs::read_link(&path) {
                     Ok(t) if t.as_os_str().as_bytes() == target.as_slice() => None,
                     Ok(_) => Some(Problem::Modified),
                     Err(e) => Some(io_problem(e)),
@@ -994,7 +1091,7 @@ mod tests {
     use std::fs;
 
     fn store(home: &Path, root: &Path) -> Store {
-        match Store::open(home, root).unwrap() {
+        match Store::open(home, root, false).unwrap() {
             Opened::Rebuilt { store, .. } => store,
             other => other.into_store(),
         }

@@ -266,8 +266,12 @@ struct Server {
 
 impl Server {
     fn start(env: &Env, root: &Path, allow: &str) -> Server {
-        let mut child = env
-            .cmd()
+        Server::start_with(env.cmd(), root, allow)
+    }
+
+    /// `serve` run by `cmd` (the binary, or a wrapper that runs it).
+    fn start_with(mut cmd: Command, root: &Path, allow: &str) -> Server {
+        let mut child = cmd
             .args([
                 "serve",
                 "--listen",
@@ -450,6 +454,7 @@ fn malicious(
             root: syncd::manifest::Hash([9; 32]),
             delete: false,
             dry_run: false,
+            owners: false,
         };
         w.write_all(&hello.to_bytes()).await.unwrap();
         let mut bytes = Vec::new();
@@ -487,6 +492,7 @@ fn malicious_frames_are_refused_and_nothing_escapes_the_root() {
                     path: path.to_vec(),
                     node: Offered::Symlink {
                         target: b"/etc/passwd".to_vec(),
+                        attrs: None,
                     },
                     meta: Meta::default(),
                 }],
@@ -905,5 +911,139 @@ fn many_files_over_quic_keep_the_control_stream_framed() {
         assert_eq!(rc, 0, "{err}\n{}", server.log());
         assert_eq!(v["identical"], true);
     }
+    assert_trees_equal(src.path(), dst.path());
+}
+
+/// A change to owner, group, ACLs or xattrs alone is a difference: `diff` reports it as
+/// metadata (unless --no-owner), and the next push makes it equal, on files, directories and
+/// symlinks, including an ACL the receiver has and the source lacks. Runs as root (CI does).
+#[test]
+fn owner_acl_and_xattr_changes_alone_are_seen_and_sent() {
+    if !is_root() {
+        assert!(std::env::var("CI").is_err(), "CI must run this as root");
+        eprintln!("skipping: owners and ACLs need root");
+        return;
+    }
+    let (sender, receiver) = (Env::new(), Env::new());
+    let (sid, rid) = (init(&sender), init(&receiver));
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (s, d) = (src.path(), dst.path());
+    write(s, "dir/file", b"same content throughout");
+    write(s, "dir/other", b"untouched");
+    std::os::unix::fs::symlink("file", s.join("dir/link")).unwrap();
+    let server = Server::start(&receiver, d, &sid);
+    let push = || {
+        let (rc, v, err) = push_json(&sender, s, &server.addr, &["--peer-id", &rid]);
+        assert_eq!(rc, 0, "{err}\n{}", server.log());
+        assert_eq!(v["identical"], true, "{v}");
+        v
+    };
+    let diff = |extra: &[&str]| {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"diff"];
+        for e in extra {
+            args.push(e);
+        }
+        args.push(&s);
+        args.push(&d);
+        let o = sender.syncd(&args);
+        (code(&o), stdout(&o))
+    };
+    push();
+    assert_eq!(diff(&[]), (0, String::new()));
+
+    std::os::unix::fs::chown(s.join("dir/file"), Some(4321), Some(8765)).unwrap();
+    run_ok(
+        Command::new("setfacl")
+            .args(["-m", "u:1001:r-x"])
+            .arg(s.join("dir")),
+    );
+    xattr::set(s.join("dir/other"), "user.tag", b"v2").unwrap();
+    std::os::unix::fs::lchown(s.join("dir/link"), Some(99), Some(98)).unwrap();
+    // An ACL only the receiver has: the push must remove it.
+    run_ok(
+        Command::new("setfacl")
+            .args(["-m", "u:1002:rw-"])
+            .arg(d.join("dir/file")),
+    );
+    let (rc, out) = diff(&[]);
+    assert_eq!(rc, 1, "{out}");
+    assert_eq!(out, "m dir\nm dir/file\nm dir/link\nm dir/other\n");
+    // Without owners, only the user.* xattr counts, and the mode of the file, whose group
+    // bits the receiver's extra ACL changed (they show its mask).
+    assert_eq!(
+        diff(&["--no-owner"]),
+        (1, "m dir/file\nm dir/other\n".to_string())
+    );
+
+    let v = push();
+    assert_eq!(v["files_transferred"], 0, "metadata only: {v}");
+    assert_eq!(diff(&[]), (0, String::new()));
+    for rel in ["dir", "dir/file", "dir/other", "dir/link"] {
+        let (a, b) = (
+            fs::symlink_metadata(s.join(rel)).unwrap(),
+            fs::symlink_metadata(d.join(rel)).unwrap(),
+        );
+        assert_eq!((a.uid(), a.gid()), (b.uid(), b.gid()), "owner of {rel}");
+        assert_eq!(a.mode(), b.mode(), "mode of {rel}");
+    }
+    for rel in ["dir", "dir/file", "dir/other"] {
+        assert_eq!(acls(&s.join(rel)), acls(&d.join(rel)), "ACLs of {rel}");
+    }
+    assert!(acls(&d.join("dir")).contains("user:1001:r-x"));
+    assert!(!acls(&d.join("dir/file")).contains("1002"));
+    assert_eq!(
+        xattr::get(d.join("dir/other"), "user.tag").unwrap(),
+        Some(b"v2".to_vec())
+    );
+}
+
+/// A receiver that does not run as root cannot set owners: a push that compares them is
+/// refused before anything is written, with a message that says what to do on both sides;
+/// with --no-owner the same push goes through. Runs as root, to start `serve` as nobody.
+#[test]
+fn a_receiver_not_running_as_root_refuses_owners_clearly() {
+    if !is_root() {
+        assert!(std::env::var("CI").is_err(), "CI must run this as root");
+        eprintln!("skipping: needs root to run serve as another user");
+        return;
+    }
+    let (sender, receiver) = (Env::new(), Env::new());
+    let (sid, rid) = (init(&sender), init(&receiver));
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    write(src.path(), "a/file", b"content");
+    let nobody = "65534";
+    run_ok(
+        Command::new("chown")
+            .args(["-R", &format!("{nobody}:{nobody}")])
+            .arg(receiver.home.path())
+            .arg(dst.path()),
+    );
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", nobody, "--regid", nobody, "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_syncd"))
+        .env("SYNCD_HOME", receiver.home.path());
+    let server = Server::start_with(cmd, dst.path(), &sid);
+    let o = sender.syncd(&[&"push", &src.path(), &server.addr, &"--peer-id", &rid]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let why = "the sender pushes with owners, ACLs and xattrs (it runs as root), but this \
+               receiver does not run as root and cannot set them: run the receiver as root, \
+               or push with --no-owner";
+    assert!(stderr(&o).contains(why), "{}", stderr(&o));
+    assert!(server.wait_log("failed").contains(why), "{}", server.log());
+    assert_eq!(
+        fs::read_dir(dst.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
+
+    let (rc, v, err) = push_json(
+        &sender,
+        src.path(),
+        &server.addr,
+        &["--peer-id", &rid, "--no-owner"],
+    );
+    assert_eq!(rc, 0, "{err}\n{}", server.log());
+    assert_eq!(v["identical"], true, "{v}");
     assert_trees_equal(src.path(), dst.path());
 }

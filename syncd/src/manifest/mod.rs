@@ -6,16 +6,20 @@
 //!   a hard link, the path of the first entry of the tree that shares its inode (see
 //!   [`FileNode::link`]);
 //! - a symlink covers its target bytes;
-//! - a directory covers its mode and its sorted `(name, kind, hash)` children.
+//! - a directory covers its mode and its sorted `(name, kind, hash)` children;
+//! - each of them covers its attributes digest when it has one ([`attrs_hash`]): owner,
+//!   group and xattrs (ACLs included) when the scan preserves owners (it runs as root), only
+//!   `user.*` xattrs otherwise.
 //!
 //! So the root hash summarises the whole tree, and [`diff`] descends only where hashes
 //! differ: its cost grows with the number of changes (times depth and directory fan-out),
 //! not with the size of the tree.
 //!
 //! Deliberately absent from the hash: directory mtimes (any write inside a directory changes
-//! them, so they would make every ancestor of a change differ), ownership and xattrs. Those
-//! are preserved by the transfer, not compared. Links to inodes outside the tree are not
-//! part of the tree either: a file whose other links all lie outside it is a plain file.
+//! them, so they would make every ancestor of a change differ), and `security.*` labels
+//! other than file capabilities (they belong to the receiving host's policy). Links to
+//! inodes outside the tree are not part of the tree either: a file whose other links all
+//! lie outside it is a plain file.
 //!
 //! This module is sans-IO. [`store`] persists manifests in redb and is the only part that
 //! does IO; it implements [`Nodes`] so that [`diff`] runs over stored manifests without
@@ -142,6 +146,8 @@ pub struct FileNode {
     /// path itself, and a file with no other link in the tree, have none. So two trees
     /// compare equal only if their files are linked the same way.
     pub link: Option<Vec<u8>>,
+    /// Owner, group and xattrs ([`attrs_hash`]).
+    pub attrs: Option<Hash>,
 }
 
 /// One entry of a manifest.
@@ -153,6 +159,8 @@ pub enum Node {
     Symlink {
         /// The target, unresolved.
         target: Vec<u8>,
+        /// Owner and group ([`attrs_hash`]; a symlink's xattrs are not copied).
+        attrs: Option<Hash>,
     },
     /// A directory and its children sorted by name.
     Dir {
@@ -160,6 +168,8 @@ pub enum Node {
         mode: u32,
         /// Children, strictly ascending by name.
         entries: Vec<Entry>,
+        /// Owner, group and xattrs ([`attrs_hash`]).
+        attrs: Option<Hash>,
     },
 }
 
@@ -223,6 +233,7 @@ pub fn component_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
 impl FileNode {
     /// The canonical encoding of [`Node::File`] holding this.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        let tag_at = out.len();
         out.push(match self.link {
             None => Kind::File.tag(),
             Some(_) => LINKED_FILE_TAG,
@@ -239,14 +250,76 @@ impl FileNode {
             out.extend_from_slice(&(link.len() as u32).to_le_bytes());
             out.extend_from_slice(link);
         }
+        encode_attrs(self.attrs.as_ref(), tag_at, out);
     }
 }
 
-/// The canonical encoding of [`Node::Symlink`] with this target.
-pub fn encode_symlink(target: &[u8], out: &mut Vec<u8>) {
+/// The canonical encoding of [`Node::Symlink`] with this target and attributes.
+pub fn encode_symlink(target: &[u8], attrs: Option<&Hash>, out: &mut Vec<u8>) {
+    let tag_at = out.len();
     out.push(Kind::Symlink.tag());
     out.extend_from_slice(&(target.len() as u32).to_le_bytes());
     out.extend_from_slice(target);
+    encode_attrs(attrs, tag_at, out);
+}
+
+/// Ends a node's encoding with its attributes digest, if any, flagged in its tag at
+/// `tag_at`: a node without one encodes (and hashes) as before attributes were covered.
+pub(crate) fn encode_attrs(attrs: Option<&Hash>, tag_at: usize, out: &mut Vec<u8>) {
+    if let Some(a) = attrs {
+        out[tag_at] |= ATTRS_FLAG;
+        out.extend_from_slice(&a.0);
+    }
+}
+
+/// Set in a node's tag when its encoding ends with a 32-byte attributes digest.
+pub(crate) const ATTRS_FLAG: u8 = 0x80;
+
+/// Whether xattr `name` is part of an entry's attributes ([`attrs_hash`]): with `owners`
+/// (the scan runs as root, and so does a receiver that preserves them) every xattr but the
+/// `security.*` labels, which belong to the receiving host's policy, except file
+/// capabilities; without, only `user.*`, the namespace anyone may write. The receiver makes
+/// exactly this set equal to the source's ([`crate::apply`]).
+pub fn hashed_xattr(name: &[u8], owners: bool) -> bool {
+    if owners {
+        !name.starts_with(b"security.") || name == b"security.capability"
+    } else {
+        name.starts_with(b"user.")
+    }
+}
+
+/// The attributes digest of an entry: `owner` is `Some((uid, gid))` when owners are
+/// preserved, and `xattrs` are all its xattrs (those [`hashed_xattr`] leaves out are
+/// skipped). `None` when there is nothing to cover: no owner and no hashed xattr.
+pub fn attrs_hash(owner: Option<(u32, u32)>, xattrs: &[(Vec<u8>, Vec<u8>)]) -> Option<Hash> {
+    let mut kept: Vec<&(Vec<u8>, Vec<u8>)> = xattrs
+        .iter()
+        .filter(|(n, _)| hashed_xattr(n, owner.is_some()))
+        .collect();
+    if owner.is_none() && kept.is_empty() {
+        return None;
+    }
+    kept.sort();
+    let mut h = blake3::Hasher::new();
+    h.update(b"syncd attrs 1");
+    match owner {
+        Some((uid, gid)) => {
+            h.update(&[1]);
+            h.update(&uid.to_le_bytes());
+            h.update(&gid.to_le_bytes());
+        }
+        None => {
+            h.update(&[0]);
+        }
+    }
+    h.update(&(kept.len() as u32).to_le_bytes());
+    for (n, v) in kept {
+        h.update(&(n.len() as u32).to_le_bytes());
+        h.update(n);
+        h.update(&(v.len() as u32).to_le_bytes());
+        h.update(v);
+    }
+    Some(Hash(*h.finalize().as_bytes()))
 }
 
 /// The tag of a file node that is a hard link ([`FileNode::link`]): a plain file's
@@ -272,8 +345,13 @@ impl Node {
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Node::File(f) => f.encode(out),
-            Node::Symlink { target } => encode_symlink(target, out),
-            Node::Dir { mode, entries } => {
+            Node::Symlink { target, attrs } => encode_symlink(target, attrs.as_ref(), out),
+            Node::Dir {
+                mode,
+                entries,
+                attrs,
+            } => {
+                let tag_at = out.len();
                 out.push(Kind::Dir.tag());
                 out.extend_from_slice(&mode.to_le_bytes());
                 out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
@@ -283,6 +361,7 @@ impl Node {
                     out.push(e.kind.tag());
                     out.extend_from_slice(&e.hash.0);
                 }
+                encode_attrs(attrs.as_ref(), tag_at, out);
             }
         }
     }
@@ -303,7 +382,8 @@ impl Node {
     /// input's length could justify.
     pub fn decode(bytes: &[u8]) -> Result<Node, DecodeError> {
         let mut r = Reader(bytes);
-        let tag = r.u8()?;
+        let flagged = r.u8()?;
+        let tag = flagged & !ATTRS_FLAG;
         let kind = match tag {
             LINKED_FILE_TAG => Kind::File,
             _ => Kind::from_tag(tag).ok_or(DecodeError::BadTag(tag))?,
@@ -342,12 +422,15 @@ impl Node {
                     mtime_ns,
                     chunks,
                     link,
+                    attrs: r.attrs(flagged)?,
                 })
             }
             Kind::Symlink => {
                 let n = r.count(1)?;
+                let target = r.take(n)?.to_vec();
                 Node::Symlink {
-                    target: r.take(n)?.to_vec(),
+                    target,
+                    attrs: r.attrs(flagged)?,
                 }
             }
             Kind::Dir => {
@@ -366,7 +449,11 @@ impl Node {
                     }
                     entries.push(Entry { name, kind, hash });
                 }
-                Node::Dir { mode, entries }
+                Node::Dir {
+                    mode,
+                    entries,
+                    attrs: r.attrs(flagged)?,
+                }
             }
         };
         if !r.0.is_empty() {
@@ -400,6 +487,14 @@ impl<'a> Reader<'a> {
     }
     fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.array()?))
+    }
+    /// The attributes digest that ends a node whose tag (`flagged`) says it has one.
+    fn attrs(&mut self, flagged: u8) -> Result<Option<Hash>, DecodeError> {
+        Ok(if flagged & ATTRS_FLAG != 0 {
+            Some(Hash(self.array()?))
+        } else {
+            None
+        })
     }
     /// A u32 count of items each at least `item` bytes long, checked against what remains.
     fn count(&mut self, item: usize) -> Result<usize, DecodeError> {
@@ -498,7 +593,7 @@ pub enum ChangeKind {
     Removed,
     /// Same kind, different content (file chunks or size, symlink target).
     Modified,
-    /// Same content, different metadata (mode, mtime).
+    /// Same content, different metadata (mode, mtime, hard links, owner, xattrs, ACLs).
     Metadata,
     /// The kind changed (file, dir, symlink).
     TypeChanged,
@@ -561,6 +656,7 @@ where
     let empty = Node::Dir {
         mode: 0,
         entries: Vec::new(),
+        attrs: None,
     };
     let ra = a.node(b"").map_err(DiffError::Source)?;
     let rb = b.node(b"").map_err(DiffError::Source)?;
@@ -589,16 +685,18 @@ where
         Node::Dir {
             mode: ma,
             entries: ea,
+            attrs: aa,
         },
         Node::Dir {
             mode: mb,
             entries: eb,
+            attrs: ab,
         },
     ) = (na, nb)
     else {
         return Ok(());
     };
-    if ma != mb {
+    if ma != mb || aa != ab {
         out.push(Change {
             path: path.clone(),
             kind: ChangeKind::Metadata,
@@ -660,6 +758,11 @@ where
                     }
                     (Node::File(fx), Node::File(fy))
                         if fx.size == fy.size && fx.chunks == fy.chunks =>
+                    {
+                        ChangeKind::Metadata
+                    }
+                    (Node::Symlink { target: tx, .. }, Node::Symlink { target: ty, .. })
+                        if tx == ty =>
                     {
                         ChangeKind::Metadata
                     }

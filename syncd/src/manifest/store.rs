@@ -20,7 +20,10 @@ use super::{DecodeError, Hash, Node, Nodes, display_path};
 
 const NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nodes");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const FORMAT: &[u8] = b"syncd-manifest-1";
+/// 2: nodes cover their attributes ([`super::attrs_hash`]). A store holds the manifest of
+/// one mode: with owners (this plus [`OWNERS_SUFFIX`]) or without.
+const FORMAT: &str = "syncd-manifest-2";
+const OWNERS_SUFFIX: &str = "+owners";
 const HEADER: usize = 32 + 8 * 4;
 /// redb page cache per open store.
 const CACHE_BYTES: usize = 32 << 20;
@@ -214,18 +217,22 @@ fn db_err(path: &Path, e: impl Into<redb::Error>) -> StoreError {
 }
 
 impl Store {
-    /// The database file that holds the manifest of `tree` under `home`: one file per
-    /// canonical tree path, named by a hash of that path.
-    pub fn path_for(home: &Path, tree: &Path) -> PathBuf {
+    /// The database file that holds the manifest of `tree` under `home`, with or without
+    /// `owners` ([`crate::scan::ScanOptions::owners`]): one file per canonical tree path and
+    /// mode, named by a hash of that path.
+    pub fn path_for(home: &Path, tree: &Path, owners: bool) -> PathBuf {
         use std::os::unix::ffi::OsStrExt;
         let h = blake3::hash(tree.as_os_str().as_bytes()).to_hex();
-        home.join("manifests").join(format!("{}.redb", &h[..24]))
+        let mode = if owners { "-owners" } else { "" };
+        home.join("manifests")
+            .join(format!("{}{mode}.redb", &h[..24]))
     }
 
-    /// Opens the store for `tree` (a canonical path) under `home`, creating it if missing and
-    /// rebuilding it if it is corrupt or belongs to another tree.
-    pub fn open(home: &Path, tree: &Path) -> Result<Opened, StoreError> {
-        let path = Self::path_for(home, tree);
+    /// Opens the store for `tree` (a canonical path) under `home`, in the mode `owners`,
+    /// creating it if missing and rebuilding it if it is corrupt, of another format or mode,
+    /// or belongs to another tree.
+    pub fn open(home: &Path, tree: &Path, owners: bool) -> Result<Opened, StoreError> {
+        let path = Self::path_for(home, tree, owners);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
                 path: dir.to_path_buf(),
@@ -233,7 +240,7 @@ impl Store {
             })?;
         }
         let existed = path.exists();
-        match Self::open_checked(&path, tree) {
+        match Self::open_checked(&path, tree, owners) {
             Ok(store) if existed => Ok(Opened::Existing(store)),
             Ok(store) => Ok(Opened::Created(store)),
             Err(e) if e.is_corruption() => {
@@ -243,7 +250,7 @@ impl Store {
                     path: path.clone(),
                     source,
                 })?;
-                let store = Self::open_checked(&path, tree)?;
+                let store = Self::open_checked(&path, tree, owners)?;
                 Ok(Opened::Rebuilt {
                     store,
                     reason,
@@ -256,15 +263,19 @@ impl Store {
 
     /// Opens an existing store read-only in spirit (it is never written); `None` if there is
     /// no manifest for `tree` yet.
-    pub fn open_existing(home: &Path, tree: &Path) -> Result<Option<Store>, StoreError> {
-        let path = Self::path_for(home, tree);
+    pub fn open_existing(
+        home: &Path,
+        tree: &Path,
+        owners: bool,
+    ) -> Result<Option<Store>, StoreError> {
+        let path = Self::path_for(home, tree, owners);
         if !path.exists() {
             return Ok(None);
         }
-        Self::open_checked(&path, tree).map(Some)
+        Self::open_checked(&path, tree, owners).map(Some)
     }
 
-    fn open_checked(path: &Path, tree: &Path) -> Result<Store, StoreError> {
+    fn open_checked(path: &Path, tree: &Path, owners: bool) -> Result<Store, StoreError> {
         use std::os::unix::ffi::OsStrExt;
         // redb's default 1 GiB page cache would hold a whole million-file manifest in
         // memory; a refresh reads each record about once, so a small cache loses little.
@@ -282,10 +293,16 @@ impl Store {
             path: path.to_path_buf(),
         };
         let want_tree = tree.as_os_str().as_bytes();
+        let want_format = if owners {
+            format!("{FORMAT}{OWNERS_SUFFIX}")
+        } else {
+            FORMAT.to_string()
+        };
+        let want_format = want_format.as_bytes();
         // An existing store of this format and tree needs no write transaction, whose
         // commit would fsync on every open. Anything else takes the full path below, which
         // initialises a new store or reports what is wrong.
-        if store.is_ours(want_tree) {
+        if store.is_ours(want_format, want_tree) {
             return Ok(store);
         }
         let txn = store.db.begin_write().map_err(|e| db_err(path, e))?;
@@ -301,12 +318,13 @@ impl Store {
                 .map(|v| v.value().to_vec());
             match (format, owner) {
                 (None, None) => {
-                    meta.insert("format", FORMAT).map_err(|e| db_err(path, e))?;
+                    meta.insert("format", want_format)
+                        .map_err(|e| db_err(path, e))?;
                     meta.insert("tree", want_tree)
                         .map_err(|e| db_err(path, e))?;
                 }
-                (Some(f), Some(t)) if f == FORMAT && t == want_tree => {}
-                (Some(f), _) if f != FORMAT => {
+                (Some(f), Some(t)) if f == want_format && t == want_tree => {}
+                (Some(f), _) if f != want_format => {
                     return Err(StoreError::Foreign {
                         path: path.to_path_buf(),
                         reason: format!("unknown format {:?}", String::from_utf8_lossy(&f)),
@@ -329,8 +347,8 @@ impl Store {
         Ok(store)
     }
 
-    /// True if both tables exist and `meta` names this format and `tree` (read-only check).
-    fn is_ours(&self, tree: &[u8]) -> bool {
+    /// True if both tables exist and `meta` names `format` and `tree` (read-only check).
+    fn is_ours(&self, format: &[u8], tree: &[u8]) -> bool {
         let Ok(txn) = self.db.begin_read() else {
             return false;
         };
@@ -338,7 +356,7 @@ impl Store {
             return false;
         };
         let get = |k: &str| meta.get(k).ok().flatten().map(|v| v.value().to_vec());
-        get("format").as_deref() == Some(FORMAT) && get("tree").as_deref() == Some(tree)
+        get("format").as_deref() == Some(format) && get("tree").as_deref() == Some(tree)
     }
 
     /// The database file.
@@ -467,6 +485,7 @@ mod tests {
         let node = Node::Dir {
             mode,
             entries: Vec::new(),
+            attrs: None,
         };
         Record {
             hash: node.hash(),
@@ -479,7 +498,7 @@ mod tests {
     fn commit_then_read_and_delete_subtrees() {
         let home = tempfile::tempdir().unwrap();
         let tree = Path::new("/some/tree");
-        let store = Store::open(home.path(), tree).unwrap().into_store();
+        let store = Store::open(home.path(), tree, false).unwrap().into_store();
         let put: Vec<_> = [&b""[..], b"a", b"a/x", b"a/x/y", b"a.b", b"ab"]
             .iter()
             .map(|k| (k.to_vec(), rec(0o755).encode()))
@@ -509,16 +528,16 @@ mod tests {
     fn garbage_file_is_moved_aside_and_rebuilt() {
         let home = tempfile::tempdir().unwrap();
         let tree = Path::new("/t");
-        let path = Store::path_for(home.path(), tree);
+        let path = Store::path_for(home.path(), tree, false);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, vec![0xabu8; 10_000]).unwrap();
-        match Store::open(home.path(), tree).unwrap() {
+        match Store::open(home.path(), tree, false).unwrap() {
             Opened::Rebuilt { moved_to, .. } => assert!(moved_to.exists()),
             other => panic!("expected a rebuild, got {other:?}"),
         }
         // The rebuilt one opens as existing next time.
         assert!(matches!(
-            Store::open(home.path(), tree).unwrap(),
+            Store::open(home.path(), tree, false).unwrap(),
             Opened::Existing(_)
         ));
     }
@@ -526,11 +545,11 @@ mod tests {
     #[test]
     fn store_of_another_tree_is_refused() {
         let home = tempfile::tempdir().unwrap();
-        let a = Store::path_for(home.path(), Path::new("/a"));
-        drop(Store::open(home.path(), Path::new("/b")).unwrap());
-        std::fs::rename(Store::path_for(home.path(), Path::new("/b")), &a).unwrap();
+        let a = Store::path_for(home.path(), Path::new("/a"), false);
+        drop(Store::open(home.path(), Path::new("/b"), false).unwrap());
+        std::fs::rename(Store::path_for(home.path(), Path::new("/b"), false), &a).unwrap();
         assert!(matches!(
-            Store::open(home.path(), Path::new("/a")).unwrap(),
+            Store::open(home.path(), Path::new("/a"), false).unwrap(),
             Opened::Rebuilt { .. }
         ));
     }
@@ -540,8 +559,8 @@ mod tests {
     #[test]
     fn a_store_in_use_is_reported_not_rebuilt() {
         let home = tempfile::tempdir().unwrap();
-        let held = Store::open(home.path(), Path::new("/t")).unwrap();
-        let err = Store::open(home.path(), Path::new("/t")).unwrap_err();
+        let held = Store::open(home.path(), Path::new("/t"), false).unwrap();
+        let err = Store::open(home.path(), Path::new("/t"), false).unwrap_err();
         assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
         assert!(!err.is_corruption());
         assert!(
@@ -550,7 +569,7 @@ mod tests {
         );
         drop(held);
         assert!(matches!(
-            Store::open(home.path(), Path::new("/t")).unwrap(),
+            Store::open(home.path(), Path::new("/t"), false).unwrap(),
             Opened::Existing(_)
         ));
     }
@@ -558,7 +577,7 @@ mod tests {
     #[test]
     fn corrupt_record_is_reported_with_its_key() {
         let home = tempfile::tempdir().unwrap();
-        let store = Store::open(home.path(), Path::new("/t"))
+        let store = Store::open(home.path(), Path::new("/t"), false)
             .unwrap()
             .into_store();
         let mut bad = rec(0o755).encode();

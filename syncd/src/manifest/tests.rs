@@ -31,6 +31,7 @@ fn file_node(content: u8, len: u8, mode: u32, mtime: i64) -> Node {
         mtime_ns: mtime,
         chunks,
         link: None,
+        attrs: None,
     })
 }
 
@@ -43,7 +44,10 @@ pub(crate) fn build(spec: &Spec) -> Tree {
                 mode,
                 mtime,
             } => file_node(*content, *len, *mode, *mtime),
-            Spec::Link(t) => Node::Symlink { target: t.clone() },
+            Spec::Link(t) => Node::Symlink {
+                target: t.clone(),
+                attrs: None,
+            },
             Spec::Dir(mode, children) => {
                 let entries = children
                     .iter()
@@ -56,6 +60,7 @@ pub(crate) fn build(spec: &Spec) -> Tree {
                 Node::Dir {
                     mode: *mode,
                     entries,
+                    attrs: None,
                 }
             }
         };
@@ -117,6 +122,22 @@ pub(crate) fn link_files(t: &mut Tree, picks: &[(u8, u8)]) {
                 ..lead
             }),
         );
+    }
+    rehash(t);
+}
+
+/// Gives nodes of `t` attributes digests, as a scan records owners and xattrs: for each pick
+/// `(i, v)`, the i-th node in path order gets digest `[v % 3; 32]`, or none when that is 0.
+/// Rehashes.
+pub(crate) fn set_attrs(t: &mut Tree, picks: &[(u8, u8)]) {
+    let paths: Vec<Vec<u8>> = t.nodes.keys().cloned().collect();
+    for &(i, v) in picks {
+        let digest = (v % 3 != 0).then_some(Hash([v % 3; 32]));
+        match t.nodes.get_mut(&paths[i as usize % paths.len()]) {
+            Some(Node::File(f)) => f.attrs = digest,
+            Some(Node::Symlink { attrs, .. } | Node::Dir { attrs, .. }) => *attrs = digest,
+            None => {}
+        }
     }
     rehash(t);
 }
@@ -229,12 +250,28 @@ fn apply(a: &Tree, changes: &[Change], b: &Tree) -> Tree {
                 t.nodes.insert(c.path.clone(), b.nodes[&c.path].clone());
             }
             ChangeKind::Metadata => match (t.nodes.get_mut(&c.path), &b.nodes[&c.path]) {
-                (Some(Node::Dir { mode, .. }), Node::Dir { mode: m, .. }) => *mode = *m,
+                (
+                    Some(Node::Dir { mode, attrs, .. }),
+                    Node::Dir {
+                        mode: m, attrs: a, ..
+                    },
+                ) => (*mode, *attrs) = (*m, *a),
                 (Some(Node::File(f)), Node::File(g)) => {
                     assert_eq!(f.chunks, g.chunks, "metadata change with different content");
                     f.mode = g.mode;
                     f.mtime_ns = g.mtime_ns;
                     f.link = g.link.clone();
+                    f.attrs = g.attrs;
+                }
+                (
+                    Some(Node::Symlink { target, attrs }),
+                    Node::Symlink {
+                        target: t,
+                        attrs: a,
+                    },
+                ) => {
+                    assert_eq!(target, t, "metadata change with a different target");
+                    *attrs = *a;
                 }
                 other => panic!("metadata change on {other:?}"),
             },
@@ -322,9 +359,36 @@ proptest! {
         }
     }
 
+    /// The same, with owners and xattrs on some nodes; between two trees that differ only
+    /// in those, every change is a metadata change.
     #[test]
-    fn encode_decode_roundtrip(s in spec()) {
-        for node in build(&s).nodes.values() {
+    fn diff_with_attributes_applies(
+        sa in spec(),
+        sb in spec(),
+        pa in prop::collection::vec((any::<u8>(), any::<u8>()), 0..6),
+        pb in prop::collection::vec((any::<u8>(), any::<u8>()), 0..6),
+    ) {
+        let (mut a, mut b) = (build(&sa), build(&sb));
+        set_attrs(&mut a, &pa);
+        set_attrs(&mut b, &pb);
+        check_diff_applies(&a, &b)?;
+        let (mut a, mut b) = (build(&sa), build(&sa));
+        set_attrs(&mut a, &pa);
+        set_attrs(&mut b, &pb);
+        check_diff_applies(&a, &b)?;
+        for c in diff(&a, &b).unwrap() {
+            prop_assert_eq!(c.kind, ChangeKind::Metadata, "{:?}", c);
+        }
+    }
+
+    #[test]
+    fn encode_decode_roundtrip(
+        s in spec(),
+        picks in prop::collection::vec((any::<u8>(), any::<u8>()), 0..6),
+    ) {
+        let mut t = build(&s);
+        set_attrs(&mut t, &picks);
+        for node in t.nodes.values() {
             prop_assert_eq!(&Node::decode(&node.to_bytes()).unwrap(), node);
         }
     }
@@ -459,6 +523,7 @@ fn decode_rejects_bad_names_and_order() {
         let n = Node::Dir {
             mode: 0,
             entries: vec![entry(bad)],
+            attrs: None,
         };
         assert!(
             matches!(Node::decode(&n.to_bytes()), Err(DecodeError::BadName(_))),
@@ -468,6 +533,7 @@ fn decode_rejects_bad_names_and_order() {
     let n = Node::Dir {
         mode: 0,
         entries: vec![entry(b"b"), entry(b"a")],
+        attrs: None,
     };
     assert_eq!(Node::decode(&n.to_bytes()), Err(DecodeError::Unsorted));
     // A huge declared count with no bytes behind it is refused before allocating.
@@ -512,6 +578,7 @@ fn a_hard_link_is_part_of_the_file_node() {
             Node::Dir {
                 mode: 0o755,
                 entries: Vec::new(),
+                attrs: None,
             },
         );
         rehash(&mut t);
@@ -540,5 +607,124 @@ fn a_hard_link_is_part_of_the_file_node() {
             matches!(Node::decode(&node.to_bytes()), Err(DecodeError::BadName(_))),
             "{bad:?}"
         );
+    }
+}
+
+#[test]
+fn attributes_are_part_of_every_node() {
+    let x = |n: &str, v: &str| (n.as_bytes().to_vec(), v.as_bytes().to_vec());
+    // Without owners only user.* counts, and nothing to cover is no digest: such nodes
+    // encode, and hash, exactly as before attributes were covered.
+    assert_eq!(attrs_hash(None, &[]), None);
+    assert_eq!(
+        attrs_hash(None, &[x("security.selinux", "l"), x("trusted.t", "v")]),
+        None
+    );
+    let user = attrs_hash(None, &[x("user.a", "1")]);
+    assert!(user.is_some());
+    assert_eq!(
+        attrs_hash(
+            None,
+            &[x("user.a", "1"), x("system.posix_acl_access", "acl")]
+        ),
+        user
+    );
+    // With owners: owner and group always, every namespace but security.* labels (file
+    // capabilities are covered), in any order.
+    let owned = attrs_hash(Some((1, 2)), &[x("user.a", "1"), x("trusted.t", "v")]);
+    assert_eq!(
+        attrs_hash(
+            Some((1, 2)),
+            &[
+                x("trusted.t", "v"),
+                x("security.selinux", "l"),
+                x("user.a", "1")
+            ]
+        ),
+        owned
+    );
+    for other in [
+        attrs_hash(Some((1, 3)), &[x("user.a", "1"), x("trusted.t", "v")]),
+        attrs_hash(Some((2, 2)), &[x("user.a", "1"), x("trusted.t", "v")]),
+        attrs_hash(Some((1, 2)), &[x("user.a", "2"), x("trusted.t", "v")]),
+        attrs_hash(Some((1, 2)), &[x("user.a", "1")]),
+        attrs_hash(
+            Some((1, 2)),
+            &[
+                x("user.a", "1"),
+                x("trusted.t", "v"),
+                x("security.capability", "c"),
+            ],
+        ),
+        attrs_hash(None, &[x("user.a", "1"), x("trusted.t", "v")]),
+    ] {
+        assert_ne!(other, owned);
+    }
+    // No ambiguity between a name and a value.
+    assert_ne!(
+        attrs_hash(None, &[x("user.ab", "c")]),
+        attrs_hash(None, &[x("user.a", "bc")])
+    );
+
+    let digest = Some(Hash([7; 32]));
+    let Node::File(plain) = file_node(3, 2, 0o644, 1) else {
+        unreachable!()
+    };
+    let nodes = [
+        Node::File(plain.clone()),
+        Node::File(FileNode {
+            link: Some(b"a/x".to_vec()),
+            ..plain.clone()
+        }),
+        Node::Symlink {
+            target: b"t".to_vec(),
+            attrs: None,
+        },
+        Node::Dir {
+            mode: 0o755,
+            entries: vec![Entry {
+                name: b"f".to_vec(),
+                kind: Kind::File,
+                hash: Hash([1; 32]),
+            }],
+            attrs: None,
+        },
+    ];
+    for node in nodes {
+        let mut with = node.clone();
+        match &mut with {
+            Node::File(f) => f.attrs = digest,
+            Node::Symlink { attrs, .. } | Node::Dir { attrs, .. } => *attrs = digest,
+        }
+        assert_ne!(with.hash(), node.hash(), "{node:?}");
+        let (a, b) = (node.to_bytes(), with.to_bytes());
+        assert_eq!(b.len(), a.len() + 32);
+        assert_eq!(b[0], a[0] | ATTRS_FLAG);
+        assert_eq!(Node::decode(&b).unwrap(), with);
+        assert_eq!(Node::decode(&a).unwrap(), node);
+        // A flagged tag without its digest is truncated, not misread.
+        let mut cut = b.clone();
+        cut.truncate(b.len() - 1);
+        assert_eq!(Node::decode(&cut), Err(DecodeError::Truncated));
+
+        // Attributes alone differ: a metadata change, at the right path.
+        let tree = |n: &Node| {
+            let mut t = Tree::default();
+            t.nodes.insert(b"e".to_vec(), n.clone());
+            t.nodes.insert(
+                Vec::new(),
+                Node::Dir {
+                    mode: 0o755,
+                    entries: Vec::new(),
+                    attrs: None,
+                },
+            );
+            rehash(&mut t);
+            t
+        };
+        let changes = diff(&tree(&node), &tree(&with)).unwrap();
+        assert_eq!(changes.len(), 1, "{node:?}");
+        assert_eq!(changes[0].kind, ChangeKind::Metadata, "{node:?}");
+        assert_eq!(changes[0].path, b"e");
     }
 }

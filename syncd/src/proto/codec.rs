@@ -9,15 +9,16 @@
 use super::delta::{BlockSig, MAX_BLOCK_ACCEPTED, MIN_BLOCK, SIG_ENTRY, Signature};
 use crate::chunk::ChunkId;
 use crate::manifest::{
-    DecodeError, Entry, FileNode, Hash, Kind, Node, ShortHash, check_name, check_path,
-    encode_symlink,
+    ATTRS_FLAG, DecodeError, Entry, FileNode, Hash, Kind, Node, ShortHash, check_name, check_path,
+    encode_attrs, encode_symlink,
 };
 
 /// Protocol version spoken by this build. 2: a compressed chunk is the next part of its
 /// data stream's zstd stream ([`super::stream`]), not a zstd frame of its own. 3: directories
 /// travel as [`Offered::Dir`] listings with [`ShortHash`]es. 4: hard links are part of the
-/// file node ([`FileNode::link`]), not of [`Meta`].
-pub const VERSION: u32 = 4;
+/// file node ([`FileNode::link`]), not of [`Meta`]. 5: nodes cover owner, group and xattrs
+/// ([`crate::manifest::attrs_hash`]), and `Hello` says whether owners are preserved.
+pub const VERSION: u32 = 5;
 
 /// Largest frame (tag + payload) either side accepts: a directory node of ~1M entries.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -82,6 +83,8 @@ pub enum Offered {
     Symlink {
         /// The target, unresolved.
         target: Vec<u8>,
+        /// Attributes digest ([`crate::manifest::attrs_hash`]).
+        attrs: Option<Hash>,
     },
     /// A directory: its mode and children, strictly ascending by name.
     Dir {
@@ -89,6 +92,8 @@ pub enum Offered {
         mode: u32,
         /// Children.
         entries: Vec<Listed>,
+        /// Attributes digest ([`crate::manifest::attrs_hash`]).
+        attrs: Option<Hash>,
     },
 }
 
@@ -107,15 +112,27 @@ impl Offered {
     pub fn matches(&self, node: &Node) -> bool {
         match (self, node) {
             (Offered::File(a), Node::File(b)) => a == b,
-            (Offered::Symlink { target: a }, Node::Symlink { target: b }) => a == b,
             (
-                Offered::Dir { mode, entries },
+                Offered::Symlink { target: a, attrs },
+                Node::Symlink {
+                    target: b,
+                    attrs: c,
+                },
+            ) => a == b && attrs == c,
+            (
+                Offered::Dir {
+                    mode,
+                    entries,
+                    attrs,
+                },
                 Node::Dir {
                     mode: m,
                     entries: es,
+                    attrs: c,
                 },
             ) => {
                 mode == m
+                    && attrs == c
                     && entries.len() == es.len()
                     && entries.iter().zip(es).all(|(a, b)| a.is(b))
             }
@@ -130,8 +147,13 @@ impl Offered {
         out.extend_from_slice(&[0; 4]);
         match self {
             Offered::File(f) => f.encode(out),
-            Offered::Symlink { target } => encode_symlink(target, out),
-            Offered::Dir { mode, entries } => {
+            Offered::Symlink { target, attrs } => encode_symlink(target, attrs.as_ref(), out),
+            Offered::Dir {
+                mode,
+                entries,
+                attrs,
+            } => {
+                let tag_at = out.len();
                 out.push(Kind::Dir.tag());
                 out.extend_from_slice(&mode.to_le_bytes());
                 out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
@@ -140,6 +162,7 @@ impl Offered {
                     out.push(e.kind.tag());
                     out.extend_from_slice(&e.hash.0);
                 }
+                encode_attrs(attrs.as_ref(), tag_at, out);
             }
         }
         let len = (out.len() - at - 4) as u32;
@@ -152,10 +175,13 @@ impl Offered {
             path: String::from_utf8_lossy(path).into_owned(),
             source,
         };
-        if bytes.first() != Some(&Kind::Dir.tag()) {
+        let Some(&flagged) = bytes.first() else {
+            return Err(node_err(DecodeError::Truncated));
+        };
+        if flagged & !ATTRS_FLAG != Kind::Dir.tag() {
             return match Node::decode(bytes).map_err(node_err)? {
                 Node::File(f) => Ok(Offered::File(f)),
-                Node::Symlink { target } => Ok(Offered::Symlink { target }),
+                Node::Symlink { target, attrs } => Ok(Offered::Symlink { target, attrs }),
                 Node::Dir { .. } => Err(node_err(DecodeError::BadTag(Kind::Dir.tag()))),
             };
         }
@@ -177,10 +203,19 @@ impl Offered {
             }
             entries.push(Listed { name, kind, hash });
         }
+        let attrs = if flagged & ATTRS_FLAG != 0 {
+            Some(Hash(r.array()?))
+        } else {
+            None
+        };
         if !r.b.is_empty() {
             return Err(node_err(DecodeError::Trailing(r.b.len())));
         }
-        Ok(Offered::Dir { mode, entries })
+        Ok(Offered::Dir {
+            mode,
+            entries,
+            attrs,
+        })
     }
 }
 
@@ -188,8 +223,13 @@ impl From<Node> for Offered {
     fn from(node: Node) -> Offered {
         match node {
             Node::File(f) => Offered::File(f),
-            Node::Symlink { target } => Offered::Symlink { target },
-            Node::Dir { mode, entries } => Offered::Dir {
+            Node::Symlink { target, attrs } => Offered::Symlink { target, attrs },
+            Node::Dir {
+                mode,
+                entries,
+                attrs,
+            } => Offered::Dir {
+                attrs,
                 mode,
                 entries: entries
                     .into_iter()
@@ -243,6 +283,10 @@ pub enum Frame {
         delete: bool,
         /// Report what would change, change nothing.
         dry_run: bool,
+        /// The sender's nodes cover owner, group and all xattrs
+        /// ([`crate::manifest::attrs_hash`]), and the receiver must make them equal: it
+        /// compares in the same mode, and refuses if it cannot set owners (not root).
+        owners: bool,
     },
     /// Receiver → sender: accepted, with the receiver's current root.
     HelloAck {
@@ -380,11 +424,12 @@ impl Frame {
                 root,
                 delete,
                 dry_run,
+                owners,
             } => {
                 out.push(tag::HELLO);
                 out.extend_from_slice(&version.to_le_bytes());
                 out.extend_from_slice(&root.0);
-                out.push(u8::from(*delete) | (u8::from(*dry_run) << 1));
+                out.push(u8::from(*delete) | (u8::from(*dry_run) << 1) | (u8::from(*owners) << 2));
             }
             Frame::HelloAck { version, root } => {
                 out.push(tag::HELLO_ACK);
@@ -641,7 +686,7 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
             let version = r.u32()?;
             let root = Hash(r.array()?);
             let flags = r.u8()?;
-            if flags & !3 != 0 {
+            if flags & !7 != 0 {
                 return Err(r.bad(format!("unknown flags {flags:#x}")));
             }
             Frame::Hello {
@@ -649,6 +694,7 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
                 root,
                 delete: flags & 1 != 0,
                 dry_run: flags & 2 != 0,
+                owners: flags & 4 != 0,
             }
         }
         tag::HELLO_ACK => Frame::HelloAck {

@@ -6,7 +6,9 @@
 //! the receiver, as a chunk index lookup. The drivers live in [`crate::push`].
 //!
 //! The flow (receiver-driven merkle descent):
-//! 1. sender → `Hello{version, root}`; receiver → `HelloAck{root}`. Equal roots: done.
+//! 1. sender → `Hello{version, root, owners}`; receiver → `HelloAck{root}`. Equal roots:
+//!    done. The driver refreshes the receiver's manifest in the sender's mode (with or
+//!    without owners) before it hands `Hello` on, or refuses when it cannot set owners.
 //! 2. The receiver asks for nodes (`GetNodes`) where its own hashes differ, starting at the
 //!    root; the sender answers with `Nodes` (node + metadata).
 //! 3. For each differing file the receiver reuses every chunk it already has (the partial
@@ -157,14 +159,16 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// A session offering a tree whose root is `root`.
-    pub fn new(root: Hash, delete: bool, dry_run: bool) -> Sender {
+    /// A session offering a tree whose root is `root`, computed with or without `owners`
+    /// ([`crate::scan::ScanOptions::owners`]).
+    pub fn new(root: Hash, delete: bool, dry_run: bool, owners: bool) -> Sender {
         let mut out = VecDeque::new();
         out.push_back(SenderEvent::Send(Frame::Hello {
             version: VERSION,
             root,
             delete,
             dry_run,
+            owners,
         }));
         Sender {
             root,
@@ -312,7 +316,7 @@ impl Sender {
 fn node_size_hint(node: &Node) -> usize {
     match node {
         Node::File(f) => f.chunks.len() * 36,
-        Node::Symlink { target } => target.len(),
+        Node::Symlink { target, .. } => target.len(),
         Node::Dir { entries, .. } => entries.iter().map(|e| e.name.len() + 4 + 1 + 8).sum(),
     }
 }
@@ -660,6 +664,7 @@ impl Receiver {
                     root: theirs,
                     delete,
                     dry_run,
+                    ..
                 },
             ) => {
                 if version != VERSION {
@@ -750,12 +755,21 @@ impl Receiver {
                 None => Some(ChangeKind::Added),
                 Some(_) if retyped => Some(ChangeKind::TypeChanged),
                 Some(m) if node.matches(m) => None,
-                Some(Node::Dir { .. }) => None, // its children tell
+                // Otherwise its children tell.
+                Some(Node::Dir { mode, attrs, .. }) => match &node {
+                    Offered::Dir {
+                        mode: m, attrs: a, ..
+                    } if (m, a) != (mode, attrs) => Some(ChangeKind::Metadata),
+                    _ => None,
+                },
                 Some(Node::File(a)) => match &node {
                     Offered::File(b) if a.chunks == b.chunks => Some(ChangeKind::Metadata),
                     _ => Some(ChangeKind::Modified),
                 },
-                Some(_) => Some(ChangeKind::Modified),
+                Some(Node::Symlink { target: a, .. }) => match &node {
+                    Offered::Symlink { target: b, .. } if a == b => Some(ChangeKind::Metadata),
+                    _ => Some(ChangeKind::Modified),
+                },
             };
             if let Some(m) = marker {
                 self.report.push((m.marker() as u8, path.clone()));
@@ -789,7 +803,7 @@ impl Receiver {
             self.touched.push(path.clone());
         }
         match node {
-            Offered::Dir { mode, entries } => {
+            Offered::Dir { mode, entries, .. } => {
                 let old = match &mine {
                     Some(Node::Dir { entries, .. }) if !retyped => Some(entries),
                     _ => None,
@@ -820,7 +834,7 @@ impl Receiver {
                 }
                 self.dirs.push((path, mode, meta));
             }
-            Offered::Symlink { target } => {
+            Offered::Symlink { target, .. } => {
                 self.out.push_back(Action::Symlink { path, target, meta });
             }
             Offered::File(f) => {

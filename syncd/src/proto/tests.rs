@@ -74,7 +74,7 @@ fn run(
     let mut parts: HashMap<FileKey, Part> = HashMap::new();
     let mut bases: HashMap<ChunkId, Vec<u8>> = HashMap::new();
 
-    let mut s = Sender::new(a_root, delete, dry_run);
+    let mut s = Sender::new(a_root, delete, dry_run, false);
     let mut r = Receiver::new();
     let mut to_r: Vec<Frame> = Vec::new(); // control, in order
     let mut data: Vec<Frame> = Vec::new(); // chunks, any order
@@ -119,11 +119,18 @@ fn run(
                         Node::Dir {
                             mode,
                             entries: Vec::new(),
+                            attrs: None,
                         },
                     );
                 }
                 Action::Symlink { path, target, .. } => {
-                    fs.nodes.insert(path, Node::Symlink { target });
+                    fs.nodes.insert(
+                        path,
+                        Node::Symlink {
+                            target,
+                            attrs: None,
+                        },
+                    );
                 }
                 Action::SetFileMeta { path, mode, meta } => match fs.nodes.get_mut(&path) {
                     Some(Node::File(f)) => {
@@ -324,6 +331,7 @@ fn files_tree(files: &[(&str, u8, Option<&str>)]) -> Tree {
     let dir = || Node::Dir {
         mode: 0o755,
         entries: Vec::new(),
+        attrs: None,
     };
     t.nodes.insert(Vec::new(), dir());
     for (path, content, link) in files {
@@ -343,6 +351,7 @@ fn files_tree(files: &[(&str, u8, Option<&str>)]) -> Tree {
             mtime_ns: 1,
             chunks: vec![chunk],
             link: link.map(|l| l.as_bytes().to_vec()),
+            attrs: None,
         };
         t.nodes.insert(path, Node::File(node));
     }
@@ -457,6 +466,7 @@ fn unknown_version_is_refused_cleanly() {
                 root: Hash([0; 32]),
                 delete: false,
                 dry_run: false,
+                owners: false,
             },
             &t,
             Hash([1; 32]),
@@ -474,7 +484,7 @@ fn frames_out_of_order_are_errors_not_panics() {
         r.handle(Frame::Want { ids: vec![] }, &t, Hash([0; 32]))
             .is_err()
     );
-    let mut s = Sender::new(Hash([0; 32]), false, false);
+    let mut s = Sender::new(Hash([0; 32]), false, false, false);
     assert!(
         s.handle(Frame::GetNodes { paths: vec![] }, &t, &mut |_, _| None)
             .is_err()
@@ -487,6 +497,7 @@ fn frames_out_of_order_are_errors_not_panics() {
 fn every_frame_round_trips() {
     let node = Node::Symlink {
         target: b"t".to_vec(),
+        attrs: None,
     };
     let frames = vec![
         Frame::Hello {
@@ -494,6 +505,7 @@ fn every_frame_round_trips() {
             root: Hash([1; 32]),
             delete: true,
             dry_run: false,
+            owners: true,
         },
         Frame::HelloAck {
             version: VERSION,
@@ -528,6 +540,7 @@ fn every_frame_round_trips() {
                             len: 3,
                         }],
                         link: Some(b"b/c".to_vec()),
+                        attrs: None,
                     }),
                     meta: Meta::default(),
                 },
@@ -547,6 +560,7 @@ fn every_frame_round_trips() {
                                 hash: Hash([6; 32]).short(),
                             },
                         ],
+                        attrs: None,
                     },
                     meta: Meta::default(),
                 },
@@ -730,7 +744,11 @@ fn traversal_paths_are_refused_by_the_decoder() {
             Frame::Nodes {
                 items: vec![NodeItem {
                     path: bad.to_vec(),
-                    node: Node::Symlink { target: vec![] }.into(),
+                    node: Node::Symlink {
+                        target: vec![],
+                        attrs: None,
+                    }
+                    .into(),
                     meta: Meta::default(),
                 }],
             },
@@ -762,7 +780,15 @@ fn directory_listings_are_canonical_and_never_whole_directories() {
         (vec![listed(b"..")], "invalid entry name"),
         (vec![listed(b"a/b")], "invalid entry name"),
     ] {
-        let err = decode(&item(Offered::Dir { mode: 0, entries }).to_bytes()).unwrap_err();
+        let err = decode(
+            &item(Offered::Dir {
+                mode: 0,
+                entries,
+                attrs: None,
+            })
+            .to_bytes(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains(want), "{err}");
     }
     // A directory node with whole hashes is not a listing: it does not decode as one.
@@ -773,6 +799,7 @@ fn directory_listings_are_canonical_and_never_whole_directories() {
             kind: Kind::File,
             hash: Hash([1; 32]),
         }],
+        attrs: None,
     };
     let mut body = vec![5];
     body.extend_from_slice(&1u32.to_le_bytes());
@@ -786,17 +813,28 @@ fn directory_listings_are_canonical_and_never_whole_directories() {
     // What the receiver compares: names, kinds and short hashes, and the mode.
     let listing = Offered::from(whole.clone());
     assert!(listing.matches(&whole));
-    let Node::Dir { mut entries, mode } = whole.clone() else {
+    let Node::Dir {
+        mut entries, mode, ..
+    } = whole.clone()
+    else {
         unreachable!()
     };
     entries[0].hash.0[31] ^= 1; // beyond the short hash: not seen
     assert!(listing.matches(&Node::Dir {
         mode,
-        entries: entries.clone()
+        entries: entries.clone(),
+        attrs: None,
     }));
     entries[0].hash.0[0] ^= 1;
-    assert!(!listing.matches(&Node::Dir { mode, entries }));
-    assert!(!listing.matches(&Node::Symlink { target: vec![] }));
+    assert!(!listing.matches(&Node::Dir {
+        mode,
+        entries,
+        attrs: None
+    }));
+    assert!(!listing.matches(&Node::Symlink {
+        target: vec![],
+        attrs: None
+    }));
 }
 
 #[test]
