@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 use super::codec::{self, decode};
 use super::*;
-use crate::manifest::tests::{build, link_files, mutate, rehash, spec};
+use crate::manifest::tests::{build, link_files, mutate, rehash, set_attrs, spec};
 use crate::manifest::{FileNode, Tree};
 
 /// Every chunk id the manifest test trees use, with the bytes it stands for.
@@ -21,14 +21,31 @@ fn contents() -> HashMap<ChunkId, Vec<u8>> {
     m
 }
 
+/// The metadata the sender reads for `node`. Its attributes digest travels as an xattr,
+/// which the simulated receiver below turns back into its node's digest ([`attrs_in`]), the
+/// way a real one applies owner and xattrs and then has them.
 fn meta_of(node: &Node) -> Meta {
+    let attrs = match node {
+        Node::File(f) => f.attrs,
+        Node::Symlink { attrs, .. } | Node::Dir { attrs, .. } => *attrs,
+    };
     Meta {
         mtime_ns: match node {
             Node::File(f) => f.mtime_ns,
             _ => 0,
         },
+        xattrs: attrs
+            .map(|h| (b"user.digest".to_vec(), h.0.to_vec()))
+            .into_iter()
+            .collect(),
         ..Meta::default()
     }
+}
+
+/// The attributes an entry has once `meta` is applied to it (see [`meta_of`]).
+fn attrs_in(meta: &Meta) -> Option<Hash> {
+    let (_, v) = meta.xattrs.first()?;
+    Some(Hash(v.as_slice().try_into().unwrap()))
 }
 
 fn roundtrip(f: &Frame) -> Frame {
@@ -113,22 +130,22 @@ fn run(
                         !(k == &path || (k.starts_with(&path) && k.get(path.len()) == Some(&b'/')))
                     });
                 }
-                Action::MakeDir { path, mode, .. } => {
+                Action::MakeDir { path, mode, meta } => {
                     fs.nodes.insert(
                         path,
                         Node::Dir {
                             mode,
                             entries: Vec::new(),
-                            attrs: None,
+                            attrs: attrs_in(&meta),
                         },
                     );
                 }
-                Action::Symlink { path, target, .. } => {
+                Action::Symlink { path, target, meta } => {
                     fs.nodes.insert(
                         path,
                         Node::Symlink {
                             target,
-                            attrs: None,
+                            attrs: attrs_in(&meta),
                         },
                     );
                 }
@@ -136,6 +153,7 @@ fn run(
                     Some(Node::File(f)) => {
                         f.mode = mode;
                         f.mtime_ns = meta.mtime_ns;
+                        f.attrs = attrs_in(&meta);
                     }
                     other => panic!("SetFileMeta on {other:?}"),
                 },
@@ -176,6 +194,7 @@ fn run(
                     let mut node = p.node;
                     node.mode = mode;
                     node.mtime_ns = meta.mtime_ns;
+                    node.attrs = attrs_in(&meta);
                     fs.nodes.insert(p.path, Node::File(node));
                     r.file_finished(key);
                 }
@@ -190,9 +209,12 @@ fn run(
                     f.link = Some(to);
                     fs.nodes.insert(path, Node::File(f));
                 }
-                Action::SetDirMeta { path, mode, .. } => {
-                    if let Some(Node::Dir { mode: m, .. }) = fs.nodes.get_mut(&path) {
-                        *m = mode;
+                Action::SetDirMeta { path, mode, meta } => {
+                    if let Some(Node::Dir {
+                        mode: m, attrs: a, ..
+                    }) = fs.nodes.get_mut(&path)
+                    {
+                        (*m, *a) = (mode, attrs_in(&meta));
                     }
                 }
                 Action::Rescan { .. } => {
@@ -267,9 +289,27 @@ fn push_linked(
     lb: &[(u8, u8)],
     seed: u64,
 ) -> Result<(), TestCaseError> {
-    let (mut a, mut b) = (tree(sa), tree(sb));
-    link_files(&mut a, la);
-    link_files(&mut b, lb);
+    push_with((sa, la, &[]), (sb, lb, &[]), seed)
+}
+
+/// A tree to push: its shape, hard links ([`link_files`]) and attributes ([`set_attrs`]).
+type Shaped<'a> = (
+    &'a crate::manifest::tests::Spec,
+    &'a [(u8, u8)],
+    &'a [(u8, u8)],
+);
+
+/// Pushes tree `a` into tree `b` (with --delete): the receiver must end equal to the
+/// sender, links and attributes included.
+fn push_with(a: Shaped, b: Shaped, seed: u64) -> Result<(), TestCaseError> {
+    let shaped = |(s, links, attrs): Shaped| {
+        let mut t = tree(s);
+        // Attributes first: a hard link shares its inode's, as link_files copies them.
+        set_attrs(&mut t, attrs);
+        link_files(&mut t, links);
+        t
+    };
+    let (a, b) = (shaped(a), shaped(b));
     let out = run(&a, &b, true, false, lcg(seed));
     prop_assert_eq!(out.receiver_root, out.sender_root);
     prop_assert_eq!(&out.receiver_tree, &a);
@@ -311,6 +351,22 @@ proptest! {
         seed in any::<u64>(),
     ) {
         push_linked(&sa, &la, &sa, &lb, seed)?;
+    }
+
+    /// With owners and xattrs on some nodes, also on a receiver whose tree differs from the
+    /// sender's only in those: it ends with the sender's, on files, symlinks and
+    /// directories, linked or not.
+    #[test]
+    fn push_makes_attributes_equal(
+        sa in spec(),
+        sb in spec(),
+        la in prop::collection::vec((any::<u8>(), any::<u8>()), 0..4),
+        pa in prop::collection::vec((any::<u8>(), any::<u8>()), 0..6),
+        pb in prop::collection::vec((any::<u8>(), any::<u8>()), 0..6),
+        seed in any::<u64>(),
+    ) {
+        push_with((&sa, &la, &pa), (&sb, &[], &pb), seed)?;
+        push_with((&sa, &la, &pa), (&sa, &la, &pb), seed)?;
     }
 
     /// The common case: the receiver holds an older version of the same tree.
