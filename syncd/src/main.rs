@@ -122,8 +122,9 @@ enum Command {
     /// DEST is HOST:PORT of a `syncd serve` (then --peer-id is required), or a local
     /// directory: any path containing a '/' (e.g. ./copy or /mnt/copy), created if missing;
     /// a local push runs the same pipeline without the network. Preserves mode, mtime,
-    /// symlinks, empty directories, hard links within the tree, sparse files, and owner,
-    /// xattrs and ACLs when the receiver runs as root.
+    /// symlinks, empty directories, hard links within the tree, sparse files, user.* xattrs,
+    /// and, when running as root, owner, group, ACLs and all other xattrs (the receiver must
+    /// then run as root too; --no-owner leaves them out).
     /// The push ends by comparing the receiver's manifest root with the source's: exit 0 only
     /// if they are equal. Exit 1 if they differ (e.g. extraneous entries without --delete,
     /// or the source changed meanwhile) or, with --dry-run, if anything would change.
@@ -181,9 +182,9 @@ enum Command {
     ///
     /// Both manifests are refreshed first (a parallel stat walk; only changed files are read),
     /// then compared by descending only where hashes differ. Line markers: `+` only in B,
-    /// `-` only in A, `M` content differs, `m` only metadata (mode, mtime, or how a file is
-    /// hard-linked) differs, `T` the type differs (file, dir, symlink). Exits 0 if
-    /// identical, 1 if they differ.
+    /// `-` only in A, `M` content differs, `m` only metadata differs (mode, mtime, how a file
+    /// is hard-linked, xattrs, and as root owner, group and ACLs), `T` the type differs
+    /// (file, dir, symlink). Exits 0 if identical, 1 if they differ.
     Diff {
         /// The first tree.
         a: PathBuf,
@@ -369,6 +370,7 @@ fn cmd_manifest(dir: &Path, json: bool, home: &Path, filters: &Filters) -> Resul
         let v = json!({
             "path": s.root_path,
             "root": s.root.to_hex(),
+            "owners": filters.owners(),
             "files": s.files,
             "dirs": s.dirs,
             "symlinks": s.symlinks,
@@ -700,6 +702,7 @@ fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<O
             "root": report.root.to_hex(),
             "receiver_root": report.receiver_root.to_hex(),
             "identical": report.identical(),
+            "owners": args.push.scan.owners,
         });
         writeln!(out, "{v}")?;
     } else {

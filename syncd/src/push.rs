@@ -701,7 +701,7 @@ where
                 Some(path) = changed_rx.recv() => {
                     // The source file changed under us: read it again and offer the new node.
                     let abs = root_path.join(std::ffi::OsStr::from_bytes(&path));
-                    let fresh = scan::read_file(&abs, opts.scan.params).ok();
+                    let fresh = scan::read_file(&abs, opts.scan.params, opts.scan.owners).ok();
                     // Linked as scanned: the link is a property of the tree, not of content.
                     let link = match crate::manifest::Nodes::node(&snap, &path) {
                         Ok(Some(Node::File(f))) => f.link,
@@ -982,7 +982,10 @@ where
     // mode is refreshed again in the sender's (a receiver that cannot set owners refuses).
     let first = match control.recv().await {
         Some(Ok(Some(frame))) => frame,
-        Some(Err(e)) => return Err(e),
+        Some(Err(e)) => {
+            refuse(&mut control_w, &e, peer).await;
+            return Err(e);
+        }
         Some(Ok(None)) | None => {
             return Err(PushError::Closed {
                 peer: peer.to_string(),

@@ -269,12 +269,7 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
             warnings: Vec::new(),
         },
     };
-    let root_attrs = match entry_attrs(
-        &root,
-        Kind::Dir,
-        (root_meta.uid(), root_meta.gid()),
-        opts.owners,
-    ) {
+    let root_attrs = match dir_attrs(&root, (root_meta.uid(), root_meta.gid()), opts.owners) {
         Ok(a) => a,
         Err(e) => {
             return Err(ScanError::Root {
@@ -569,7 +564,7 @@ fn leaf(
                 Err(e) => skipped(e),
             },
         },
-        Kind::Dir => match entry_attrs(&abs, Kind::Dir, w.owner, opts.owners) {
+        Kind::Dir => match dir_attrs(&abs, w.owner, opts.owners) {
             Ok(attrs) => Leaf::Dir {
                 attrs,
                 warning: None,
@@ -634,19 +629,12 @@ fn leaf(
                     }));
                 }
             }
-            let read = read_file(&abs, opts.params).and_then(|(node, stat)| {
-                // Read after the content: a change in between moves the ctime, and the
-                // next scan looks again.
-                let attrs = entry_attrs(&abs, Kind::File, w.owner, opts.owners)?;
-                Ok((node, stat, attrs))
-            });
-            match read {
-                Ok((mut node, mut stat, attrs)) => {
+            match read_file(&abs, opts.params, opts.owners) {
+                Ok((mut node, mut stat)) => {
                     if stat.mtime_ns + RACY_NS >= scan_start_ns {
                         stat.mtime_ns = i64::MIN; // never matches: re-read next time
                     }
                     node.link = link.map(<[u8]>::to_vec);
-                    node.attrs = attrs;
                     let node = Node::File(node);
                     Leaf::New(Record {
                         hash: node.hash(),
@@ -663,14 +651,27 @@ fn leaf(
 /// The xattrs of `path` (not following a symlink), sorted by name. A filesystem without
 /// xattr support has none; an attribute removed while it is listed is left out.
 pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let names = match xattr::list(path) {
+    collect_xattrs(xattr::list(path), |n| xattr::get(path, n))
+}
+
+/// [`read_xattrs`] of an open file.
+fn file_xattrs(f: &File) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    use xattr::FileExt as _;
+    collect_xattrs(f.list_xattr(), |n| f.get_xattr(n))
+}
+
+fn collect_xattrs(
+    names: std::io::Result<xattr::XAttrs>,
+    get: impl Fn(&OsStr) -> std::io::Result<Option<Vec<u8>>>,
+) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let names = match names {
         Ok(names) => names,
         Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
     let mut out = Vec::new();
     for name in names {
-        match xattr::get(path, &name) {
+        match get(&name) {
             Ok(Some(value)) => out.push((name.as_bytes().to_vec(), value)),
             Ok(None) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
@@ -681,24 +682,19 @@ pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     Ok(out)
 }
 
-/// The attributes digest of an entry ([`attrs_hash`]) whose owner is `owner`: a symlink's
-/// covers its owner only (its xattrs are not copied).
-fn entry_attrs(
-    path: &Path,
-    kind: Kind,
-    owner: (u32, u32),
-    owners: bool,
-) -> std::io::Result<Option<Hash>> {
-    let xattrs = match kind {
-        Kind::Symlink => Vec::new(),
-        Kind::File | Kind::Dir => read_xattrs(path)?,
-    };
-    Ok(attrs_hash(owners.then_some(owner), &xattrs))
+/// The attributes digest ([`attrs_hash`]) of the directory at `path`, owned by `owner`.
+fn dir_attrs(path: &Path, owner: (u32, u32), owners: bool) -> std::io::Result<Option<Hash>> {
+    Ok(attrs_hash(owners.then_some(owner), &read_xattrs(path)?))
 }
 
-/// Reads and chunks one file, checking with `fstat` before and after that it did not change
+/// Reads and chunks one file, with its attributes digest in mode `owners`
+/// ([`ScanOptions::owners`]), checking with `fstat` before and after that it did not change
 /// meanwhile. Retries a few times, then fails with the path in the error.
-pub fn read_file(path: &Path, params: ChunkParams) -> std::io::Result<(FileNode, Stat)> {
+pub fn read_file(
+    path: &Path,
+    params: ChunkParams,
+    owners: bool,
+) -> std::io::Result<(FileNode, Stat)> {
     for _ in 0..READ_RETRIES {
         let mut f = File::open(path)?;
         let before = f.metadata()?;
@@ -707,6 +703,9 @@ pub fn read_file(path: &Path, params: ChunkParams) -> std::io::Result<(FileNode,
         let (s0, s1) = (stat_of(&before), stat_of(&after));
         let read: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
         if s0 == s1 && read == s0.size {
+            // The owner is the one the returned stat saw, and the xattrs are read after it:
+            // a change after the stat moves the ctime, so the next scan looks again.
+            let owner = (before.uid(), before.gid());
             return Ok((
                 FileNode {
                     size: s0.size,
@@ -714,7 +713,7 @@ pub fn read_file(path: &Path, params: ChunkParams) -> std::io::Result<(FileNode,
                     mtime_ns: s0.mtime_ns,
                     chunks,
                     link: None,
-                    attrs: None,
+                    attrs: attrs_hash(owners.then_some(owner), &file_xattrs(&f)?),
                 },
                 s0,
             ));
@@ -1055,7 +1054,7 @@ pub fn verify(
                     Ok(_) => Some(Problem::Modified),
                     Err(e) => Some(io_problem(e)),
                 },
-                Node::File(old) => match read_file(&path, params) {
+                Node::File(old) => match read_file(&path, params, false) {
                     Ok((new, stat)) => {
                         if new.chunks == old.chunks {
                             None
