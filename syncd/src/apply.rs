@@ -523,6 +523,7 @@ fn zero_run_chunk(node: &FileNode) -> Option<ChunkRef> {
 ///     mtime_ns: 1_700_000_000_000_000_000,
 ///     chunks: chunks.iter().map(|c| ChunkRef { id: c.id, len: c.len }).collect(),
 ///     link: None,
+///     attrs: None,
 /// };
 /// let dir = Meta { mode: 0o755, ..Meta::default() };
 /// let file = Meta { mode: node.mode, mtime_ns: node.mtime_ns, ..Meta::default() };
