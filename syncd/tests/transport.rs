@@ -133,6 +133,12 @@ async fn good_pair_connects_and_exchanges_bytes_both_ways() {
     back.reverse();
     assert!(back == data, "echoed bytes differ");
     assert_eq!(server.streams.load(Ordering::SeqCst), 1);
+    // To a loopback server the client sends jumbo datagrams, and megabytes get through
+    // (with segmentation offload, batches of them exceeded what one sendmsg carries, and
+    // the transfer stalled).
+    let path = conn.stats().path;
+    assert_eq!(path.current_mtu, transport::LOOPBACK_MTU);
+    assert!(path.sent_packets < (3 << 20) / 4000, "{path:?}");
     conn.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
 }
