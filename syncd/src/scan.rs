@@ -732,8 +732,11 @@ fn read_chunks(f: &mut File, size: u64, params: ChunkParams) -> std::io::Result<
         })
     };
     if size <= WHOLE_FILE {
+        // One byte more than the stat said shows a file that grew. Through `take`, not
+        // `File::read_to_end`, which asks the file for its size and position again (a
+        // statx and an lseek per file that the caller's fstat already answered).
         let mut buf = Vec::with_capacity(size as usize + 1);
-        f.read_to_end(&mut buf)?;
+        f.take(size + 1).read_to_end(&mut buf)?;
         return Ok(to_refs(chunk::chunk(&buf, params)).collect());
     }
     let mut out = Vec::with_capacity((size / u64::from(params.avg())) as usize + 1);
