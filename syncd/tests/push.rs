@@ -812,6 +812,17 @@ fn hard_links_are_made_and_broken_where_only_the_linking_differs() {
     assert_trees_equal(src.path(), dst.path());
 }
 
+/// True when running as root; otherwise says why the test is skipped (and fails under CI,
+/// which runs as root).
+fn root_or_skip(why: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(std::env::var("CI").is_err(), "CI must run this as root");
+    eprintln!("skipping: {why}");
+    false
+}
+
 fn run_ok(cmd: &mut Command) -> String {
     let o = cmd.output().unwrap();
     assert!(o.status.success(), "{cmd:?}: {}", stderr(&o));
@@ -832,9 +843,7 @@ fn acls(p: &Path) -> String {
 /// symlinks (owner only). Runs as root (CI does); outside CI it is skipped otherwise.
 #[test]
 fn owners_acls_and_xattrs_arrive_over_quic() {
-    if !is_root() {
-        assert!(std::env::var("CI").is_err(), "CI must run this as root");
-        eprintln!("skipping: owners and ACLs need root");
+    if !root_or_skip("owners and ACLs need root") {
         return;
     }
     let (sender, receiver) = (Env::new(), Env::new());
@@ -919,9 +928,7 @@ fn many_files_over_quic_keep_the_control_stream_framed() {
 /// symlinks, including an ACL the receiver has and the source lacks. Runs as root (CI does).
 #[test]
 fn owner_acl_and_xattr_changes_alone_are_seen_and_sent() {
-    if !is_root() {
-        assert!(std::env::var("CI").is_err(), "CI must run this as root");
-        eprintln!("skipping: owners and ACLs need root");
+    if !root_or_skip("owners and ACLs need root") {
         return;
     }
     let (sender, receiver) = (Env::new(), Env::new());
@@ -1002,9 +1009,7 @@ fn owner_acl_and_xattr_changes_alone_are_seen_and_sent() {
 /// with --no-owner the same push goes through. Runs as root, to start `serve` as nobody.
 #[test]
 fn a_receiver_not_running_as_root_refuses_owners_clearly() {
-    if !is_root() {
-        assert!(std::env::var("CI").is_err(), "CI must run this as root");
-        eprintln!("skipping: needs root to run serve as another user");
+    if !root_or_skip("needs root to run serve as another user") {
         return;
     }
     let (sender, receiver) = (Env::new(), Env::new());

@@ -555,6 +555,22 @@ fn parent_and_file_name_split_a_path() {
     }
 }
 
+/// A tree whose root holds one entry, `name`, that is `node`.
+fn single(name: &[u8], node: &Node) -> Tree {
+    let mut t = Tree::default();
+    t.nodes.insert(name.to_vec(), node.clone());
+    t.nodes.insert(
+        Vec::new(),
+        Node::Dir {
+            mode: 0o755,
+            entries: Vec::new(),
+            attrs: None,
+        },
+    );
+    rehash(&mut t);
+    t
+}
+
 #[test]
 fn a_hard_link_is_part_of_the_file_node() {
     let Node::File(plain) = file_node(3, 2, 0o644, 1) else {
@@ -570,21 +586,7 @@ fn a_hard_link_is_part_of_the_file_node() {
     assert_eq!(Node::decode(&p.to_bytes()).unwrap(), p);
 
     // The same content and metadata, linked differently: a metadata change.
-    let tree = |n: &Node| {
-        let mut t = Tree::default();
-        t.nodes.insert(b"f".to_vec(), n.clone());
-        t.nodes.insert(
-            Vec::new(),
-            Node::Dir {
-                mode: 0o755,
-                entries: Vec::new(),
-                attrs: None,
-            },
-        );
-        rehash(&mut t);
-        t
-    };
-    let changes = diff(&tree(&p), &tree(&l)).unwrap();
+    let changes = diff(&single(b"f", &p), &single(b"f", &l)).unwrap();
     assert_eq!(changes.len(), 1);
     assert_eq!(changes[0].kind, ChangeKind::Metadata);
 
@@ -708,21 +710,7 @@ fn attributes_are_part_of_every_node() {
         assert_eq!(Node::decode(&cut), Err(DecodeError::Truncated));
 
         // Attributes alone differ: a metadata change, at the right path.
-        let tree = |n: &Node| {
-            let mut t = Tree::default();
-            t.nodes.insert(b"e".to_vec(), n.clone());
-            t.nodes.insert(
-                Vec::new(),
-                Node::Dir {
-                    mode: 0o755,
-                    entries: Vec::new(),
-                    attrs: None,
-                },
-            );
-            rehash(&mut t);
-            t
-        };
-        let changes = diff(&tree(&node), &tree(&with)).unwrap();
+        let changes = diff(&single(b"e", &node), &single(b"e", &with)).unwrap();
         assert_eq!(changes.len(), 1, "{node:?}");
         assert_eq!(changes[0].kind, ChangeKind::Metadata, "{node:?}");
         assert_eq!(changes[0].path, b"e");
