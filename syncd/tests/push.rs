@@ -1052,3 +1052,46 @@ fn a_receiver_not_running_as_root_refuses_owners_clearly() {
     assert_eq!(v["identical"], true, "{v}");
     assert_trees_equal(src.path(), dst.path());
 }
+
+/// A push with --no-owner into a `serve` that runs as root: the receiver prepared its
+/// manifest with owners, refreshes it again without them, and the push succeeds; a later
+/// owner-only change is then not a difference for such a push, and is one for a push that
+/// compares owners. Runs as root.
+#[test]
+fn a_push_without_owners_into_a_root_receiver_compares_without_them() {
+    if !root_or_skip("needs root to compare owners") {
+        return;
+    }
+    let (sender, receiver) = (Env::new(), Env::new());
+    let (sid, rid) = (init(&sender), init(&receiver));
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write(src.path(), "a/file", b"content");
+    let server = Server::start(&receiver, dst.path(), &sid);
+    let push = |extra: &[&str]| {
+        let mut args = vec!["--peer-id", rid.as_str()];
+        args.extend_from_slice(extra);
+        let (rc, v, err) = push_json(&sender, src.path(), &server.addr, &args);
+        assert_eq!(rc, 0, "{err}\n{}", server.log());
+        assert_eq!(v["identical"], true, "{v}");
+        v
+    };
+    let v = push(&["--no-owner"]);
+    assert_eq!(
+        (v["owners"].as_bool(), v["files_transferred"].as_u64()),
+        (Some(false), Some(1))
+    );
+    assert_trees_equal(src.path(), dst.path());
+
+    std::os::unix::fs::chown(src.path().join("a/file"), Some(4321), Some(8765)).unwrap();
+    let v = push(&["--no-owner"]);
+    assert_eq!(v["root"], v["receiver_root"]);
+    let owner = |root: &Path| {
+        let m = fs::metadata(root.join("a/file")).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner(dst.path()), (0, 0), "not compared, so not sent");
+
+    let v = push(&[]);
+    assert_eq!(v["owners"].as_bool(), Some(true));
+    assert_eq!(owner(dst.path()), (4321, 8765));
+}
