@@ -275,23 +275,8 @@ impl Meta {
     pub fn read(path: &Path) -> Result<Meta, ApplyError> {
         let bytes = path.as_os_str().as_bytes();
         let m = fs::symlink_metadata(path).map_err(|e| io_err(bytes, "read metadata of", e))?;
-        let mut xattrs = Vec::new();
-        match xattr::list(path) {
-            Ok(names) => {
-                for name in names {
-                    match xattr::get(path, &name) {
-                        Ok(Some(value)) => xattrs.push((name.as_bytes().to_vec(), value)),
-                        // Removed since it was listed.
-                        Ok(None) => {}
-                        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
-                        Err(e) => return Err(io_err(bytes, "read extended attribute of", e)),
-                    }
-                }
-            }
-            Err(e) if is_unsupported(&e) => {}
-            Err(e) => return Err(io_err(bytes, "list extended attributes of", e)),
-        }
-        xattrs.sort();
+        let xattrs = crate::scan::read_xattrs(path)
+            .map_err(|e| io_err(bytes, "read extended attributes of", e))?;
         Ok(Meta {
             mode: m.mode() & 0o7777,
             mtime_ns: m
@@ -390,7 +375,7 @@ fn apply_owner_xattrs(
     for name in names {
         let n = name.as_bytes();
         if !applies_xattr(n, as_root)
-            || !crate::manifest::hashed_xattr(n, true)
+            || !hashed_xattr(n, true)
             || meta.xattrs.iter().any(|(k, _)| k.as_slice() == n)
         {
             continue;

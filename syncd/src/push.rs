@@ -517,7 +517,7 @@ where
     let stats = Arc::new(SendStats::default());
     let same_host = conn
         .as_ref()
-        .is_some_and(|c| c.remote_address().ip().to_canonical().is_loopback());
+        .is_some_and(|c| transport::same_host(c.remote_address()));
     let adapt = Arc::new(Mutex::new(match (opts.compress_level, wire) {
         (Some(l), _) => Adapt::fixed(l),
         (None, Wire::Local) => Adapt::fixed(0),

@@ -269,15 +269,13 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
             warnings: Vec::new(),
         },
     };
-    let root_attrs = match dir_attrs(&root, (root_meta.uid(), root_meta.gid()), opts.owners) {
-        Ok(a) => a,
-        Err(e) => {
-            return Err(ScanError::Root {
+    let root_attrs =
+        dir_attrs(&root, (root_meta.uid(), root_meta.gid()), opts.owners).map_err(|source| {
+            ScanError::Root {
                 path: root.clone(),
-                source: e,
-            });
-        }
-    };
+                source,
+            }
+        })?;
     let mut stack: Vec<OpenDir> = vec![OpenDir {
         path: Vec::new(),
         mode: root_meta.mode() & 0o7777,

@@ -368,6 +368,12 @@ pub fn transport_config() -> quinn::TransportConfig {
     config
 }
 
+/// True if `addr` is a loopback address (IPv4-mapped ones too): a peer on this machine,
+/// with no link between us, the 64 KiB MTU of the loopback interface, and our CPUs.
+pub fn same_host(addr: SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
+}
+
 /// Sends [`LOOPBACK_MTU`]-byte datagrams (see the module docs): pinned, since loss on
 /// loopback is receive-buffer overflow, which black-hole detection would take for a smaller
 /// path MTU; without segmentation offload, whose batches of 10 such datagrams would exceed
@@ -520,7 +526,7 @@ pub async fn connect(
         .map_err(|e| rustls::Error::General(format!("QUIC needs TLS 1.3: {e}")))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = transport_config();
-    if addr.ip().to_canonical().is_loopback() {
+    if same_host(addr) {
         jumbo(&mut transport);
     }
     config.transport_config(Arc::new(transport));

@@ -21,9 +21,9 @@ use super::{DecodeError, Hash, Node, Nodes, display_path};
 const NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nodes");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// 2: nodes cover their attributes ([`super::attrs_hash`]). A store holds the manifest of
-/// one mode: with owners (this plus [`OWNERS_SUFFIX`]) or without.
-const FORMAT: &str = "syncd-manifest-2";
-const OWNERS_SUFFIX: &str = "+owners";
+/// one mode: without owners ([`FORMAT`]) or with them ([`FORMAT_OWNERS`]).
+const FORMAT: &[u8] = b"syncd-manifest-2";
+const FORMAT_OWNERS: &[u8] = b"syncd-manifest-2+owners";
 const HEADER: usize = 32 + 8 * 4;
 /// redb page cache per open store.
 const CACHE_BYTES: usize = 32 << 20;
@@ -293,12 +293,7 @@ impl Store {
             path: path.to_path_buf(),
         };
         let want_tree = tree.as_os_str().as_bytes();
-        let want_format = if owners {
-            format!("{FORMAT}{OWNERS_SUFFIX}")
-        } else {
-            FORMAT.to_string()
-        };
-        let want_format = want_format.as_bytes();
+        let want_format = if owners { FORMAT_OWNERS } else { FORMAT };
         // An existing store of this format and tree needs no write transaction, whose
         // commit would fsync on every open. Anything else takes the full path below, which
         // initialises a new store or reports what is wrong.
