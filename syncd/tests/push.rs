@@ -306,6 +306,18 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// Pushes `src` from `sender` to this server, whose peer id is `rid`, with `extra`
+    /// flags: the push must succeed with the receiver's root equal to the source's. Its
+    /// `--json` summary.
+    fn push_ok(&self, sender: &Env, src: &Path, rid: &str, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["--peer-id", rid];
+        args.extend_from_slice(extra);
+        let (rc, v, err) = push_json(sender, src, &self.addr, &args);
+        assert_eq!(rc, 0, "{err}\n{}", self.log());
+        assert_eq!(v["identical"], true, "{v}");
+        v
+    }
+
     fn wait_log(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -341,9 +353,7 @@ fn remote_push_over_quic_with_pinned_peers() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     rich(src.path());
     let server = Server::start(&receiver, dst.path(), &sid);
-    let (rc, v, err) = push_json(&sender, src.path(), &server.addr, &["--peer-id", &rid]);
-    assert_eq!(rc, 0, "{err}\n{}", server.log());
-    assert_eq!(v["identical"], true);
+    let v = server.push_ok(&sender, src.path(), &rid, &[]);
     assert_trees_equal(src.path(), dst.path());
     assert!(
         v["wire_bytes"].as_u64().unwrap() > v["bytes_sent"].as_u64().unwrap(),
@@ -790,9 +800,7 @@ fn hard_links_are_made_and_broken_where_only_the_linking_differs() {
     assert_eq!(stdout(&diff), "m a/z-link\nm b-link\n");
 
     let server = Server::start(&receiver, dst.path(), &sid);
-    let (rc, v, err) = push_json(&sender, src.path(), &server.addr, &["--peer-id", &rid]);
-    assert_eq!(rc, 0, "{err}\n{}", server.log());
-    assert_eq!(v["identical"], true, "{v}");
+    let v = server.push_ok(&sender, src.path(), &rid, &[]);
     assert_eq!(v["chunks_sent"], 0, "linking sends no content: {v}");
     let ino = |p: &str| fs::metadata(dst.path().join(p)).unwrap().ino();
     assert_eq!(ino("a/original"), ino("b-link"));
@@ -802,9 +810,7 @@ fn hard_links_are_made_and_broken_where_only_the_linking_differs() {
     // The sender turns one link into a copy of its own.
     copy(&src.path().join("b-link"), &src.path().join("b-copy"));
     fs::rename(src.path().join("b-copy"), src.path().join("b-link")).unwrap();
-    let (rc, v, err) = push_json(&sender, src.path(), &server.addr, &["--peer-id", &rid]);
-    assert_eq!(rc, 0, "{err}\n{}", server.log());
-    assert_eq!(v["identical"], true, "{v}");
+    server.push_ok(&sender, src.path(), &rid, &[]);
     assert_ne!(ino("a/original"), ino("b-link"));
     assert_eq!(ino("a/original"), ino("a/z-link"));
     let diff = sender.syncd(&[&"diff", &src.path(), &dst.path()]);
@@ -869,9 +875,7 @@ fn owners_acls_and_xattrs_arrive_over_quic() {
     xattr::set(s.join("team/report"), "user.origin", b"old-server").unwrap();
     xattr::set(s.join("team"), "user.owner-team", b"finance").unwrap();
     let server = Server::start(&receiver, dst.path(), &sid);
-    let (rc, v, err) = push_json(&sender, s, &server.addr, &["--peer-id", &rid]);
-    assert_eq!(rc, 0, "{err}\n{}", server.log());
-    assert_eq!(v["identical"], true, "{v}");
+    server.push_ok(&sender, s, &rid, &[]);
     assert_trees_equal(s, dst.path());
     for rel in ["team", "team/report", "team/plain", "team/latest"] {
         let (a, b) = (
@@ -916,9 +920,7 @@ fn many_files_over_quic_keep_the_control_stream_framed() {
     }
     let server = Server::start(&receiver, dst.path(), &sid);
     for _ in 0..2 {
-        let (rc, v, err) = push_json(&sender, src.path(), &server.addr, &["--peer-id", &rid]);
-        assert_eq!(rc, 0, "{err}\n{}", server.log());
-        assert_eq!(v["identical"], true);
+        server.push_ok(&sender, src.path(), &rid, &[]);
     }
     assert_trees_equal(src.path(), dst.path());
 }
@@ -939,12 +941,7 @@ fn owner_acl_and_xattr_changes_alone_are_seen_and_sent() {
     write(s, "dir/other", b"untouched");
     std::os::unix::fs::symlink("file", s.join("dir/link")).unwrap();
     let server = Server::start(&receiver, d, &sid);
-    let push = || {
-        let (rc, v, err) = push_json(&sender, s, &server.addr, &["--peer-id", &rid]);
-        assert_eq!(rc, 0, "{err}\n{}", server.log());
-        assert_eq!(v["identical"], true, "{v}");
-        v
-    };
+    let push = || server.push_ok(&sender, s, &rid, &[]);
     let diff = |extra: &[&str]| {
         let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"diff"];
         for e in extra {
@@ -1042,14 +1039,7 @@ fn a_receiver_not_running_as_root_refuses_owners_clearly() {
         "nothing written"
     );
 
-    let (rc, v, err) = push_json(
-        &sender,
-        src.path(),
-        &server.addr,
-        &["--peer-id", &rid, "--no-owner"],
-    );
-    assert_eq!(rc, 0, "{err}\n{}", server.log());
-    assert_eq!(v["identical"], true, "{v}");
+    server.push_ok(&sender, src.path(), &rid, &["--no-owner"]);
     assert_trees_equal(src.path(), dst.path());
 }
 
@@ -1067,14 +1057,7 @@ fn a_push_without_owners_into_a_root_receiver_compares_without_them() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     write(src.path(), "a/file", b"content");
     let server = Server::start(&receiver, dst.path(), &sid);
-    let push = |extra: &[&str]| {
-        let mut args = vec!["--peer-id", rid.as_str()];
-        args.extend_from_slice(extra);
-        let (rc, v, err) = push_json(&sender, src.path(), &server.addr, &args);
-        assert_eq!(rc, 0, "{err}\n{}", server.log());
-        assert_eq!(v["identical"], true, "{v}");
-        v
-    };
+    let push = |extra: &[&str]| server.push_ok(&sender, src.path(), &rid, extra);
     let v = push(&["--no-owner"]);
     assert_eq!(
         (v["owners"].as_bool(), v["files_transferred"].as_u64()),
