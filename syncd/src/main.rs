@@ -141,9 +141,11 @@ enum Command {
         delete: bool,
         #[arg(long, value_name = "RATE", help = syncd::rate::RATE_HELP)]
         bwlimit: Option<syncd::rate::Rate>,
-        /// Fixed zstd level for chunk data (0 = off). Default: adapt to the link, which
-        /// means off on fast links where compressing costs more time than it saves, and
-        /// off to a receiver on this machine (a loopback address) unless --bwlimit is set.
+        /// Fixed zstd level for chunk data (0 = off). Default: adapt to the link: level 1
+        /// until the first quarter second shows whether the link is the bottleneck, then
+        /// the highest level that keeps up with a slow link, and off on fast links where
+        /// compressing costs more time than it saves; off to a receiver on this machine (a
+        /// loopback address) unless --bwlimit is set.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(0..=19))]
         compress_level: Option<i32>,
         /// List what would change (like `syncd diff`), change nothing.

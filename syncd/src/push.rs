@@ -444,7 +444,7 @@ fn encode_chunk(
         let t = thread_cpu_secs();
         if let Ok(z) = stream.compress(&raw, level) {
             let secs = thread_cpu_secs() - t;
-            lock(adapt).observe_compress(level, raw.len(), z.len(), secs);
+            lock(adapt).observe_compress(level, raw.len(), secs);
             // Sent even if it did not shrink: the receiver's context must see it (zstd
             // stores incompressible blocks raw, so it costs a few bytes at most).
             return (head(Codec::Zstd, &z), z);
@@ -605,7 +605,10 @@ where
             let mut last = (Instant::now(), 0u64, 0u64);
             let mut udp_last = 0u64;
             let mut cpu = cpu_times();
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            // The first window ends a period after the start (a plain `interval` ticks at
+            // once, and a window of no time told the policy nothing, or worse).
+            let period = Duration::from_millis(250);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             loop {
                 tick.tick().await;
                 let now = Instant::now();

@@ -5,28 +5,32 @@
 //! Compression pays only when the link, not the CPU, is the bottleneck, and only if the
 //! compressor outruns the link by a margin: on loopback or a fast LAN, zstd on two cores is
 //! slower than sending raw bytes. So:
+//! - a link not yet measured counts as the bottleneck, and is compressed at the cheapest
+//!   level: the first chunks go into the transport's send window at disk speed, long before
+//!   any measurement, and on a slow link a window's worth sent raw costs seconds (on
+//!   100 Mbit/s, 37 of 126 MB went raw: 103 MB on the wire against 90 MB at a fixed level
+//!   3); the first window of measurement that shows no bottleneck turns it off;
 //! - the link counts as the bottleneck while the senders mostly wait on it, while the
 //!   transport's round trip shows a queue building at a bottleneck ([`QUEUE_RTT_FACTOR`]),
 //!   or while the machine's CPUs are mostly idle ([`CPU_IDLE`]: then the transfer is paced
 //!   by the link or its latency, and compressing costs cycles nobody else wants); otherwise
 //!   send raw;
 //! - while the link is the bottleneck, use the highest level whose measured speed is at
-//!   least [`SPEED_MARGIN`] times the link rate and whose ratio is worth it ([`MIN_RATIO`]);
+//!   least [`SPEED_MARGIN`] times the link rate, whatever the content: zstd stores a block
+//!   it cannot shrink raw (3 bytes of overhead) and quickly, and trees mix compressible and
+//!   incompressible files (a `.gz` man page, then a copyright text). A policy that turned
+//!   compression off while the recent ratio was below 1.02 sent 47 of 126 MB of
+//!   `/usr/share/doc`+`man` raw on 100 Mbit/s, and missed the text between the archives;
 //! - every [`PROBE_EVERY`]th chunk is compressed at the next level up (level 1 when off) to
-//!   keep the speed and ratio estimates current.
+//!   keep the speed estimates current.
 //!
 //! A compressed chunk is the next part of its data stream's zstd stream
-//! ([`super::stream`]), so it is sent as compressed even when it did not shrink: zstd
-//! stores such blocks raw (3 bytes of overhead), and the ratio measured is the stream's.
+//! ([`super::stream`]), so it is sent as compressed even when it did not shrink.
 
 /// Levels considered, cheapest first.
 pub const LEVELS: [i32; 3] = [1, 3, 6];
 /// Compression must be this many times faster than the link.
 pub const SPEED_MARGIN: f64 = 2.0;
-/// Below this average ratio compression is not worth the CPU. Low, because the average
-/// mixes compressible and incompressible chunks, and zstd stores blocks that do not shrink
-/// raw at almost no cost.
-pub const MIN_RATIO: f64 = 1.02;
 /// Weight that earlier observations keep at each new one (about the last 30 count).
 pub const DECAY: f64 = 0.97;
 /// One chunk in this many is compressed at the next level up (at level 1 when off), to
@@ -58,11 +62,8 @@ pub struct Adapt {
     /// is their quotient, a throughput (a mean of per-chunk speeds is dominated by the
     /// fixed cost of small chunks, and swung 10x from chunk to chunk).
     raw_secs: [(f64, f64); LEVELS.len()],
-    /// Decaying sums of raw and compressed bytes, at whatever level: the ratio depends on
-    /// the content far more than on the level, and a per-level estimate went stale (a
-    /// level tried on gzipped files was never tried again on text).
-    raw_comp: (f64, f64),
-    link_rate: f64,
+    /// Wire bytes per second while link-bound; `None` until a window measured it.
+    link_rate: Option<f64>,
     link_bound: bool,
     chunks: u64,
     level: i32,
@@ -79,14 +80,14 @@ pub struct Adapt {
 
 impl Adapt {
     /// Adaptive. `known_link_rate` (bytes/s), e.g. from `--bwlimit`, seeds the link
-    /// estimate; `None` assumes a fast link until measured otherwise.
+    /// estimate; with `None` the link is assumed to be the bottleneck until measured
+    /// otherwise, and chunks are compressed at the cheapest level meanwhile.
     pub fn new(known_link_rate: Option<u64>) -> Adapt {
-        Adapt {
+        let mut a = Adapt {
             fixed: None,
             raw_secs: [(0.0, 0.0); LEVELS.len()],
-            raw_comp: (0.0, 0.0),
-            link_rate: known_link_rate.map_or(f64::INFINITY, |r| r as f64),
-            link_bound: known_link_rate.is_some(),
+            link_rate: known_link_rate.map(|r| r as f64),
+            link_bound: true,
             chunks: 0,
             level: 0,
             cpus: 1.0,
@@ -94,7 +95,9 @@ impl Adapt {
             unbound_windows: 0,
             rtt: None,
             min_rtt: f64::INFINITY,
-        }
+        };
+        a.decide();
+        a
     }
 
     /// The machine has `cpus` CPUs (default 1), for [`Adapt::observe_link`]'s idle share.
@@ -133,21 +136,18 @@ impl Adapt {
         self.level
     }
 
-    /// Records one compression: `raw` bytes became `compressed` in `secs` at `level`.
-    pub fn observe_compress(&mut self, level: i32, raw: usize, compressed: usize, secs: f64) {
+    /// Records one compression: `raw` bytes took `secs` of CPU at `level`.
+    pub fn observe_compress(&mut self, level: i32, raw: usize, secs: f64) {
         let Some(i) = LEVELS.iter().position(|&l| l == level) else {
             return;
         };
-        if raw == 0 || compressed == 0 {
+        if raw == 0 {
             return;
         }
         self.compress_secs += secs.max(0.0);
         let (r, t) = &mut self.raw_secs[i];
         *r = DECAY * *r + raw as f64;
         *t = DECAY * *t + secs.max(0.0);
-        let (r, c) = &mut self.raw_comp;
-        *r = DECAY * *r + raw as f64;
-        *c = DECAY * *c + compressed as f64;
         self.decide();
     }
 
@@ -177,10 +177,12 @@ impl Adapt {
         if bound {
             self.link_bound = true;
             self.unbound_windows = 0;
-            self.link_rate = wire_bytes as f64 / secs;
+            self.link_rate = Some(wire_bytes as f64 / secs);
         } else {
             self.unbound_windows += 1;
-            if self.unbound_windows >= HOLD_WINDOWS {
+            // The assumption that an unmeasured link is slow ends at the first window that
+            // shows no bottleneck; a measured one must hold for HOLD_WINDOWS.
+            if self.unbound_windows >= HOLD_WINDOWS || self.link_rate.is_none() {
                 self.link_bound = false;
             }
         }
@@ -202,32 +204,34 @@ impl Adapt {
         raw / secs.max(1e-9)
     }
 
-    /// Raw bytes per compressed byte; 0 until measured.
-    fn ratio(&self) -> f64 {
-        let (raw, comp) = self.raw_comp;
-        if comp > 0.0 { raw / comp } else { 0.0 }
-    }
-
     fn decide(&mut self) {
         if self.fixed.is_some() {
             return;
         }
         let mut level = 0;
-        if self.link_bound {
-            for (i, &l) in LEVELS.iter().enumerate() {
-                let measured = self.speed(i) > 0.0;
-                let fast = self.speed(i) >= SPEED_MARGIN * self.link_rate;
-                let pays = self.ratio() >= MIN_RATIO;
-                if measured && fast && pays {
-                    level = l;
-                } else if !measured && i > 0 && level == LEVELS[i - 1] {
-                    // Unmeasured but the cheaper level is comfortably fast: try it.
-                    if self.speed(i - 1) >= 4.0 * SPEED_MARGIN * self.link_rate {
+        match (self.link_bound, self.link_rate) {
+            (false, _) => {}
+            // Not measured yet: the cheapest level.
+            (true, None) => level = LEVELS[0],
+            (true, Some(rate)) => {
+                for (i, &l) in LEVELS.iter().enumerate() {
+                    let measured = self.speed(i) > 0.0;
+                    let fast = self.speed(i) >= SPEED_MARGIN * rate;
+                    if measured && fast {
                         level = l;
+                    } else if !measured && i == 0 {
+                        // Nothing measured yet: try the cheapest.
+                        level = l;
+                        break;
+                    } else if !measured && level == LEVELS[i - 1] {
+                        // Unmeasured but the cheaper level is comfortably fast: try it.
+                        if self.speed(i - 1) >= 4.0 * SPEED_MARGIN * rate {
+                            level = l;
+                        }
+                        break;
+                    } else if measured {
+                        break;
                     }
-                    break;
-                } else if measured {
-                    break;
                 }
             }
         }
@@ -246,11 +250,11 @@ mod tests {
 
     #[test]
     fn fast_link_stays_raw_even_if_compressible() {
-        let mut a = Adapt::new(None);
-        // Loopback: senders never wait; zstd-1 at 400 MB/s, ratio 3.
+        let mut a = off();
+        // Loopback: senders never wait; zstd-1 at 400 MB/s.
         for _ in 0..100 {
             a.observe_link(500_000_000, 1.0, 0.05, 4, Some(0.05));
-            a.observe_compress(1, 1 << 16, 1 << 14, (1 << 16) as f64 / 400e6);
+            a.observe_compress(1, 1 << 16, (1 << 16) as f64 / 400e6);
         }
         assert_eq!(a.level(), 0);
     }
@@ -258,17 +262,17 @@ mod tests {
     #[test]
     fn slow_link_compresses_and_climbs_while_cpu_allows() {
         let mut a = Adapt::new(Some(12_500_000)); // 100 Mbit/s
-        // Level 1 probes: 400 MB/s, ratio 2.5.
-        a.observe_compress(1, 1 << 16, 26_000, (1 << 16) as f64 / 400e6);
+        // Level 1 probes: 400 MB/s.
+        a.observe_compress(1, 1 << 16, (1 << 16) as f64 / 400e6);
         assert_eq!(
             a.level(),
             3,
             "level 1 is 32x the link: level 3 is worth trying"
         );
-        a.observe_compress(3, 1 << 16, 22_000, (1 << 16) as f64 / 150e6);
+        a.observe_compress(3, 1 << 16, (1 << 16) as f64 / 150e6);
         a.observe_link(12_500_000, 1.0, 3.8, 4, None);
         assert_eq!(a.level(), 6);
-        a.observe_compress(6, 1 << 16, 21_000, (1 << 16) as f64 / 20e6);
+        a.observe_compress(6, 1 << 16, (1 << 16) as f64 / 20e6);
         assert_eq!(a.level(), 3, "level 6 at 20 MB/s is under 2x the link");
     }
 
@@ -277,13 +281,15 @@ mod tests {
         // Senders never block (little data in flight), but the machine is idle: the
         // transfer is paced by the link, so compressing is free and saves bytes.
         let mut a = Adapt::new(None);
-        a.observe_compress(1, 1 << 16, 30_000, (1 << 16) as f64 / 400e6);
+        a.observe_compress(1, 1 << 16, (1 << 16) as f64 / 400e6);
         a.observe_link(12_000_000, 1.0, 0.01, 4, Some(0.9));
         assert!(a.level() >= 1);
-        // The same with busy CPUs (loopback): raw.
+        // The same with busy CPUs (loopback): raw, once that held for HOLD_WINDOWS.
         let mut b = Adapt::new(None);
-        b.observe_compress(1, 1 << 16, 30_000, (1 << 16) as f64 / 400e6);
-        b.observe_link(120_000_000, 1.0, 0.01, 4, Some(0.1));
+        b.observe_compress(1, 1 << 16, (1 << 16) as f64 / 400e6);
+        for _ in 0..HOLD_WINDOWS {
+            b.observe_link(120_000_000, 1.0, 0.01, 4, Some(0.1));
+        }
         assert_eq!(b.level(), 0);
     }
 
@@ -292,12 +298,12 @@ mod tests {
         // 100 Mbit/s on 2 CPUs: idle 0.8 while sending raw. While compressing (level 1 at
         // 100 MB/s, 3.75 MB a window of 0.25 s: 0.075 of the machine) idle is 0.45.
         let mut a = Adapt::new(None).with_cpus(2);
-        a.observe_compress(1, 1 << 16, 30_000, (1 << 16) as f64 / 400e6);
+        a.observe_compress(1, 1 << 16, (1 << 16) as f64 / 400e6);
         a.observe_link(3_000_000, 0.25, 0.0, 4, Some(0.8));
         assert!(a.level() >= 1);
         for _ in 0..20 {
             for _ in 0..60 {
-                a.observe_compress(1, 1 << 16, 30_000, (1 << 16) as f64 / 100e6);
+                a.observe_compress(1, 1 << 16, (1 << 16) as f64 / 100e6);
             }
             a.observe_link(3_000_000, 0.25, 0.0, 4, Some(0.45));
             assert!(
@@ -317,19 +323,23 @@ mod tests {
         // 100 Mbit/s, senders never block (the send window holds seconds of data), CPUs
         // busy with the transfer itself: only the queue at the bottleneck says link-bound.
         let mut a = Adapt::new(None).with_cpus(2);
-        a.observe_compress(1, 1 << 20, 1 << 19, (1 << 20) as f64 / 300e6);
+        a.observe_compress(1, 1 << 20, (1 << 20) as f64 / 300e6);
         a.observe_rtt(0.0015);
-        a.observe_link(3_000_000, 0.25, 0.0, 4, Some(0.2));
+        for _ in 0..HOLD_WINDOWS {
+            a.observe_link(3_000_000, 0.25, 0.0, 4, Some(0.2));
+        }
         assert_eq!(a.level(), 0, "no queue yet");
         a.observe_rtt(0.010);
         a.observe_link(3_000_000, 0.25, 0.0, 4, Some(0.2));
         assert!(a.level() >= 1, "a 10 ms queue on a 1.5 ms path");
         // Loopback jitter: 0.1 ms to 0.9 ms is not a queue worth compressing for.
         let mut b = Adapt::new(None).with_cpus(2);
-        b.observe_compress(1, 1 << 20, 1 << 19, (1 << 20) as f64 / 300e6);
+        b.observe_compress(1, 1 << 20, (1 << 20) as f64 / 300e6);
         b.observe_rtt(0.0001);
         b.observe_rtt(0.0009);
-        b.observe_link(120_000_000, 0.25, 0.0, 4, Some(0.1));
+        for _ in 0..HOLD_WINDOWS {
+            b.observe_link(120_000_000, 0.25, 0.0, 4, Some(0.1));
+        }
         assert_eq!(b.level(), 0);
     }
 
@@ -339,29 +349,52 @@ mod tests {
         // Many small chunks at a fixed cost each, one big chunk: the speed is bytes over
         // seconds in all, not the mean of the chunks' speeds.
         for _ in 0..9 {
-            a.observe_compress(1, 1000, 500, 100e-6);
+            a.observe_compress(1, 1000, 100e-6);
         }
-        a.observe_compress(1, 1 << 20, 1 << 19, 1e-3);
+        a.observe_compress(1, 1 << 20, 1e-3);
         assert!(a.speed(0) > 500e6, "{}", a.speed(0));
         // Level 3 measured slow once: not used, but probed again one chunk in PROBE_EVERY.
-        a.observe_compress(3, 1 << 16, 1 << 15, 1.0);
+        a.observe_compress(3, 1 << 16, 1.0);
         assert_eq!(a.level(), 1);
         let probes = (0..PROBE_EVERY * 4).filter(|_| a.next_level() == 3).count();
         assert_eq!(probes, 4);
     }
 
-    #[test]
-    fn incompressible_data_is_sent_raw() {
-        let mut a = Adapt::new(Some(12_500_000));
-        for _ in 0..10 {
-            a.observe_compress(1, 1 << 16, (1 << 16) - 10, (1 << 16) as f64 / 800e6);
+    /// A policy that measured a fast link for HOLD_WINDOWS windows: off.
+    fn off() -> Adapt {
+        let mut a = Adapt::new(None);
+        for _ in 0..HOLD_WINDOWS {
+            a.observe_link(500_000_000, 1.0, 0.05, 4, Some(0.05));
         }
         assert_eq!(a.level(), 0);
+        a
+    }
+
+    #[test]
+    fn an_unmeasured_link_is_compressed_at_the_cheapest_level_until_it_proves_fast() {
+        // A slow link's send window fills at disk speed before the first measurement:
+        // those chunks must not all go raw.
+        let mut a = Adapt::new(None);
+        assert_eq!(a.next_level(), LEVELS[0]);
+        // The first window that shows no bottleneck ends the assumption...
+        a.observe_link(500_000_000, 0.25, 0.05, 4, Some(0.05));
+        assert_eq!(a.level(), 0);
+        // ...whereas a link measured slow once needs HOLD_WINDOWS of them.
+        let mut b = Adapt::new(None);
+        b.observe_compress(1, 1 << 16, (1 << 16) as f64 / 400e6);
+        b.observe_link(3_000_000, 0.25, 0.9, 4, Some(0.8));
+        assert!(b.level() > 0);
+        for i in 1..=HOLD_WINDOWS {
+            b.observe_link(500_000_000, 0.25, 0.05, 4, Some(0.05));
+            assert_eq!(b.level() == 0, i == HOLD_WINDOWS, "window {i}");
+        }
+        // A known link rate (--bwlimit) starts at the cheapest level too.
+        assert_eq!(Adapt::new(Some(12_500_000)).level(), LEVELS[0]);
     }
 
     #[test]
     fn probes_while_off_and_fixed_overrides() {
-        let mut a = Adapt::new(None);
+        let mut a = off();
         let probes = (0..64).filter(|_| a.next_level() > 0).count();
         assert_eq!(probes as u64, 64 / PROBE_EVERY);
         let mut f = Adapt::fixed(0);
