@@ -606,7 +606,7 @@ where
             let mut udp_last = 0u64;
             let mut cpu = cpu_times();
             // The first window ends a period after the start (a plain `interval` ticks at
-            // once, and a window of no time told the policy nothing, or worse).
+            // once, and a window of no time told the policy nothing).
             let period = Duration::from_millis(250);
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             loop {

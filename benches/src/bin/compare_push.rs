@@ -4,7 +4,8 @@
 //! cargo run --release -p benches --bin compare_push -- <scenario|all> [--reps N] [--keep] [--work DIR]
 //! ```
 //!
-//! Scenarios: `loopback-full`, `loopback-1pct`, `link-100mbit`, `bwlimit`, `local`, or `all`.
+//! Scenarios: `loopback-full`, `loopback-1pct`, `link-100mbit`, `veth-fast`, `bwlimit`,
+//! `local`, or `all`.
 //! The syncd binary is `$SYNCD_BIN`, else `$CARGO_TARGET_DIR/release/syncd`, else the
 //! workspace's `target/release/syncd` (build it first: `cargo build --release -p syncd`).
 //! `$SYNCD_PUSH_ARGS` adds flags to every `syncd push`, e.g. `--compress-level 3`.
@@ -30,10 +31,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-const SCENARIOS: [&str; 5] = [
+const SCENARIOS: [&str; 6] = [
     "loopback-full",
     "loopback-1pct",
     "link-100mbit",
+    "veth-fast",
     "bwlimit",
     "local",
 ];
@@ -158,6 +160,7 @@ fn real_main() -> Result<()> {
             "loopback-full" => bench.loopback_full(),
             "loopback-1pct" => bench.loopback_1pct(),
             "link-100mbit" => bench.link_100mbit(),
+            "veth-fast" => bench.veth_fast(),
             "bwlimit" => bench.bwlimit(),
             _ => bench.local(),
         };
@@ -1394,6 +1397,102 @@ impl Bench {
             s / r
         );
         out += &syncd.failure_note("syncd push");
+        out += &push_json_note(&pushes);
+        Ok(out)
+    }
+
+    /// The full corpus over an uncapped veth between two namespaces, where the CPUs, not the
+    /// link, are the bottleneck: adaptive compression must not make the push slower than
+    /// `--compress-level 0`.
+    fn veth_fast(&self) -> Result<String> {
+        self.logs()?;
+        let src = self.corpus_ready()?;
+        let mut out = self.corpus_line(&src, "copy of /usr/share on tmpfs")? + "\n";
+        let _net = NetPair::new(None)?;
+        let _ = writeln!(
+            out,
+            "link: netns {NS_SEND} ({ADDR_SEND}) → {NS_RECV} ({ADDR_RECV}) over veth, no qdisc (the CPUs are the bottleneck)\n"
+        );
+        let (dst_s, dst_r) = (self.p("dst-syncd"), self.p("dst-rsync"));
+        let listen = format!("{ADDR_RECV}:7700");
+        let mut adaptive = Sample::default();
+        let mut raw = Sample::default();
+        let mut rsync = Sample::default();
+        let mut pushes = Vec::new();
+        for rep in 0..self.reps {
+            eprintln!("compare_push: veth-fast rep {}", rep + 1);
+            for (sample, level0) in [(&mut adaptive, false), (&mut raw, true)] {
+                let res = sample.attempt("syncd push", || {
+                    fresh_dir(&dst_s)?;
+                    let r = self.receiver(&dst_s, Some(NS_RECV), &listen)?;
+                    let mut cmd = self.push_cmd(Some(NS_SEND), &src, &r);
+                    if level0 {
+                        cmd.args(["--compress-level", "0"]);
+                    }
+                    let (t, o) = timed(&mut cmd)?;
+                    drop(r);
+                    Ok((t, parse_json(&o)?))
+                });
+                if let Some((t, j)) = res {
+                    sample.times.push(t);
+                    sample.wire.push(json_f64(&j, "wire_bytes"));
+                    if !level0 {
+                        pushes.push(j);
+                    }
+                    sample.check(&src, &dst_s)?;
+                }
+                rm_rf(&dst_s)?;
+            }
+            fresh_dir(&dst_r)?;
+            let d = self.rsync_daemon(&dst_r, Some(NS_RECV), ADDR_RECV, 8730)?;
+            let (t, o) = timed(
+                in_ns(Some(NS_SEND), Path::new("rsync"))
+                    .args(["-a", "--stats"])
+                    .arg(slash(&src))
+                    .arg(format!("rsync://{ADDR_RECV}:8730/mod/")),
+            )?;
+            drop(d);
+            rsync.times.push(t);
+            rsync.wire.push(rsync_bytes_sent(&o)?);
+            rsync.check(&src, &dst_r)?;
+            rm_rf(&dst_r)?;
+        }
+        let (a, z, r) = (adaptive.median_s(), raw.median_s(), rsync.median_s());
+        let mut t = Table::new(&[
+            "tool",
+            "median",
+            "runs (s)",
+            "wire bytes (tool's count)",
+            "time ÷ rsync",
+            "verified",
+        ]);
+        for (name, sample, m) in [
+            (
+                "`syncd push` (adaptive compression) → `syncd serve`",
+                &adaptive,
+                a,
+            ),
+            ("`syncd push --compress-level 0` → `syncd serve`", &raw, z),
+            ("`rsync -a` → rsync daemon", &rsync, r),
+        ] {
+            t.row(vec![
+                name.into(),
+                fmt_s(m),
+                fmt_runs(&secs(&sample.times)),
+                fmt_bytes(median(&sample.wire)),
+                format!("{:.2}", m / r),
+                sample.verify_cell(),
+            ]);
+        }
+        out += &t.markdown();
+        let _ = writeln!(
+            out,
+            "\nTarget: adaptive compression no slower than none (≤1.05×, this machine's noise between neighbouring runs): **{}** ({:.2}).\n",
+            met(a / z <= 1.05),
+            a / z
+        );
+        out += &adaptive.failure_note("syncd push");
+        out += &raw.failure_note("syncd push --compress-level 0");
         out += &push_json_note(&pushes);
         Ok(out)
     }

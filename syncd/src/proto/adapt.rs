@@ -53,6 +53,15 @@ pub const QUEUE_RTT_FACTOR: f64 = 2.0;
 pub const QUEUE_DELAY: f64 = 0.005;
 /// Windows in a row that must say "not link-bound" before compression is turned off.
 pub const HOLD_WINDOWS: u32 = 4;
+/// A window is link-bound only if it carried at least this share of the most the link was
+/// seen to carry ([`PEAK_DECAY`]). A window that carried much less is held back by
+/// something else, most often CPU: on an uncapped veth the receiver, starved of CPU, acks
+/// late, the round trip grows as if a queue were building, and compressing then made the
+/// push 10% slower.
+pub const NEAR_PEAK: f64 = 0.7;
+/// Weight the peak rate keeps at each window (it halves in about 35 windows, 9 s), so that
+/// a link that became slower is believed after a while.
+pub const PEAK_DECAY: f64 = 0.98;
 
 /// Running estimates and the current choice.
 #[derive(Debug, Clone)]
@@ -76,6 +85,8 @@ pub struct Adapt {
     /// The transport's latest smoothed round-trip time and the least seen, in seconds.
     rtt: Option<f64>,
     min_rtt: f64,
+    /// The most wire bytes per second a window carried, decaying ([`PEAK_DECAY`]).
+    peak_rate: f64,
 }
 
 impl Adapt {
@@ -95,6 +106,7 @@ impl Adapt {
             unbound_windows: 0,
             rtt: None,
             min_rtt: f64::INFINITY,
+            peak_rate: 0.0,
         };
         a.decide();
         a
@@ -173,11 +185,15 @@ impl Adapt {
         let queueing = self
             .rtt
             .is_some_and(|r| r > QUEUE_RTT_FACTOR * self.min_rtt && r - self.min_rtt > QUEUE_DELAY);
-        let bound = busy > LINK_BOUND || queueing || cpu_idle.is_some_and(|i| i + own > CPU_IDLE);
+        let rate = wire_bytes as f64 / secs;
+        self.peak_rate = rate.max(PEAK_DECAY * self.peak_rate);
+        let near_peak = rate >= NEAR_PEAK * self.peak_rate;
+        let bound = near_peak
+            && (busy > LINK_BOUND || queueing || cpu_idle.is_some_and(|i| i + own > CPU_IDLE));
         if bound {
             self.link_bound = true;
             self.unbound_windows = 0;
-            self.link_rate = Some(wire_bytes as f64 / secs);
+            self.link_rate = Some(rate);
         } else {
             self.unbound_windows += 1;
             // The assumption that an unmeasured link is slow ends at the first window that
@@ -358,6 +374,33 @@ mod tests {
         assert_eq!(a.level(), 1);
         let probes = (0..PROBE_EVERY * 4).filter(|_| a.next_level() == 3).count();
         assert_eq!(probes, 4);
+    }
+
+    #[test]
+    fn a_slow_window_on_a_link_seen_fast_is_not_link_bound() {
+        // Uncapped veth on one 2-CPU machine: 200 MB/s, then a window at 50 MB/s in which
+        // the starved receiver's late acks look like a queue.
+        let mut a = Adapt::new(None).with_cpus(2);
+        a.observe_compress(1, 1 << 20, (1 << 20) as f64 / 400e6);
+        a.observe_rtt(0.0002);
+        a.observe_link(50_000_000, 0.25, 0.0, 4, Some(0.1));
+        assert_eq!(a.level(), 0, "fast and CPU-bound");
+        a.observe_rtt(0.025);
+        a.observe_link(12_500_000, 0.25, 0.0, 4, Some(0.1));
+        assert_eq!(
+            a.level(),
+            0,
+            "a quarter of the peak is not the link's limit"
+        );
+        // A link that really is slow carries about the same every window: compressed.
+        let mut b = Adapt::new(None).with_cpus(2);
+        b.observe_compress(1, 1 << 20, (1 << 20) as f64 / 400e6);
+        b.observe_rtt(0.0002);
+        for rate in [3_000_000, 3_100_000, 2_900_000, 3_050_000] {
+            b.observe_rtt(0.025);
+            b.observe_link(rate, 0.25, 0.0, 4, Some(0.1));
+            assert!(b.level() > 0, "{rate}");
+        }
     }
 
     /// A policy that measured a fast link for HOLD_WINDOWS windows: off.
