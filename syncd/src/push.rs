@@ -605,6 +605,12 @@ where
             let mut last = (Instant::now(), 0u64, 0u64);
             let mut udp_last = 0u64;
             let mut cpu = cpu_times();
+            // The round trip of the handshake is the path's before any data queued: the
+            // baseline that shows a queue building. (Taken after the first window, it
+            // already included the queue on a 100 Mbit/s link, and no queue was ever seen.)
+            if let Some(c) = &conn {
+                lock(&adapt).observe_rtt(c.rtt().as_secs_f64());
+            }
             // The first window ends a period after the start (a plain `interval` ticks at
             // once, and a window of no time told the policy nothing).
             let period = Duration::from_millis(250);
