@@ -10,17 +10,18 @@
 //!   any measurement, and on a slow link a window's worth sent raw costs seconds (on
 //!   100 Mbit/s, 37 of 126 MB went raw: 103 MB on the wire against 90 MB at a fixed level
 //!   3); the first window of measurement that shows no bottleneck turns it off;
-//! - the link counts as the bottleneck while the senders mostly wait on it, while the
-//!   transport's round trip shows a queue building at a bottleneck ([`QUEUE_RTT_FACTOR`]),
-//!   or while the machine's CPUs are mostly idle ([`CPU_IDLE`]: then the transfer is paced
-//!   by the link or its latency, and compressing costs cycles nobody else wants); otherwise
-//!   send raw;
-//! - while the link is the bottleneck, use the highest level whose measured speed is at
-//!   least [`SPEED_MARGIN`] times the link rate, whatever the content: zstd stores a block
-//!   it cannot shrink raw (3 bytes of overhead) and quickly, and trees mix compressible and
-//!   incompressible files (a `.gz` man page, then a copyright text). A policy that turned
-//!   compression off while the recent ratio was below 1.02 sent 47 of 126 MB of
-//!   `/usr/share/doc`+`man` raw on 100 Mbit/s, and missed the text between the archives;
+//! - a window counts as link-bound only if it carried near the peak rate ([`NEAR_PEAK`]),
+//!   and then if the senders mostly wait on the link, if the transport's round trip shows
+//!   a queue building at a bottleneck ([`QUEUE_RTT_FACTOR`]), or if the machine's CPUs are
+//!   mostly idle ([`CPU_IDLE`]: then the transfer is paced by the link or its latency, and
+//!   compressing costs cycles nobody else wants); otherwise send raw;
+//! - while the link is the bottleneck, use the highest level whose measured speed on one
+//!   CPU, times the CPUs, is at least [`SPEED_MARGIN`] times the link rate, whatever the
+//!   content: zstd stores a block it cannot shrink raw (3 bytes of overhead) and quickly,
+//!   and trees mix compressible and incompressible files (a `.gz` man page, then a
+//!   copyright text). A policy that turned compression off while the recent ratio was
+//!   below 1.02 sent 47 of 126 MB of `/usr/share/doc`+`man` raw on 100 Mbit/s, and missed
+//!   the text between the archives;
 //! - every [`PROBE_EVERY`]th chunk is compressed at the next level up (level 1 when off) to
 //!   keep the speed estimates current.
 //!
