@@ -1317,7 +1317,6 @@ impl Bench {
             "link: netns {NS_SEND} ({ADDR_SEND}) → {NS_RECV} ({ADDR_RECV}) over veth, `tc qdisc add dev <veth> root tbf rate 100mbit burst 32kbit latency 400ms` on both ends\n"
         );
         let (dst_s, dst_r) = (self.p("dst-syncd"), self.p("dst-rsync"));
-        let listen = format!("{ADDR_RECV}:7700");
         let mut syncd = Sample::default();
         let mut rsync = Sample::default();
         let mut veth_s = Vec::new();
@@ -1325,23 +1324,12 @@ impl Bench {
         let mut pushes = Vec::new();
         for rep in 0..self.reps {
             eprintln!("compare_push: link-100mbit rep {}", rep + 1);
-            let res = syncd.attempt("syncd push", || {
-                fresh_dir(&dst_s)?;
-                let r = self.receiver(&dst_s, Some(NS_RECV), &listen)?;
-                let before = counters.tx_rx()?;
-                let (t, o) = timed(&mut self.push_cmd(Some(NS_SEND), &src, &r))?;
-                let after = counters.tx_rx()?;
-                drop(r);
-                Ok((t, parse_json(&o)?, before, after))
-            });
-            if let Some((t, j, before, after)) = res {
-                syncd.times.push(t);
-                syncd.wire.push(json_f64(&j, "wire_bytes"));
-                veth_s.push((after.0 - before.0 + after.1 - before.1) as f64);
+            if let Some((j, veth)) =
+                self.push_over_veth(&[], &src, &dst_s, &counters, &mut syncd)?
+            {
+                veth_s.push(veth);
                 pushes.push(j);
-                syncd.check(&src, &dst_s)?;
             }
-            rm_rf(&dst_s)?;
 
             veth_r.push(self.rsync_over_veth(
                 &["-az", "--zc=zstd"],
@@ -1391,6 +1379,41 @@ impl Bench {
         Ok(out)
     }
 
+    /// One timed `syncd push SRC` (plus `extra` flags) from the sender's namespace to a fresh
+    /// `serve` at `dst` in the receiver's, tried up to [`ATTEMPTS`] times: `sample` gets the
+    /// time, the wire bytes and the check of the copy. Returns the push's JSON summary and
+    /// the veth bytes (tx + rx, sender side) it took; None if every try failed.
+    fn push_over_veth(
+        &self,
+        extra: &[&str],
+        src: &Path,
+        dst: &Path,
+        counters: &NsCounters,
+        sample: &mut Sample,
+    ) -> Result<Option<(Value, f64)>> {
+        let listen = format!("{ADDR_RECV}:7700");
+        let res = sample.attempt("syncd push", || {
+            fresh_dir(dst)?;
+            let r = self.receiver(dst, Some(NS_RECV), &listen)?;
+            let before = counters.tx_rx()?;
+            let (t, o) = timed(self.push_cmd(Some(NS_SEND), src, &r).args(extra))?;
+            let after = counters.tx_rx()?;
+            drop(r);
+            Ok((t, parse_json(&o)?, before, after))
+        });
+        let got = match res {
+            Some((t, j, before, after)) => {
+                sample.times.push(t);
+                sample.wire.push(json_f64(&j, "wire_bytes"));
+                sample.check(src, dst)?;
+                Some((j, (after.0 - before.0 + after.1 - before.1) as f64))
+            }
+            None => None,
+        };
+        rm_rf(dst)?;
+        Ok(got)
+    }
+
     /// One timed `rsync FLAGS --stats SRC/` from the sender's namespace into a fresh rsync
     /// daemon at `dst` in the receiver's: `sample` gets the time, the bytes rsync sent and
     /// the check of the copy. Returns the veth bytes (tx + rx, sender side) it took.
@@ -1435,7 +1458,6 @@ impl Bench {
             "link: netns {NS_SEND} ({ADDR_SEND}) → {NS_RECV} ({ADDR_RECV}) over veth, no qdisc (the CPUs are the bottleneck)\n"
         );
         let (dst_s, dst_r) = (self.p("dst-syncd"), self.p("dst-rsync"));
-        let listen = format!("{ADDR_RECV}:7700");
         let mut adaptive = Sample::default();
         let mut raw = Sample::default();
         let mut rsync = Sample::default();
@@ -1450,26 +1472,16 @@ impl Bench {
                 [(&mut raw, true), (&mut adaptive, false)]
             };
             for (sample, level0) in order {
-                let res = sample.attempt("syncd push", || {
-                    fresh_dir(&dst_s)?;
-                    let r = self.receiver(&dst_s, Some(NS_RECV), &listen)?;
-                    let mut cmd = self.push_cmd(Some(NS_SEND), &src, &r);
-                    if level0 {
-                        cmd.args(["--compress-level", "0"]);
-                    }
-                    let (t, o) = timed(&mut cmd)?;
-                    drop(r);
-                    Ok((t, parse_json(&o)?))
-                });
-                if let Some((t, j)) = res {
-                    sample.times.push(t);
-                    sample.wire.push(json_f64(&j, "wire_bytes"));
-                    if !level0 {
-                        pushes.push(j);
-                    }
-                    sample.check(&src, &dst_s)?;
+                let extra: &[&str] = if level0 {
+                    &["--compress-level", "0"]
+                } else {
+                    &[]
+                };
+                if let Some((j, _)) = self.push_over_veth(extra, &src, &dst_s, &counters, sample)?
+                    && !level0
+                {
+                    pushes.push(j);
                 }
-                rm_rf(&dst_s)?;
             }
             self.rsync_over_veth(&["-a"], &src, &dst_r, &counters, &mut rsync)?;
         }
