@@ -841,8 +841,12 @@ impl Target {
     }
 
     /// Applies owner (as root), xattrs, mode and mtime to the existing regular file `rel`,
-    /// whose content is already right (a metadata-only change).
-    pub fn set_file_meta(&self, rel: &[u8], meta: &Meta) -> Result<(), ApplyError> {
+    /// whose content is already right (a metadata-only change). `links` is how many paths
+    /// of this tree the receiver's manifest says are that inode (1 for a file not linked
+    /// within the tree): an inode with more links is shared with something else, maybe
+    /// outside the tree, and is never changed in place. `rel` then gets a copy of its own,
+    /// with the new metadata, renamed over it.
+    pub fn set_file_meta(&self, rel: &[u8], meta: &Meta, links: u64) -> Result<(), ApplyError> {
         Self::check_entry(rel)?;
         let abs = self
             .existing(rel)?
@@ -860,6 +864,12 @@ impl Target {
                 if !m.is_file() {
                     return Err(unsafe_path(rel, "is not a regular file"));
                 }
+                if m.nlink() > links {
+                    return Err(unsafe_path(
+                        rel,
+                        "shares its inode with a path outside what this tree links, and cannot be read to be copied",
+                    ));
+                }
                 set_user_xattrs_by_path(&abs, meta, rel)?;
                 fs::set_permissions(&abs, mode).map_err(|e| io_err(rel, "set mode of", e))?;
                 return filetime::set_file_mtime(&abs, meta.mtime())
@@ -874,11 +884,49 @@ impl Target {
         if !m.is_file() {
             return Err(unsafe_path(rel, "is not a regular file"));
         }
+        if m.nlink() > links {
+            return self.replace_with_copy(rel, &abs, file, meta);
+        }
         apply_owner_xattrs(&file, meta, self.as_root, rel)?;
         file.set_permissions(mode)
             .map_err(|e| io_err(rel, "set mode of", e))?;
         filetime::set_file_handle_times(&file, None, Some(meta.mtime()))
             .map_err(|e| io_err(rel, "set mtime of", e))
+    }
+
+    /// Gives `rel` (at `abs`, open as `from`) an inode of its own: its content is copied
+    /// into a new part file that gets `meta`, is fsynced and renamed over `abs`. The old
+    /// inode, with its other links, is not changed.
+    fn replace_with_copy(
+        &self,
+        rel: &[u8],
+        abs: &Path,
+        mut from: File,
+        meta: &Meta,
+    ) -> Result<(), ApplyError> {
+        let tag = hex16(blake3::hash(b"copy of a shared inode").as_bytes());
+        let tmp = self
+            .abs(parent(rel))
+            .join(OsStr::from_bytes(&part_name(file_name(rel), &tag)));
+        remove_any(self, &tmp, rel)?;
+        let mut to = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(|e| io_err(rel, "create a copy of", e))?;
+        let mut guard = TempName(Some(&tmp));
+        io::copy(&mut from, &mut to).map_err(|e| io_err(rel, "copy", e))?;
+        apply_owner_xattrs(&to, meta, self.as_root, rel)?;
+        to.set_permissions(Permissions::from_mode(meta.mode & 0o7777))
+            .map_err(|e| io_err(rel, "set mode of", e))?;
+        filetime::set_file_handle_times(&to, None, Some(meta.mtime()))
+            .map_err(|e| io_err(rel, "set mtime of", e))?;
+        to.sync_all().map_err(|e| io_err(rel, "fsync", e))?;
+        fs::rename(&tmp, abs).map_err(|e| io_err(rel, "rename into place", e))?;
+        guard.0 = None;
+        self.sync_dir(rel)
     }
 
     /// Removes the file, symlink or whole directory tree at `rel`, never following symlinks.
@@ -1514,7 +1562,7 @@ mod tests {
                 t.hard_link(b"y", rel),
                 t.remove(rel),
                 t.set_dir_meta(rel, &m),
-                t.set_file_meta(rel, &m),
+                t.set_file_meta(rel, &m, 1),
                 t.read_span(rel, 0, 1).map(drop),
                 t.cleanup_parts(rel).map(drop),
             ];
@@ -1772,7 +1820,7 @@ mod tests {
 
         // A metadata-only change in place.
         let changed = meta(0o600, 99);
-        t.set_file_meta(b"dst", &changed).unwrap();
+        t.set_file_meta(b"dst", &changed, 1).unwrap();
         let got = Meta::read(&at(&t, b"dst")).unwrap();
         assert_eq!((got.mode, got.mtime_ns), (0o600, 99));
         assert_eq!(fs::read(at(&t, b"dst")).unwrap(), b"content");

@@ -257,11 +257,13 @@ fn one_line(e: &anyhow::Error) -> String {
     out
 }
 
+/// A write to our stdout failed because its reader went away (`syncd diff | head`): not an
+/// error. Only an error that *is* an IO error counts, the way `writeln!` returns it; a
+/// broken pipe inside the push (a peer or an internal pipe gone) is wrapped in a
+/// [`syncd::push::PushError`] and is a failure like any other.
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 fn run(cli: Cli) -> Result<Outcome> {
@@ -416,6 +418,7 @@ fn cmd_diff(
     filters: &Filters,
 ) -> Result<Outcome> {
     let t = Instant::now();
+    let mut unreadable = 0;
     let (sa, sb) = if cached {
         let open = |dir: &Path| -> Result<Store> {
             let root = scan::canonical_root(dir)?;
@@ -437,7 +440,9 @@ fn cmd_diff(
             (ra, tb.join())
         });
         let rb = rb.map_err(|_| anyhow::anyhow!("refreshing {} panicked", b.display()))?;
-        (ra?.0, rb?.0)
+        let ((sa, suma), (sb, sumb)) = (ra?, rb?);
+        unreadable = suma.errors().count() + sumb.errors().count();
+        (sa, sb)
     };
     let (na, nb) = (sa.snapshot()?, sb.snapshot()?);
     let changes: Vec<Change> = manifest::diff(&na, &nb)?;
@@ -446,7 +451,8 @@ fn cmd_diff(
     let mut out = std::io::stdout().lock();
     if json {
         let v = json!({
-            "identical": changes.is_empty(),
+            "identical": changes.is_empty() && unreadable == 0,
+            "unreadable": unreadable,
             "root_a": ra.map(|h| h.to_hex()),
             "root_b": rb.map(|h| h.to_hex()),
             "seconds": secs,
@@ -462,6 +468,12 @@ fn cmd_diff(
         for c in &changes {
             writeln!(out, "{} {}", c.kind.marker(), display_path(&c.path))?;
         }
+    }
+    if unreadable > 0 {
+        eprintln!(
+            "syncd: {unreadable} entries could not be read (listed above) and were not compared: the trees are not known to be identical"
+        );
+        return Ok(Outcome::Found);
     }
     Ok(if changes.is_empty() {
         Outcome::Ok
@@ -658,6 +670,16 @@ fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<O
     for w in &summary.warnings {
         eprintln!("syncd: warning: {w}");
     }
+    for (p, why) in &report.unsettled {
+        eprintln!(
+            "syncd: warning: {}: {why}",
+            src.join(display_path(p)).display()
+        );
+    }
+    // Entries the source has but could not read are not in its manifest, so the receiver's
+    // root may well equal it: that is not "identical". They were kept as they were at the
+    // destination (never deleted), and the push says so and exits 1.
+    let unreadable = summary.errors().count() + report.unsettled.len();
     let secs = t.elapsed().as_secs_f64();
     let ratio = if report.bytes_encoded > 0 {
         report.bytes_sent as f64 / report.bytes_encoded as f64
@@ -681,6 +703,12 @@ fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<O
                 writeln!(out, "{m} {}", display_path(p))?;
             }
         }
+        if unreadable > 0 {
+            eprintln!(
+                "syncd: {unreadable} source entries could not be read (listed above): a push would not send them"
+            );
+            return Ok(Outcome::Found);
+        }
         return Ok(if changes.is_empty() {
             Outcome::Ok
         } else {
@@ -703,7 +731,8 @@ fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<O
             "seconds": secs,
             "root": report.root.to_hex(),
             "receiver_root": report.receiver_root.to_hex(),
-            "identical": report.identical(),
+            "identical": report.identical() && unreadable == 0,
+            "unreadable": summary.errors().map(|w| w.path.display().to_string()).chain(report.unsettled.iter().map(|(p, _)| display_path(p))).collect::<Vec<_>>(),
             "owners": args.push.scan.owners,
         });
         writeln!(out, "{v}")?;
@@ -721,12 +750,18 @@ fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<O
             report.removed,
             secs,
             report.root,
-            if report.identical() {
+            if report.identical() && unreadable == 0 {
                 "(receiver identical)"
             } else {
                 ""
             },
         )?;
+    }
+    if unreadable > 0 {
+        eprintln!(
+            "syncd: {unreadable} source entries could not be read consistently (listed above); they were not sent, and DEST keeps its copies of them"
+        );
+        return Ok(Outcome::Found);
     }
     if !report.identical() {
         eprintln!(

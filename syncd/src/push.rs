@@ -10,7 +10,7 @@
 //! unidirectional data streams from sender to receiver carrying only `Chunk` frames, so that
 //! chunk reads, compression, decompression and verification run in parallel.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -170,6 +170,9 @@ pub struct PushReport {
     pub removed: u64,
     /// Dry run: what would change (marker, path).
     pub changes: Vec<(char, Vec<u8>)>,
+    /// Source files given up on during the push, with why: they kept changing (or became
+    /// unreadable) whenever a chunk of theirs was read. The receiver kept its copy.
+    pub unsettled: Vec<(Vec<u8>, String)>,
     /// Wall time in seconds.
     pub seconds: f64,
 }
@@ -404,11 +407,12 @@ struct Job {
     against: Option<Signature>,
 }
 
-/// Reads one chunk from the source, or says the file changed.
+/// Reads one chunk from the source, or says the file changed. Like every source open, it
+/// never follows a symlink and never blocks on a FIFO swapped in ([`scan::open_source`]).
 fn read_chunk(root: &Path, id: &ChunkId, loc: &ChunkLoc) -> Option<Vec<u8>> {
     use std::os::unix::fs::FileExt;
     let abs = root.join(std::ffi::OsStr::from_bytes(&loc.path));
-    let f = std::fs::File::open(abs).ok()?;
+    let (f, _) = scan::open_source(&abs, None).ok()?;
     let mut buf = vec![0u8; loc.len as usize];
     f.read_exact_at(&mut buf, loc.offset).ok()?;
     (ChunkId::of(&buf) == *id).then_some(buf)
@@ -490,13 +494,19 @@ struct Link {
     conn: Option<quinn::Connection>,
 }
 
-/// Runs the sending side of one session over the given streams.
+/// How many times the sender reads a file again whose chunk reads fail (it keeps
+/// changing) before it gives up on it for this push.
+const MAX_REREADS: u32 = 5;
+
+/// Runs the sending side of one session over the given streams. `unsettled` are the
+/// source paths the scan could not read (relative): the receiver keeps its copies.
 #[allow(clippy::too_many_arguments)]
 async fn run_sender<CR, CW, DW>(
     peer: &str,
     root_path: &Path,
     snap: Snapshot,
     root: Hash,
+    unsettled: Vec<Vec<u8>>,
     control_r: CR,
     control_w: CW,
     data: Vec<DW>,
@@ -529,7 +539,7 @@ where
             .with_cpus(std::thread::available_parallelism().map_or(1, |n| n.get())),
     }));
     let (job_tx, job_rx) = async_channel();
-    let (changed_tx, mut changed_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (changed_tx, mut changed_rx) = mpsc::unbounded_channel::<Job>();
     let mut workers = tokio::task::JoinSet::new();
     let senders = data.len();
     for mut w in data {
@@ -547,7 +557,6 @@ where
                     // Inline, not spawn_blocking: a chunk read and encode take microseconds to
                     // a millisecond, and a thread hand-off per chunk cost more than the work
                     // (measured: half the CPU of a local push went to scheduler wake-ups).
-                    let path = job.loc.path.clone();
                     let encoded = read_chunk(&root_path, &job.id, &job.loc).map(|raw| {
                         let raw_len = raw.len();
                         let against = job.against.as_ref();
@@ -557,7 +566,7 @@ where
                         )
                     });
                     let Some((raw_len, (head, data))) = encoded else {
-                        let _ = changed_tx.send(path);
+                        let _ = changed_tx.send(job);
                         continue;
                     };
                     let head = head.encode();
@@ -664,12 +673,15 @@ where
         )),
     );
     let mut s = Sender::new(root, opts.delete, opts.dry_run, opts.scan.owners);
+    s.unsettled(unsettled);
     let mut report = PushReport {
         root,
         ..PushReport::default()
     };
     let mut control_wire = 0u64;
-    let mut resent: HashSet<(Vec<u8>, Hash)> = HashSet::new();
+    // Per source path that failed a chunk read: the node last offered for it, and how many
+    // times it was read again.
+    let mut rereads: HashMap<Vec<u8>, (Option<Hash>, u32)> = HashMap::new();
     let result: Result<(), PushError> = async {
         let mut jobs = Vec::new();
         loop {
@@ -707,28 +719,59 @@ where
                         source,
                     })?;
                 }
-                Some(path) = changed_rx.recv() => {
-                    // The source file changed under us: read it again and offer the new node.
+                Some(Job { id, loc, against }) = changed_rx.recv() => {
+                    // The chunk was not where it was offered: try its other places, and
+                    // read that file again.
+                    s.read_failed(id, &loc, against.clone());
+                    let path = loc.path;
+                    let (offered, tries) = rereads.entry(path.clone()).or_insert_with(|| {
+                        let h = match crate::manifest::Nodes::node(&snap, &path) {
+                            Ok(Some(n)) => Some(n.hash()),
+                            _ => None,
+                        };
+                        (h, 0)
+                    });
+                    if *tries > MAX_REREADS {
+                        continue; // given up on already
+                    }
                     let abs = root_path.join(std::ffi::OsStr::from_bytes(&path));
-                    let fresh = scan::read_file(&abs, opts.scan.params, opts.scan.owners).ok();
+                    let fresh = scan::read_file(&abs, None, opts.scan.params, opts.scan.owners);
                     // Linked as scanned: the link is a property of the tree, not of content.
                     let link = match crate::manifest::Nodes::node(&snap, &path) {
                         Ok(Some(Node::File(f))) => f.link,
                         _ => None,
                     };
-                    let update = fresh.and_then(|(mut node, _)| {
+                    let update = fresh.map_err(|e| e.to_string()).and_then(|(mut node, _)| {
                         node.link = link;
                         let n = Node::File(node.clone());
-                        let meta = source_meta(root_path, &path, &n)?;
-                        Some((node, meta, n.hash()))
+                        let meta = source_meta(root_path, &path, &n).ok_or("vanished")?;
+                        Ok((node, meta, n.hash()))
                     });
-                    match update {
-                        Some((node, meta, h)) => {
-                            if resent.insert((path.clone(), h)) {
-                                s.source_changed(path, Some((node, meta)));
+                    let give_up = match update {
+                        // As last offered: a read of an older version's chunk (nothing to
+                        // count), or one that met the file between two changes.
+                        Ok((node, _, h)) if *offered == Some(h) => {
+                            if node.chunks.iter().any(|c| c.id == id) {
+                                *tries += 1;
                             }
+                            s.retry(&path, &node, id, against);
+                            None
                         }
-                        None => s.source_changed(path, None),
+                        Ok((node, meta, h)) => {
+                            *tries += 1;
+                            *offered = Some(h);
+                            s.source_changed(path.clone(), Some((node, meta)));
+                            None
+                        }
+                        Err(why) => Some(why),
+                    };
+                    let give_up = give_up.or_else(|| (*tries > MAX_REREADS).then(|| {
+                        format!("changed each of the {MAX_REREADS} times it was read during the push")
+                    }));
+                    if let Some(why) = give_up {
+                        *tries = MAX_REREADS + 1;
+                        report.unsettled.push((path.clone(), format!("{why}; not sent, the receiver keeps its copy")));
+                        s.source_changed(path, None);
                     }
                 }
             }
@@ -1032,7 +1075,7 @@ where
     let target = Target::open(&root)?;
     let mut control_w = ControlTx::new(control_w, peer_packs);
     let mut r = Receiver::new();
-    let mut index: Option<HashMap<ChunkId, ChunkLoc>> = None;
+    let mut index: Option<Index> = None;
     let mut parts: HashMap<FileKey, apply::PartFile> = HashMap::new();
     // Bases of the chunks asked for as deltas (by the id asked for): a data-stream reader
     // takes out the base of the chunk it rebuilds.
@@ -1201,7 +1244,7 @@ async fn execute<CW: AsyncWrite + Unpin>(
     parts: &mut HashMap<FileKey, apply::PartFile>,
     written: &mut Vec<(Vec<u8>, Vec<u8>)>,
     finishing: &mut Vec<FinishJob>,
-    index: &mut Option<HashMap<ChunkId, ChunkLoc>>,
+    index: &mut Option<Index>,
     bases: &Bases,
     snap: &Snapshot,
     store: &Arc<Store>,
@@ -1222,7 +1265,11 @@ async fn execute<CW: AsyncWrite + Unpin>(
             meta,
         } => target.symlink(&path, &t, &apply_meta(0o777, &meta))?,
         Action::SetFileMeta { path, mode, meta } => {
-            target.set_file_meta(&path, &apply_meta(mode, &meta))?
+            if index.is_none() {
+                *index = Some(build_index(snap)?);
+            }
+            let links = index.as_ref().map_or(1, |i| i.links_of(&path));
+            target.set_file_meta(&path, &apply_meta(mode, &meta), links)?
         }
         Action::StartFile { key, path, node } => {
             let mut part = target.begin_file(&path, &node)?;
@@ -1232,7 +1279,9 @@ async fn execute<CW: AsyncWrite + Unpin>(
                 *index = Some(build_index(snap)?);
             }
             let idx = index.as_ref();
-            r.file_started(key, &present, &|id| idx.and_then(|i| i.get(id).cloned()));
+            r.file_started(key, &present, &|id| {
+                idx.and_then(|i| i.chunks.get(id).cloned())
+            });
         }
         Action::CopyLocal {
             key,
@@ -1320,18 +1369,37 @@ fn read_checked(target: &Target, from: &ChunkLoc, id: &ChunkId) -> Option<Verifi
     Verified::check(id, bytes).ok()
 }
 
-/// Every chunk of the receiver's tree, by id: the basis for reusing data it already has.
-fn build_index(snap: &Snapshot) -> Result<HashMap<ChunkId, ChunkLoc>, PushError> {
-    let mut index = HashMap::new();
+/// What the receiver's manifest says about its own tree, built once per session when
+/// first needed.
+struct Index {
+    /// Every chunk of the tree, by id: the basis for reusing data it already has.
+    chunks: HashMap<ChunkId, ChunkLoc>,
+    /// For each first path of a hard-linked inode, how many other paths link to it.
+    links: HashMap<Vec<u8>, u64>,
+}
+
+impl Index {
+    /// How many paths of the tree are the inode at `path`, as far as the manifest knows.
+    fn links_of(&self, path: &[u8]) -> u64 {
+        1 + self.links.get(path).copied().unwrap_or(0)
+    }
+}
+
+fn build_index(snap: &Snapshot) -> Result<Index, PushError> {
+    let mut chunks = HashMap::new();
+    let mut links: HashMap<Vec<u8>, u64> = HashMap::new();
     snap.for_each(|path, rec| {
         if let Node::File(f) = &rec.node {
             for (id, loc) in crate::proto::chunk_locs(path, f) {
-                index.entry(id).or_insert(loc);
+                chunks.entry(id).or_insert(loc);
+            }
+            if let Some(first) = &f.link {
+                *links.entry(first.clone()).or_default() += 1;
             }
         }
         Ok(())
     })?;
-    Ok(index)
+    Ok(Index { chunks, links })
 }
 
 // ------------------------------------------------------------------ entry points
@@ -1354,6 +1422,19 @@ async fn scan_source(
     .map_err(join_err)?
 }
 
+/// The source paths, relative to `root`, that its scan reported as unreadable: they are
+/// not in its manifest, and the receiver must keep its copies. A warning outside the root
+/// (it cannot be placed) stands for the whole tree.
+fn unsettled_paths(root: &Path, summary: &Summary) -> Vec<Vec<u8>> {
+    summary
+        .errors()
+        .map(|w| match w.path.strip_prefix(root) {
+            Ok(rel) => rel.as_os_str().as_bytes().to_vec(),
+            Err(_) => Vec::new(),
+        })
+        .collect()
+}
+
 /// A blocking task that panicked or was cancelled.
 fn join_err(e: tokio::task::JoinError) -> PushError {
     PushError::Io {
@@ -1370,7 +1451,10 @@ pub async fn push_local(
     home: &Path,
     opts: &PushOptions,
 ) -> Result<(PushReport, Summary), PushError> {
-    if !dest.exists() && !opts.dry_run {
+    if !dest.exists() {
+        if opts.dry_run {
+            return dry_run_into_nothing(src, home, opts).await;
+        }
         std::fs::create_dir_all(dest).map_err(|source| PushError::Io {
             peer: dest.display().to_string(),
             source,
@@ -1396,10 +1480,6 @@ pub async fn push_local(
     let dest = dest.to_path_buf();
     // The receiver refreshes its manifest while the sender scans the source.
     let receiver = tokio::spawn(async move {
-        if !dest.exists() {
-            // Dry run into a missing directory: compare against nothing.
-            return Ok(());
-        }
         let prepared = prepare_receiver(&dest, &ropts).await;
         run_receiver(
             &dest.display().to_string(),
@@ -1425,6 +1505,7 @@ pub async fn push_local(
         &src_root,
         snap,
         summary.root,
+        unsettled_paths(&src_root, &summary),
         sr,
         sw,
         writers,
@@ -1442,6 +1523,32 @@ pub async fn push_local(
     let mut report = sent?;
     report.files_scanned = summary.files;
     report.bytes_scanned = summary.bytes;
+    Ok((report, summary))
+}
+
+/// A dry run into a local DEST that does not exist: everything at the top of the source
+/// would be created (as against an empty DEST, whose new directories are listed, not their
+/// contents).
+async fn dry_run_into_nothing(
+    src: &Path,
+    home: &Path,
+    opts: &PushOptions,
+) -> Result<(PushReport, Summary), PushError> {
+    let (_, store, summary) = scan_source(src, home, &opts.scan).await?;
+    let snap = store.snapshot()?;
+    let mut changes = Vec::new();
+    if let Some(Node::Dir { entries, .. }) =
+        crate::manifest::Nodes::node(&snap, b"").map_err(PushError::Store)?
+    {
+        changes.extend(entries.into_iter().map(|e| ('+', e.name)));
+    }
+    let report = PushReport {
+        root: summary.root,
+        files_scanned: summary.files,
+        bytes_scanned: summary.bytes,
+        changes,
+        ..PushReport::default()
+    };
     Ok((report, summary))
 }
 
@@ -1487,6 +1594,7 @@ pub async fn push_remote(
         &src_root,
         snap,
         summary.root,
+        unsettled_paths(&src_root, &summary),
         cr,
         cw,
         data,

@@ -627,7 +627,7 @@ fn leaf(
                     }));
                 }
             }
-            match read_file(&abs, opts.params, opts.owners) {
+            match read_file(&abs, Some((w.dev, w.stat.ino)), opts.params, opts.owners) {
                 Ok((mut node, mut stat)) => {
                     if stat.mtime_ns + RACY_NS >= scan_start_ns {
                         stat.mtime_ns = i64::MIN; // never matches: re-read next time
@@ -685,17 +685,55 @@ fn dir_attrs(path: &Path, owner: (u32, u32), owners: bool) -> std::io::Result<Op
     Ok(attrs_hash(owners.then_some(owner), &read_xattrs(path)?))
 }
 
+/// Opens a source file for reading the way every source open must: never through a
+/// symlink (`O_NOFOLLOW`: a link swapped in for a file is not followed out of the tree),
+/// never blocking on a FIFO swapped in (`O_NONBLOCK`), and only if what was opened is a
+/// regular file that is, when `expect` gives the walk's `(device, inode)`, the one the walk
+/// saw. Anything else is an error, so the entry counts as changed.
+pub fn open_source(
+    path: &Path,
+    expect: Option<(u64, u64)>,
+) -> std::io::Result<(File, std::fs::Metadata)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::other("replaced by a symlink while being read")
+            } else {
+                e
+            }
+        })?;
+    let m = f.metadata()?;
+    if !m.is_file() {
+        return Err(std::io::Error::other(
+            "replaced by something that is not a regular file while being read",
+        ));
+    }
+    if let Some((dev, ino)) = expect
+        && (m.dev(), m.ino()) != (dev, ino)
+    {
+        return Err(std::io::Error::other(
+            "replaced by another file while being read",
+        ));
+    }
+    Ok((f, m))
+}
+
 /// Reads and chunks one file, with its attributes digest in mode `owners`
 /// ([`ScanOptions::owners`]), checking with `fstat` before and after that it did not change
-/// meanwhile. Retries a few times, then fails with the path in the error.
+/// meanwhile. The file is opened with [`open_source`] (`expect` is the walk's device and
+/// inode). Retries a few times, then fails with the path in the error.
 pub fn read_file(
     path: &Path,
+    expect: Option<(u64, u64)>,
     params: ChunkParams,
     owners: bool,
 ) -> std::io::Result<(FileNode, Stat)> {
     for _ in 0..READ_RETRIES {
-        let mut f = File::open(path)?;
-        let before = f.metadata()?;
+        let (mut f, before) = open_source(path, expect)?;
         let chunks = read_chunks(&mut f, before.size(), params)?;
         let after = f.metadata()?;
         let (s0, s1) = (stat_of(&before), stat_of(&after));
@@ -1055,7 +1093,7 @@ pub fn verify(
                     Ok(_) => Some(Problem::Modified),
                     Err(e) => Some(io_problem(e)),
                 },
-                Node::File(old) => match read_file(&path, params, false) {
+                Node::File(old) => match read_file(&path, None, params, false) {
                     Ok((new, stat)) => {
                         if new.chunks == old.chunks {
                             None

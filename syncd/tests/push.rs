@@ -7,7 +7,6 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -15,23 +14,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn push_json(
-    env: &Env,
-    src: &Path,
-    dest: &dyn AsRef<std::ffi::OsStr>,
-    extra: &[&str],
-) -> (i32, serde_json::Value, String) {
-    let mut c = env.cmd();
-    c.arg("push").arg(src).arg(dest).arg("--json").args(extra);
-    let o = c.output().unwrap();
-    let v = if o.stdout.is_empty() {
-        serde_json::Value::Null
-    } else {
-        json(&o)
-    };
-    (code(&o), v, stderr(&o))
-}
 
 /// A richer tree: modes, a sparse file, non-UTF-8 names, a dangling symlink.
 fn rich(root: &Path) {
@@ -257,94 +239,6 @@ fn a_file_changing_during_the_push_is_never_stored_torn() {
 }
 
 // ------------------------------------------------------------------ remote
-
-struct Server {
-    child: Child,
-    addr: String,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Server {
-    fn start(env: &Env, root: &Path, allow: &str) -> Server {
-        Server::start_with(env.cmd(), root, allow)
-    }
-
-    /// `serve` run by `cmd` (the binary, or a wrapper that runs it).
-    fn start_with(mut cmd: Command, root: &Path, allow: &str) -> Server {
-        let mut child = cmd
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--allow",
-                allow,
-                "--root",
-            ])
-            .arg(root)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let l = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("syncd serve: listening on ") {
-                    let _ = tx.send(rest.split(' ').next().unwrap_or("").to_string());
-                }
-                l.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("serve did not start: {}", log.lock().unwrap()));
-        Server { child, addr, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Pushes `src` from `sender` to this server, whose peer id is `rid`, with `extra`
-    /// flags: the push must succeed with the receiver's root equal to the source's. Its
-    /// `--json` summary.
-    fn push_ok(&self, sender: &Env, src: &Path, rid: &str, extra: &[&str]) -> serde_json::Value {
-        let mut args = vec!["--peer-id", rid];
-        args.extend_from_slice(extra);
-        let (rc, v, err) = push_json(sender, src, &self.addr, &args);
-        assert_eq!(rc, 0, "{err}\n{}", self.log());
-        assert_eq!(v["identical"], true, "{v}");
-        v
-    }
-
-    fn wait_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let l = self.log();
-            if l.contains(needle) || Instant::now() > deadline {
-                return l;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn init(env: &Env) -> String {
-    let o = env.syncd(&[&"init"]);
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let id = stdout(&o).trim().to_string();
-    let o = env.syncd(&[&"id"]);
-    assert_eq!(stdout(&o).trim(), id, "`syncd id` prints the same id");
-    id
-}
 
 #[test]
 fn remote_push_over_quic_with_pinned_peers() {
@@ -816,17 +710,6 @@ fn hard_links_are_made_and_broken_where_only_the_linking_differs() {
     let diff = sender.syncd(&[&"diff", &src.path(), &dst.path()]);
     assert_eq!(code(&diff), 0, "{}", stdout(&diff));
     assert_trees_equal(src.path(), dst.path());
-}
-
-/// True when running as root; otherwise says why the test is skipped (and fails under CI,
-/// which runs as root).
-fn root_or_skip(why: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(std::env::var("CI").is_err(), "CI must run this as root");
-    eprintln!("skipping: {why}");
-    false
 }
 
 fn run_ok(cmd: &mut Command) -> String {

@@ -18,7 +18,7 @@ use crate::manifest::{
 /// travel as [`Offered::Dir`] listings with [`ShortHash`]es. 4: hard links are part of the
 /// file node ([`FileNode::link`]), not of [`Meta`]. 5: nodes cover owner, group and xattrs
 /// ([`crate::manifest::attrs_hash`]), and `Hello` says whether owners are preserved.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 
 /// Largest frame (tag + payload) either side accepts: a directory node of ~1M entries.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -310,6 +310,14 @@ pub enum Frame {
         /// The nodes.
         items: Vec<NodeItem>,
     },
+    /// Sender → receiver, right after `Hello`: paths the sender has but could not read
+    /// consistently (unreadable, or changing whenever it was read), so its manifest leaves
+    /// them out. The receiver keeps its copy of each, and of everything below it: it never
+    /// deletes them, whatever `--delete` says.
+    Unsettled {
+        /// Relative paths.
+        paths: Vec<Vec<u8>>,
+    },
     /// Sender → receiver: this path could not be read any more; drop it.
     Vanished {
         /// Relative path.
@@ -406,6 +414,7 @@ mod tag {
     pub const DONE: u8 = 10;
     pub const PACKED: u8 = 11;
     pub const WANT_DELTA: u8 = 12;
+    pub const UNSETTLED: u8 = 13;
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -461,6 +470,13 @@ impl Frame {
                         put_bytes(out, k);
                         put_bytes(out, v);
                     }
+                }
+            }
+            Frame::Unsettled { paths } => {
+                out.push(tag::UNSETTLED);
+                out.extend_from_slice(&(paths.len() as u32).to_le_bytes());
+                for p in paths {
+                    put_bytes(out, p);
                 }
             }
             Frame::Vanished { path } => {
@@ -547,6 +563,7 @@ impl Frame {
             Frame::GetNodes { .. } => "get-nodes",
             Frame::Nodes { .. } => "nodes",
             Frame::Vanished { .. } => "vanished",
+            Frame::Unsettled { .. } => "unsettled",
             Frame::Want { .. } => "want",
             Frame::WantDelta { .. } => "want-delta",
             Frame::Chunk { .. } => "chunk",
@@ -669,6 +686,7 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
         tag::GET_NODES => "get-nodes",
         tag::NODES => "nodes",
         tag::VANISHED => "vanished",
+        tag::UNSETTLED => "unsettled",
         tag::WANT => "want",
         tag::WANT_DELTA => "want-delta",
         tag::CHUNK => "chunk",
@@ -747,6 +765,14 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
             Frame::Nodes { items }
         }
         tag::VANISHED => Frame::Vanished { path: r.path()? },
+        tag::UNSETTLED => {
+            let n = r.count(4)?;
+            let mut paths = Vec::with_capacity(n);
+            for _ in 0..n {
+                paths.push(r.path()?);
+            }
+            Frame::Unsettled { paths }
+        }
         tag::WANT => {
             let n = r.count(32)?;
             let mut ids = Vec::with_capacity(n);

@@ -152,7 +152,10 @@ pub enum SenderEvent {
 #[derive(Debug)]
 pub struct Sender {
     root: Hash,
-    locs: HashMap<ChunkId, ChunkLoc>,
+    /// Every offered place of each chunk: a read that fails at one (its file changed) is
+    /// tried at the next, so a file waiting on a chunk it shares with a changed file still
+    /// gets it.
+    locs: HashMap<ChunkId, Vec<ChunkLoc>>,
     out: VecDeque<SenderEvent>,
     acked: bool,
     finished: bool,
@@ -176,6 +179,30 @@ impl Sender {
             out,
             acked: false,
             finished: false,
+        }
+    }
+
+    /// Tells the receiver which paths the source has but could not read consistently
+    /// (the scan's errors): it keeps its copy of each, whatever `--delete` says. Call it
+    /// before the first [`Sender::poll`].
+    pub fn unsettled(&mut self, mut paths: Vec<Vec<u8>>) {
+        paths.sort();
+        paths.dedup();
+        let mut batch = Vec::new();
+        let mut size = 0;
+        for p in paths {
+            size += p.len() + 4;
+            batch.push(p);
+            if size >= codec::BATCH_BYTES {
+                self.out.push_back(SenderEvent::Send(Frame::Unsettled {
+                    paths: std::mem::take(&mut batch),
+                }));
+                size = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.out
+                .push_back(SenderEvent::Send(Frame::Unsettled { paths: batch }));
         }
     }
 
@@ -226,7 +253,7 @@ impl Sender {
                         continue;
                     };
                     if let Node::File(f) = &node {
-                        self.locs.extend(chunk_locs(&path, f));
+                        self.add_locs(&path, f);
                     }
                     size += path.len() + 64 + node_size_hint(&node);
                     items.push(NodeItem {
@@ -280,10 +307,56 @@ impl Sender {
         let loc = self
             .locs
             .get(&id)
+            .and_then(|l| l.first())
             .cloned()
             .ok_or_else(|| ProtoError::UnknownChunk(id.to_string()))?;
         self.out.push_back(SenderEvent::Read { id, loc, against });
         Ok(())
+    }
+
+    fn add_locs(&mut self, path: &[u8], node: &FileNode) {
+        for (id, loc) in chunk_locs(path, node) {
+            let locs = self.locs.entry(id).or_default();
+            if !locs.contains(&loc) {
+                locs.push(loc);
+            }
+        }
+    }
+
+    /// The read of chunk `id` at `loc` did not give the chunk (the file there changed or
+    /// cannot be read). That place is forgotten and the read is queued at the next place
+    /// the chunk was offered, if any. The driver also reads the file at `loc` again and
+    /// calls [`Sender::source_changed`] (or [`Sender::retry`] if it is unchanged).
+    pub fn read_failed(&mut self, id: ChunkId, loc: &ChunkLoc, against: Option<delta::Signature>) {
+        let Some(locs) = self.locs.get_mut(&id) else {
+            return;
+        };
+        locs.retain(|l| l.path != loc.path);
+        if let Some(next) = locs.first().cloned() {
+            self.out.push_back(SenderEvent::Read {
+                id,
+                loc: next,
+                against,
+            });
+        } else {
+            self.locs.remove(&id);
+        }
+    }
+
+    /// The file at `path` reads as `node` again, the node last offered for it, after a read
+    /// of chunk `id` there failed: its places are restored and the read is queued again.
+    pub fn retry(
+        &mut self,
+        path: &[u8],
+        node: &FileNode,
+        id: ChunkId,
+        against: Option<delta::Signature>,
+    ) {
+        self.add_locs(path, node);
+        if self.locs.get(&id).is_some_and(|l| !l.is_empty()) {
+            // `read` cannot fail here: the chunk has a place.
+            let _ = self.read(id, against);
+        }
     }
 
     /// The file at `path` no longer matches what was offered (it changed while the push
@@ -292,7 +365,7 @@ impl Sender {
     pub fn source_changed(&mut self, path: Vec<u8>, now: Option<(FileNode, Meta)>) {
         match now {
             Some((node, meta)) => {
-                self.locs.extend(chunk_locs(&path, &node));
+                self.add_locs(&path, &node);
                 self.out.push_back(SenderEvent::Send(Frame::Nodes {
                     items: vec![NodeItem {
                         path,
@@ -506,6 +579,9 @@ pub struct Receiver {
     want: Vec<ChunkId>,
     /// Non-directory paths this session writes (for [`Action::Rescan`]).
     touched: Vec<Vec<u8>>,
+    /// Paths the sender has but could not read ([`Frame::Unsettled`]), sorted: never
+    /// deleted, nor anything below them.
+    unsettled: Vec<Vec<u8>>,
 }
 
 /// Records that chunk `index` of file `key` waits for chunk `id`. True for the first
@@ -577,7 +653,38 @@ impl Receiver {
             pending_links: Vec::new(),
             want: Vec::new(),
             touched: Vec::new(),
+            unsettled: Vec::new(),
         }
+    }
+
+    /// True if `path` is, is inside or contains a path the sender could not read: its
+    /// receiver copy must stay.
+    fn is_unsettled(&self, path: &[u8]) -> bool {
+        if self.unsettled.is_empty() {
+            return false;
+        }
+        let listed = |p: &[u8]| {
+            self.unsettled
+                .binary_search_by(|u| u.as_slice().cmp(p))
+                .is_ok()
+        };
+        // The path itself or one of its ancestors (the root stands for everything).
+        if listed(b"")
+            || listed(path)
+            || path
+                .iter()
+                .enumerate()
+                .any(|(i, &b)| b == b'/' && listed(&path[..i]))
+        {
+            return true;
+        }
+        // A descendant: every `path/...` sorts at or after `path/`, contiguously.
+        let mut below = path.to_vec();
+        below.push(b'/');
+        let i = self
+            .unsettled
+            .partition_point(|u| u.as_slice() < below.as_slice());
+        self.unsettled.get(i).is_some_and(|u| u.starts_with(&below))
     }
 
     /// Starts queued files while fewer than [`MAX_OPEN_FILES`] are open.
@@ -605,6 +712,17 @@ impl Receiver {
         if let Some(f) = self.files.remove(&key) {
             if f.slot {
                 self.open -= 1;
+            }
+            // Its chunks are no longer waited for by it. A chunk nobody waits for any more
+            // is asked for again by the next file that needs it: the sender may have given
+            // up on it (every place it had for it changed).
+            for c in &f.node.chunks {
+                if let Some(w) = self.waiters.get_mut(&c.id) {
+                    w.retain(|(k, _)| *k != key);
+                    if w.is_empty() {
+                        self.waiters.remove(&c.id);
+                    }
+                }
             }
             self.out.push_back(Action::AbortFile { key });
         }
@@ -706,6 +824,14 @@ impl Receiver {
                 }
                 self.check_complete();
             }
+            (
+                RState::Descending | RState::Rescanning | RState::Done,
+                Frame::Unsettled { paths },
+            ) => {
+                self.unsettled.extend(paths);
+                self.unsettled.sort();
+                self.unsettled.dedup();
+            }
             (RState::Descending, Frame::Vanished { path }) => {
                 if let Some(key) = self.by_path.remove(&path) {
                     self.drop_file(key, false);
@@ -784,11 +910,13 @@ impl Receiver {
                 }
                 if self.delete {
                     for o in old {
+                        let p = join(&path, &o.name);
                         if entries
                             .binary_search_by(|e| e.name.as_slice().cmp(&o.name))
                             .is_err()
+                            && !self.is_unsettled(&p)
                         {
-                            self.report.push((b'-', join(&path, &o.name)));
+                            self.report.push((b'-', p));
                         }
                     }
                 }
@@ -824,11 +952,13 @@ impl Receiver {
                     && let Some(old) = old
                 {
                     for o in old {
+                        let p = join(&path, &o.name);
                         if entries
                             .binary_search_by(|e| e.name.as_slice().cmp(&o.name))
                             .is_err()
+                            && !self.is_unsettled(&p)
                         {
-                            self.deletes.push(join(&path, &o.name));
+                            self.deletes.push(p);
                         }
                     }
                 }

@@ -75,7 +75,22 @@ fn run(
     b: &Tree,
     delete: bool,
     dry_run: bool,
+    shuffle: impl FnMut(usize) -> usize,
+) -> Outcome {
+    run_with(a, b, delete, dry_run, shuffle, None, &[])
+}
+
+/// [`run`], where the source files become those of `after` as soon as the session starts
+/// (a read of a chunk a file no longer has there fails, and the driver offers the new
+/// node, the way `push` does), and the sender reports `unsettled` paths.
+fn run_with(
+    a: &Tree,
+    b: &Tree,
+    delete: bool,
+    dry_run: bool,
     mut shuffle: impl FnMut(usize) -> usize,
+    after: Option<&Tree>,
+    unsettled: &[&str],
 ) -> Outcome {
     let content = contents();
     let a_root = a.root_hash().unwrap();
@@ -92,6 +107,7 @@ fn run(
     let mut bases: HashMap<ChunkId, Vec<u8>> = HashMap::new();
 
     let mut s = Sender::new(a_root, delete, dry_run, false);
+    s.unsettled(unsettled.iter().map(|p| p.as_bytes().to_vec()).collect());
     let mut r = Receiver::new();
     let mut to_r: Vec<Frame> = Vec::new(); // control, in order
     let mut data: Vec<Frame> = Vec::new(); // chunks, any order
@@ -104,6 +120,26 @@ fn run(
             match ev {
                 SenderEvent::Send(f) => to_r.push(roundtrip(&f)),
                 SenderEvent::Read { id, loc, against } => {
+                    if let Some(t) = after {
+                        let now = t.nodes.get(&loc.path);
+                        let there = match now {
+                            Some(Node::File(f)) => {
+                                chunk_locs(&loc.path, f).any(|(i, l)| i == id && l == loc)
+                            }
+                            _ => false,
+                        };
+                        if !there {
+                            s.read_failed(id, &loc, against);
+                            let fresh = match now {
+                                Some(Node::File(f)) => {
+                                    Some((f.clone(), meta_of(&Node::File(f.clone()))))
+                                }
+                                _ => None,
+                            };
+                            s.source_changed(loc.path, fresh);
+                            continue;
+                        }
+                    }
                     let bytes = content[&id].clone();
                     assert!(a.nodes.contains_key(&loc.path));
                     let raw_len = bytes.len() as u32;
@@ -625,6 +661,9 @@ fn every_frame_round_trips() {
         Frame::Vanished {
             path: b"x".to_vec(),
         },
+        Frame::Unsettled {
+            paths: vec![Vec::new(), b"a/b".to_vec()],
+        },
         Frame::Want {
             ids: vec![ChunkId([3; 32])],
         },
@@ -797,6 +836,9 @@ fn traversal_paths_are_refused_by_the_decoder() {
                 paths: vec![bad.to_vec()],
             },
             Frame::Vanished { path: bad.to_vec() },
+            Frame::Unsettled {
+                paths: vec![bad.to_vec()],
+            },
             Frame::Nodes {
                 items: vec![NodeItem {
                     path: bad.to_vec(),
@@ -937,5 +979,53 @@ proptest! {
     #[test]
     fn decoder_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
         let _ = decode(&bytes);
+    }
+}
+
+/// Two files share a chunk and one of them changes before the chunk is read: the session
+/// still ends (the sender keeps every place of a chunk, and tries the next when one fails),
+/// with each file as it was scanned or as it is now, never without it.
+#[test]
+fn a_chunk_shared_with_a_changed_file_still_reaches_the_others() {
+    let a = files_tree(&[("f1", 7, None), ("f2", 7, None), ("g", 3, None)]);
+    let after = files_tree(&[("f1", 8, None), ("f2", 9, None), ("g", 3, None)]);
+    let b = files_tree(&[]);
+    for seed in 0..40 {
+        let out = run_with(&a, &b, false, false, lcg(seed), Some(&after), &[]);
+        for p in [&b"f1"[..], b"f2", b"g"] {
+            let chunks = |t: &Tree| match t.nodes.get(p) {
+                Some(Node::File(f)) => Some(f.chunks.clone()),
+                _ => None,
+            };
+            let got = chunks(&out.receiver_tree);
+            assert!(
+                got.is_some() && (got == chunks(&a) || got == chunks(&after)),
+                "seed {seed}: {} is {got:?}",
+                String::from_utf8_lossy(p)
+            );
+        }
+    }
+}
+
+/// Paths the sender could not read are never deleted, nor what is below them, even with
+/// `--delete`; the rest is deleted as usual, and a dry run does not list them.
+#[test]
+fn unsettled_paths_survive_delete() {
+    let a = files_tree(&[("keep", 1, None), ("d/x", 2, None)]);
+    let b = files_tree(&[
+        ("keep", 1, None),
+        ("unread", 5, None),
+        ("closed/inner", 6, None),
+        ("d/x", 2, None),
+        ("d/extra", 3, None),
+    ]);
+    for seed in 0..20 {
+        let out = run_with(&a, &b, true, false, lcg(seed), None, &["unread", "closed"]);
+        let has = |p: &str| out.receiver_tree.nodes.contains_key(p.as_bytes());
+        assert!(has("unread") && has("closed/inner"), "seed {seed}");
+        assert!(!has("d/extra"), "seed {seed}: the rest is deleted");
+        let dry = run_with(&a, &b, true, true, lcg(seed), None, &["unread", "closed"]);
+        let listed: Vec<_> = dry.report.iter().map(|(_, p)| p.clone()).collect();
+        assert_eq!(listed, vec![b"d/extra".to_vec()], "seed {seed}");
     }
 }

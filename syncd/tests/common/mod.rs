@@ -3,8 +3,10 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
@@ -196,4 +198,129 @@ pub fn is_root() -> bool {
         .lines()
         .find(|l| l.starts_with("Uid:"))
         .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"))
+}
+
+/// `syncd push SRC DEST --json EXTRA…`: exit code, JSON summary (or null), stderr.
+pub fn push_json(
+    env: &Env,
+    src: &Path,
+    dest: &dyn AsRef<std::ffi::OsStr>,
+    extra: &[&str],
+) -> (i32, serde_json::Value, String) {
+    let mut c = env.cmd();
+    c.arg("push").arg(src).arg(dest).arg("--json").args(extra);
+    let o = c.output().unwrap();
+    let v = if o.stdout.is_empty() {
+        serde_json::Value::Null
+    } else {
+        json(&o)
+    };
+    (code(&o), v, stderr(&o))
+}
+
+/// A `syncd serve` on a free loopback port, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    pub fn start(env: &Env, root: &Path, allow: &str) -> Server {
+        Server::start_with(env.cmd(), root, allow)
+    }
+
+    /// `serve` run by `cmd` (the binary, or a wrapper that runs it).
+    pub fn start_with(mut cmd: Command, root: &Path, allow: &str) -> Server {
+        let mut child = cmd
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--allow",
+                allow,
+                "--root",
+            ])
+            .arg(root)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("syncd serve: listening on ") {
+                    let _ = tx.send(rest.split(' ').next().unwrap_or("").to_string());
+                }
+                l.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("serve did not start: {}", log.lock().unwrap()));
+        Server { child, addr, log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Pushes `src` from `sender` to this server, whose peer id is `rid`, with `extra`
+    /// flags: the push must succeed with the receiver's root equal to the source's. Its
+    /// `--json` summary.
+    pub fn push_ok(
+        &self,
+        sender: &Env,
+        src: &Path,
+        rid: &str,
+        extra: &[&str],
+    ) -> serde_json::Value {
+        let mut args = vec!["--peer-id", rid];
+        args.extend_from_slice(extra);
+        let (rc, v, err) = push_json(sender, src, &self.addr, &args);
+        assert_eq!(rc, 0, "{err}\n{}", self.log());
+        assert_eq!(v["identical"], true, "{v}");
+        v
+    }
+
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let l = self.log();
+            if l.contains(needle) || Instant::now() > deadline {
+                return l;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `syncd init` then `syncd id`: the new peer id.
+pub fn init(env: &Env) -> String {
+    let o = env.syncd(&[&"init"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    let o = env.syncd(&[&"id"]);
+    assert_eq!(stdout(&o).trim(), id, "`syncd id` prints the same id");
+    id
+}
+
+/// True when running as root; otherwise says why the test is skipped (and fails under CI,
+/// which runs as root).
+pub fn root_or_skip(why: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(std::env::var("CI").is_err(), "CI must run this as root");
+    eprintln!("skipping: {why}");
+    false
 }

@@ -1,0 +1,361 @@
+//! Regression tests of the hostile test campaign (issue #12), against the real binary: data
+//! loss, ways out of the tree, hangs, wrong "identical" and leftovers. Each test is named
+//! after the rule it protects.
+
+// Test helpers unwrap freely: a failure is a test failure with its message.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Runs `cmd`, killing it if it has not exited after `limit`: a hang is a test failure,
+/// not a stuck test run.
+fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!("{cmd:?} hung for {limit:?}:\n{}{}", stdout(&o), stderr(&o));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A thread running `f` in a loop until the returned guard is dropped.
+struct Racer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Racer {
+    fn start(mut f: impl FnMut() + Send + 'static) -> Racer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                f();
+            }
+        });
+        Racer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Racer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// #12.1: a file that is appended to during the push cannot be read consistently. The
+/// destination's copy of it must survive `--delete`, and the push must say so and exit 1.
+#[test]
+fn a_path_the_source_has_is_never_deleted_even_when_it_cannot_be_read_consistently() {
+    let env = Env::new();
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let original = noise(8 << 20, 5);
+    write(src.path(), "app.log", &original);
+    write(src.path(), "other", b"other");
+    let o = env.syncd(&[&"push", &src.path(), &dst.path().join("")]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let log = src.path().join("app.log");
+    let appender = Racer::start(move || {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new().append(true).open(&log).unwrap();
+        for _ in 0..256 {
+            f.write_all(b"x").unwrap();
+        }
+    });
+    for extra in [&["--delete"][..], &[][..]] {
+        let mut cmd = env.cmd();
+        cmd.arg("push")
+            .arg(src.path())
+            .arg(dst.path().join(""))
+            .args(extra);
+        let o = output_within(&mut cmd, Duration::from_secs(120));
+        let err = stderr(&o);
+        assert_eq!(code(&o), 1, "must exit 1 naming the file: {err}");
+        assert!(err.contains("app.log"), "the file is named: {err}");
+        let kept = fs::read(dst.path().join("app.log")).expect("DEST's copy was deleted");
+        assert!(
+            kept.starts_with(&original),
+            "DEST keeps its copy, or a best-effort copy of the source"
+        );
+    }
+    drop(appender);
+    // Quiet again: the next push converges.
+    let o = env.syncd(&[&"push", &src.path(), &dst.path().join(""), &"--delete"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_trees_equal(src.path(), dst.path());
+}
+
+/// #12.1, `manifest`: the same file is reported and makes `syncd manifest` exit 1.
+#[test]
+fn manifest_of_a_file_that_keeps_changing_exits_1_naming_it() {
+    let env = Env::new();
+    let src = tempfile::tempdir().unwrap();
+    write(src.path(), "app.log", &noise(8 << 20, 6));
+    let log = src.path().join("app.log");
+    let _appender = Racer::start(move || {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new().append(true).open(&log).unwrap();
+        for _ in 0..256 {
+            f.write_all(b"x").unwrap();
+        }
+    });
+    let o = env.syncd(&[&"manifest", &src.path()]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("app.log"), "{}", stderr(&o));
+}
+
+/// #12.2: a symlink swapped in for a source file mid-push is never followed: nothing from
+/// outside the tree reaches the destination.
+#[test]
+fn source_opens_never_follow_a_symlink_swapped_in() {
+    let env = Env::new();
+    let (src, dst, outside) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let secret = noise(1 << 20, 99);
+    write(outside.path(), "secret", &secret);
+    for i in 0..20 {
+        write(src.path(), &format!("victim{i}"), &noise(1 << 20, i));
+    }
+    let (s, o) = (src.path().to_path_buf(), outside.path().join("secret"));
+    let mut n = 0u64;
+    let racer = Racer::start(move || {
+        n += 1;
+        let i = n % 20;
+        let victim = s.join(format!("victim{i}"));
+        let t = s.join(".t");
+        let _ = fs::remove_file(&t);
+        std::os::unix::fs::symlink(&o, &t).unwrap();
+        fs::rename(&t, &victim).unwrap();
+        std::thread::sleep(Duration::from_micros(200));
+        fs::write(&t, noise(1 << 20, n)).unwrap();
+        fs::rename(&t, &victim).unwrap();
+    });
+    for _ in 0..5 {
+        let mut cmd = env.cmd();
+        cmd.arg("push").arg(src.path()).arg(dst.path().join(""));
+        let o = output_within(&mut cmd, Duration::from_secs(120));
+        assert!(code(&o) <= 1, "{}", stderr(&o));
+        for e in fs::read_dir(dst.path()).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            if m.is_file() {
+                assert!(
+                    fs::read(&p).unwrap() != secret,
+                    "{} holds the file from outside the tree",
+                    p.display()
+                );
+            }
+        }
+    }
+    drop(racer);
+}
+
+/// #12.3: DEST/f is a hard link to an inode outside DEST. A metadata-only update must not
+/// change that inode: it gets a copy of its own.
+#[test]
+fn a_shared_inode_is_never_modified_in_place() {
+    let env = Env::new();
+    let (src, dst, outside) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    write(outside.path(), "target", b"same content");
+    let target = outside.path().join("target");
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o640)).unwrap();
+    filetime::set_file_mtime(&target, filetime::FileTime::from_unix_time(1_000_000, 0)).unwrap();
+    fs::hard_link(&target, dst.path().join("f")).unwrap();
+    write(src.path(), "f", b"same content");
+    fs::set_permissions(src.path().join("f"), fs::Permissions::from_mode(0o604)).unwrap();
+    let before = fs::metadata(&target).unwrap();
+    let o = env.syncd(&[&"push", &src.path(), &dst.path().join("")]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let after = fs::metadata(&target).unwrap();
+    assert_eq!(
+        before.mode(),
+        after.mode(),
+        "the outside inode's mode changed"
+    );
+    assert_eq!(
+        before.mtime(),
+        after.mtime(),
+        "the outside inode's mtime changed"
+    );
+    assert_eq!(before.uid(), after.uid());
+    assert_eq!(fs::read(&target).unwrap(), b"same content");
+    let f = fs::metadata(dst.path().join("f")).unwrap();
+    assert_eq!(f.mode() & 0o7777, 0o604);
+    assert_ne!(f.ino(), after.ino(), "DEST/f must be an inode of its own");
+}
+
+/// A remote pair: the receiver's env, the serve, its peer id, the sender's env.
+fn remote(dst: &Path) -> (Env, Server, String, Env) {
+    let (receiver, sender) = (Env::new(), Env::new());
+    let rid = init(&receiver);
+    let sid = init(&sender);
+    let server = Server::start(&receiver, dst, &sid);
+    (receiver, server, rid, sender)
+}
+
+/// #12.4: files that share chunks, one of them changed mid-push, and files replaced by
+/// FIFOs mid-push: the push ends (it does not hang), and the next one converges.
+#[test]
+fn no_push_stalls_on_shared_chunks_or_fifos_swapped_in() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for i in 0..40 {
+        let data = noise(256 << 10, i);
+        write(src.path(), &format!("a{i:02}"), &data);
+        write(src.path(), &format!("b{i:02}"), &data);
+        write(src.path(), &format!("c{i:02}"), &noise(64 << 10, 1000 + i));
+    }
+    let (_receiver, server, rid, sender) = remote(dst.path());
+    let mut cmd = sender.cmd();
+    cmd.arg("push")
+        .arg(src.path())
+        .arg(&server.addr)
+        .args(["--peer-id", &rid, "--bwlimit", "20M"]);
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    for i in 0..40 {
+        let b = src.path().join(format!("b{i:02}"));
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&b)
+            .unwrap()
+            .set_len(1000)
+            .unwrap();
+        let c = src.path().join(format!("c{i:02}"));
+        fs::remove_file(&c).unwrap();
+        let st = Command::new("mkfifo").arg(&c).status().unwrap();
+        assert!(st.success());
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut child = child;
+    let o = loop {
+        if child.try_wait().unwrap().is_some() {
+            break child.wait_with_output().unwrap();
+        }
+        assert!(Instant::now() < deadline, "the push hung\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(code(&o) == 0 || code(&o) == 1, "{}", stderr(&o));
+    // The FIFOs are special files (skipped and reported); the rest converges.
+    let (rc, v, err) = push_json(&sender, src.path(), &server.addr, &["--peer-id", &rid]);
+    assert_eq!(rc, 0, "{err}\n{}", server.log());
+    assert_eq!(v["identical"], true);
+    for i in 0..40 {
+        let a = format!("a{i:02}");
+        let b = format!("b{i:02}");
+        assert_eq!(
+            fs::read(src.path().join(&a)).unwrap(),
+            fs::read(dst.path().join(&a)).unwrap()
+        );
+        assert_eq!(
+            fs::read(src.path().join(&b)).unwrap(),
+            fs::read(dst.path().join(&b)).unwrap()
+        );
+    }
+}
+
+/// Runs `syncd` as `nobody` with the given home.
+fn as_nobody(home: &Path, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_syncd"))
+        .env("SYNCD_HOME", home)
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .unwrap()
+}
+
+/// #12.5: as non-root, unreadable files and directories are not "identical": push and diff
+/// exit 1 and name them, and `--delete` keeps DEST's copies.
+#[test]
+fn unreadable_entries_are_never_identical() {
+    if !root_or_skip("switching to nobody needs root") {
+        return;
+    }
+    let base = tempfile::tempdir().unwrap();
+    fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let (src, dst, home) = (
+        base.path().join("src"),
+        base.path().join("dst"),
+        base.path().join("home"),
+    );
+    write(&src, "ok", b"ok");
+    write(&src, "secret", b"s");
+    write(&src, "closed/inner", b"i");
+    write(&dst, "secret", b"old secret");
+    write(&dst, "closed/inner", b"old inner");
+    write(&dst, "ok", b"ok");
+    fs::create_dir_all(&home).unwrap();
+    let st = Command::new("chown")
+        .args(["-R", "nobody:nogroup"])
+        .arg(base.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    fs::set_permissions(src.join("secret"), fs::Permissions::from_mode(0o000)).unwrap();
+    fs::set_permissions(src.join("closed"), fs::Permissions::from_mode(0o000)).unwrap();
+    let o = as_nobody(&home, &[&"push", &src, &dst.join(""), &"--delete"]);
+    let err = stderr(&o);
+    assert_eq!(code(&o), 1, "{}{err}", stdout(&o));
+    assert!(!stdout(&o).contains("identical"), "{}", stdout(&o));
+    assert!(err.contains("secret") && err.contains("closed"), "{err}");
+    assert_eq!(fs::read(dst.join("secret")).unwrap(), b"old secret");
+    assert_eq!(fs::read(dst.join("closed/inner")).unwrap(), b"old inner");
+    let o = as_nobody(&home, &[&"diff", &src, &dst]);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("secret"), "{}", stderr(&o));
+    fs::set_permissions(src.join("closed"), fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// #12.6: a dry run into a DEST that does not exist lists what it would create and exits 1.
+#[test]
+fn dry_run_into_a_missing_dest_lists_everything() {
+    let env = Env::new();
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    write(src.path(), "a", b"a");
+    write(src.path(), "d/b", b"b");
+    let missing = dst.path().join("not-there/");
+    let o = env.syncd(&[&"push", &src.path(), &missing, &"--dry-run"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("+ a") && out.contains("+ d"), "{out}");
+    assert!(!missing.exists(), "a dry run creates nothing");
+}
