@@ -43,69 +43,9 @@ use xattr::FileExt as _;
 
 use crate::chunk::{ChunkId, Verified};
 use crate::manifest::{
-    ChunkRef, FileNode, Hash, Node, attrs_hash, check_name, display_path, file_name, hashed_xattr,
-    parent,
+    ChunkRef, FileNode, Hash, attrs_hash, check_name, display_path, file_name, hashed_xattr, parent,
 };
-
-/// Every temporary name this module creates starts with this prefix (see [`is_part_file`]).
-pub const PART_PREFIX: &[u8] = b".syncd-";
-
-/// Every temporary name this module creates ends with this suffix.
-pub const PART_SUFFIX: &[u8] = b".part";
-
-/// Hex digits of the tag that follows the name in a part-file name.
-const TAG_HEX: usize = 16;
-
-/// Longest file name Linux filesystems accept.
-const NAME_MAX: usize = 255;
-
-/// Whether `name` (one path component) is a temporary name made by this module:
-/// `.syncd-<name>.<16 lower-case hex>.part`. Scanners skip these.
-pub fn is_part_file(name: &[u8]) -> bool {
-    let Some(rest) = name.strip_prefix(PART_PREFIX) else {
-        return false;
-    };
-    let Some(rest) = rest.strip_suffix(PART_SUFFIX) else {
-        return false;
-    };
-    let Some(head_len) = rest.len().checked_sub(TAG_HEX) else {
-        return false;
-    };
-    let (head, tag) = rest.split_at(head_len);
-    head.len() >= 2
-        && head.ends_with(b".")
-        && tag
-            .iter()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
-}
-
-/// The temporary name for `name` with a 16-hex `tag`. Names too long to fit are shortened
-/// and disambiguated with a hash of the whole name, so the result is at most 255 bytes.
-fn part_name(name: &[u8], tag: &str) -> Vec<u8> {
-    let fixed = PART_PREFIX.len() + 1 + TAG_HEX + PART_SUFFIX.len();
-    let mut out = Vec::with_capacity(NAME_MAX);
-    out.extend_from_slice(PART_PREFIX);
-    if name.len() + fixed <= NAME_MAX {
-        out.extend_from_slice(name);
-    } else {
-        let keep = NAME_MAX - fixed - 1 - TAG_HEX;
-        out.extend_from_slice(&name[..keep]);
-        out.push(b'~');
-        out.extend_from_slice(hex16(blake3::hash(name).as_bytes()).as_bytes());
-    }
-    out.push(b'.');
-    out.extend_from_slice(tag.as_bytes());
-    out.extend_from_slice(PART_SUFFIX);
-    out
-}
-
-/// The first 16 hex digits of a hash.
-fn hex16(hash: &[u8; 32]) -> String {
-    hash[..TAG_HEX / 2]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+use crate::partname::{PartKey, Temp};
 
 /// Why a relative path from the network is refused, or `None` if it is a plain relative
 /// path (the empty path is the root). Ancestors are checked separately, against the disk.
@@ -124,9 +64,6 @@ fn path_problem(rel: &[u8]) -> Option<&'static str> {
                 b".." => "`..` component",
                 _ => "NUL byte in path",
             });
-        }
-        if is_part_file(component) {
-            return Some("name reserved for syncd part files");
         }
     }
     None
@@ -497,6 +434,7 @@ fn zero_run_chunk(node: &FileNode) -> Option<ChunkRef> {
 /// use syncd::apply::{Meta, Target};
 /// use syncd::chunk::{ChunkParams, Verified, chunk};
 /// use syncd::manifest::{ChunkRef, FileNode};
+/// use syncd::partname::PartKey;
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let dest = tempfile::tempdir()?;
@@ -513,7 +451,8 @@ fn zero_run_chunk(node: &FileNode) -> Option<ChunkRef> {
 /// let dir = Meta { mode: 0o755, ..Meta::default() };
 /// let file = Meta { mode: node.mode, mtime_ns: node.mtime_ns, ..Meta::default() };
 ///
-/// let target = Target::open(dest.path())?;
+/// let home = tempfile::tempdir()?;
+/// let target = Target::open(dest.path(), PartKey::load(home.path())?)?;
 /// target.mkdir(b"docs", &dir)?;
 /// let mut part = target.begin_file(b"docs/hello.txt", &node)?;
 /// let present = part.present()?;
@@ -530,6 +469,8 @@ fn zero_run_chunk(node: &FileNode) -> Option<ChunkRef> {
 #[derive(Debug, Clone)]
 pub struct Target {
     root: PathBuf,
+    /// Names and recognises this receiver's part files.
+    key: PartKey,
     as_root: bool,
     /// Ancestors already checked to be real directories (this session is the only writer;
     /// cleared whenever a directory is removed).
@@ -541,7 +482,7 @@ pub struct Target {
 impl Target {
     /// Opens the destination rooted at `root`, which must exist and be a directory. The
     /// root is canonicalised once here; paths are resolved against it from then on.
-    pub fn open(root: &Path) -> Result<Target, ApplyError> {
+    pub fn open(root: &Path, key: PartKey) -> Result<Target, ApplyError> {
         let bytes = root.as_os_str().as_bytes();
         let root = fs::canonicalize(root).map_err(|e| io_err(bytes, "open target root", e))?;
         let m = fs::metadata(&root).map_err(|e| io_err(bytes, "open target root", e))?;
@@ -554,6 +495,7 @@ impl Target {
         }
         Ok(Target {
             root,
+            key,
             as_root: running_as_root(),
             known_dirs: Arc::default(),
             unsynced: Arc::default(),
@@ -689,10 +631,9 @@ impl Target {
             });
         }
         let dest = self.place(rel)?;
-        let tag = hex16(&Node::File(node.clone()).hash().0);
-        let part = self
-            .abs(parent(rel))
-            .join(OsStr::from_bytes(&part_name(file_name(rel), &tag)));
+        let part = self.abs(parent(rel)).join(OsStr::from_bytes(
+            &self.key.name(file_name(rel), Temp::File),
+        ));
         let open = |create_new: bool| {
             OpenOptions::new()
                 .read(true)
@@ -748,17 +689,9 @@ impl Target {
     /// there (a directory tree is removed first). Sets owner (as root) and mtime.
     pub fn symlink(&self, rel: &[u8], target: &[u8], meta: &Meta) -> Result<(), ApplyError> {
         let dest = self.place(rel)?;
-        let tag = hex16(
-            &Node::Symlink {
-                target: target.to_vec(),
-                attrs: None,
-            }
-            .hash()
-            .0,
-        );
-        let tmp = self
-            .abs(parent(rel))
-            .join(OsStr::from_bytes(&part_name(file_name(rel), &tag)));
+        let tmp = self.abs(parent(rel)).join(OsStr::from_bytes(
+            &self.key.name(file_name(rel), Temp::Symlink),
+        ));
         remove_any(self, &tmp, rel)?;
         std::os::unix::fs::symlink(OsStr::from_bytes(target), &tmp)
             .map_err(|e| io_err(rel, "create symlink", e))?;
@@ -904,10 +837,9 @@ impl Target {
         mut from: File,
         meta: &Meta,
     ) -> Result<(), ApplyError> {
-        let tag = hex16(blake3::hash(b"copy of a shared inode").as_bytes());
-        let tmp = self
-            .abs(parent(rel))
-            .join(OsStr::from_bytes(&part_name(file_name(rel), &tag)));
+        let tmp = self.abs(parent(rel)).join(OsStr::from_bytes(
+            &self.key.name(file_name(rel), Temp::Copy),
+        ));
         remove_any(self, &tmp, rel)?;
         let mut to = OpenOptions::new()
             .write(true)
@@ -961,10 +893,9 @@ impl Target {
                 return Ok(());
             }
         }
-        let tag = hex16(blake3::hash(existing_rel).as_bytes());
-        let tmp = self
-            .abs(parent(rel))
-            .join(OsStr::from_bytes(&part_name(file_name(rel), &tag)));
+        let tmp = self.abs(parent(rel)).join(OsStr::from_bytes(
+            &self.key.name(file_name(rel), Temp::Link),
+        ));
         remove_any(self, &tmp, rel)?;
         fs::hard_link(&src, &tmp).map_err(|e| io_err(rel, "create hard link", e))?;
         // Also removes `tmp` if `rename` found both names on one inode and did nothing.
@@ -1010,6 +941,19 @@ impl Target {
         Ok(buf)
     }
 
+    /// Removes the part file at `rel` (a path from this tree's scan, [`crate::scan::Summary::parts`]),
+    /// if it is still there and still one of this receiver's part files.
+    pub fn remove_part(&self, rel: &[u8]) -> Result<(), ApplyError> {
+        if !self.key.is_part(file_name(rel)) {
+            return Ok(());
+        }
+        Self::check_entry(rel)?;
+        match self.existing(rel)? {
+            Some(abs) => remove_any(self, &abs, rel),
+            None => Ok(()),
+        }
+    }
+
     /// Removes the part files (and temporary link names) directly inside the directory
     /// `dir_rel`, left by interrupted transfers. Returns how many were removed. Call it only
     /// when no transfer into that directory is running.
@@ -1031,7 +975,7 @@ impl Target {
         for entry in entries {
             let entry = entry.map_err(|e| io_err(dir_rel, "list", e))?;
             let name = entry.file_name();
-            if is_part_file(name.as_bytes()) {
+            if self.key.is_part(name.as_bytes()) {
                 let rel = crate::manifest::join(dir_rel, name.as_bytes());
                 remove_any(self, &entry.path(), &rel)?;
                 removed += 1;
@@ -1068,6 +1012,11 @@ impl PartFile {
     /// The final relative path.
     pub fn rel(&self) -> &[u8] {
         &self.rel
+    }
+
+    /// The part file's own path.
+    pub fn part_path(&self) -> &Path {
+        &self.part
     }
 
     /// Whether the part file existed already (an earlier attempt at the same content), so
@@ -1258,7 +1207,7 @@ mod tests {
 
     fn setup() -> (tempfile::TempDir, Target) {
         let tmp = tempfile::tempdir().unwrap();
-        let t = Target::open(tmp.path()).unwrap();
+        let t = Target::open(tmp.path(), PartKey::from_bytes([1; 32])).unwrap();
         (tmp, t)
     }
 
@@ -1270,7 +1219,7 @@ mod tests {
         fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().as_bytes().to_vec())
-            .filter(|n| is_part_file(n))
+            .filter(|n| n.starts_with(b".syncd-") && n.ends_with(b".part"))
             .collect()
     }
 
@@ -1306,7 +1255,7 @@ mod tests {
             (b"a//b", Some("empty")),
             (b"a/", Some("empty")),
             (b"a\0b", Some("NUL")),
-            (b"d/.syncd-f.0123456789abcdef.part", Some("reserved")),
+            (b"d/.syncd-f.0123456789abcdef.part", None),
         ];
         for &(rel, want) in cases {
             let got = path_problem(rel);
@@ -1315,32 +1264,6 @@ mod tests {
                 (Some(g), Some(w)) if g.contains(w) => {}
                 _ => panic!("path {}: got {got:?}, want {want:?}", display_path(rel)),
             }
-        }
-    }
-
-    #[test]
-    fn part_file_names() {
-        let tag = "0123456789abcdef";
-        assert_eq!(part_name(b"f", tag), b".syncd-f.0123456789abcdef.part");
-        assert!(is_part_file(&part_name(b"f", tag)));
-        assert!(is_part_file(&part_name(b"\xff.x", tag)));
-        let long = vec![b'n'; 255];
-        let a = part_name(&long, tag);
-        assert_eq!(a.len(), 255);
-        assert!(is_part_file(&a));
-        let mut other = long.clone();
-        other[254] = b'm';
-        assert_ne!(a, part_name(&other, tag), "long names stay distinct");
-        for name in [
-            &b".syncd-f.part"[..],
-            b".syncd-.0123456789abcdef.part",
-            b".syncd-f.0123456789ABCDEF.part",
-            b"syncd-f.0123456789abcdef.part",
-            b".syncd-f.0123456789abcdef",
-            b".syncd-f-0123456789abcdef.part",
-            b"f",
-        ] {
-            assert!(!is_part_file(name), "{}", display_path(name));
         }
     }
 
@@ -1715,7 +1638,7 @@ mod tests {
             return;
         }
         let _mount = Mount(mnt.clone());
-        let t = Target::open(&mnt).unwrap();
+        let t = Target::open(&mnt, PartKey::from_bytes([1; 32])).unwrap();
         let data = noise(4 << 20, 7);
         let node = node_of(&data, 0o644, 0);
         let mut part = t.begin_file(b"big", &node).unwrap();

@@ -5,7 +5,7 @@
 //! map and the invariants.
 //!
 //! Sans-IO cores: [`chunk`], [`manifest`] (not `manifest::store`), [`proto`], [`limit`],
-//! [`rate`]. IO edges: [`manifest::store`], [`scan`], [`transport`], [`identity`],
+//! [`rate`], [`partname`] (but its key file). IO edges: [`manifest::store`], [`scan`], [`transport`], [`identity`],
 //! [`apply`], [`push`].
 
 pub mod apply;
@@ -13,6 +13,7 @@ pub mod chunk;
 pub mod identity;
 pub mod limit;
 pub mod manifest;
+pub mod partname;
 pub mod proto;
 pub mod push;
 pub mod rate;

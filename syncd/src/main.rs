@@ -334,7 +334,9 @@ fn options(home: &Path, filters: &Filters) -> ScanOptions {
         gitignore: filters.filter_gitignore,
         params: Default::default(),
         exclude_path: std::fs::canonicalize(home).ok(),
-        skip_part_files: false,
+        // This home's own part files are never part of a tree (a DEST it receives into
+        // may be scanned here too).
+        parts: syncd::partname::PartKey::load(home).ok(),
         changed_only: None,
         owners: filters.owners(),
     }
@@ -418,6 +420,28 @@ fn cmd_diff(
     filters: &Filters,
 ) -> Result<Outcome> {
     let t = Instant::now();
+    for dir in [a, b] {
+        if !dir.exists() {
+            anyhow::bail!("{}: no such directory", dir.display());
+        }
+    }
+    if scan::canonical_root(a)? == scan::canonical_root(b)? {
+        // One tree, named twice: identical, unless some of it cannot be read.
+        let unreadable = if cached {
+            0
+        } else {
+            refresh(a, home, filters)?.1.errors().count()
+        };
+        if json {
+            let v = json!({"identical": unreadable == 0, "same_tree": true, "unreadable": unreadable, "changes": []});
+            writeln!(std::io::stdout().lock(), "{v}")?;
+        }
+        if unreadable > 0 {
+            eprintln!("syncd: {unreadable} entries could not be read (listed above)");
+            return Ok(Outcome::Found);
+        }
+        return Ok(Outcome::Ok);
+    }
     let mut unreadable = 0;
     let (sa, sb) = if cached {
         let open = |dir: &Path| -> Result<Store> {

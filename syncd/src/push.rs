@@ -27,6 +27,7 @@ use crate::chunk::{ChunkId, Verified};
 use crate::identity::{Identity, PeerId};
 use crate::manifest::store::{Opened, Snapshot, Store};
 use crate::manifest::{Hash, Node};
+use crate::partname::PartKey;
 use crate::proto::adapt::Adapt;
 use crate::proto::codec::{self, ChunkHead, Codec, Frame, FrameError};
 use crate::proto::delta::{self, Signature};
@@ -856,15 +857,17 @@ async fn recv_job(rx: &JobRx) -> Option<Vec<Job>> {
 pub struct ReceiveOptions {
     /// State directory (the receiver's manifest store).
     pub home: PathBuf,
+    /// Names and recognises the receiver's part files ([`crate::partname`]).
+    pub parts: PartKey,
     /// The mode its manifest is refreshed in before the sender's `Hello` says which one the
     /// session uses ([`ScanOptions::owners`]): the one a sender most likely uses.
     pub owners: bool,
 }
 
-fn dest_scan_options(home: &Path, owners: bool) -> ScanOptions {
+fn dest_scan_options(home: &Path, owners: bool, parts: PartKey) -> ScanOptions {
     ScanOptions {
         exclude_path: std::fs::canonicalize(home).ok(),
-        skip_part_files: true,
+        parts: Some(parts),
         owners,
         ..ScanOptions::default()
     }
@@ -887,12 +890,16 @@ async fn refresh_blocking(
     changed: Option<scan::Changed>,
 ) -> Result<(Arc<Store>, Summary), PushError> {
     tokio::task::spawn_blocking(move || {
-        let ReceiveOptions { home, owners } = opts;
+        let ReceiveOptions {
+            home,
+            owners,
+            parts,
+        } = opts;
         let store = match store {
             Some(s) => s,
             None => Arc::new(open_store(&home, &root, owners)?),
         };
-        let full = dest_scan_options(&home, owners);
+        let full = dest_scan_options(&home, owners, parts);
         let partial = changed.map(|c| ScanOptions {
             changed_only: Some(Arc::new(c)),
             ..full.clone()
@@ -1072,7 +1079,11 @@ where
     };
     let opts = &opts;
     let snap = store.snapshot()?;
-    let target = Target::open(&root)?;
+    let target = Target::open(&root, opts.parts.clone())?;
+    // Part files left by earlier sessions: reused if this one needs them, removed once it
+    // has applied everything (then they are stale).
+    let stale_parts = summary.parts.clone();
+    let mut session_parts: Vec<PathBuf> = Vec::new();
     let mut control_w = ControlTx::new(control_w, peer_packs);
     let mut r = Receiver::new();
     let mut index: Option<Index> = None;
@@ -1140,6 +1151,7 @@ where
                     &mut written,
                     &mut finishing,
                     &mut index,
+                    &mut session_parts,
                     &bases,
                     &snap,
                     &store,
@@ -1180,16 +1192,32 @@ where
         Ok(done) => {
             drop((snap, index));
             drop(store);
+            // Everything is applied, so what is left of earlier sessions' part files is
+            // stale (a dry run changes nothing, not even that).
+            if !r.is_dry_run() {
+                for p in &stale_parts {
+                    // One that cannot be removed is found and tried again next time.
+                    let _ = target.remove_part(p);
+                }
+            }
             control_w.send(&done, peer).await.map(|_| ())
         }
         Err(e) => {
             // Tell the sender why. Partial files stay for a resume, except where they are
-            // useless (no space).
+            // useless (no space): then every part file goes, this session's (those still
+            // being finished included) and earlier ones'.
             refuse(&mut control_w.w, &e, peer).await;
             let no_space = matches!(e, PushError::Apply(apply::ApplyError::NoSpace { .. }));
-            for (_, p) in parts.drain() {
-                if no_space {
-                    let _ = p.abort();
+            if no_space {
+                drop(parts);
+                drop(finishing);
+                // Finishers still running hold their part files open; let them end.
+                let _ = finishers.acquire_many(FINISHERS as u32).await;
+                for p in &session_parts {
+                    let _ = std::fs::remove_file(p);
+                }
+                for p in &stale_parts {
+                    let _ = target.remove_part(p);
                 }
             }
             Err(e)
@@ -1245,6 +1273,7 @@ async fn execute<CW: AsyncWrite + Unpin>(
     written: &mut Vec<(Vec<u8>, Vec<u8>)>,
     finishing: &mut Vec<FinishJob>,
     index: &mut Option<Index>,
+    session_parts: &mut Vec<PathBuf>,
     bases: &Bases,
     snap: &Snapshot,
     store: &Arc<Store>,
@@ -1273,6 +1302,7 @@ async fn execute<CW: AsyncWrite + Unpin>(
         }
         Action::StartFile { key, path, node } => {
             let mut part = target.begin_file(&path, &node)?;
+            session_parts.push(part.part_path().to_path_buf());
             let present = part.present()?;
             parts.insert(key, part);
             if index.is_none() {
@@ -1435,6 +1465,14 @@ fn unsettled_paths(root: &Path, summary: &Summary) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The part-file key of the receiver whose state directory is `home`.
+fn part_key(home: &Path) -> Result<PartKey, PushError> {
+    PartKey::load(home).map_err(|source| PushError::Io {
+        peer: "local".into(),
+        source,
+    })
+}
+
 /// A blocking task that panicked or was cancelled.
 fn join_err(e: tokio::task::JoinError) -> PushError {
     PushError::Io {
@@ -1476,6 +1514,7 @@ pub async fn push_local(
     let ropts = ReceiveOptions {
         home: home.to_path_buf(),
         owners: opts.scan.owners,
+        parts: part_key(home)?,
     };
     let dest = dest.to_path_buf();
     // The receiver refreshes its manifest while the sender scans the source.
@@ -1704,6 +1743,7 @@ async fn serve_session(
     let opts = ReceiveOptions {
         home: home.to_path_buf(),
         owners: apply::running_as_root(),
+        parts: part_key(home)?,
     };
     // Refresh the manifest now, while the sender scans; its first stream shows up only
     // once it sends `Hello`.

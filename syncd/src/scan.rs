@@ -108,9 +108,10 @@ pub struct ScanOptions {
     /// A path to leave out whatever the filters say (the state directory, when it lies
     /// inside the tree).
     pub exclude_path: Option<PathBuf>,
-    /// Leave out the receiver's part files (`.syncd-*.part`, see [`crate::apply`]): set when
-    /// scanning a push destination, whose in-progress files are not part of its tree.
-    pub skip_part_files: bool,
+    /// Leave out the part files this key made ([`crate::partname`]): the in-progress files
+    /// of a push destination are not part of its tree. They are listed in
+    /// [`Summary::parts`] instead.
+    pub parts: Option<crate::partname::PartKey>,
     /// Look only at what changed: for a receiver that knows what it wrote into its tree
     /// since the last refresh, and that no one else writes to it. See [`Changed`].
     pub changed_only: Option<Arc<Changed>>,
@@ -160,6 +161,8 @@ pub struct Summary {
     pub written: u64,
     /// Entries reported and skipped.
     pub warnings: Vec<Warning>,
+    /// Part files found and left out ([`ScanOptions::parts`]), relative to the root.
+    pub parts: Vec<Vec<u8>>,
 }
 
 impl Summary {
@@ -219,7 +222,7 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0);
-    let (mut walked, mut warnings, root_meta) = walk(&root, opts)?;
+    let (mut walked, mut warnings, root_meta, mut found_parts) = walk(&root, opts)?;
     walked.par_sort_unstable_by(|a, b| component_order(&a.path, &b.path));
     if opts.changed_only.is_some()
         && walked
@@ -267,6 +270,7 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
             hashed_bytes: 0,
             written: 0,
             warnings: Vec::new(),
+            parts: Vec::new(),
         },
     };
     let root_attrs =
@@ -374,6 +378,8 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
     summary.root = root_hash;
     warnings.sort_by(|a, b| a.path.cmp(&b.path));
     summary.warnings = warnings;
+    found_parts.sort();
+    summary.parts = found_parts;
     Ok(summary)
 }
 
@@ -798,11 +804,12 @@ fn read_chunks(f: &mut File, size: u64, params: ChunkParams) -> std::io::Result<
     Ok(out)
 }
 
-/// The walked entries, the warnings, and the root's metadata.
-fn walk(
-    root: &Path,
-    opts: &ScanOptions,
-) -> Result<(Vec<Walked>, Vec<Warning>, std::fs::Metadata), ScanError> {
+/// What a walk found: the entries, the warnings, the root's metadata, and the part files
+/// it left out.
+type WalkOut = (Vec<Walked>, Vec<Warning>, std::fs::Metadata, Vec<Vec<u8>>);
+
+/// Walks the tree at `root`.
+fn walk(root: &Path, opts: &ScanOptions) -> Result<WalkOut, ScanError> {
     let root_meta = std::fs::metadata(root).map_err(|source| ScanError::Root {
         path: root.to_path_buf(),
         source,
@@ -849,31 +856,35 @@ fn walk(
         })?;
         builder.overrides(built);
     }
-    let shared = Arc::new(Mutex::new((Vec::new(), Vec::new())));
+    let shared = Arc::new(Mutex::new((Vec::new(), Vec::new(), Vec::new())));
     let mut vb = CollectorBuilder {
         root: root.to_path_buf(),
         shared: shared.clone(),
-        skip_part_files: opts.skip_part_files,
+        parts: opts.parts.clone(),
         changed_only: opts.changed_only.clone(),
     };
     builder.build_parallel().visit(&mut vb);
     drop(vb);
-    let (walked, warnings) = match Arc::try_unwrap(shared) {
+    let (walked, warnings, parts) = match Arc::try_unwrap(shared) {
         Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
         Err(arc) => {
             let mut g = arc.lock().unwrap_or_else(|p| p.into_inner());
-            (std::mem::take(&mut g.0), std::mem::take(&mut g.1))
+            (
+                std::mem::take(&mut g.0),
+                std::mem::take(&mut g.1),
+                std::mem::take(&mut g.2),
+            )
         }
     };
-    Ok((walked, warnings, root_meta))
+    Ok((walked, warnings, root_meta, parts))
 }
 
-type Shared = Arc<Mutex<(Vec<Walked>, Vec<Warning>)>>;
+type Shared = Arc<Mutex<(Vec<Walked>, Vec<Warning>, Vec<Vec<u8>>)>>;
 
 struct CollectorBuilder {
     root: PathBuf,
     shared: Shared,
-    skip_part_files: bool,
+    parts: Option<crate::partname::PartKey>,
     changed_only: Option<Arc<Changed>>,
 }
 
@@ -882,10 +893,11 @@ impl<'s> ParallelVisitorBuilder<'s> for CollectorBuilder {
         Box::new(Collector {
             root: self.root.clone(),
             shared: self.shared.clone(),
-            skip_part_files: self.skip_part_files,
+            parts: self.parts.clone(),
             changed_only: self.changed_only.clone(),
             walked: Vec::new(),
             warnings: Vec::new(),
+            found_parts: Vec::new(),
         })
     }
 }
@@ -893,10 +905,11 @@ impl<'s> ParallelVisitorBuilder<'s> for CollectorBuilder {
 struct Collector {
     root: PathBuf,
     shared: Shared,
-    skip_part_files: bool,
+    parts: Option<crate::partname::PartKey>,
     changed_only: Option<Arc<Changed>>,
     walked: Vec<Walked>,
     warnings: Vec<Warning>,
+    found_parts: Vec<Vec<u8>>,
 }
 
 impl Collector {
@@ -904,6 +917,7 @@ impl Collector {
         let mut g = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         g.0.append(&mut self.walked);
         g.1.append(&mut self.warnings);
+        g.2.append(&mut self.found_parts);
     }
 
     /// Collects one entry; says whether to walk into it (a directory).
@@ -914,10 +928,13 @@ impl Collector {
         let Ok(rel) = e.path().strip_prefix(&self.root) else {
             return WalkState::Continue;
         };
-        if self.skip_part_files && crate::apply::is_part_file(e.file_name().as_bytes()) {
+        let path = rel.as_os_str().as_bytes();
+        if let Some(key) = &self.parts
+            && key.is_part(e.file_name().as_bytes())
+        {
+            self.found_parts.push(path.to_vec());
             return WalkState::Continue;
         }
-        let path = rel.as_os_str().as_bytes();
         if let Some(changed) = &self.changed_only
             && !changed.dirs.contains(path)
             && !changed.entries.contains(path)

@@ -141,7 +141,8 @@ fn source_opens_never_follow_a_symlink_swapped_in() {
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
     );
-    let secret = noise(1 << 20, 99);
+    // A seed no victim's content uses (they use 0..20 and 1000 on).
+    let secret = noise(1 << 20, 0xdead_beef_0000);
     write(outside.path(), "secret", &secret);
     for i in 0..20 {
         write(src.path(), &format!("victim{i}"), &noise(1 << 20, i));
@@ -157,7 +158,7 @@ fn source_opens_never_follow_a_symlink_swapped_in() {
         std::os::unix::fs::symlink(&o, &t).unwrap();
         fs::rename(&t, &victim).unwrap();
         std::thread::sleep(Duration::from_micros(200));
-        fs::write(&t, noise(1 << 20, n)).unwrap();
+        fs::write(&t, noise(1 << 20, 1000 + n)).unwrap();
         fs::rename(&t, &victim).unwrap();
     });
     for _ in 0..5 {
@@ -171,8 +172,16 @@ fn source_opens_never_follow_a_symlink_swapped_in() {
             if m.is_file() {
                 assert!(
                     fs::read(&p).unwrap() != secret,
-                    "{} holds the file from outside the tree",
-                    p.display()
+                    "{} holds the file from outside the tree\npush: {}\nDEST: {}",
+                    p.display(),
+                    stderr(&o),
+                    stdout(
+                        &Command::new("ls")
+                            .arg("-lai")
+                            .arg(dst.path())
+                            .output()
+                            .unwrap()
+                    ),
                 );
             }
         }
@@ -358,4 +367,177 @@ fn dry_run_into_a_missing_dest_lists_everything() {
     let out = stdout(&o);
     assert!(out.contains("+ a") && out.contains("+ d"), "{out}");
     assert!(!missing.exists(), "a dry run creates nothing");
+}
+
+/// Every `.syncd-*.part` file under `root`.
+fn part_files(root: &Path) -> Vec<String> {
+    let o = Command::new("find")
+        .arg(root)
+        .args(["-name", ".syncd-*.part"])
+        .output()
+        .unwrap();
+    stdout(&o).lines().map(str::to_string).collect()
+}
+
+/// #12.9: a truncated manifest store is moved aside and rebuilt by every command, never a
+/// panic (exit 101), also for a push into a `serve` whose store it is.
+#[test]
+fn a_truncated_manifest_store_is_rebuilt_never_a_panic() {
+    let env = Env::new();
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for i in 0..300 {
+        write(
+            src.path(),
+            &format!("d{}/f{i}", i % 7),
+            &noise(1000 + i, i as u64),
+        );
+    }
+    let stores = |home: &Path| -> Vec<std::path::PathBuf> {
+        fs::read_dir(home.join("manifests"))
+            .map(|d| {
+                d.map(|e| e.unwrap().path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "redb"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for size in [0u64, 512, 4096, 8192, 20_000, 100_000] {
+        let o = env.syncd(&[&"push", &src.path(), &dst.path().join("")]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        for s in stores(env.home.path()) {
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&s)
+                .unwrap()
+                .set_len(size)
+                .unwrap();
+        }
+        for args in [
+            vec![&"manifest" as &dyn AsRef<std::ffi::OsStr>, &src.path()],
+            vec![&"diff", &src.path(), &dst.path()],
+            vec![&"push", &src.path(), &dst.path().join("")],
+        ] {
+            for s in stores(env.home.path()) {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&s)
+                    .unwrap()
+                    .set_len(size)
+                    .unwrap();
+            }
+            let o = env.syncd(&args);
+            assert_eq!(code(&o), 0, "truncated to {size}: {}", stderr(&o));
+            assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+        }
+    }
+    // The receiver's store of a serve.
+    let (receiver, server, rid, sender) = remote(dst.path());
+    server.push_ok(&sender, src.path(), &rid, &[]);
+    for s in stores(receiver.home.path()) {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&s)
+            .unwrap()
+            .set_len(8192)
+            .unwrap();
+    }
+    write(src.path(), "new", b"new");
+    server.push_ok(&sender, src.path(), &rid, &[]);
+    assert!(!server.log().contains("panicked"), "{}", server.log());
+    assert_trees_equal(src.path(), dst.path());
+}
+
+/// #12.10: a source file that is merely named like a part file is an ordinary file: sent,
+/// received and compared like any other, locally and over QUIC.
+#[test]
+fn a_file_named_like_a_part_file_is_an_ordinary_file() {
+    let env = Env::new();
+    let (src, dst, dst2) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    write(src.path(), ".syncd-foo.0123456789abcdef.part", b"user data");
+    write(src.path(), "d/.syncd-x.part", b"more");
+    let o = env.syncd(&[&"push", &src.path(), &dst.path().join("")]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_trees_equal(src.path(), dst.path());
+    let o = env.syncd(&[&"diff", &src.path(), &dst.path()]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    let (_receiver, server, rid, sender) = remote(dst2.path());
+    server.push_ok(&sender, src.path(), &rid, &[]);
+    assert_trees_equal(src.path(), dst2.path());
+}
+
+/// #12.10: the part files of a push cut off by a killed serve are reused or removed by the
+/// next completed session into that tree, even when it pushes another source with
+/// `--delete`: none is left, and `syncd diff` is clean.
+#[test]
+fn part_files_never_outlive_the_next_completed_session() {
+    let (src, other, dst) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    for i in 0..8 {
+        write(src.path(), &format!("f{i}"), &noise(8 << 20, 40 + i));
+    }
+    write(other.path(), "only", b"other source");
+    let (receiver, mut server, rid, sender) = remote(dst.path());
+    let mut push = sender
+        .cmd()
+        .arg("push")
+        .arg(src.path())
+        .arg(&server.addr)
+        .args(["--peer-id", &rid, "--bwlimit", "80M"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while part_files(dst.path()).is_empty() {
+        assert!(Instant::now() < deadline, "no part file appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let _ = push.kill();
+    let _ = push.wait();
+    assert!(
+        !part_files(dst.path()).is_empty(),
+        "the kill left part files"
+    );
+    let sid = sender.syncd(&[&"id"]);
+    let server = Server::start(&receiver, dst.path(), stdout(&sid).trim());
+    server.push_ok(&sender, other.path(), &rid, &["--delete"]);
+    assert_eq!(part_files(dst.path()), Vec::<String>::new());
+    assert_trees_equal(other.path(), dst.path());
+}
+
+/// #12.10: a full disk with many small files in flight leaves no part file.
+#[test]
+fn disk_full_with_many_small_files_leaves_no_part_file() {
+    if !root_or_skip("mounting a tmpfs needs root") {
+        return;
+    }
+    let env = Env::new();
+    let (src, outer) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for i in 0..3000 {
+        write(src.path(), &format!("d{}/f{i}", i % 30), &noise(2000, i));
+    }
+    let mnt = outer.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = env.syncd(&[&"push", &src.path(), &mnt.join("")]);
+    let leftover = part_files(&mnt);
+    let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("space"), "{}", stderr(&o));
+    assert_eq!(leftover, Vec::<String>::new());
 }

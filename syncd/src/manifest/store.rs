@@ -276,6 +276,10 @@ impl Store {
     }
 
     fn open_checked(path: &Path, tree: &Path, owners: bool) -> Result<Store, StoreError> {
+        contained(path, || Self::open_unguarded(path, tree, owners))
+    }
+
+    fn open_unguarded(path: &Path, tree: &Path, owners: bool) -> Result<Store, StoreError> {
         use std::os::unix::ffi::OsStrExt;
         // redb's default 1 GiB page cache would hold a whole million-file manifest in
         // memory; a refresh reads each record about once, so a small cache loses little.
@@ -470,6 +474,42 @@ impl Nodes for Snapshot {
     fn node(&self, path: &[u8]) -> Result<Option<Node>, StoreError> {
         Ok(self.record(path)?.map(|r| r.node))
     }
+}
+
+thread_local! {
+    /// Set while [`contained`] runs on this thread: its panics are reported as errors, not
+    /// printed by the panic hook.
+    static CONTAINING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, which works on the database file at `path`, turning a panic inside the storage
+/// layer into [`StoreError::Foreign`] (a corruption: the store is moved aside and rebuilt).
+/// redb asserts on some damaged files (one truncated to a few pages) instead of returning
+/// an error, and such a file must never make every later command panic.
+fn contained<T>(path: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !CONTAINING.with(|c| c.get()) {
+                previous(info);
+            }
+        }));
+    });
+    let was = CONTAINING.with(|c| c.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CONTAINING.with(|c| c.set(was));
+    result.unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown failure".into());
+        Err(StoreError::Foreign {
+            path: path.to_path_buf(),
+            reason: format!("the storage layer cannot read it ({why})"),
+        })
+    })
 }
 
 #[cfg(test)]

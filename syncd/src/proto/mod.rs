@@ -748,6 +748,11 @@ impl Receiver {
         Some(Action::Send(Frame::Want { ids }))
     }
 
+    /// True if the sender asked for a dry run (known once `Hello` is handled).
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
+
     /// True once `Done` has been queued.
     pub fn is_done(&self) -> bool {
         self.state == RState::Done
