@@ -114,6 +114,14 @@ enum Command {
         /// Peer id allowed to push (from its `syncd id`); repeatable; at least one.
         #[arg(long = "allow", value_name = "PEER_ID", required = true)]
         allow: Vec<syncd::identity::PeerId>,
+        /// End a push that makes no progress for this long (nothing arrives, nothing is
+        /// written), naming what it waited for, so the next peer's push can start.
+        #[arg(long, value_name = "DUR", default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// On SIGTERM/SIGINT, let the running push finish for up to this long before it is
+        /// cut off (a second signal cuts it off at once). Exit 1 if one was cut off.
+        #[arg(long, value_name = "DUR", default_value = "60s", value_parser = humantime::parse_duration)]
+        shutdown_timeout: std::time::Duration,
         #[command(flatten)]
         home: Home,
     },
@@ -154,6 +162,18 @@ enum Command {
         /// Print a JSON summary instead of text.
         #[arg(long)]
         json: bool,
+        /// End the push if nothing happens for this long (no chunk, no answer), naming what
+        /// it waited for. For a remote push the receiver's `serve --timeout` applies too.
+        #[arg(long, value_name = "DUR", default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// How long to wait for a remote receiver to answer at all.
+        #[arg(long, value_name = "DUR", default_value = "10s", value_parser = humantime::parse_duration)]
+        connect_timeout: std::time::Duration,
+        /// Check the whole destination by a stat walk at the end, not only what the push
+        /// changed, so that a write into DEST by someone else during the push is seen (the
+        /// push then exits 1). Use it for the final sync before a switch-over.
+        #[arg(long)]
+        verify_dest: bool,
         /// Show progress on stderr (default: only when stderr is a terminal).
         #[arg(long, overrides_with = "no_progress")]
         progress: bool,
@@ -279,8 +299,10 @@ fn run(cli: Cli) -> Result<Outcome> {
             root,
             listen,
             allow,
+            timeout,
+            shutdown_timeout,
             home,
-        } => cmd_serve(root, listen, allow, &home.dir()?),
+        } => cmd_serve(root, listen, allow, &home.dir()?, timeout, shutdown_timeout),
         Command::Push {
             src,
             dest,
@@ -290,6 +312,9 @@ fn run(cli: Cli) -> Result<Outcome> {
             compress_level,
             dry_run,
             json,
+            timeout,
+            connect_timeout,
+            verify_dest,
             progress,
             no_progress,
             home,
@@ -306,6 +331,9 @@ fn run(cli: Cli) -> Result<Outcome> {
                     bwlimit: bwlimit.map(|r| r.bytes_per_sec()).filter(|&r| r > 0),
                     compress_level,
                     progress: None,
+                    verify_dest,
+                    connect_timeout,
+                    idle_timeout: timeout,
                 },
             };
             cmd_push(&src, &dest, &home.dir()?, opts)
@@ -604,11 +632,22 @@ fn cmd_serve(
     listen: std::net::SocketAddr,
     allow: Vec<syncd::identity::PeerId>,
     home: &Path,
+    idle_timeout: std::time::Duration,
+    shutdown_timeout: std::time::Duration,
 ) -> Result<Outcome> {
     let identity = syncd::identity::Identity::load(home)?;
     let root = scan::canonical_root(&root)?;
     let rt = runtime()?;
-    rt.block_on(async {
+    let end = rt.block_on(async {
+        // Watched before anything else: a signal right after start is not lost.
+        // Every SIGINT/SIGTERM is a message: the first stops new pushes and lets the
+        // running one finish, the second cuts it off.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot watch SIGTERM")?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("cannot watch SIGINT")?;
+        let allowed: Vec<String> = allow.iter().map(|p| p.to_string()).collect();
         let endpoint = syncd::transport::server_endpoint(&identity, listen, allow)?;
         let local = endpoint.local_addr().unwrap_or(listen);
         eprintln!(
@@ -616,20 +655,35 @@ fn cmd_serve(
             identity.peer_id(),
             root.display()
         );
-        let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        eprintln!("syncd serve: allowed peers: {}", allowed.join(", "));
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                if tx.send(()).is_err() {
+                    break;
+                }
             }
-            eprintln!("syncd serve: shutting down (the running push may finish)");
-        };
+        });
         let log = std::sync::Arc::new(|line: String| eprintln!("syncd serve: {line}"));
-        syncd::push::serve(endpoint, root, home.to_path_buf(), shutdown, log).await?;
-        Ok::<_, anyhow::Error>(())
+        let end = syncd::push::serve(
+            endpoint,
+            root,
+            home.to_path_buf(),
+            rx,
+            log,
+            idle_timeout,
+            shutdown_timeout,
+        )
+        .await?;
+        Ok::<_, anyhow::Error>(end)
     })?;
-    Ok(Outcome::Ok)
+    Ok(match end {
+        syncd::push::ServeEnd::Clean => Outcome::Ok,
+        syncd::push::ServeEnd::CutOff => Outcome::Found,
+    })
 }
 
 struct PushArgs {

@@ -107,6 +107,16 @@ pub enum PushError {
          --no-owner"
     )]
     CannotOwn,
+    /// The session made no progress for the idle timeout (`--timeout`).
+    #[error("{peer}: no progress for {}s while waiting for {waiting}; giving up", after.as_secs_f64())]
+    Stalled {
+        /// Who.
+        peer: String,
+        /// The timeout.
+        after: Duration,
+        /// What was outstanding.
+        waiting: String,
+    },
     /// The peer closed the session early.
     #[error("{peer} closed the connection before the push finished")]
     Closed {
@@ -116,7 +126,7 @@ pub enum PushError {
 }
 
 /// Options of a push.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PushOptions {
     /// Remove receiver entries the sender does not have.
     pub delete: bool,
@@ -130,7 +140,37 @@ pub struct PushOptions {
     pub compress_level: Option<i32>,
     /// Called with (raw bytes sent, chunks sent) four times a second, for progress display.
     pub progress: Option<Progress>,
+    /// The receiver's final root check walks its whole tree (a stat walk), so that a write
+    /// into it by someone else during the push is not missed (`--verify-dest`).
+    pub verify_dest: bool,
+    /// How long a remote push waits for the receiver to answer at all (`--connect-timeout`).
+    pub connect_timeout: Duration,
+    /// How long a local receiver waits for anything to happen before it gives up on the
+    /// session, naming what it waited for (`--timeout`; a remote receiver has its own).
+    pub idle_timeout: Duration,
 }
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        PushOptions {
+            delete: false,
+            dry_run: false,
+            scan: ScanOptions::default(),
+            bwlimit: None,
+            compress_level: None,
+            progress: None,
+            verify_dest: false,
+            connect_timeout: CONNECT_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// `--connect-timeout`'s default.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `--timeout`'s default: the longest a session waits without any progress.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A progress callback: (raw bytes sent, chunks sent).
 #[derive(Clone)]
@@ -675,6 +715,9 @@ where
     );
     let mut s = Sender::new(root, opts.delete, opts.dry_run, opts.scan.owners);
     s.unsettled(unsettled);
+    if opts.verify_dest {
+        s.verify_dest();
+    }
     let mut report = PushReport {
         root,
         ..PushReport::default()
@@ -859,6 +902,8 @@ pub struct ReceiveOptions {
     pub home: PathBuf,
     /// Names and recognises the receiver's part files ([`crate::partname`]).
     pub parts: PartKey,
+    /// A session that makes no progress for this long ends with an error.
+    pub idle_timeout: Duration,
     /// The mode its manifest is refreshed in before the sender's `Hello` says which one the
     /// session uses ([`ScanOptions::owners`]): the one a sender most likely uses.
     pub owners: bool,
@@ -894,6 +939,7 @@ async fn refresh_blocking(
             home,
             owners,
             parts,
+            ..
         } = opts;
         let store = match store {
             Some(s) => s,
@@ -1029,7 +1075,7 @@ async fn run_receiver<CR, CW, DR>(
     control_r: CR,
     mut control_w: CW,
     mut data: mpsc::Receiver<DR>,
-) -> Result<(), PushError>
+) -> Result<codec::Totals, PushError>
 where
     CR: AsyncRead + Unpin + Send + 'static,
     CW: AsyncWrite + Unpin,
@@ -1183,6 +1229,14 @@ where
                         r.file_finished(key);
                     }
                 }
+                // Every event above is progress and starts this wait again.
+                _ = tokio::time::sleep(opts.idle_timeout) => {
+                    return Err(PushError::Stalled {
+                        peer: peer.to_string(),
+                        after: opts.idle_timeout,
+                        waiting: r.waiting_for(),
+                    });
+                }
             }
         }
     }
@@ -1200,7 +1254,11 @@ where
                     let _ = target.remove_part(p);
                 }
             }
-            control_w.send(&done, peer).await.map(|_| ())
+            let totals = match &done {
+                Frame::Done { totals, .. } => *totals,
+                _ => codec::Totals::default(),
+            };
+            control_w.send(&done, peer).await.map(|_| totals)
         }
         Err(e) => {
             // Tell the sender why. Partial files stay for a resume, except where they are
@@ -1370,7 +1428,11 @@ async fn execute<CW: AsyncWrite + Unpin>(
         Action::SetDirMeta { path, mode, meta } => {
             target.set_dir_meta(&path, &apply_meta(mode, &meta))?
         }
-        Action::Rescan { dirs, entries } => {
+        Action::Rescan {
+            dirs,
+            entries,
+            full,
+        } => {
             target.sync_dirs()?;
             let (st, recs) = (store.clone(), std::mem::take(written));
             tokio::task::spawn_blocking(move || st.commit(&recs, &[]))
@@ -1380,7 +1442,7 @@ async fn execute<CW: AsyncWrite + Unpin>(
                 root.to_path_buf(),
                 opts.clone(),
                 Some(store.clone()),
-                Some(scan::Changed {
+                (!full).then(|| scan::Changed {
                     dirs: dirs.into_iter().collect(),
                     entries: entries.into_iter().collect(),
                 }),
@@ -1515,6 +1577,7 @@ pub async fn push_local(
         home: home.to_path_buf(),
         owners: opts.scan.owners,
         parts: part_key(home)?,
+        idle_timeout: opts.idle_timeout,
     };
     let dest = dest.to_path_buf();
     // The receiver refreshes its manifest while the sender scans the source.
@@ -1606,9 +1669,17 @@ pub async fn push_remote(
     // as the session starts, so both scans run at once.
     let (scanned, conn) = tokio::join!(
         scan_source(src, home, &opts.scan),
-        transport::connect(&endpoint, identity, addr, peer_id)
+        tokio::time::timeout(
+            opts.connect_timeout,
+            transport::connect(&endpoint, identity, addr, peer_id)
+        )
     );
-    let conn = conn?;
+    let conn = conn.map_err(|_| {
+        PushError::Transport(transport::TransportError::NoAnswer {
+            addr,
+            after: opts.connect_timeout,
+        })
+    })??;
     let (src_root, store, summary) = match scanned {
         Ok(s) => s,
         Err(e) => {
@@ -1656,35 +1727,52 @@ pub async fn push_remote(
     Ok((report, summary))
 }
 
-/// Serves pushes into `root` until `shutdown` resolves; sessions are serialised (one
-/// writer at a time), and a shutdown lets the running session finish.
+/// How a [`serve`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServeEnd {
+    /// Every running push finished (or none was running).
+    Clean,
+    /// A push was still running when the shutdown timeout passed or a second signal came,
+    /// and was cut off (the pusher's next push resumes it).
+    CutOff,
+}
+
+/// Serves pushes into `root` until the first message on `signals`; sessions are serialised
+/// (one writer at a time). On that first message no new session starts (connections
+/// waiting for their turn are told the server is shutting down) and the running one may
+/// finish, for up to `shutdown_timeout`; a second message cuts it off at once. A session
+/// that makes no progress for `idle_timeout` ends with an error naming what it waited
+/// for, so that one stalled peer never holds the others up for longer.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     endpoint: quinn::Endpoint,
     root: PathBuf,
     home: PathBuf,
-    shutdown: impl std::future::Future<Output = ()>,
+    mut signals: mpsc::UnboundedReceiver<()>,
     log: Arc<dyn Fn(String) + Send + Sync>,
-) -> Result<(), PushError> {
+    idle_timeout: Duration,
+    shutdown_timeout: Duration,
+) -> Result<ServeEnd, PushError> {
     let root = scan::canonical_root(&root)?;
     let gate = Arc::new(tokio::sync::Mutex::new(()));
+    let stopping = Arc::new(AtomicBool::new(false));
     // The newest connection of each peer, running or waiting for its turn.
     let latest: Latest = Arc::default();
     let mut serial = 0u64;
     let mut sessions = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            _ = signals.recv() => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let (root, home, gate, log) = (root.clone(), home.clone(), gate.clone(), log.clone());
-                let latest = latest.clone();
+                let (latest, stopping) = (latest.clone(), stopping.clone());
                 serial += 1;
                 let me = serial;
                 sessions.spawn(async move {
                     let addr = incoming.remote_address();
                     match transport::accept(incoming).await {
-                        Err(e) => log(format!("rejected connection from {addr}: {e}")),
+                        Err(e) => log(format!("rejected connection from {addr}: {}", untold(&e.to_string(), &addr.to_string()))),
                         Ok((conn, peer_id)) => {
                             let peer = format!("{addr} ({})", peer_id.short());
                             // A peer pushes one tree at a time into this root, so its older
@@ -1698,10 +1786,17 @@ pub async fn serve(
                             let turn = gate.lock().await;
                             if let Some(why) = conn.close_reason() {
                                 log(format!("push from {peer} ended before its turn: {why}"));
+                            } else if stopping.load(Ordering::Relaxed) {
+                                log(format!("push from {peer} refused: shutting down"));
+                                conn.close(quinn::VarInt::from_u32(3), SHUTTING_DOWN);
                             } else {
+                                let t = Instant::now();
                                 log(format!("push from {peer} into {}", root.display()));
-                                match serve_session(&conn, &peer, &root, &home).await {
-                                    Ok(()) => log(format!("push from {peer} done")),
+                                match serve_session(&conn, &peer, &root, &home, idle_timeout).await {
+                                    Ok(n) => log(format!(
+                                        "push from {peer} done: {} files written, {} chunks received, {} reused, {} removed, {:.2}s",
+                                        n.files, n.chunks_received, n.chunks_reused, n.removed, t.elapsed().as_secs_f64()
+                                    )),
                                     Err(e) => log(format!("push from {peer} failed: {e}")),
                                 }
                             }
@@ -1718,10 +1813,43 @@ pub async fn serve(
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
     }
-    endpoint.close(quinn::VarInt::from_u32(0), b"server shutting down");
+    // No new session: new connections are refused, waiting ones told why on their turn.
+    stopping.store(true, Ordering::Relaxed);
+    endpoint.set_server_config(None);
+    let running = !sessions.is_empty();
+    if running {
+        log(format!(
+            "shutting down: letting the running push finish (up to {}s; a second signal stops it now)",
+            shutdown_timeout.as_secs_f64()
+        ));
+    }
+    let finished = tokio::select! {
+        _ = async { while sessions.join_next().await.is_some() {} } => true,
+        _ = tokio::time::sleep(shutdown_timeout) => false,
+        _ = signals.recv() => false,
+    };
+    let end = if finished {
+        ServeEnd::Clean
+    } else {
+        log("shutting down: cutting off the running push (its next push resumes it)".into());
+        ServeEnd::CutOff
+    };
+    endpoint.close(quinn::VarInt::from_u32(3), SHUTTING_DOWN);
+    sessions.abort_all();
     while sessions.join_next().await.is_some() {}
-    endpoint.wait_idle().await;
-    Ok(())
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    Ok(end)
+}
+
+/// Close reason for connections refused because the server is shutting down.
+const SHUTTING_DOWN: &[u8] = b"server shutting down";
+
+/// `message` without a leading repetition of `who` (an error that already names the peer,
+/// logged after "from {who}").
+fn untold<'a>(message: &'a str, who: &str) -> &'a str {
+    message
+        .strip_prefix(&format!("rejected connection from {who}: "))
+        .unwrap_or(message)
 }
 
 /// Each peer's newest connection, with the number `serve` gave it.
@@ -1735,7 +1863,8 @@ async fn serve_session(
     peer: &str,
     root: &Path,
     home: &Path,
-) -> Result<(), PushError> {
+    idle_timeout: Duration,
+) -> Result<codec::Totals, PushError> {
     let conn_err = |e: quinn::ConnectionError| PushError::Io {
         peer: peer.to_string(),
         source: std::io::Error::other(e),
@@ -1744,6 +1873,7 @@ async fn serve_session(
         home: home.to_path_buf(),
         owners: apply::running_as_root(),
         parts: part_key(home)?,
+        idle_timeout,
     };
     // Refresh the manifest now, while the sender scans; its first stream shows up only
     // once it sends `Hello`.

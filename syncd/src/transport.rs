@@ -19,8 +19,9 @@
 //! **Tuning.** [`transport_config`] is set for throughput on fast links: 8 MiB per-stream
 //! and 32 MiB per-connection receive windows (enough for ~2.5 Gbit/s at 100 ms RTT per
 //! connection; memory use is bounded by the connection window), a 32 MiB send window,
-//! 256 concurrent uni and bidi streams (many files in flight), a 30 s idle timeout and a
-//! 5 s keep-alive so quiet phases (e.g. a long scan) don't drop the connection. The MTU is
+//! 256 concurrent uni and bidi streams (many files in flight), an 8 s idle timeout and a
+//! 1 s keep-alive: quiet phases (e.g. a long scan) don't drop the connection, and a killed
+//! or cut-off peer is noticed within seconds. The MTU is
 //! discovered (quinn's defaults: up to 1452-byte UDP payloads), except to a server on a
 //! loopback address, where the client sends 8952-byte datagrams from the start
 //! ([`LOOPBACK_MTU`]): a sixth of the packets, each a trip through both UDP stacks, quinn
@@ -172,7 +173,19 @@ pub enum TransportError {
         /// The peer's reason, as received.
         reason: String,
     },
-    /// The handshake failed for another reason (timeout, ALPN mismatch, bad signature…).
+    /// Nothing answered: no `syncd serve` there, or UDP is filtered on the way.
+    #[error(
+        "no answer from UDP {addr} within {}s: is `syncd serve` running there, and does the firewall pass UDP {}?",
+        after.as_secs_f64(),
+        addr.port()
+    )]
+    NoAnswer {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// How long we waited.
+        after: Duration,
+    },
+    /// The handshake failed for another reason (ALPN mismatch, bad signature…).
     #[error("handshake with {addr} failed: {source}")]
     Handshake {
         /// The peer's address.
@@ -350,6 +363,13 @@ impl ClientCertVerifier for AllowList {
     }
 }
 
+/// Both sides send a keep-alive this often, so that a silent peer is one that is gone.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
+
+/// A connection that hears nothing for this long is dead: a killed or cut-off peer is
+/// noticed within seconds, not half a minute.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(8);
+
 /// The QUIC transport parameters used by both sides; see the module docs for the
 /// reasoning behind each value.
 pub fn transport_config() -> quinn::TransportConfig {
@@ -361,8 +381,8 @@ pub fn transport_config() -> quinn::TransportConfig {
         .send_window(32 * u64::from(MIB))
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(256))
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(256))
-        .keep_alive_interval(Some(Duration::from_secs(5)));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
+        .keep_alive_interval(Some(KEEP_ALIVE));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
         config.max_idle_timeout(Some(idle));
     }
     config
@@ -543,6 +563,10 @@ pub async fn connect(
                     addr,
                     presented,
                     expected: *expected,
+                },
+                None if source == quinn::ConnectionError::TimedOut => TransportError::NoAnswer {
+                    addr,
+                    after: IDLE_TIMEOUT,
                 },
                 None => TransportError::Handshake { addr, source },
             });

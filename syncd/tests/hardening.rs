@@ -541,3 +541,87 @@ fn disk_full_with_many_small_files_leaves_no_part_file() {
     assert!(stderr(&o).contains("space"), "{}", stderr(&o));
     assert_eq!(leftover, Vec::<String>::new());
 }
+
+/// #12.4: a peer that says hello and then nothing holds the serve for `--timeout` at most:
+/// the session ends with an error naming what it waited for, and another peer's push
+/// then runs.
+#[test]
+fn a_stalled_session_ends_after_the_timeout_and_never_blocks_another_peer() {
+    use syncd::proto::codec::{Frame, VERSION};
+    let (receiver, staller, other) = (Env::new(), Env::new(), Env::new());
+    let rid = init(&receiver);
+    let (sid, oid) = (init(&staller), init(&other));
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write(src.path(), "a", b"from the other peer");
+    let server = Server::start_args(
+        receiver.cmd(),
+        dst.path(),
+        &sid,
+        &["--allow", &oid, "--timeout", "2s"],
+    );
+    let identity = syncd::identity::Identity::load(staller.home.path()).unwrap();
+    let expected: syncd::identity::PeerId = rid.parse().unwrap();
+    let addr: std::net::SocketAddr = server.addr.parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The staller connects and says hello, then keeps the connection open, silent.
+    let conn = rt.block_on(async {
+        let ep = syncd::transport::client_endpoint().unwrap();
+        let conn = syncd::transport::connect(&ep, &identity, addr, &expected)
+            .await
+            .unwrap();
+        let (mut w, r) = conn.open_bi().await.unwrap();
+        let hello = Frame::Hello {
+            version: VERSION,
+            root: syncd::manifest::Hash([9; 32]),
+            delete: false,
+            dry_run: false,
+            owners: false,
+            verify_dest: false,
+        };
+        w.write_all(&hello.to_bytes()).await.unwrap();
+        std::mem::forget((w, r)); // never finished nor stopped: the stream stays open
+        (ep, conn)
+    });
+    let log = server.wait_log("no progress for 2s");
+    assert!(
+        log.contains("no progress for 2s while waiting for"),
+        "{log}"
+    );
+    let (rc, v, err) = push_json(&other, src.path(), &server.addr, &["--peer-id", &rid]);
+    assert_eq!(rc, 0, "{err}\n{}", server.log());
+    assert_eq!(v["identical"], true);
+    drop(conn);
+}
+
+/// #12.7: with `--verify-dest`, a write into DEST by someone else during the push is seen
+/// by the final check: the push does not end "identical".
+#[test]
+fn verify_dest_sees_a_write_into_dest_during_the_push() {
+    let env = Env::new();
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for i in 0..40 {
+        write(src.path(), &format!("f{i}"), &noise(1 << 20, 300 + i));
+    }
+    let o = env.syncd(&[&"push", &src.path(), &dst.path().join("")]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    for i in 0..40 {
+        write(src.path(), &format!("f{i}"), &noise(1 << 20, 400 + i));
+    }
+    // A writer that keeps adding files to DEST while the push runs.
+    let d = dst.path().to_path_buf();
+    let mut n = 0;
+    let writer = Racer::start(move || {
+        n += 1;
+        let _ = fs::write(d.join(format!("intruder{}", n % 50)), b"x");
+        std::thread::sleep(Duration::from_millis(1));
+    });
+    let mut cmd = env.cmd();
+    cmd.arg("push")
+        .arg(src.path())
+        .arg(dst.path().join(""))
+        .args(["--verify-dest", "--json"]);
+    let o = output_within(&mut cmd, Duration::from_secs(120));
+    drop(writer);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert_eq!(json(&o)["identical"], false);
+}

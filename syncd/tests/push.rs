@@ -359,6 +359,7 @@ fn malicious(
             delete: false,
             dry_run: false,
             owners: false,
+            verify_dest: false,
         };
         w.write_all(&hello.to_bytes()).await.unwrap();
         let mut bytes = Vec::new();

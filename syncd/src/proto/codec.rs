@@ -287,6 +287,10 @@ pub enum Frame {
         /// ([`crate::manifest::attrs_hash`]), and the receiver must make them equal: it
         /// compares in the same mode, and refuses if it cannot set owners (not root).
         owners: bool,
+        /// The receiver's final root comes from a stat walk of its whole tree, not only of
+        /// what the session changed: a write into the tree by someone else during the push
+        /// then shows as a difference (`--verify-dest`).
+        verify_dest: bool,
     },
     /// Receiver → sender: accepted, with the receiver's current root.
     HelloAck {
@@ -434,11 +438,17 @@ impl Frame {
                 delete,
                 dry_run,
                 owners,
+                verify_dest,
             } => {
                 out.push(tag::HELLO);
                 out.extend_from_slice(&version.to_le_bytes());
                 out.extend_from_slice(&root.0);
-                out.push(u8::from(*delete) | (u8::from(*dry_run) << 1) | (u8::from(*owners) << 2));
+                out.push(
+                    u8::from(*delete)
+                        | (u8::from(*dry_run) << 1)
+                        | (u8::from(*owners) << 2)
+                        | (u8::from(*verify_dest) << 3),
+                );
             }
             Frame::HelloAck { version, root } => {
                 out.push(tag::HELLO_ACK);
@@ -704,7 +714,7 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
             let version = r.u32()?;
             let root = Hash(r.array()?);
             let flags = r.u8()?;
-            if flags & !7 != 0 {
+            if flags & !15 != 0 {
                 return Err(r.bad(format!("unknown flags {flags:#x}")));
             }
             Frame::Hello {
@@ -713,6 +723,7 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
                 delete: flags & 1 != 0,
                 dry_run: flags & 2 != 0,
                 owners: flags & 4 != 0,
+                verify_dest: flags & 8 != 0,
             }
         }
         tag::HELLO_ACK => Frame::HelloAck {

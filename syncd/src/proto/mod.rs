@@ -172,6 +172,7 @@ impl Sender {
             delete,
             dry_run,
             owners,
+            verify_dest: false,
         }));
         Sender {
             root,
@@ -179,6 +180,15 @@ impl Sender {
             out,
             acked: false,
             finished: false,
+        }
+    }
+
+    /// Asks the receiver to check its whole tree by a stat walk at the end, not only what
+    /// the session changed ([`Frame::Hello`]'s `verify_dest`). Call it before the first
+    /// [`Sender::poll`].
+    pub fn verify_dest(&mut self) {
+        if let Some(SenderEvent::Send(Frame::Hello { verify_dest, .. })) = self.out.front_mut() {
+            *verify_dest = true;
         }
     }
 
@@ -520,6 +530,8 @@ pub enum Action {
         dirs: Vec<Vec<u8>>,
         /// Files, symlinks and hard links this session wrote or set metadata on.
         entries: Vec<Vec<u8>>,
+        /// Walk and stat the whole tree instead (`--verify-dest`): writes by others count.
+        full: bool,
     },
 }
 
@@ -579,6 +591,8 @@ pub struct Receiver {
     want: Vec<ChunkId>,
     /// Non-directory paths this session writes (for [`Action::Rescan`]).
     touched: Vec<Vec<u8>>,
+    /// The final rescan walks the whole tree ([`Frame::Hello`]'s `verify_dest`).
+    verify_dest: bool,
     /// Paths the sender has but could not read ([`Frame::Unsettled`]), sorted: never
     /// deleted, nor anything below them.
     unsettled: Vec<Vec<u8>>,
@@ -654,6 +668,7 @@ impl Receiver {
             want: Vec::new(),
             touched: Vec::new(),
             unsettled: Vec::new(),
+            verify_dest: false,
         }
     }
 
@@ -748,6 +763,24 @@ impl Receiver {
         Some(Action::Send(Frame::Want { ids }))
     }
 
+    /// What the session is waiting for, for a person: the answers, chunks and files still
+    /// outstanding (used when a session makes no progress for too long).
+    pub fn waiting_for(&self) -> String {
+        let chunks: usize = self.waiters.len() + self.want.len();
+        let example = self
+            .files
+            .values()
+            .map(|f| f.path.as_slice())
+            .min()
+            .map(|p| format!(", e.g. {}", crate::manifest::display_path(p)))
+            .unwrap_or_default();
+        format!(
+            "{} node answers, {chunks} chunks and {} files{example}",
+            self.outstanding,
+            self.files.len()
+        )
+    }
+
     /// True if the sender asked for a dry run (known once `Hello` is handled).
     pub fn is_dry_run(&self) -> bool {
         self.dry_run
@@ -787,9 +820,11 @@ impl Receiver {
                     root: theirs,
                     delete,
                     dry_run,
+                    verify_dest,
                     ..
                 },
             ) => {
+                self.verify_dest = verify_dest;
                 if version != VERSION {
                     self.out.push_back(Action::Send(Frame::Refuse {
                         reason: format!(
@@ -1197,6 +1232,7 @@ impl Receiver {
         self.out.push_back(Action::Rescan {
             dirs: changed,
             entries: std::mem::take(&mut self.touched),
+            full: self.verify_dest,
         });
     }
 

@@ -559,6 +559,7 @@ fn unknown_version_is_refused_cleanly() {
                 delete: false,
                 dry_run: false,
                 owners: false,
+                verify_dest: false,
             },
             &t,
             Hash([1; 32]),
@@ -598,6 +599,7 @@ fn every_frame_round_trips() {
             delete: true,
             dry_run: false,
             owners: true,
+            verify_dest: true,
         },
         Frame::HelloAck {
             version: VERSION,

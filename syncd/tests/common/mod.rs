@@ -231,7 +231,12 @@ impl Server {
     }
 
     /// `serve` run by `cmd` (the binary, or a wrapper that runs it).
-    pub fn start_with(mut cmd: Command, root: &Path, allow: &str) -> Server {
+    pub fn start_with(cmd: Command, root: &Path, allow: &str) -> Server {
+        Server::start_args(cmd, root, allow, &[])
+    }
+
+    /// `serve` run by `cmd`, with `extra` arguments after the usual ones.
+    pub fn start_args(mut cmd: Command, root: &Path, allow: &str, extra: &[&str]) -> Server {
         let mut child = cmd
             .args([
                 "serve",
@@ -242,6 +247,7 @@ impl Server {
                 "--root",
             ])
             .arg(root)
+            .args(extra)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
