@@ -1,16 +1,34 @@
 //! The runbook: the TOML file that drives every `cutover` command.
 //!
-//! This module parses and validates the file and nothing else: it opens no connection and reads
-//! no clock. Every error names the key it is about (`database.catch_up_timeout: ...`), so that
-//! the operator knows which line to fix. Only the `[database]` table is modelled in detail; the
-//! other tables of the design (`[loadbalancer]`, `[dns]`, `[sync]`, `[[health]]`,
-//! `[[service]]`) are accepted as opaque TOML so that one runbook serves every command, and will
-//! be modelled by the commands that use them.
+//! This module parses and validates the file and nothing else: it opens no connection, reads no
+//! clock and reads no file. Loading the runbook and the files it names (passwords, the TSIG key)
+//! is the binary's job: [`Runbook::load`] reads them and hands their text to [`Runbook::parse`]
+//! through a closure. Every error names its full key (`dns.tsig_key_file: ...`,
+//! `health[1].timeout: ...`) through one helper, [`Keys`], so that the operator knows which line
+//! to fix.
+//!
+//! One submodule per table: [`database`], [`loadbalancer`], [`dns`], [`health`], [`service`] and
+//! [`sync`]. A table that is absent is `None` (or empty); the command that needs it says so
+//! ([`Runbook::database`] and its siblings).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+pub mod database;
+pub mod dns;
+pub mod health;
+pub mod loadbalancer;
+pub mod service;
+pub mod sync;
+
+pub use database::{Database, TablePattern};
+pub use dns::{Dns, TsigAlgorithm, TsigKey};
+pub use health::{Health, HealthCheck};
+pub use loadbalancer::{AdminSocket, LoadBalancer};
+pub use service::Service;
+pub use sync::Sync;
 
 /// Why a runbook could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -43,90 +61,141 @@ pub enum RunbookError {
     },
 }
 
-/// A parsed and validated runbook.
+/// Reads a file named in the runbook (a password or key file), relative paths against the
+/// runbook's directory; passed to [`Runbook::parse`] so that parsing does no IO.
+pub type ReadFile<'a> = &'a dyn Fn(&Path) -> Result<String, String>;
+
+/// Builds the errors of one table (or array element), so that each names its full key path.
+///
+/// `Keys::new(path, "dns").err("tsig_key_file", "...")` is the error
+/// `runbook rb.toml: dns.tsig_key_file: ...`; `Keys::new(path, "health[2]")` serves the third
+/// `[[health]]` entry. The typed helpers ([`Keys::duration`], [`Keys::host_port`]) parse a value
+/// and name the key when it does not parse.
 #[derive(Debug, Clone)]
+pub struct Keys<'a> {
+    path: &'a Path,
+    prefix: String,
+}
+
+impl<'a> Keys<'a> {
+    /// The keys under `prefix` (`"dns"`, `"health[0]"`) of the runbook at `path`.
+    pub fn new(path: &'a Path, prefix: impl Into<String>) -> Keys<'a> {
+        Keys {
+            path,
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The full dotted name of `key`, e.g. `dns.tsig_key_file`.
+    pub fn name(&self, key: &str) -> String {
+        if key.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}.{key}", self.prefix)
+        }
+    }
+
+    /// The error for `key` with `message`.
+    pub fn err(&self, key: &str, message: impl Into<String>) -> RunbookError {
+        RunbookError::Invalid {
+            path: self.path.to_path_buf(),
+            key: self.name(key),
+            message: message.into(),
+        }
+    }
+
+    /// Parses an optional duration (`"30s"`), `default` when absent.
+    pub fn duration(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Result<Duration, RunbookError> {
+        match value {
+            None => Ok(default),
+            Some(s) => parse_duration(s).map_err(|m| self.err(key, m)),
+        }
+    }
+
+    /// Parses an optional duration that must be at least 1 ms (a timeout or poll interval).
+    pub fn positive_duration(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Result<Duration, RunbookError> {
+        let d = self.duration(key, value, default)?;
+        if d < Duration::from_millis(1) {
+            return Err(self.err(key, "must be at least 1ms"));
+        }
+        Ok(d)
+    }
+
+    /// Parses an optional `HOST:PORT`.
+    pub fn host_port(
+        &self,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<Option<(String, u16)>, RunbookError> {
+        value
+            .map(|s| parse_host_port(s).map_err(|m| self.err(key, m)))
+            .transpose()
+    }
+
+    /// Reads a secret file through `read_file`, without its trailing newline.
+    pub fn secret_file(
+        &self,
+        key: &str,
+        file: &Path,
+        read_file: ReadFile<'_>,
+    ) -> Result<String, RunbookError> {
+        read_file(file)
+            .map(|p| p.trim_end_matches(['\n', '\r']).to_string())
+            .map_err(|e| self.err(key, format!("{}: {e}", file.display())))
+    }
+
+    /// A string key that must not be empty.
+    pub fn non_empty(&self, key: &str, value: String) -> Result<String, RunbookError> {
+        if value.trim().is_empty() {
+            return Err(self.err(key, "must not be empty"));
+        }
+        Ok(value)
+    }
+}
+
+/// A parsed and validated runbook.
+#[derive(Debug, Clone, Default)]
 pub struct Runbook {
     /// The `[database]` table, if present.
     pub database: Option<Database>,
-}
-
-/// The `[database]` table: the pair of servers and how to switch between them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Database {
-    /// URL of the current primary, `mysql://user:password@host:port`.
-    pub source: String,
-    /// URL of the destination, the replica to be promoted.
-    pub replica: String,
-    /// The source's password from `source_password_file`, overriding the URL's.
-    pub source_password: Option<String>,
-    /// The replica's password from `replica_password_file`, overriding the URL's.
-    pub replica_password: Option<String>,
-    /// The replication account created on the source.
-    pub replication_user: String,
-    /// Its password (from `replication_password` or `replication_password_file`).
-    pub replication_password: String,
-    /// How the replica reaches the source (`HOST:PORT`); defaults to the source URL's host/port.
-    pub source_address_for_replica: Option<(String, u16)>,
-    /// How the old source reaches the new primary for `promote --reverse` (`HOST:PORT`);
-    /// defaults to the replica URL's host/port.
-    pub replica_address_for_source: Option<(String, u16)>,
-    /// How long the replica may take to reach the source's final position during `promote`.
-    pub catch_up_timeout: Duration,
-    /// How long clients of the fenced source get to finish before their sessions are ended.
-    pub fence_grace: Duration,
-    /// How long to wait for a server to accept a connection.
-    pub connect_timeout: Duration,
-    /// Tables checksummed by `verify`: `schema.table`, where either part may use `*`.
-    pub verify_tables: Vec<String>,
-    /// Rows per checksum chunk in `verify`.
-    pub chunk_rows: u64,
-    /// `promote` fences the source only once the replica is at most this many transactions
-    /// behind (GTID dialects), waiting up to `catch_up_timeout` for it; the lag at the fence
-    /// is what the write-unavailable window has to absorb.
-    pub max_lag_at_fence: u64,
+    /// The `[loadbalancer]` table, if present.
+    pub loadbalancer: Option<LoadBalancer>,
+    /// The `[dns]` table, if present.
+    pub dns: Option<Dns>,
+    /// The `[sync]` table, if present.
+    pub sync: Option<Sync>,
+    /// The `[[health]]` entries, in file order.
+    pub health: Vec<Health>,
+    /// The `[[service]]` entries, in file order.
+    pub service: Vec<Service>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRunbook {
-    database: Option<RawDatabase>,
-    // Accepted but not modelled yet: the commands that use them will.
-    #[allow(dead_code)] // kept so that `deny_unknown_fields` accepts the design's tables
-    loadbalancer: Option<toml::Table>,
-    #[allow(dead_code)]
-    dns: Option<toml::Table>,
-    #[allow(dead_code)]
-    sync: Option<toml::Table>,
-    #[allow(dead_code)]
-    health: Option<Vec<toml::Table>>,
-    #[allow(dead_code)]
-    service: Option<Vec<toml::Table>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDatabase {
-    source: String,
-    replica: String,
-    source_password_file: Option<PathBuf>,
-    replica_password_file: Option<PathBuf>,
-    replication_user: Option<String>,
-    replication_password: Option<String>,
-    replication_password_file: Option<PathBuf>,
-    source_address_for_replica: Option<String>,
-    replica_address_for_source: Option<String>,
-    catch_up_timeout: Option<String>,
-    fence_grace: Option<String>,
-    connect_timeout: Option<String>,
+    database: Option<database::RawDatabase>,
+    loadbalancer: Option<loadbalancer::RawLoadBalancer>,
+    dns: Option<dns::RawDns>,
+    sync: Option<sync::RawSync>,
     #[serde(default)]
-    verify_tables: Vec<String>,
-    chunk_rows: Option<u64>,
-    max_lag_at_fence: Option<u64>,
+    health: Vec<health::RawHealth>,
+    #[serde(default)]
+    service: Vec<service::RawService>,
 }
 
 impl Runbook {
-    /// Reads and validates the runbook at `path`. A relative `replication_password_file` is
-    /// resolved against the runbook's directory.
+    /// Reads and validates the runbook at `path`. Relative paths in it (secret files, the TSIG
+    /// key, a unix admin socket) are resolved against the runbook's directory.
     pub fn load(path: &Path) -> Result<Runbook, RunbookError> {
         let text = std::fs::read_to_string(path).map_err(|error| RunbookError::Read {
             path: path.to_path_buf(),
@@ -139,11 +208,12 @@ impl Runbook {
     }
 
     /// Parses `text` (named `path` in errors). `read_file` reads a secret file named in the
-    /// runbook; passing it in keeps this function free of IO.
+    /// runbook; passing it in keeps this function free of IO. Relative paths that are kept
+    /// (a unix admin socket) are joined to `path`'s directory.
     pub fn parse(
         text: &str,
         path: &Path,
-        read_file: &dyn Fn(&Path) -> Result<String, String>,
+        read_file: ReadFile<'_>,
     ) -> Result<Runbook, RunbookError> {
         let raw: RawRunbook = toml::from_str(text).map_err(|e| {
             // The parser's own rendering spans several lines with a caret diagram; keep the
@@ -159,143 +229,77 @@ impl Runbook {
                 },
             }
         })?;
-        let invalid = |key: &str, message: String| RunbookError::Invalid {
-            path: path.to_path_buf(),
-            key: format!("database.{key}"),
-            message,
-        };
-        let database = match raw.database {
-            None => None,
-            Some(d) => Some(validate_database(d, &invalid, read_file)?),
-        };
-        Ok(Runbook { database })
+        let base = path.parent().unwrap_or(Path::new(""));
+        let database = raw
+            .database
+            .map(|d| database::validate(d, &Keys::new(path, "database"), read_file))
+            .transpose()?;
+        let loadbalancer = raw
+            .loadbalancer
+            .map(|l| loadbalancer::validate(l, &Keys::new(path, "loadbalancer"), base))
+            .transpose()?;
+        let dns = raw
+            .dns
+            .map(|d| dns::validate(d, &Keys::new(path, "dns"), read_file))
+            .transpose()?;
+        let sync = raw
+            .sync
+            .map(|s| sync::validate(s, &Keys::new(path, "sync"), base))
+            .transpose()?;
+        let health = raw
+            .health
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| health::validate(h, &Keys::new(path, format!("health[{i}]")), read_file))
+            .collect::<Result<Vec<_>, _>>()?;
+        let service = raw
+            .service
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| service::validate(s, &Keys::new(path, format!("service[{i}]"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, s) in service.iter().enumerate() {
+            if service[..i].iter().any(|t| t.name == s.name) {
+                return Err(Keys::new(path, format!("service[{i}]")).err(
+                    "name",
+                    format!("{:?} is used by an earlier [[service]]", s.name),
+                ));
+            }
+        }
+        Ok(Runbook {
+            database,
+            loadbalancer,
+            dns,
+            sync,
+            health,
+            service,
+        })
     }
 
     /// The `[database]` table, or an error naming it when it is missing.
     pub fn database(&self, path: &Path) -> Result<&Database, RunbookError> {
-        self.database.as_ref().ok_or_else(|| RunbookError::Invalid {
-            path: path.to_path_buf(),
-            key: "database".into(),
-            message: "the table is missing; `cutover db` needs it".into(),
-        })
+        self.database
+            .as_ref()
+            .ok_or_else(|| missing(path, "database", "cutover db"))
+    }
+
+    /// The `[loadbalancer]` table, or an error naming it when it is missing.
+    pub fn loadbalancer(&self, path: &Path) -> Result<&LoadBalancer, RunbookError> {
+        self.loadbalancer
+            .as_ref()
+            .ok_or_else(|| missing(path, "loadbalancer", "cutover lb"))
+    }
+
+    /// The `[dns]` table, or an error naming it when it is missing.
+    pub fn dns(&self, path: &Path) -> Result<&Dns, RunbookError> {
+        self.dns
+            .as_ref()
+            .ok_or_else(|| missing(path, "dns", "cutover dns"))
     }
 }
 
-fn validate_database(
-    d: RawDatabase,
-    invalid: &dyn Fn(&str, String) -> RunbookError,
-    read_file: &dyn Fn(&Path) -> Result<String, String>,
-) -> Result<Database, RunbookError> {
-    for (key, url) in [("source", &d.source), ("replica", &d.replica)] {
-        if !url.starts_with("mysql://") && !url.starts_with("mariadb://") {
-            return Err(invalid(
-                key,
-                format!("expected a URL like mysql://user:password@host:3306, got {url:?}"),
-            ));
-        }
-    }
-    if d.source == d.replica {
-        return Err(invalid(
-            "replica",
-            "is the same server as database.source".into(),
-        ));
-    }
-    let replication_user = d.replication_user.unwrap_or_else(|| "repl".into());
-    if replication_user.is_empty() || replication_user.len() > 80 {
-        return Err(invalid(
-            "replication_user",
-            "must be 1 to 80 characters".into(),
-        ));
-    }
-    let replication_password = match (d.replication_password, d.replication_password_file) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "replication_password_file",
-                "give either replication_password or replication_password_file, not both".into(),
-            ));
-        }
-        (Some(p), None) => p,
-        (None, Some(file)) => read_file(&file)
-            .map_err(|e| {
-                invalid(
-                    "replication_password_file",
-                    format!("{}: {e}", file.display()),
-                )
-            })?
-            .trim_end_matches(['\n', '\r'])
-            .to_string(),
-        (None, None) => {
-            return Err(invalid(
-                "replication_password",
-                "is required (or replication_password_file)".into(),
-            ));
-        }
-    };
-    if replication_password.is_empty() {
-        return Err(invalid("replication_password", "must not be empty".into()));
-    }
-    let secret = |key: &str, file: Option<PathBuf>| -> Result<Option<String>, RunbookError> {
-        file.map(|f| {
-            read_file(&f)
-                .map(|p| p.trim_end_matches(['\n', '\r']).to_string())
-                .map_err(|e| invalid(key, format!("{}: {e}", f.display())))
-        })
-        .transpose()
-    };
-    let source_password = secret("source_password_file", d.source_password_file)?;
-    let replica_password = secret("replica_password_file", d.replica_password_file)?;
-    let address = |key: &str, v: Option<String>| -> Result<Option<(String, u16)>, RunbookError> {
-        v.map(|s| parse_host_port(&s).map_err(|m| invalid(key, m)))
-            .transpose()
-    };
-    let duration = |key: &str, v: Option<String>, default: Duration| match v {
-        None => Ok(default),
-        Some(s) => parse_duration(&s).map_err(|m| invalid(key, m)),
-    };
-    let catch_up_timeout = duration(
-        "catch_up_timeout",
-        d.catch_up_timeout,
-        Duration::from_secs(30),
-    )?;
-    if catch_up_timeout < Duration::from_millis(1) {
-        return Err(invalid(
-            "catch_up_timeout",
-            "must be at least 1ms (0 would mean \"wait forever\" on MySQL)".into(),
-        ));
-    }
-    let chunk_rows = d.chunk_rows.unwrap_or(10_000);
-    if chunk_rows == 0 {
-        return Err(invalid("chunk_rows", "must be at least 1".into()));
-    }
-    for (i, pattern) in d.verify_tables.iter().enumerate() {
-        TablePattern::parse(pattern).map_err(|m| invalid(&format!("verify_tables[{i}]"), m))?;
-    }
-    Ok(Database {
-        source: d.source,
-        replica: d.replica,
-        source_password,
-        replica_password,
-        replication_user,
-        replication_password,
-        source_address_for_replica: address(
-            "source_address_for_replica",
-            d.source_address_for_replica,
-        )?,
-        replica_address_for_source: address(
-            "replica_address_for_source",
-            d.replica_address_for_source,
-        )?,
-        catch_up_timeout,
-        fence_grace: duration("fence_grace", d.fence_grace, Duration::from_millis(200))?,
-        connect_timeout: duration(
-            "connect_timeout",
-            d.connect_timeout,
-            Duration::from_secs(10),
-        )?,
-        verify_tables: d.verify_tables,
-        chunk_rows,
-        max_lag_at_fence: d.max_lag_at_fence.unwrap_or(100),
-    })
+fn missing(path: &Path, table: &str, command: &str) -> RunbookError {
+    Keys::new(path, table).err("", format!("the table is missing; `{command}` needs it"))
 }
 
 /// Parses a human duration such as `30s`, `500ms` or `2m`.
@@ -319,53 +323,6 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
     Ok((host.to_string(), port))
 }
 
-/// One `verify_tables` entry: `schema.table`, with `*` matching any run of characters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TablePattern {
-    /// The schema part.
-    pub schema: String,
-    /// The table part.
-    pub table: String,
-}
-
-impl TablePattern {
-    /// Parses `schema.table`.
-    pub fn parse(s: &str) -> Result<TablePattern, String> {
-        match s.split_once('.') {
-            Some((schema, table)) if !schema.is_empty() && !table.is_empty() => Ok(TablePattern {
-                schema: schema.to_string(),
-                table: table.to_string(),
-            }),
-            _ => Err(format!("{s:?} is not schema.table (e.g. \"app.*\")")),
-        }
-    }
-
-    /// Whether `schema.table` is selected by this pattern.
-    pub fn matches(&self, schema: &str, table: &str) -> bool {
-        glob(&self.schema, schema) && glob(&self.table, table)
-    }
-}
-
-/// `*` matches any run of characters; everything else matches itself.
-fn glob(pattern: &str, s: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == s;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !s.starts_with(first) || s.len() < first.len() + last.len() || !s.ends_with(last) {
-        return false;
-    }
-    let mut rest = &s[first.len()..s.len() - last.len()];
-    for part in &parts[1..parts.len() - 1] {
-        match rest.find(part) {
-            Some(i) => rest = &rest[i + part.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,12 +331,16 @@ mod tests {
         Runbook::parse(text, Path::new("rb.toml"), &|p| {
             if p == Path::new("pw.txt") {
                 Ok("s3cret\n".into())
+            } else if p == Path::new("tsig.key") {
+                Ok(KEY.into())
             } else {
                 Err("No such file or directory".into())
             }
         })
         .map_err(|e| e.to_string())
     }
+
+    const KEY: &str = "key \"cutover\" { algorithm hmac-sha256; secret \"c2VjcmV0\"; };\n";
 
     const MINIMAL: &str = r#"
 [database]
@@ -388,9 +349,8 @@ replica = "mysql://root@127.0.0.1:3402"
 replication_password = "secret"
 "#;
 
-    #[test]
-    fn design_example_is_accepted() {
-        let text = r#"
+    /// The runbook of `shared/design.md`, every table as written there.
+    const DESIGN: &str = r#"
 [database]
 source   = "mysql://root@127.0.0.1:3401"
 replica  = "mysql://root@127.0.0.1:3402"
@@ -403,23 +363,38 @@ verify_tables = ["app.*"]
 [loadbalancer]
 admin_socket = "/run/haproxy/admin.sock"
 backend = "web"
+source_server = "old"
+destination_server = "new"
+drain_timeout = "30s"
 
 [dns]
 server = "127.0.0.1:5353"
+zone = "example.test."
+record = "svc.example.test."
+source_address = "127.0.0.1"
+destination_address = "127.0.0.2"
 ttl = 60
+low_ttl = 30
+tsig_key_file = "tsig.key"
+check_servers = ["127.0.0.1:5353"]
 
 [sync]
 control = "/run/syncd/push.sock"
 
 [[health]]
 name = "web"
+http = "http://127.0.0.1:8080/health"
 expect_status = 200
 
 [[service]]
 name = "app"
 stop  = "systemctl stop app"
+start = "systemctl start app"
 "#;
-        let rb = parse(text).unwrap();
+
+    #[test]
+    fn design_example_is_accepted() {
+        let rb = parse(DESIGN).unwrap();
         let db = rb.database.unwrap();
         assert_eq!(db.replication_user, "repl");
         assert_eq!(db.catch_up_timeout, Duration::from_secs(30));
@@ -429,6 +404,132 @@ stop  = "systemctl stop app"
         );
         assert_eq!(db.verify_tables, vec!["app.*".to_string()]);
         assert_eq!(db.fence_grace, Duration::from_millis(200));
+        let lb = rb.loadbalancer.unwrap();
+        assert_eq!(
+            lb.admin_socket,
+            AdminSocket::Unix("/run/haproxy/admin.sock".into())
+        );
+        assert_eq!(
+            (lb.backend.as_str(), lb.source_server.as_str()),
+            ("web", "old")
+        );
+        assert_eq!(lb.drain_timeout, Duration::from_secs(30));
+        let dns = rb.dns.unwrap();
+        assert_eq!(dns.record, "svc.example.test.");
+        assert_eq!((dns.ttl, dns.low_ttl), (60, 30));
+        assert_eq!(dns.tsig.name, "cutover.");
+        assert_eq!(dns.check_servers.len(), 1);
+        assert_eq!(rb.sync.unwrap().control, Path::new("/run/syncd/push.sock"));
+        assert_eq!(rb.health.len(), 1);
+        assert!(matches!(
+            rb.health[0].check,
+            HealthCheck::Http {
+                expect_status: 200,
+                ..
+            }
+        ));
+        assert_eq!(rb.service[0].name, "app");
+    }
+
+    #[test]
+    fn every_table_names_its_keys() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "admin_socket = \"/run/haproxy/admin.sock\"",
+                "admin_socket = \"nohost\"",
+                "loadbalancer.admin_socket",
+            ),
+            (
+                "drain_timeout = \"30s\"",
+                "drain_timeout = \"soon\"",
+                "loadbalancer.drain_timeout",
+            ),
+            (
+                "destination_server = \"new\"",
+                "destination_server = \"old\"",
+                "loadbalancer.destination_server",
+            ),
+            (
+                "backend = \"web\"",
+                "backend = \"a/b\"",
+                "loadbalancer.backend",
+            ),
+            (
+                "tsig_key_file = \"tsig.key\"",
+                "tsig_key_file = \"gone.key\"",
+                "dns.tsig_key_file: gone.key",
+            ),
+            (
+                "tsig_key_file = \"tsig.key\"",
+                "tsig_key_file = \"pw.txt\"",
+                "dns.tsig_key_file: pw.txt",
+            ),
+            (
+                "record = \"svc.example.test.\"",
+                "record = \"svc.other.test.\"",
+                "dns.record",
+            ),
+            (
+                "destination_address = \"127.0.0.2\"",
+                "destination_address = \"::2\"",
+                "dns.destination_address",
+            ),
+            ("low_ttl = 30", "low_ttl = 90", "dns.low_ttl"),
+            (
+                "server = \"127.0.0.1:5353\"",
+                "server = \"ns1.example.test\"",
+                "dns.server",
+            ),
+            (
+                "check_servers = [\"127.0.0.1:5353\"]",
+                "check_servers = [\"127.0.0.1:5353\", \"x\"]",
+                "dns.check_servers[1]",
+            ),
+            (
+                "expect_status = 200",
+                "expect_status = 200\ntimeout = \"x\"",
+                "health[0].timeout",
+            ),
+            (
+                "http = \"http://127.0.0.1:8080/health\"",
+                "tcp = \"127.0.0.1:1\"",
+                "health[0].expect_status",
+            ),
+            (
+                "start = \"systemctl start app\"",
+                "start = \"\"",
+                "service[0].start",
+            ),
+        ];
+        for (from, to, key) in cases {
+            assert!(DESIGN.contains(from), "{from}");
+            let err = parse(&DESIGN.replace(from, to)).unwrap_err();
+            assert!(err.contains(key), "{to}: error {err:?} does not name {key}");
+        }
+        let err = parse(&format!("{DESIGN}\n[[service]]\nname = \"app\"\n")).unwrap_err();
+        assert!(err.contains("service[1].name"), "{err}");
+        let err = Runbook::default().dns(Path::new("rb.toml")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "runbook rb.toml: dns: the table is missing; `cutover dns` needs it"
+        );
+    }
+
+    #[test]
+    fn relative_paths_follow_the_runbook() {
+        let text = DESIGN.replace("/run/haproxy/admin.sock", "run/admin.sock");
+        let rb = Runbook::parse(&text, Path::new("/etc/cutover/rb.toml"), &|p| {
+            if p == Path::new("tsig.key") {
+                Ok(KEY.into())
+            } else {
+                Ok("pw".into())
+            }
+        })
+        .unwrap();
+        assert_eq!(
+            rb.loadbalancer.unwrap().admin_socket,
+            AdminSocket::Unix("/etc/cutover/run/admin.sock".into())
+        );
     }
 
     #[test]
