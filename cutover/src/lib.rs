@@ -32,4 +32,5 @@
 //! ```
 
 pub mod db;
+pub mod lb;
 pub mod runbook;

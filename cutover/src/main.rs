@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use cutover::db;
+use cutover::lb;
 use cutover::runbook::Runbook;
 
 /// Go-time migration, driven by a TOML runbook.
@@ -44,11 +45,65 @@ Runbook example ([database] table; durations like \"30s\" or \"500ms\"):
 
 Typical order: setup, status (until lag is ~0), verify, promote --reverse, status.";
 
+const LB_EXAMPLE: &str = "\
+Runbook example ([loadbalancer] table; durations like \"30s\" or \"500ms\"):
+
+  [loadbalancer]                           # HAProxy's runtime API
+  admin_socket = \"/run/haproxy/admin.sock\" # a unix path (with a /), or HOST:PORT; level admin
+  backend = \"web\"
+  source_server = \"old\"                    # drained
+  destination_server = \"new\"               # made ready
+  drain_timeout = \"30s\"                    # drain: wait this long for sessions to end
+  ready_timeout = \"30s\"                    # ready: wait this long for the health check
+  poll_interval = \"200ms\"                  # show stat polling
+  timeout = \"5s\"                           # one command's answer
+
+Typical order: status, ready (destination UP), drain (source to maint), status.";
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Database switch-over: replica setup, status, zero-loss promotion, checksums.
     #[command(subcommand, after_long_help = DB_EXAMPLE)]
     Db(DbCommand),
+    /// Load balancer (HAProxy runtime API): drain the source, make the destination ready.
+    #[command(subcommand, after_long_help = LB_EXAMPLE)]
+    Lb(LbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum LbCommand {
+    /// Drain the source server, then put it in maint.
+    ///
+    /// Sets loadbalancer.source_server to drain (no new sessions), polls `show stat` until its
+    /// sessions (scur) are 0 or loadbalancer.drain_timeout has passed, then sets it to maint.
+    /// Reports the sessions still open and how long the drain took; exits 1 if sessions were
+    /// still open.
+    Drain {
+        /// The runbook (TOML) with a [loadbalancer] table.
+        runbook: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put the destination server in rotation and wait for HAProxy's health check to say UP.
+    ///
+    /// Sets loadbalancer.destination_server to ready and waits up to loadbalancer.ready_timeout
+    /// for its check to report UP; exits 1 if it stays DOWN. The source is not touched.
+    Ready {
+        /// The runbook (TOML) with a [loadbalancer] table.
+        runbook: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show both servers' admin state, operational state, sessions and check status.
+    Status {
+        /// The runbook (TOML) with a [loadbalancer] table.
+        runbook: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,8 +200,103 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let Command::Db(cmd) = cli.command;
-    rt.block_on(async {
+    match cli.command {
+        Command::Db(cmd) => rt.block_on(run_db(cmd)),
+        Command::Lb(cmd) => rt.block_on(run_lb(cmd)),
+    }
+}
+
+fn print_json<T: serde::Serialize>(report: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(report)?);
+    Ok(())
+}
+
+async fn run_lb(cmd: LbCommand) -> anyhow::Result<u8> {
+    let load = |path: &Path| -> anyhow::Result<cutover::runbook::LoadBalancer> {
+        Ok(Runbook::load(path)?.loadbalancer(path)?.clone())
+    };
+    match cmd {
+        LbCommand::Status { runbook, json } => {
+            let r = lb::status(&load(&runbook)?)
+                .await
+                .context("cutover lb status")?;
+            if json {
+                print_json(&r)?;
+            } else {
+                println!("backend {} on {}", r.backend, r.socket);
+                for v in &r.servers {
+                    print_server(v);
+                }
+            }
+            Ok(0)
+        }
+        LbCommand::Drain { runbook, json } => {
+            let r = lb::drain(&load(&runbook)?)
+                .await
+                .context("cutover lb drain")?;
+            if json {
+                print_json(&r)?;
+            } else if r.already_maint {
+                println!(
+                    "{}: already in maint, nothing changed ({} sessions open)",
+                    r.server, r.sessions_open
+                );
+            } else {
+                println!(
+                    "{}: drained in {} ms: {} session(s) at the start, {} still open at maint{}",
+                    r.server,
+                    r.drain_ms,
+                    r.sessions_at_start,
+                    r.sessions_open,
+                    if r.timed_out {
+                        " (drain_timeout reached)"
+                    } else {
+                        ""
+                    }
+                );
+                print_server(&r.after);
+            }
+            Ok(if r.ok { 0 } else { 1 })
+        }
+        LbCommand::Ready { runbook, json } => {
+            let r = lb::ready(&load(&runbook)?)
+                .await
+                .context("cutover lb ready")?;
+            if json {
+                print_json(&r)?;
+            } else {
+                let verdict = if !r.ok {
+                    format!(
+                        "NOT UP after {} ms: the health check says {} {}",
+                        r.waited_ms, r.after.status, r.after.check_desc
+                    )
+                } else if r.unchecked {
+                    "in rotation WITHOUT a health check (no `check` on the server)".to_string()
+                } else {
+                    format!("UP after {} ms", r.waited_ms)
+                };
+                println!("{}: {} -> ready: {verdict}", r.server, r.before);
+                print_server(&r.after);
+            }
+            Ok(if r.ok { 0 } else { 1 })
+        }
+    }
+}
+
+fn print_server(v: &lb::ServerView) {
+    let check = if v.check_status.is_empty() {
+        String::new()
+    } else {
+        format!(" check {} ({})", v.check_status, v.check_desc)
+    };
+    println!(
+        "  {:<11} {:<12} admin {:<6} op {:<8} status {:<8} scur {}{check}",
+        v.role, v.server, v.admin_state, v.op_state, v.status, v.scur
+    );
+}
+
+async fn run_db(cmd: DbCommand) -> anyhow::Result<u8> {
+    {
         match cmd {
             DbCommand::Setup { runbook, force } => {
                 let db = load(&runbook)?;
@@ -201,7 +351,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(if report.ok { 0 } else { 1 })
             }
         }
-    })
+    }
 }
 
 /// A refused operation is a finding (exit 1, printed on stdout); other errors are runtime
