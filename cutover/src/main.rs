@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use cutover::db;
+use cutover::dns;
 use cutover::lb;
 use cutover::runbook::Runbook;
 
@@ -68,6 +69,68 @@ enum Command {
     /// Load balancer (HAProxy runtime API): drain the source, make the destination ready.
     #[command(subcommand, after_long_help = LB_EXAMPLE)]
     Lb(LbCommand),
+    /// DNS switch: TSIG-signed RFC 2136 updates and propagation checks.
+    #[command(subcommand, after_long_help = DNS_EXAMPLE)]
+    Dns(DnsCommand),
+}
+
+const DNS_EXAMPLE: &str = "\
+Runbook example ([dns] table; addresses are IP literals, names are not resolved):
+
+  [dns]
+  server = \"10.0.0.53:53\"                   # the primary: receives the signed UPDATE
+  zone = \"example.com.\"
+  record = \"www.example.com.\"
+  source_address = \"10.0.0.1\"               # what the record holds now (A or AAAA)
+  destination_address = \"10.0.0.2\"
+  ttl = 300                                 # default 300
+  low_ttl = 30                              # lower-ttl sets this; default 30
+  tsig_key_file = \"cutover.key\"             # BIND format (tsig-keygen); hmac-sha256/512
+  check_servers = [\"10.0.0.54:53\"]          # resolvers/servers watched besides the NS set
+  check_ns = true                           # watch the zone's NS set too (default true)
+  ns_port = 53                              # the port the NS set answers on
+  propagation_timeout = \"120s\"
+  poll_interval = \"500ms\"
+  timeout = \"3s\"                            # one query or update
+
+Typical order: status, lower-ttl (then wait out the old TTL), switch, status.";
+
+#[derive(Debug, Subcommand)]
+enum DnsCommand {
+    /// Rewrite the record with dns.low_ttl and wait until every server answers it.
+    ///
+    /// The update keeps the addresses and is conditional on the RRset being what was read.
+    /// Reports when the old TTL will have expired in every cache; exits 1 if propagation did
+    /// not complete within dns.propagation_timeout.
+    LowerTtl {
+        /// The runbook (TOML) with a [dns] table.
+        runbook: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the record's A/AAAA RRset: source_address becomes destination_address.
+    ///
+    /// A TSIG-signed RFC 2136 UPDATE with the prerequisite that the record holds exactly
+    /// dns.source_address (a record changed behind our back fails with NXRRSET, changing
+    /// nothing). Then waits until the primary, dns.check_servers and the zone's NS set all
+    /// answer the new address with the same SOA serial; exits 1 with a table of the servers
+    /// still lagging if that takes longer than dns.propagation_timeout.
+    Switch {
+        /// The runbook (TOML) with a [dns] table.
+        runbook: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show every server's answer, TTL and SOA serial; exit 1 if they disagree.
+    Status {
+        /// The runbook (TOML) with a [dns] table.
+        runbook: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -203,6 +266,125 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Db(cmd) => rt.block_on(run_db(cmd)),
         Command::Lb(cmd) => rt.block_on(run_lb(cmd)),
+        Command::Dns(cmd) => rt.block_on(run_dns(cmd)),
+    }
+}
+
+async fn run_dns(cmd: DnsCommand) -> anyhow::Result<u8> {
+    let load = |path: &Path| -> anyhow::Result<cutover::runbook::Dns> {
+        Ok(Runbook::load(path)?.dns(path)?.clone())
+    };
+    let (json, r) = match cmd {
+        DnsCommand::Status { runbook, json } => {
+            let r = dns::status(&load(&runbook)?)
+                .await
+                .context("cutover dns status")?;
+            if json {
+                print_json(&r)?;
+            } else {
+                println!("{}:", r.record);
+                print_dns_servers(&r.servers);
+                if !r.consistent {
+                    println!("servers DISAGREE (or did not answer)");
+                }
+            }
+            return Ok(if r.consistent { 0 } else { 1 });
+        }
+        DnsCommand::Switch { runbook, json } => {
+            let dns = load(&runbook)?;
+            let r = dns::switch(&dns).await.context("cutover dns switch")?;
+            (json, r)
+        }
+        DnsCommand::LowerTtl { runbook, json } => {
+            let dns = load(&runbook)?;
+            let r = dns::lower_ttl(&dns)
+                .await
+                .context("cutover dns lower-ttl")?;
+            (json, r)
+        }
+    };
+    if json {
+        print_json(&r)?;
+    } else {
+        let addrs = |a: &[std::net::IpAddr]| {
+            a.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        if r.already {
+            println!(
+                "{}: {} already holds {} TTL {} at {}: no update sent",
+                r.command,
+                r.record,
+                addrs(&r.after),
+                r.ttl,
+                r.server
+            );
+        } else {
+            println!(
+                "{}: {} {} TTL {} -> {} TTL {} at {} (serial {})",
+                r.command,
+                r.record,
+                addrs(&r.before),
+                r.before_ttl.map_or("-".into(), |t| t.to_string()),
+                addrs(&r.after),
+                r.ttl,
+                r.server,
+                r.serial.map_or("-".into(), |s| s.to_string())
+            );
+        }
+        if let Some(s) = r.old_ttl_expires_in_s.filter(|s| *s > 0) {
+            let at = std::time::SystemTime::now() + std::time::Duration::from_secs(u64::from(s));
+            println!(
+                "  the old TTL ({s} s) has expired in every cache by {} (UTC)",
+                humantime::format_rfc3339_seconds(at)
+            );
+        }
+        let p = &r.propagation;
+        if p.done {
+            println!(
+                "  propagated to {} server(s) in {} ms",
+                p.servers.len(),
+                p.waited_ms
+            );
+        } else {
+            println!("  NOT propagated after {} ms; still lagging:", p.waited_ms);
+            for l in &p.laggards {
+                println!("    {:<22} {}", l.server, l.reason);
+            }
+        }
+        print_dns_servers(&p.servers);
+    }
+    Ok(if r.ok { 0 } else { 1 })
+}
+
+fn print_dns_servers(servers: &[dns::ServerView]) {
+    println!(
+        "  {:<22} {:<14} {:<9} {:<24} {:>6} {:>10}",
+        "server", "role", "rcode", "answer", "ttl", "serial"
+    );
+    for s in servers {
+        let answer = if let Some(e) = &s.error {
+            format!("({e})")
+        } else if s.addresses.is_empty() {
+            "-".to_string()
+        } else {
+            s.addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        println!(
+            "  {:<22} {:<14} {:<9} {:<24} {:>6} {:>10}",
+            s.server,
+            s.role,
+            s.rcode.as_deref().unwrap_or("-"),
+            answer,
+            s.ttl.map_or("-".into(), |t| t.to_string()),
+            s.serial.map_or("-".into(), |t| t.to_string())
+        );
     }
 }
 

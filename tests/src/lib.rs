@@ -2,8 +2,10 @@
 //! directory with free ports and removed on drop.
 //!
 //! - [`mariadb`]: `mariadbd` servers and source/replica pairs;
+//! - [`bind`]: `named` primaries and secondaries with TSIG keys;
 //! - [`haproxy`]: `haproxy` with admin and user runtime API sockets;
 //! - [`http`]: a tiny HTTP server to stand behind HAProxy or to be health-checked.
+pub mod bind;
 pub mod haproxy;
 pub mod http;
 pub mod mariadb;
