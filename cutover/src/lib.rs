@@ -36,5 +36,6 @@
 
 pub mod db;
 pub mod dns;
+pub mod health;
 pub mod lb;
 pub mod runbook;

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 use cutover::db;
 use cutover::dns;
+use cutover::health;
 use cutover::lb;
 use cutover::runbook::Runbook;
 
@@ -72,7 +73,52 @@ enum Command {
     /// DNS switch: TSIG-signed RFC 2136 updates and propagation checks.
     #[command(subcommand, after_long_help = DNS_EXAMPLE)]
     Dns(DnsCommand),
+    /// Run the [[health]] checks and print a pass/fail table; exit 1 if any fails.
+    ///
+    /// Each check has a timeout and may be retried (retries, interval). Kinds: http (status,
+    /// body_contains, body_regex, header), tcp, sql (first cell of query = expect), disk
+    /// (min_free, bytes or %), memory (least MemAvailable, bytes or %).
+    #[command(after_long_help = HEALTH_EXAMPLE)]
+    Health {
+        /// The runbook (TOML) with [[health]] entries.
+        runbook: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
+
+const HEALTH_EXAMPLE: &str = "\
+Runbook example ([[health]] entries; one kind each; durations like \"5s\"):
+
+  [[health]]
+  name = \"web\"
+  http = \"http://10.0.0.2:8080/health\"
+  expect_status = 200                 # default 200
+  body_contains = \"ok\"              # optional; or body_regex = \"^ok$\"
+  header = \"X-Served-By: new\"       # optional, exact value
+  timeout = \"5s\"                    # per attempt, default 5s
+  retries = 3                         # default 0
+  interval = \"1s\"                   # between attempts, default 1s
+
+  [[health]]
+  name = \"db\"
+  sql = \"mysql://monitor@10.0.0.2:3306\"  # sql_password_file = \"monitor.pw\" (optional)
+  query = \"SELECT 1\"
+  expect = \"1\"
+
+  [[health]]
+  name = \"port\"
+  tcp = \"10.0.0.2:443\"
+
+  [[health]]
+  name = \"data disk\"
+  disk = \"/var/lib/app\"
+  min_free = \"10%\"                  # or \"20GiB\"
+
+  [[health]]
+  name = \"memory\"
+  memory = \"512MiB\"                 # least MemAvailable, or \"10%\"";
 
 const DNS_EXAMPLE: &str = "\
 Runbook example ([dns] table; addresses are IP literals, names are not resolved):
@@ -267,7 +313,46 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Db(cmd) => rt.block_on(run_db(cmd)),
         Command::Lb(cmd) => rt.block_on(run_lb(cmd)),
         Command::Dns(cmd) => rt.block_on(run_dns(cmd)),
+        Command::Health { runbook, json } => rt.block_on(run_health(&runbook, json)),
     }
+}
+
+async fn run_health(path: &Path, json: bool) -> anyhow::Result<u8> {
+    let runbook = Runbook::load(path)?;
+    if runbook.health.is_empty() {
+        anyhow::bail!(
+            "runbook {}: health: no [[health]] entries; `cutover health` needs at least one",
+            path.display()
+        );
+    }
+    let r = health::run(&runbook.health).await;
+    if json {
+        print_json(&r)?;
+    } else {
+        for c in &r.checks {
+            let retried = if c.attempts > 1 {
+                format!(" after {} attempts", c.attempts)
+            } else {
+                String::new()
+            };
+            println!(
+                "  {:<4} {:<16} {:<6} {:<32} {}{retried} ({} ms)",
+                if c.ok { "PASS" } else { "FAIL" },
+                c.name,
+                c.kind,
+                c.target,
+                c.detail,
+                c.elapsed_ms
+            );
+        }
+        let passed = r.checks.iter().filter(|c| c.ok).count();
+        println!(
+            "health: {passed} of {} checks passed{}",
+            r.checks.len(),
+            if r.ok { "" } else { ": FAILED" }
+        );
+    }
+    Ok(if r.ok { 0 } else { 1 })
 }
 
 async fn run_dns(cmd: DnsCommand) -> anyhow::Result<u8> {

@@ -61,6 +61,8 @@ pub enum HealthCheck {
         expect_status: u16,
         /// A substring the body must contain.
         body_contains: Option<String>,
+        /// A regular expression (Rust `regex` syntax) the body must match; checked here.
+        body_regex: Option<String>,
         /// A header the answer must have: name (any case) and exact value.
         header: Option<(String, String)>,
     },
@@ -116,6 +118,7 @@ pub(super) struct RawHealth {
     http: Option<String>,
     expect_status: Option<u16>,
     body_contains: Option<String>,
+    body_regex: Option<String>,
     header: Option<String>,
     tcp: Option<String>,
     sql: Option<String>,
@@ -157,8 +160,19 @@ pub(super) fn validate(
         }
     };
     let check = if let Some(url) = h.http {
-        if !url.starts_with("http://") && !url.starts_with("https://") {
-            return Err(keys.err("http", format!("{url:?} is not an http:// or https:// URL")));
+        if !url.starts_with("http://") {
+            return Err(keys.err(
+                "http",
+                format!("{url:?} is not an http:// URL (https is not supported yet)"),
+            ));
+        }
+        if let Some(r) = &h.body_regex {
+            regex::Regex::new(r).map_err(|e| {
+                keys.err(
+                    "body_regex",
+                    format!("{r:?} is not a regular expression: {e}"),
+                )
+            })?;
         }
         let header = h
             .header
@@ -173,11 +187,13 @@ pub(super) fn validate(
             url,
             expect_status: h.expect_status.unwrap_or(200),
             body_contains: h.body_contains,
+            body_regex: h.body_regex,
             header,
         }
     } else {
         only_for("expect_status", h.expect_status.is_some(), "http")?;
         only_for("body_contains", h.body_contains.is_some(), "http")?;
+        only_for("body_regex", h.body_regex.is_some(), "http")?;
         only_for("header", h.header.is_some(), "http")?;
         if let Some(tcp) = h.tcp {
             let (host, port) = keys.host_port("tcp", Some(&tcp))?.unwrap_or_default();
