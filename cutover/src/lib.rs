@@ -39,3 +39,4 @@ pub mod dns;
 pub mod health;
 pub mod lb;
 pub mod runbook;
+pub mod service;

@@ -16,6 +16,7 @@ use cutover::dns;
 use cutover::health;
 use cutover::lb;
 use cutover::runbook::Runbook;
+use cutover::service;
 
 /// Go-time migration, driven by a TOML runbook.
 ///
@@ -82,6 +83,59 @@ enum Command {
     Health {
         /// The runbook (TOML) with [[health]] entries.
         runbook: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Service hooks: stop, start or check the [[service]] entries (all, or NAME).
+    #[command(subcommand, after_long_help = SERVICE_EXAMPLE)]
+    Service(ServiceCommand),
+}
+
+const SERVICE_EXAMPLE: &str = "\
+Runbook example ([[service]] entries; commands run with sh -c, or over ssh -o BatchMode=yes
+when host is set):
+
+  [[service]]
+  name = \"app\"
+  host = \"deploy@10.0.0.1\"        # optional; ssh_port = 22, ssh_options = [\"-i\", \"key\"]
+  stop  = \"systemctl stop app\"    # graceful
+  start = \"systemctl start app\"
+  check = \"systemctl is-active --quiet app\"   # exit 0 while it runs
+  kill  = \"systemctl kill -s KILL app\"        # when the stop did not work within wait
+  # pid_file = \"/run/app.pid\"     # local only: SIGKILL to its process group instead of kill
+  timeout = \"30s\"                 # one command; killed with its process group past it
+  wait = \"30s\"                    # how long the check may take to change";
+
+#[derive(Debug, Subcommand)]
+enum ServiceCommand {
+    /// Graceful stop, then the kill if the check still passes after `wait`; exit 1 unless the
+    /// check fails at the end.
+    Stop {
+        /// The runbook (TOML) with [[service]] entries.
+        runbook: PathBuf,
+        /// Only this service.
+        name: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start, then wait up to `wait` for the check to pass; exit 1 if it does not.
+    Start {
+        /// The runbook (TOML) with [[service]] entries.
+        runbook: PathBuf,
+        /// Only this service.
+        name: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the check; exit 1 if a service is not running.
+    Status {
+        /// The runbook (TOML) with [[service]] entries.
+        runbook: PathBuf,
+        /// Only this service.
+        name: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -314,7 +368,66 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Lb(cmd) => rt.block_on(run_lb(cmd)),
         Command::Dns(cmd) => rt.block_on(run_dns(cmd)),
         Command::Health { runbook, json } => rt.block_on(run_health(&runbook, json)),
+        Command::Service(cmd) => rt.block_on(run_service(cmd)),
     }
+}
+
+async fn run_service(cmd: ServiceCommand) -> anyhow::Result<u8> {
+    let (action, runbook, name, json) = match cmd {
+        ServiceCommand::Stop {
+            runbook,
+            name,
+            json,
+        } => ("stop", runbook, name, json),
+        ServiceCommand::Start {
+            runbook,
+            name,
+            json,
+        } => ("start", runbook, name, json),
+        ServiceCommand::Status {
+            runbook,
+            name,
+            json,
+        } => ("status", runbook, name, json),
+    };
+    let rb = Runbook::load(&runbook)?;
+    let context = format!("cutover service {action}");
+    let selected = service::select(&rb.service, name.as_deref()).context(context.clone())?;
+    let r = match action {
+        "stop" => service::stop(&selected).await,
+        "start" => service::start(&selected).await,
+        _ => service::status(&selected).await,
+    }
+    .context(context)?;
+    if json {
+        print_json(&r)?;
+    } else {
+        for s in &r.services {
+            println!("{}: {}", s.name, s.summary);
+            for c in &s.commands {
+                let status = if c.timed_out {
+                    format!("killed at timeout after {} ms", c.elapsed_ms)
+                } else {
+                    match (c.exit_code, c.signal) {
+                        (Some(code), _) => format!("exit {code}, {} ms", c.elapsed_ms),
+                        (None, Some(sig)) => format!("signal {sig}, {} ms", c.elapsed_ms),
+                        _ => format!("{} ms", c.elapsed_ms),
+                    }
+                };
+                let on = c
+                    .host
+                    .as_ref()
+                    .map_or(String::new(), |h| format!(" on {h}"));
+                println!("  {:<5} `{}`{on}: {status}", c.role, c.command);
+                for (label, text) in [("out", &c.stdout), ("err", &c.stderr)] {
+                    for line in text.lines().take(5) {
+                        println!("        {label}| {line}");
+                    }
+                }
+            }
+        }
+    }
+    Ok(if r.ok { 0 } else { 1 })
 }
 
 async fn run_health(path: &Path, json: bool) -> anyhow::Result<u8> {

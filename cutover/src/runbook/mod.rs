@@ -256,7 +256,7 @@ impl Runbook {
             .service
             .into_iter()
             .enumerate()
-            .map(|(i, s)| service::validate(s, &Keys::new(path, format!("service[{i}]"))))
+            .map(|(i, s)| service::validate(s, &Keys::new(path, format!("service[{i}]")), base))
             .collect::<Result<Vec<_>, _>>()?;
         for (i, s) in service.iter().enumerate() {
             if service[..i].iter().any(|t| t.name == s.name) {
