@@ -258,3 +258,66 @@ fn unknown_name_and_missing_commands_are_usage_errors() {
         "{text}"
     );
 }
+
+#[test]
+fn hooks_run_over_ssh_in_batch_mode() {
+    use integration_tests::sshd::Sshd;
+    if !Sshd::available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pid = dir.path().join("svc.pid");
+    let p = pid.display();
+    let options: Vec<String> = sshd.client_options();
+    let rb = runbook(
+        dir.path(),
+        &format!(
+            r#"
+[[service]]
+name = "remote"
+host = "{host}"
+ssh_port = {port}
+ssh_options = {options:?}
+start = "setsid sh -c 'trap \"exit 0\" TERM; echo $$ > {p}; while :; do sleep 0.05; done' >/dev/null 2>&1 < /dev/null &"
+stop = "kill -TERM $(cat {p})"
+check = "test -e /proc/$(cat {p})/status && ! grep -q '^State:.*Z' /proc/$(cat {p})/status"
+wait = "5s"
+timeout = "20s"
+
+[[service]]
+name = "locked-out"
+host = "{host}"
+ssh_port = {port}
+ssh_options = ["-i", "{dir}/no-such-key", "-o", "UserKnownHostsFile={dir}/none", "-o", "StrictHostKeyChecking=no", "-o", "IdentitiesOnly=yes"]
+check = "true"
+timeout = "20s"
+"#,
+            host = sshd.host(),
+            port = sshd.port,
+            dir = dir.path().display(),
+        ),
+    );
+    let (code, r, text) = service(&["start", "remote", "--json"], &rb);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(r["services"][0]["commands"][0]["host"], sshd.host());
+    let daemon = read_pid(&pid);
+    assert!(alive(daemon));
+    let (code, _, text) = service(&["status", "remote"], &rb);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, r, text) = service(&["stop", "remote", "--json"], &rb);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(r["services"][0]["killed"], false);
+    assert!(!alive(daemon));
+    // BatchMode: a login that would need a password fails at once, with ssh's reason kept.
+    let started = Instant::now();
+    let (code, r, text) = service(&["status", "locked-out", "--json"], &rb);
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(code, Some(1), "{text}");
+    let c = &r["services"][0]["commands"][0];
+    assert_eq!(c["exit_code"], 255, "{c}");
+    assert!(
+        c["stderr"].as_str().unwrap().contains("Permission denied"),
+        "{c}"
+    );
+}
