@@ -268,3 +268,29 @@ fn no_checks_is_a_usage_error_and_bad_keys_are_named() {
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("health[0].body_regex"), "{text}");
 }
+
+#[test]
+fn https_trusts_ca_file_and_refuses_an_unknown_issuer() {
+    let web = integration_tests::http::HttpsServer::start("secure");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &web.ca_pem).unwrap();
+    let rb = runbook(
+        dir.path(),
+        &format!(
+            "[[health]]\nname = \"trusted\"\nhttp = \"https://127.0.0.1:{port}/\"\n\
+             ca_file = \"ca.pem\"\nbody_contains = \"secure\"\nheader = \"X-Server: secure\"\n\n\
+             [[health]]\nname = \"system-roots\"\nhttp = \"https://127.0.0.1:{port}/health\"\n",
+            port = web.port
+        ),
+    );
+    let (code, report, text) = health(&rb);
+    assert_eq!(code, Some(1), "{text}");
+    let v = verdicts(&report);
+    check(&v, "trusted", true, "status 200, 6 body bytes");
+    check(&v, "system-roots", false, "");
+    let detail = &v[1].2;
+    assert!(
+        detail.contains("certificate") || detail.contains("no system CA"),
+        "{detail}"
+    );
+}

@@ -5,10 +5,11 @@
 //! - `GET /slow?ms=N`: waits N milliseconds, then answers like `/`;
 //! - anything else: `200` with the server's name as the body and an `X-Server: NAME` header.
 //!
-//! Each connection gets its own thread. Dropping the server stops accepting; connections in
+//! [`HttpsServer`] answers the same over TLS with a fresh self-signed certificate. Each
+//! connection gets its own thread. Dropping the server stops accepting; connections in
 //! progress finish on their own.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
@@ -90,16 +91,27 @@ fn answer(
     served: &AtomicU64,
 ) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut request = String::new();
-    reader.read_line(&mut request)?;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
+    let mut conn = conn;
+    respond(&mut conn, name, health, served)
+}
+
+/// Reads one request from `stream` and writes the answer.
+fn respond<S: Read + Write>(
+    stream: &mut S,
+    name: &str,
+    health: &AtomicU16,
+    served: &AtomicU64,
+) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+        if stream.read(&mut byte)? == 0 {
             break;
         }
+        head.push(byte[0]);
     }
-    let path = request.split_whitespace().nth(1).unwrap_or("/");
+    let request = String::from_utf8_lossy(&head);
+    let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
     let (status, body) = if path == "/health" {
         (health.load(Ordering::SeqCst), "ok".to_string())
     } else {
@@ -109,14 +121,88 @@ fn answer(
         served.fetch_add(1, Ordering::SeqCst);
         (200, name.to_string())
     };
-    let mut conn = conn;
     write!(
-        conn,
+        stream,
         "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nX-Server: {name}\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
-    conn.flush()
+    stream.flush()
+}
+
+/// The same server over TLS, with a self-signed certificate for `127.0.0.1` and `localhost`.
+#[derive(Debug)]
+pub struct HttpsServer {
+    /// Its loopback port.
+    pub port: u16,
+    /// The certificate, PEM: what a client must trust.
+    pub ca_pem: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl HttpsServer {
+    /// Starts a TLS server that names itself `name` in its answers.
+    pub fn start(name: &str) -> HttpsServer {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("self-signed certificate");
+        let ca_pem = cert.pem();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![cert.der().clone()],
+                    PrivateKeyDer::from(PrivatePkcs8KeyDer::from(key.serialize_der())),
+                )
+                .expect("server config"),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let port = listener.local_addr().expect("local address").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let label = name.to_string();
+        std::thread::spawn(move || {
+            let health = Arc::new(AtomicU16::new(200));
+            let served = Arc::new(AtomicU64::new(0));
+            for conn in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (config, label, health, served) = (
+                    config.clone(),
+                    label.clone(),
+                    health.clone(),
+                    served.clone(),
+                );
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                    let Ok(tls) = rustls::ServerConnection::new(config) else {
+                        return;
+                    };
+                    let mut stream = rustls::StreamOwned::new(tls, conn);
+                    if respond(&mut stream, &label, &health, &served).is_ok() {
+                        stream.conn.send_close_notify();
+                        let _ = stream.flush();
+                    }
+                });
+            }
+        });
+        HttpsServer { port, ca_pem, stop }
+    }
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
 }
 
 /// `GET http://127.0.0.1:PORT{path}`: the status and body (`Connection: close`).

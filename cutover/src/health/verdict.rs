@@ -3,9 +3,11 @@
 
 use crate::runbook::health::Amount;
 
-/// Where an `http://` URL points.
+/// Where an `http://` or `https://` URL points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// `https://`.
+    pub tls: bool,
     /// Host (without brackets for IPv6).
     pub host: String,
     /// Port (80 by default).
@@ -16,11 +18,14 @@ pub struct Target {
     pub authority: String,
 }
 
-/// Splits `http://host[:port][/path]`.
+/// Splits `http[s]://host[:port][/path]`.
 pub fn parse_url(url: &str) -> Result<Target, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
+    let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => (false, rest),
+        (_, Some(rest)) => (true, rest),
+        _ => return Err(format!("{url:?} is not an http:// or https:// URL")),
+    };
+    let default_port = if tls { 443 } else { 80 };
     let (authority, path) = match rest.find(['/', '?']) {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -36,7 +41,7 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
             .ok_or_else(|| format!("{url:?}: unclosed ["))?;
         let port = match after.strip_prefix(':') {
             Some(p) => p.parse().map_err(|_| format!("{url:?}: bad port"))?,
-            None => 80,
+            None => default_port,
         };
         (h.to_string(), port)
     } else {
@@ -45,13 +50,14 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
                 h.to_string(),
                 p.parse().map_err(|_| format!("{url:?}: bad port"))?,
             ),
-            None => (authority.to_string(), 80),
+            None => (authority.to_string(), default_port),
         }
     };
     if host.is_empty() {
         return Err(format!("{url:?} has no host"));
     }
     Ok(Target {
+        tls,
         host,
         port,
         path,
@@ -263,7 +269,9 @@ mod tests {
             (t.host.as_str(), t.port, t.path.as_str()),
             ("::1", 81, "/?q")
         );
-        assert!(parse_url("https://x").is_err());
+        let t = parse_url("https://x").unwrap();
+        assert_eq!((t.tls, t.port), (true, 443));
+        assert!(parse_url("ftp://x").is_err());
         assert!(parse_url("http://:80/").is_err());
         assert!(parse_url("http://x:port/").is_err());
     }

@@ -55,8 +55,10 @@ impl Amount {
 pub enum HealthCheck {
     /// An HTTP(S) GET.
     Http {
-        /// The URL.
+        /// The URL, `http://` or `https://`.
         url: String,
+        /// For `https://`: the PEM certificates to trust instead of the system's (`ca_file`).
+        ca_pem: Option<String>,
         /// The status the answer must have.
         expect_status: u16,
         /// A substring the body must contain.
@@ -120,6 +122,7 @@ pub(super) struct RawHealth {
     body_contains: Option<String>,
     body_regex: Option<String>,
     header: Option<String>,
+    ca_file: Option<PathBuf>,
     tcp: Option<String>,
     sql: Option<String>,
     sql_password_file: Option<PathBuf>,
@@ -160,12 +163,29 @@ pub(super) fn validate(
         }
     };
     let check = if let Some(url) = h.http {
-        if !url.starts_with("http://") {
-            return Err(keys.err(
-                "http",
-                format!("{url:?} is not an http:// URL (https is not supported yet)"),
-            ));
+        if !url.starts_with("http://") && !url.starts_with("https://") {
+            return Err(keys.err("http", format!("{url:?} is not an http:// or https:// URL")));
         }
+        let ca_pem = match &h.ca_file {
+            None => None,
+            Some(_) if !url.starts_with("https://") => {
+                return Err(keys.err("ca_file", "applies only to an https:// check"));
+            }
+            Some(file) => {
+                let pem = keys.secret_file("ca_file", file, read_file)?;
+                use rustls::pki_types::{CertificateDer, pem::PemObject};
+                let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| keys.err("ca_file", format!("{}: {e}", file.display())))?;
+                if certs.is_empty() {
+                    return Err(keys.err(
+                        "ca_file",
+                        format!("{}: no PEM certificate in it", file.display()),
+                    ));
+                }
+                Some(pem)
+            }
+        };
         if let Some(r) = &h.body_regex {
             regex::Regex::new(r).map_err(|e| {
                 keys.err(
@@ -185,6 +205,7 @@ pub(super) fn validate(
             .transpose()?;
         HealthCheck::Http {
             url,
+            ca_pem,
             expect_status: h.expect_status.unwrap_or(200),
             body_contains: h.body_contains,
             body_regex: h.body_regex,
@@ -194,6 +215,7 @@ pub(super) fn validate(
         only_for("expect_status", h.expect_status.is_some(), "http")?;
         only_for("body_contains", h.body_contains.is_some(), "http")?;
         only_for("body_regex", h.body_regex.is_some(), "http")?;
+        only_for("ca_file", h.ca_file.is_some(), "https")?;
         only_for("header", h.header.is_some(), "http")?;
         if let Some(tcp) = h.tcp {
             let (host, port) = keys.host_port("tcp", Some(&tcp))?.unwrap_or_default();
