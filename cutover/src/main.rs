@@ -259,7 +259,8 @@ enum LbCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show both servers' admin state, operational state, sessions and check status.
+    /// Show both servers' admin state, operational state, sessions and check status; exit 1
+    /// when a server in rotation fails its health check.
     Status {
         /// The runbook (TOML) with a [loadbalancer] table.
         runbook: PathBuf,
@@ -607,8 +608,11 @@ async fn run_lb(cmd: LbCommand) -> anyhow::Result<u8> {
                 for v in &r.servers {
                     print_server(v);
                 }
+                for p in &r.problems {
+                    println!("PROBLEM: {p}");
+                }
             }
-            Ok(0)
+            Ok(if r.problems.is_empty() { 0 } else { 1 })
         }
         LbCommand::Drain { runbook, json } => {
             let r = lb::drain(&load(&runbook)?)

@@ -6,7 +6,7 @@
 //! - `lower_ttl_*`: signed with the hmac-sha512 key;
 //! - `wrong_key_*`: an unknown key (BADKEY) and a wrong secret (BADSIG) are reported by name;
 //! - `changed_behind_our_back_*`: the prerequisite fails (NXRRSET) and nothing changes;
-//! - `late_secondary_*`: a secondary notified 3 s late shows as lagging, then catches up.
+//! - `late_secondary_*`: a secondary notified 5 s late shows as lagging, then catches up.
 
 // The helpers below are test code too; clippy's `allow-unwrap-in-tests` covers only `#[test]`
 // functions.
@@ -224,9 +224,9 @@ fn late_secondary_shows_as_lagging_until_it_catches_up() {
         .local_addr()
         .unwrap()
         .port();
-    // The primary notifies the secondary 3 s after a change; the secondary's SOA refresh
+    // The primary notifies the secondary 5 s after a change; the secondary's SOA refresh
     // (3600 s) would not bring it sooner.
-    let primary = Bind::primary("svc 60 IN A 127.0.0.1", Some((secondary_port, 3)));
+    let primary = Bind::primary("svc 60 IN A 127.0.0.1", Some((secondary_port, 5)));
     let secondary = Bind::secondary(primary.port, Some(secondary_port));
     assert_eq!(secondary.dig(RECORD, "A"), vec!["127.0.0.1"]);
     let dir = tempfile::tempdir().unwrap();

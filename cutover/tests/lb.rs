@@ -157,7 +157,7 @@ fn drain_waits_for_a_long_request_to_end() {
     }
     let s = setup(None);
     let port = s.haproxy.frontend_port;
-    let slow = std::thread::spawn(move || http::get(port, "/slow?ms=2000"));
+    let slow = std::thread::spawn(move || http::get(port, "/slow?ms=4000"));
     wait_for(
         || status_of(&s.haproxy, "old").1 == 1,
         "the slow request to hold a session",
@@ -191,7 +191,7 @@ fn drain_times_out_and_reports_the_open_session() {
     }
     let s = setup(None);
     let port = s.haproxy.frontend_port;
-    let slow = std::thread::spawn(move || http::get(port, "/slow?ms=4000"));
+    let slow = std::thread::spawn(move || http::get(port, "/slow?ms=6000"));
     wait_for(
         || status_of(&s.haproxy, "old").1 == 1,
         "the slow request to hold a session",
@@ -200,7 +200,7 @@ fn drain_times_out_and_reports_the_open_session() {
     let started = Instant::now();
     let out = cutover(&["lb", "drain"], &rb);
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
@@ -275,7 +275,16 @@ fn ready_fails_when_the_destination_stays_down_and_leaves_the_source() {
         "{text}"
     );
     let out = cutover(&["lb", "status", "--json"], &rb);
+    // `new` is in rotation now, and DOWN: status says so with exit 1.
+    assert_eq!(out.status.code(), Some(1));
     let r = json(&out);
+    assert!(
+        r["problems"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("new is in rotation but DOWN"),
+        "{r}"
+    );
     assert_eq!(r["servers"][0]["admin_state"], "ready");
     assert_eq!(r["servers"][0]["status"], "UP");
     assert_eq!(http::get(s.haproxy.frontend_port, "/").unwrap().1, "old");

@@ -345,6 +345,18 @@ pub fn parse_servers_state(answer: &str, server: &str) -> Result<Option<ServerSt
     Ok(None)
 }
 
+/// Why a server is a problem for `status`: it is in rotation (admin state ready) but its
+/// health check does not pass, so HAProxy sends it nothing.
+pub fn rotation_problem(server: &str, admin: AdminState, stat: &ServerStat) -> Option<String> {
+    if !admin.is(SetState::Ready) || stat.is_up() || stat.unchecked() {
+        return None;
+    }
+    Some(format!(
+        "{server} is in rotation but {} ({} {})",
+        stat.status, stat.check_status, stat.check_desc
+    ))
+}
+
 /// What to do next while a drain waits for sessions to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DrainStep {
@@ -514,6 +526,27 @@ web,new,0,0,0,0,,0,DOWN,Layer4 connection problem,L4CON\n\n";
         assert_eq!(
             set_state("web", "old", SetState::Drain),
             "set server web/old state drain"
+        );
+    }
+
+    #[test]
+    fn rotation_problems() {
+        let stat = |status: &str, check: &str| ServerStat {
+            scur: 0,
+            status: status.into(),
+            check_status: check.into(),
+            check_desc: "x".into(),
+        };
+        let ready = AdminState(0);
+        assert_eq!(rotation_problem("a", ready, &stat("UP", "L7OK")), None);
+        assert_eq!(rotation_problem("a", ready, &stat("no check", "")), None);
+        assert_eq!(
+            rotation_problem("a", AdminState(AdminState::FMAINT), &stat("MAINT", "")),
+            None
+        );
+        assert_eq!(
+            rotation_problem("a", ready, &stat("DOWN", "L4CON")).as_deref(),
+            Some("a is in rotation but DOWN (L4CON x)")
         );
     }
 

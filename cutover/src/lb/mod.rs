@@ -145,6 +145,8 @@ pub struct StatusReport {
     pub backend: String,
     /// The source server, then the destination.
     pub servers: Vec<ServerView>,
+    /// Servers in rotation whose health check does not pass (exit 1 when any).
+    pub problems: Vec<String>,
 }
 
 /// What `drain` did.
@@ -369,10 +371,23 @@ pub async fn status(lb: &LoadBalancer) -> Result<StatusReport, LbError> {
             .view(&lb.backend, &lb.destination_server, "destination")
             .await?,
     ];
+    let problems = servers
+        .iter()
+        .filter_map(|v| {
+            let stat = ServerStat {
+                scur: v.scur,
+                status: v.status.clone(),
+                check_status: v.check_status.clone(),
+                check_desc: v.check_desc.clone(),
+            };
+            api::rotation_problem(&v.server, api::AdminState(v.admin_bits), &stat)
+        })
+        .collect();
     Ok(StatusReport {
         socket: admin.name,
         backend: lb.backend.clone(),
         servers,
+        problems,
     })
 }
 
