@@ -2,8 +2,10 @@
 //! report as text or JSON, and maps the outcome to the exit code.
 //!
 //! Exit codes: 0 ok; 1 a check found a difference or a failure (broken replication, differing
-//! checksums, a promotion that was refused or aborted and undone); 2 a usage or runtime error,
-//! printed as one line on stderr. It holds no logic of its own beyond formatting.
+//! checksums, a promotion that was refused or aborted and undone, sessions left open by a
+//! drain, a destination that stays DOWN, DNS servers that lag or disagree, a failed health
+//! check, a service that does not stop or start); 2 a usage or runtime error, printed as one
+//! line on stderr. It holds no logic of its own beyond formatting.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,9 +22,11 @@ use cutover::service;
 
 /// Go-time migration, driven by a TOML runbook.
 ///
-/// The `[database]` table of the runbook names a source (the current primary) and a replica
-/// (the destination). `cutover db setup` builds the replica, `status` watches it, `promote`
-/// switches the primary without losing acknowledged writes, and `verify` compares the data.
+/// Each command group uses one table of the runbook: `db` the [database] pair (setup, status,
+/// zero-loss promote, verify), `lb` the HAProxy of [loadbalancer] (drain the source, make the
+/// destination ready), `dns` the record of [dns] (TSIG-signed switch and propagation), `health`
+/// the [[health]] checks, `service` the [[service]] hooks. `cutover <group> --help` shows an
+/// example table.
 ///
 /// Exit codes: 0 ok, 1 a check found a difference or a failure, 2 usage or runtime error.
 #[derive(Debug, Parser)]
