@@ -4,7 +4,8 @@
 //! - `switch_*`: the answer changes (checked with our query and with `dig`), and a second run
 //!   changes nothing;
 //! - `lower_ttl_*`: signed with the hmac-sha512 key;
-//! - `wrong_key_*`: an unknown key (BADKEY) and a wrong secret (BADSIG) are reported by name;
+//! - `wrong_key_*`: an unknown key (BADKEY), a wrong secret (BADSIG) and a key without update
+//!   rights (REFUSED) are reported by name;
 //! - `changed_behind_our_back_*`: the prerequisite fails (NXRRSET) and nothing changes;
 //! - `late_secondary_*`: a secondary notified 5 s late shows as lagging, then catches up.
 
@@ -15,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use integration_tests::bind::{self, Bind, KEY_SHA256, KEY_SHA512, Key};
+use integration_tests::bind::{self, Bind, KEY_READER, KEY_SHA256, KEY_SHA512, Key};
 
 const RECORD: &str = "svc.example.test.";
 
@@ -144,7 +145,7 @@ fn bind_dig() -> PathBuf {
 }
 
 #[test]
-fn wrong_key_is_rejected_with_badkey_or_badsig_and_changes_nothing() {
+fn wrong_key_is_rejected_with_badkey_badsig_or_refused_and_changes_nothing() {
     if !Bind::available() {
         return;
     }
@@ -166,6 +167,10 @@ fn wrong_key_is_rejected_with_badkey_or_badsig_and_changes_nothing() {
         (
             wrong_secret,
             "NOTAUTH/BADSIG (the secret of TSIG key cutover.",
+        ),
+        (
+            KEY_READER,
+            "REFUSED (TSIG key reader. may not update zone example.test.",
         ),
     ] {
         let file = dir.path().join("k.key");

@@ -3,7 +3,8 @@
 //! [`Bind::primary`] writes a zone and a `named.conf` into a temporary directory and runs
 //! `named -g` (foreground) on a free loopback port (UDP and TCP), authoritative for the zone,
 //! which accepts RFC 2136 updates signed with either of two TSIG keys: [`KEY_SHA256`]
-//! (`hmac-sha256`) and [`KEY_SHA512`] (`hmac-sha512`). It can notify a secondary, after a
+//! (`hmac-sha256`) and [`KEY_SHA512`] (`hmac-sha512`); it also knows [`KEY_READER`], which may
+//! not update. It can notify a secondary, after a
 //! delay, so that a test sees it transfer late. [`Bind::secondary`] runs a secondary of the
 //! zone that transfers from a primary. Dropping a value kills `named` and removes its
 //! directory.
@@ -51,6 +52,13 @@ impl Key {
         )
     }
 }
+
+/// The `hmac-sha256` key `reader`: known to the servers, but not allowed to update.
+pub const KEY_READER: Key = Key {
+    name: "reader",
+    algorithm: "hmac-sha256",
+    secret: "c2VjcmV0IG9mIGEga2V5IHRoYXQgbWF5IG5vdCB3cml0ZQ==",
+};
 
 /// The zone the test servers serve.
 pub const ZONE: &str = "example.test";
@@ -138,9 +146,10 @@ impl Bind {
                  session-keyfile \"{d}/session.key\";\n  managed-keys-directory \"{d}\";\n  \
                  listen-on port {port} {{ 127.0.0.1; }};\n  listen-on-v6 {{ none; }};\n  \
                  recursion no;\n  dnssec-validation no;\n  allow-transfer {{ any; }};\n  \
-                 allow-query {{ any; }};\n  {options}\n}};\ncontrols {{ }};\n{}{}{zone_conf}",
+                 allow-query {{ any; }};\n  {options}\n}};\ncontrols {{ }};\n{}{}{}{zone_conf}",
                 KEY_SHA256.file_text(),
-                KEY_SHA512.file_text()
+                KEY_SHA512.file_text(),
+                KEY_READER.file_text()
             );
             let path = dir.path().join("named.conf");
             std::fs::write(&path, conf).expect("write named.conf");
