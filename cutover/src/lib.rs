@@ -1,11 +1,14 @@
 //! `cutover`: the go-time migration binary, as a library.
 //!
-//! The library holds the runbook model ([`runbook`], pure) and the database switch-over
-//! ([`db`]: setup, status, promote and verify of a MySQL-family replica pair). The deciding
-//! parts (statement generation per dialect, GTID arithmetic, checksum chunking) are pure
-//! functions with table-driven tests; the IO shell around them uses `mysql_async`. The library
-//! never prints and never exits: the `cutover` binary turns reports into output and exit codes.
-//! Load balancer, DNS, health checks and the journaled `run`/`rollback` are not here yet.
+//! The library holds the runbook model ([`runbook`], pure), the database switch-over ([`db`]:
+//! setup, status, promote and verify of a MySQL-family replica pair), the load balancer
+//! ([`lb`]: HAProxy's runtime API) and the DNS switch ([`dns`]: TSIG-signed RFC 2136 updates
+//! and propagation checks). The deciding parts (statement generation per dialect, GTID
+//! arithmetic, checksum chunking, HAProxy answers, DNS messages and verdicts) are pure
+//! functions with table-driven tests; the IO shells around them talk to the real servers. The
+//! library never prints and never exits: the `cutover` binary turns reports into output and
+//! exit codes. Health checks, service hooks and the journaled `run`/`rollback` are not here
+//! yet.
 //!
 //! ```
 //! use std::path::Path;
@@ -32,4 +35,8 @@
 //! ```
 
 pub mod db;
+pub mod dns;
+pub mod health;
+pub mod lb;
 pub mod runbook;
+pub mod service;

@@ -1,2 +1,13 @@
-//! test support
+//! Test support: throw-away servers on loopback, each spawned per test in a temporary
+//! directory with free ports and removed on drop.
+//!
+//! - [`mariadb`]: `mariadbd` servers and source/replica pairs;
+//! - [`bind`]: `named` primaries and secondaries with TSIG keys;
+//! - [`haproxy`]: `haproxy` with admin and user runtime API sockets;
+//! - [`http`]: a tiny HTTP server to stand behind HAProxy or to be health-checked;
+//! - [`sshd`]: `sshd` with a client key, for hooks that run over ssh.
+pub mod bind;
+pub mod haproxy;
+pub mod http;
 pub mod mariadb;
+pub mod sshd;
