@@ -218,9 +218,10 @@ fn finish<T>(r: Result<T, db::DbError>, what: &str) -> anyhow::Result<Option<T>>
 }
 
 fn print_status(r: &db::status::StatusReport) {
-    match &r.problem {
-        None => println!("replication: OK ({})", r.dialect),
-        Some(p) => println!("replication: BROKEN: {p}"),
+    match (&r.problem, &r.promoted) {
+        (None, _) => println!("replication: OK ({})", r.dialect),
+        (Some(_), Some(p)) => println!("replication: PROMOTED: {p}"),
+        (Some(p), None) => println!("replication: BROKEN: {p}"),
     }
     let binlog = r
         .source_binlog
@@ -273,6 +274,12 @@ fn print_status(r: &db::status::StatusReport) {
     if let Some(n) = &r.heartbeat_note {
         println!("  note: {n}");
     }
+    if !r.source_privileged_sessions.is_empty() {
+        println!(
+            "  note: source sessions that read_only does not stop (SUPER/READ_ONLY ADMIN): {}",
+            r.source_privileged_sessions.join(", ")
+        );
+    }
 }
 
 fn print_promote(r: &db::promote::PromoteReport) {
@@ -285,9 +292,12 @@ fn print_promote(r: &db::promote::PromoteReport) {
             write_unavailable_ms,
             final_position,
             sessions_ended,
+            proof,
             reverse,
             reverse_failed,
+            ..
         } => {
+            println!("proof: {proof}");
             println!(
                 "promoted: the replica is the primary at {final_position}; write-unavailable \
                  window {write_unavailable_ms} ms; {sessions_ended} session(s) ended on the source"

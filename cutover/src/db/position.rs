@@ -132,6 +132,33 @@ pub fn transactions_behind(dialect: &Dialect, source: &str, replica: &str) -> Re
     }
 }
 
+/// Whether a server's GTID state holds transactions it wrote itself, i.e. it has taken writes
+/// as a primary. `state` is MariaDB's `gtid_binlog_state` (`domain-server-seq` for every
+/// server that wrote in a domain) or MySQL's `gtid_executed`; `uuid` is MySQL's
+/// `server_uuid`. A replica set up by `setup` logs only the source's transactions.
+pub fn has_own_transactions(
+    flavor: Flavor,
+    state: &str,
+    server_id: u64,
+    uuid: Option<&str>,
+) -> bool {
+    match flavor {
+        Flavor::MariaDb => state.split(',').map(str::trim).any(|part| {
+            let mut it = part.split('-');
+            it.next();
+            it.next().and_then(|s| s.parse::<u64>().ok()) == Some(server_id)
+        }),
+        Flavor::MySql => match (parse_mysql_gtids(state), uuid) {
+            (Ok(set), Some(u)) => {
+                let u = u.to_ascii_lowercase();
+                set.keys()
+                    .any(|k| *k == u || k.starts_with(&format!("{u}:")))
+            }
+            _ => false,
+        },
+    }
+}
+
 /// Bytes of binlog behind when both coordinates are in the same file; `None` when the files
 /// differ (the byte distance across files is not knowable from the coordinates alone).
 pub fn bytes_behind(source: (&str, u64), replica: (&str, u64)) -> Option<u64> {
@@ -255,6 +282,41 @@ impl ReplicaStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_transactions() {
+        let m = Flavor::MariaDb;
+        let u = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        let cases: &[(Flavor, &str, u64, Option<&str>, bool)] = &[
+            (m, "", 2, None, false),
+            (m, "0-1-100", 2, None, false),
+            (m, "0-1-100,0-2-101", 2, None, true),
+            (m, "0-1-100,1-2-3", 2, None, true),
+            (m, "0-12-5", 2, None, false),
+            (Flavor::MySql, "", 2, Some(u), false),
+            (
+                Flavor::MySql,
+                "aaaaaaaa-71ca-11e1-9e33-c80aa9429562:1-5",
+                2,
+                Some(u),
+                false,
+            ),
+            (
+                Flavor::MySql,
+                "aaaaaaaa-71ca-11e1-9e33-c80aa9429562:1-5,\n3E11FA47-71CA-11E1-9E33-C80AA9429562:1",
+                2,
+                Some(u),
+                true,
+            ),
+        ];
+        for (f, state, id, uuid, want) in cases {
+            assert_eq!(
+                has_own_transactions(*f, state, *id, *uuid),
+                *want,
+                "{state}"
+            );
+        }
+    }
 
     #[test]
     fn maria_gtid_lists() {
