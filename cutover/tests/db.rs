@@ -26,6 +26,7 @@
 //! - `promote_with_a_replica_stalled_after_the_fence_is_bounded_and_undone` (#12.11)
 //! - `promote_fences_root_writers_that_reconnect` (#12.12)
 //! - `setup_checks_the_replication_password_before_changing_anything` (#12.13)
+//! - `setup_that_fails_after_changing_things_says_what_it_changed` (#12.13)
 //! - `status_and_setup_recognise_a_promoted_pair` (#12.14)
 //! - `setup_ignores_empty_schemas` (#13.6)
 
@@ -1407,4 +1408,54 @@ fn setup_ignores_empty_schemas() {
         "{}",
         stdout(&out)
     );
+}
+
+/// #12.13: a failure after `setup` has changed something is not a "refused" (which means
+/// nothing changed): it is an error that lists what was changed; the replica was made
+/// read-only before it was seeded; and a re-run converges.
+#[test]
+fn setup_that_fails_after_changing_things_says_what_it_changed() {
+    let Some(pair) = Pair::start() else {
+        return;
+    };
+    pair.source
+        .sql("CREATE DATABASE app; CREATE TABLE app.t (id INT PRIMARY KEY); INSERT INTO app.t VALUES (1)");
+    // The replica is told to reach the source on a port where nothing listens.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let runbook = pair.runbook(&format!(
+        "source_address_for_replica = \"127.0.0.1:{closed_port}\"\ncatch_up_timeout = \"1s\""
+    ));
+    let out = cutover(&["db", "setup"], &runbook);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{}{err}", stdout(&out));
+    assert!(!stdout(&out).contains("refused"), "{}", stdout(&out));
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    for want in [
+        "replication is not running",
+        "changed before the failure",
+        "source: created the replication user",
+        "app, cutover loaded from the source",
+        &format!("replicating from 127.0.0.1:{closed_port}"),
+    ] {
+        assert!(err.contains(want), "missing {want:?} in {err}");
+    }
+    assert_eq!(
+        pair.replica.sql("SELECT @@read_only"),
+        "1",
+        "a half-set-up replica is read-only"
+    );
+
+    // With the address fixed, a re-run (--force: it is configured for another address)
+    // converges.
+    let runbook = pair.runbook("");
+    let out = cutover(&["db", "setup", "--force"], &runbook);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    pair.source.sql("INSERT INTO app.t VALUES (2)");
+    pair.replica
+        .wait_for("SELECT COUNT(*) FROM app.t", Duration::from_secs(10), |o| {
+            o == "2"
+        })
+        .expect("replicates");
 }

@@ -372,6 +372,7 @@ async fn apply(
             for sql in d.fence() {
                 replica.exec(sql).await?;
             }
+            changed.push("replica: read-only (before seeding)".into());
             if existing.is_some() {
                 replica.exec(d.stop_replica()).await?;
                 replica.exec(d.reset_replica_all()).await?;
