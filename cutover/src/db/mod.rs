@@ -178,6 +178,10 @@ fn server_code(e: &mysql_async::Error) -> Option<u16> {
     }
 }
 
+/// How late, at most, a wait function may answer after its own timeout before the server is
+/// taken for stuck (see [`Server::wait_query`]).
+pub const WAIT_ANSWER_MARGIN: Duration = Duration::from_secs(2);
+
 /// One connection to one server of the pair, with its dialect.
 #[derive(Debug)]
 pub struct Server {
@@ -494,15 +498,16 @@ impl Server {
     }
 
     /// Runs a wait function (`MASTER_GTID_WAIT` and the like) whose own timeout is `server`
-    /// and returns its integer result. The client-side deadline is `server` plus the connect
-    /// timeout: the server's timeout does not help when the server is stopped, and the
-    /// statement is then abandoned with its connection.
+    /// and returns its integer result. The client-side deadline is `server` plus a margin for
+    /// the answer to arrive (the connect timeout, at most [`WAIT_ANSWER_MARGIN`]): the
+    /// server's timeout does not help when the server is stopped, and the statement is then
+    /// abandoned with its connection.
     pub async fn wait_query(
         &mut self,
         sql: &str,
         server: Duration,
     ) -> Result<Option<i64>, DbError> {
-        let limit = server + self.timeout;
+        let limit = server + self.timeout.min(WAIT_ANSWER_MARGIN);
         Ok(self
             .query_string_within(sql, limit)
             .await?

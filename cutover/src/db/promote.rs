@@ -43,6 +43,9 @@ use super::position::{ThreadState, transactions_behind};
 use super::{DbError, Interrupts, Role, Server, connect_pair, source_address};
 use crate::runbook::Database;
 
+/// The longest single position wait during the window; see [`fence_and_switch`].
+const WAIT_SLICE: Duration = Duration::from_secs(1);
+
 /// How a promotion ended.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "snake_case", tag = "outcome")]
@@ -436,15 +439,24 @@ async fn fence_and_switch(
     // Wait for the final position. The fence should keep it final; if it moved all the same
     // (a session the fence did not stop wrote), wait for the new one within the same deadline
     // rather than lose it; the proof after the switch reports such writes in any case.
+    //
+    // The wait runs in slices of at most WAIT_SLICE: a replica that is slow but alive gets the
+    // whole catch_up_timeout, while one that stops answering (a stopped server, whose own wait
+    // timeout never fires) is given up within a slice plus the answer margin, not after the
+    // whole catch_up_timeout.
     let deadline = Instant::now() + db.catch_up_timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let wait = d.wait_for_position(&final_pos, left);
+        let slice = left.min(WAIT_SLICE);
+        let wait = d.wait_for_position(&final_pos, slice);
         let value = replica
-            .wait_query(&wait, left)
+            .wait_query(&wait, slice)
             .await
             .map_err(|e| format!("waiting for the final position {final_pos}: {e}"))?;
         let outcome = d.wait_outcome(&final_pos, value);
+        if outcome == WaitOutcome::TimedOut && Instant::now() < deadline {
+            continue;
+        }
         if outcome == WaitOutcome::Reached {
             let now = source.own_position().await.map_err(|e| e.to_string())?;
             if now == final_pos {
