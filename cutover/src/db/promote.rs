@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::dialect::{Position, SourceSpec, StartAt, WaitOutcome};
-use super::position::{ThreadState, transactions_behind};
+use super::position::{ThreadState, transactions_behind, written_after};
 use super::{DbError, Interrupts, Role, Server, connect_pair, source_address};
 use crate::runbook::Database;
 
@@ -544,26 +544,13 @@ async fn prove(source: &mut Server, promoted: &Position) -> (Option<u64>, String
             );
         }
     };
-    if &now == promoted {
-        return (
-            Some(0),
-            format!(
-                "the old source is still at {promoted}, the promoted position: nothing was \
-                 written on it after the fence"
-            ),
-        );
-    }
-    let count = match (&now, promoted) {
-        (Position::Gtid(n), Position::Gtid(p)) => transactions_behind(&source.dialect, n, p).ok(),
-        _ => None,
-    };
+    let count = written_after(&source.dialect, &now, promoted);
     if count == Some(0) {
-        // The same set, written differently (e.g. the order of domains).
         return (
             Some(0),
             format!(
-                "the old source is at {now}, the same set as the promoted {promoted}: nothing \
-                 was written on it after the fence"
+                "the old source is at {now}, the promoted position {promoted}: nothing was \
+                 written on it after the fence"
             ),
         );
     }
