@@ -83,10 +83,12 @@ enum DbCommand {
     /// Promote the replica to primary without losing acknowledged writes.
     ///
     /// Waits until the replica is at most database.max_lag_at_fence transactions behind, fences
-    /// the source (read_only; on MariaDB the remaining client sessions are ended after at most
-    /// database.fence_grace), waits for the replica to apply the source's final position
-    /// (database.catch_up_timeout), then stops replication and makes the replica writable.
-    /// Any failure before that point is undone: the source is writable again and the replica
+    /// the source so that no session can write, root included (read_only; on MariaDB the
+    /// remaining client sessions are ended after at most database.fence_grace and a global read
+    /// lock is held), waits for the replica to apply the source's final position
+    /// (database.catch_up_timeout), then stops replication and makes the replica writable, and
+    /// proves that the old source is still at the promoted position (exit 1 if not). Any
+    /// failure before the switch is undone: the source is writable again and the replica
     /// keeps replicating. Reports the write-unavailable window in milliseconds.
     Promote {
         /// The runbook (TOML) with a [database] table.
