@@ -306,10 +306,12 @@ enum DbCommand {
     /// Promote the replica to primary without losing acknowledged writes.
     ///
     /// Waits until the replica is at most database.max_lag_at_fence transactions behind, fences
-    /// the source (read_only; on MariaDB the remaining client sessions are ended after at most
-    /// database.fence_grace), waits for the replica to apply the source's final position
-    /// (database.catch_up_timeout), then stops replication and makes the replica writable.
-    /// Any failure before that point is undone: the source is writable again and the replica
+    /// the source so that no session can write, root included (read_only; on MariaDB the
+    /// remaining client sessions are ended after at most database.fence_grace and a global read
+    /// lock is held), waits for the replica to apply the source's final position
+    /// (database.catch_up_timeout), then stops replication and makes the replica writable, and
+    /// proves that the old source is still at the promoted position (exit 1 if not). Any
+    /// failure before the switch is undone: the source is writable again and the replica
     /// keeps replicating. Reports the write-unavailable window in milliseconds.
     Promote {
         /// The runbook (TOML) with a [database] table.
@@ -756,9 +758,10 @@ fn finish<T>(r: Result<T, db::DbError>, what: &str) -> anyhow::Result<Option<T>>
 }
 
 fn print_status(r: &db::status::StatusReport) {
-    match &r.problem {
-        None => println!("replication: OK ({})", r.dialect),
-        Some(p) => println!("replication: BROKEN: {p}"),
+    match (&r.problem, &r.promoted) {
+        (None, _) => println!("replication: OK ({})", r.dialect),
+        (Some(_), Some(p)) => println!("replication: PROMOTED: {p}"),
+        (Some(p), None) => println!("replication: BROKEN: {p}"),
     }
     let binlog = r
         .source_binlog
@@ -811,6 +814,12 @@ fn print_status(r: &db::status::StatusReport) {
     if let Some(n) = &r.heartbeat_note {
         println!("  note: {n}");
     }
+    if !r.source_privileged_sessions.is_empty() {
+        println!(
+            "  note: source sessions that read_only does not stop (SUPER/READ_ONLY ADMIN): {}",
+            r.source_privileged_sessions.join(", ")
+        );
+    }
 }
 
 fn print_promote(r: &db::promote::PromoteReport) {
@@ -823,9 +832,12 @@ fn print_promote(r: &db::promote::PromoteReport) {
             write_unavailable_ms,
             final_position,
             sessions_ended,
+            proof,
             reverse,
             reverse_failed,
+            ..
         } => {
+            println!("proof: {proof}");
             println!(
                 "promoted: the replica is the primary at {final_position}; write-unavailable \
                  window {write_unavailable_ms} ms; {sessions_ended} session(s) ended on the source"

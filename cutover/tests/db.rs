@@ -19,6 +19,16 @@
 //! - `wrong_password_and_unreachable_host_give_one_clear_line`
 //! - `refuses_a_replica_with_data_unless_forced`
 //! - `setup_sets_row_format_and_refuses_equal_server_ids`
+//!
+//! Regressions of issue #12 (hardening) and #13 (rsync habits), named after the rule:
+//! - `verify_refuses_a_pattern_that_matches_no_table` (#12.8)
+//! - `verify_compares_floating_columns_at_full_precision` (#12.8)
+//! - `promote_with_a_replica_stalled_after_the_fence_is_bounded_and_undone` (#12.11)
+//! - `promote_fences_root_writers_that_reconnect` (#12.12)
+//! - `setup_checks_the_replication_password_before_changing_anything` (#12.13)
+//! - `setup_that_fails_after_changing_things_says_what_it_changed` (#12.13)
+//! - `status_and_setup_recognise_a_promoted_pair` (#12.14)
+//! - `setup_ignores_empty_schemas` (#13.6)
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -804,6 +814,18 @@ fn refuses_a_replica_with_data_unless_forced() {
         "not even the replication account was created on it"
     );
 
+    // Its data was written on it, with its binary log on: it has taken writes as a primary,
+    // and --force refuses until its binary log is cleared, as the message says (#12.14).
+    let out = cutover(&["db", "setup", "--force"], &runbook);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("has taken writes as a primary")
+            && stdout(&out).contains("RESET MASTER"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(pair.replica.sql("SELECT GROUP_CONCAT(id) FROM app.t"), "9");
+    pair.replica.sql("RESET MASTER");
     let out = cutover(&["db", "setup", "--force"], &runbook);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(
@@ -845,4 +867,622 @@ fn setup_sets_row_format_and_refuses_equal_server_ids() {
         "0",
         "nothing was written"
     );
+}
+
+// Regression tests of the hardening issue #12 (items 8, 11-14) and #13 (item 6).
+
+/// Sends `signal` (e.g. `-STOP`) to `pid`.
+fn signal(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {signal} {pid}");
+}
+
+/// Ends the `SELECT SLEEP(60)` session that `hold_session` started on `server` (a killed
+/// client is noticed only when SLEEP returns).
+fn end_sleeper(server: &MariaDb, mut lock: std::process::Child) {
+    let id =
+        server.sql("SELECT ID FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(60)'");
+    if !id.is_empty() {
+        server.sql(&format!("KILL {id}"));
+    }
+    let _ = lock.kill();
+    let _ = lock.wait();
+}
+
+/// Waits for `child` for at most `limit`; kills it and returns `None` when it is still
+/// running then (a hang must fail the test, not hang it).
+fn wait_bounded(mut child: std::process::Child, limit: Duration) -> Option<Output> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().ok();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// Holds the global read lock on the replica, so that its applier runs but cannot commit.
+fn block_the_applier(replica: &MariaDb) -> std::process::Child {
+    let lock = replica.hold_session("FLUSH TABLES WITH READ LOCK; SELECT SLEEP(60)");
+    replica
+        .wait_for(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(60)'",
+            Duration::from_secs(10),
+            |o| o == "1",
+        )
+        .expect("the lock is held");
+    lock
+}
+
+/// #12.8: a `verify_tables` pattern that selects nothing is a typo, not "identical: 0 rows".
+#[test]
+fn verify_refuses_a_pattern_that_matches_no_table() {
+    let Some((pair, runbook)) = replicating_pair(10, "verify_tables = [\"app.*\", \"nosuch.*\"]")
+    else {
+        return;
+    };
+    let out = cutover(&["db", "verify"], &runbook);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{}{err}", stdout(&out));
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    assert!(
+        err.contains("\"nosuch.*\" matches no table") && err.contains("verify_tables"),
+        "{err}"
+    );
+    assert!(!stdout(&out).contains("identical"), "{}", stdout(&out));
+    // Checked before the replica was stopped: it still replicates.
+    pair.source
+        .sql("INSERT INTO app.items (id, name) VALUES (7000, 'after verify')");
+    pair.replica
+        .wait_for(
+            "SELECT COUNT(*) FROM app.items WHERE id = 7000",
+            Duration::from_secs(10),
+            |o| o == "1",
+        )
+        .expect("the replica still replicates");
+}
+
+/// #12.8: FLOAT and DOUBLE columns compare at full precision (a FLOAT's text has 6 digits).
+#[test]
+fn verify_compares_floating_columns_at_full_precision() {
+    let Some((pair, runbook)) = replicating_pair(10, "verify_tables = [\"app.measures\"]") else {
+        return;
+    };
+    pair.source.sql(
+        "CREATE TABLE app.measures (id INT PRIMARY KEY, f FLOAT, d DOUBLE NULL); \
+         INSERT INTO app.measures VALUES (1, 250, 0.3), (2, 1.5, 1e300)",
+    );
+    pair.replica
+        .wait_for(
+            "SELECT COUNT(*) FROM app.measures",
+            Duration::from_secs(10),
+            |o| o == "2",
+        )
+        .expect("replicated");
+    let out = cutover(&["db", "verify"], &runbook);
+    assert_eq!(out.status.code(), Some(0), "identical: {}", stdout(&out));
+
+    // 250 and 250.00002 are different FLOATs that both print as 250.
+    pair.replica
+        .sql("SET sql_log_bin = 0; UPDATE app.measures SET f = 250.00002 WHERE id = 1");
+    assert_eq!(
+        pair.replica.sql("SELECT f FROM app.measures WHERE id = 1"),
+        "250",
+        "the FLOAT's text hides the change"
+    );
+    let out = cutover(&["db", "verify"], &runbook);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("app.measures: chunk 0"), "{text}");
+
+    // And a DOUBLE that differs in its 17th significant digit.
+    pair.replica.sql(
+        "SET sql_log_bin = 0; UPDATE app.measures SET f = 250 WHERE id = 1; \
+         UPDATE app.measures SET d = 0.1e0 + 0.2e0 WHERE id = 1",
+    );
+    let out = cutover(&["db", "verify"], &runbook);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+}
+
+/// #12.11: a replica that stops answering after the fence (SIGSTOP) is not an unbounded
+/// outage: the wait has a client-side deadline, the undo unfences the source without the
+/// replica and says the replica's state is unknown; and the same on SIGTERM.
+#[test]
+fn promote_with_a_replica_stalled_after_the_fence_is_bounded_and_undone() {
+    // A long catch_up_timeout: a replica that stops answering is given up within a wait
+    // slice plus the answer margin, not after the whole catch_up_timeout.
+    let Some((pair, runbook)) =
+        replicating_pair(10, "catch_up_timeout = \"30s\"\nconnect_timeout = \"1s\"")
+    else {
+        return;
+    };
+    // The applier cannot commit, so promote is waiting for the final position when the
+    // replica's server stops.
+    let lock = block_the_applier(&pair.replica);
+    pair.source
+        .sql("INSERT INTO app.items (id, name) VALUES (8000, 'stuck')");
+    let child = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["db", "promote"])
+        .arg(&runbook)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cutover");
+    pair.source
+        .wait_for("SELECT @@read_only", Duration::from_secs(10), |o| o == "1")
+        .expect("the source gets fenced");
+    std::thread::sleep(Duration::from_millis(300));
+    signal(pair.replica.pid(), "-STOP");
+    let stopped_at = Instant::now();
+    let out = wait_bounded(child, Duration::from_secs(20));
+    let took = stopped_at.elapsed();
+    let Some(out) = out else {
+        signal(pair.replica.pid(), "-CONT");
+        panic!("promote did not end within 20 s of the replica stopping (catch_up_timeout 30s)");
+    };
+    let text = stdout(&out);
+    eprintln!("{text}{}", stderr(&out));
+    let source_read_only = pair.source.sql("SELECT @@read_only");
+    signal(pair.replica.pid(), "-CONT");
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(text.contains("ABORTED"), "{text}");
+    assert!(text.contains("source writable again"), "{text}");
+    assert!(text.contains("replica state unknown"), "{text}");
+    assert_eq!(source_read_only, "0", "the source was unfenced");
+    assert!(text.contains("no answer within"), "{text}");
+    assert!(
+        took < Duration::from_secs(10),
+        "given up long before catch_up_timeout (30s): {took:?}"
+    );
+    pair.source
+        .try_sql_as(
+            APP_USER,
+            APP_PASSWORD,
+            "INSERT INTO app.items (id, name) VALUES (8001, 'writable again')",
+        )
+        .expect("the source takes writes again");
+    end_sleeper(&pair.replica, lock);
+    pair.replica
+        .wait_for(
+            "SELECT COUNT(*) FROM app.items WHERE id IN (8000, 8001)",
+            Duration::from_secs(20),
+            |o| o == "2",
+        )
+        .expect("the replica, untouched by the promotion, replicates on");
+
+    // SIGTERM while the replica is stopped: the undo unfences the source all the same.
+    let runbook = pair.runbook("catch_up_timeout = \"60s\"\nconnect_timeout = \"1s\"");
+    let lock = block_the_applier(&pair.replica);
+    pair.source
+        .sql("INSERT INTO app.items (id, name) VALUES (8002, 'stuck again')");
+    let child = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["db", "promote"])
+        .arg(&runbook)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cutover");
+    pair.source
+        .wait_for("SELECT @@read_only", Duration::from_secs(10), |o| o == "1")
+        .expect("the source gets fenced");
+    std::thread::sleep(Duration::from_millis(300));
+    signal(pair.replica.pid(), "-STOP");
+    // Before promote gives the stopped replica up by itself (at least a wait slice later).
+    std::thread::sleep(Duration::from_millis(200));
+    signal(child.id(), "-TERM");
+    let termed_at = Instant::now();
+    let out = wait_bounded(child, Duration::from_secs(20));
+    let took = termed_at.elapsed();
+    let Some(out) = out else {
+        signal(pair.replica.pid(), "-CONT");
+        panic!("promote did not end within 20 s of SIGTERM");
+    };
+    let text = stdout(&out);
+    eprintln!("{text}{}", stderr(&out));
+    let source_read_only = pair.source.sql("SELECT @@read_only");
+    signal(pair.replica.pid(), "-CONT");
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(text.contains("interrupted by SIGTERM"), "{text}");
+    assert!(text.contains("source writable again"), "{text}");
+    assert_eq!(source_read_only, "0", "the source was unfenced");
+    assert!(took < Duration::from_secs(10), "undone promptly: {took:?}");
+    end_sleeper(&pair.replica, lock);
+    pair.replica
+        .wait_for(
+            "SELECT COUNT(*) FROM app.items WHERE id = 8002",
+            Duration::from_secs(20),
+            |o| o == "1",
+        )
+        .expect("the replica replicates on");
+}
+
+/// Inserts ids `base+1, base+2, ...` into `app.seq` as root (whom `read_only` does not stop),
+/// reconnecting after every error, until it sees the replica writable (a client that follows
+/// the primary: it checks before every insert, on a connection of its own to the replica) or
+/// `stop` is set. Returns the acknowledged ids and the errors seen.
+fn root_writer(
+    source_port: u16,
+    replica_port: u16,
+    base: u64,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<u64>, Vec<String>)> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            use mysql_async::prelude::Queryable;
+            let opts = |port: u16| -> mysql_async::Opts {
+                let url = format!(
+                    "mysql://root:{}@127.0.0.1:{port}/app",
+                    integration_tests::mariadb::ROOT_PASSWORD
+                );
+                mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(&url).expect("url"))
+                    .prefer_socket(false)
+                    .into()
+            };
+            let mut probe = mysql_async::Conn::new(opts(replica_port))
+                .await
+                .expect("connect to the replica");
+            let mut acked = Vec::new();
+            let mut errors = Vec::new();
+            let mut conn: Option<mysql_async::Conn> = None;
+            let mut next = base + 1;
+            while !stop.load(Ordering::Relaxed) {
+                if conn.is_none() {
+                    match mysql_async::Conn::new(opts(source_port)).await {
+                        Ok(c) => conn = Some(c),
+                        Err(e) => {
+                            errors.push(e.to_string());
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            continue;
+                        }
+                    }
+                }
+                // Checked while our session to the source exists: a promotion that switches
+                // after this check still finds this session and ends it.
+                let read_only: Option<u8> = probe
+                    .query_first("SELECT @@GLOBAL.read_only")
+                    .await
+                    .expect("probe the replica");
+                if read_only == Some(0) {
+                    break;
+                }
+                let Some(c) = conn.as_mut() else { continue };
+                match c
+                    .exec_drop("INSERT INTO seq (id) VALUES (?)", (next,))
+                    .await
+                {
+                    Ok(()) => acked.push(next),
+                    Err(e) => {
+                        errors.push(e.to_string());
+                        conn = None;
+                    }
+                }
+                next += 1;
+            }
+            (acked, errors)
+        })
+    })
+}
+
+/// #12.12: root sessions, which `read_only` does not stop on MariaDB, reconnect after the
+/// fence ends them and write again: none of their acknowledged writes may be lost, and the
+/// old source's position after the switch must be the promoted one. `status` lists them.
+#[test]
+fn promote_fences_root_writers_that_reconnect() {
+    let Some((pair, runbook)) = replicating_pair(10, "fence_grace = \"100ms\"") else {
+        return;
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|k| {
+            root_writer(
+                pair.source.port,
+                pair.replica.port,
+                k * 1_000_000,
+                stop.clone(),
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Asserted at the end: the acknowledged writes matter most.
+    let status = cutover(&["db", "status", "--json"], &runbook);
+
+    let out = cutover(&["db", "promote", "--json"], &runbook);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while writers.iter().any(|w| !w.is_finished()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    let mut errors = Vec::new();
+    for w in writers {
+        let (a, e) = w.join().expect("writer");
+        acked.extend(a);
+        errors.extend(e);
+    }
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("promote JSON");
+    assert_eq!(report["outcome"], "promoted", "{report}");
+    assert!(
+        acked.len() > 20,
+        "the writers made progress: {}",
+        acked.len()
+    );
+    let on_new: std::collections::HashSet<u64> = pair
+        .replica
+        .sql("SELECT id FROM app.seq")
+        .lines()
+        .map(|l| l.parse().expect("id"))
+        .collect();
+    let lost: Vec<&u64> = acked.iter().filter(|id| !on_new.contains(id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged root writes missing on the new primary, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(10)]
+    );
+    let final_position = report["final_position"].as_str().expect("final position");
+    assert_eq!(
+        pair.source.sql("SELECT @@GLOBAL.gtid_binlog_pos"),
+        final_position,
+        "nothing was written on the old source after the fence"
+    );
+    assert_eq!(report["written_after_fence"], 0, "the proof: {report}");
+    assert_eq!(out.status.code(), Some(0), "promote proved it");
+    assert!(
+        !errors.is_empty(),
+        "the writers' sessions were ended (and they reconnected)"
+    );
+
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    let privileged = json["source_privileged_sessions"]
+        .as_array()
+        .expect("status lists privileged sessions");
+    assert!(
+        privileged.len() >= 4
+            && privileged
+                .iter()
+                .all(|s| s.as_str().is_some_and(|s| s.contains("root@127.0.0.1"))),
+        "status lists the root writers: {json}"
+    );
+    eprintln!(
+        "{} acknowledged root writes, {} errors",
+        acked.len(),
+        errors.len()
+    );
+}
+
+/// #12.13: a replication password that does not log in is found before anything changes;
+/// a re-run with the right one converges, also from a replica whose stored password went
+/// stale.
+#[test]
+fn setup_checks_the_replication_password_before_changing_anything() {
+    let Some(pair) = Pair::start() else {
+        return;
+    };
+    pair.source.sql(
+        "CREATE DATABASE app; CREATE TABLE app.t (id INT PRIMARY KEY); \
+         INSERT INTO app.t VALUES (1), (2); \
+         CREATE USER 'repl'@'%' IDENTIFIED BY 'not-the-runbooks'; \
+         GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%'",
+    );
+    let runbook = pair.runbook("");
+    let gtid_before = pair.source.sql("SELECT @@GLOBAL.gtid_binlog_pos");
+    let out = cutover(&["db", "setup"], &runbook);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(
+        text.contains("refused")
+            && text.contains("replication_password")
+            && text.contains("nothing was changed"),
+        "{text}"
+    );
+    // Nothing was changed, on either side.
+    assert_eq!(pair.replica.sql("SHOW SLAVE STATUS"), "", "no replication");
+    assert_eq!(
+        pair.replica
+            .sql("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME IN ('app', 'cutover')"),
+        "0",
+        "not seeded"
+    );
+    assert_eq!(
+        pair.replica
+            .sql("SELECT COUNT(*) FROM mysql.user WHERE User = 'repl'"),
+        "0"
+    );
+    assert_eq!(pair.replica.sql("SELECT @@read_only"), "0");
+    assert_eq!(
+        pair.source.sql("SELECT @@GLOBAL.gtid_binlog_pos"),
+        gtid_before,
+        "nothing written on the source"
+    );
+
+    // The corrected re-run converges.
+    pair.source
+        .sql("ALTER USER 'repl'@'%' IDENTIFIED BY 'replpw'");
+    let out = cutover(&["db", "setup"], &runbook);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(
+        pair.replica
+            .sql("SELECT GROUP_CONCAT(id ORDER BY id) FROM app.t"),
+        "1,2"
+    );
+
+    // The account's password changes on the source: the replica's IO thread fails to log in.
+    pair.source
+        .sql("SET sql_log_bin = 0; ALTER USER 'repl'@'%' IDENTIFIED BY 'newpw'");
+    pair.replica.sql("STOP SLAVE; START SLAVE");
+    pair.replica
+        .wait_for("SHOW SLAVE STATUS", Duration::from_secs(10), |o| {
+            o.contains("1045")
+        })
+        .expect("the IO thread fails on the old password");
+    let fixed = runbook.with_file_name("fixed.toml");
+    std::fs::write(
+        &fixed,
+        std::fs::read_to_string(&runbook).expect("runbook").replace(
+            "replication_password = \"replpw\"",
+            "replication_password = \"newpw\"",
+        ),
+    )
+    .expect("write runbook");
+    let out = cutover(&["db", "setup"], &fixed);
+    assert_eq!(out.status.code(), Some(0), "converges: {}", stdout(&out));
+    pair.source.sql("INSERT INTO app.t VALUES (3)");
+    pair.replica
+        .wait_for(
+            "SELECT COUNT(*) FROM app.t WHERE id = 3",
+            Duration::from_secs(10),
+            |o| o == "1",
+        )
+        .expect("replicates with the new password");
+    assert_eq!(pair.replica.sql("SELECT @@read_only"), "1");
+}
+
+/// #12.14: after a promotion `status` recognises the pair (it does not suggest `setup`), and
+/// `setup` refuses the new primary, `--force` or not; `--force` also refuses a server that
+/// has taken writes as a primary.
+#[test]
+fn status_and_setup_recognise_a_promoted_pair() {
+    let Some((pair, runbook)) = replicating_pair(10, "") else {
+        return;
+    };
+    let out = cutover(&["db", "promote"], &runbook);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    pair.replica
+        .try_sql_as(
+            APP_USER,
+            APP_PASSWORD,
+            "INSERT INTO app.items (id, name) VALUES (9000, 'on the new primary')",
+        )
+        .expect("the new primary takes writes");
+
+    let out = cutover(&["db", "status"], &runbook);
+    let text = stdout(&out);
+    assert!(text.contains("PROMOTED"), "{text}");
+    assert!(
+        !text.contains("db setup`)"),
+        "does not suggest setup: {text}"
+    );
+    let out = cutover(&["db", "status", "--json"], &runbook);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert!(json["promoted"].is_string(), "{json}");
+
+    for args in [&["db", "setup"][..], &["db", "setup", "--force"][..]] {
+        let out = cutover(args, &runbook);
+        let text = stdout(&out);
+        assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+        assert!(
+            text.contains("refused") && text.contains("promoted"),
+            "{text}"
+        );
+    }
+    // Not recognisable as a promoted pair any more (the old source made writable by hand),
+    // but the new primary has taken writes of its own: --force still refuses.
+    pair.source.sql("SET GLOBAL read_only = 0");
+    let out = cutover(&["db", "setup", "--force"], &runbook);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(text.contains("has taken writes as a primary"), "{text}");
+    assert_eq!(
+        count(
+            &pair.replica,
+            "SELECT COUNT(*) FROM app.items WHERE id = 9000"
+        ),
+        1,
+        "the new primary's write is still there"
+    );
+    assert_eq!(pair.replica.sql("SHOW SLAVE STATUS"), "");
+    assert_eq!(pair.replica.sql("SELECT @@read_only"), "0");
+}
+
+/// #13.6: the stock, empty `test` schema of `mariadb-install-db` (the harness skips it, so it
+/// is created here) is not data: `setup` seeds such a replica.
+#[test]
+fn setup_ignores_empty_schemas() {
+    let Some(pair) = Pair::start() else {
+        return;
+    };
+    pair.source
+        .sql("CREATE DATABASE app; CREATE TABLE app.t (id INT PRIMARY KEY); INSERT INTO app.t VALUES (1)");
+    pair.replica
+        .sql("CREATE DATABASE test; CREATE DATABASE empty_too");
+    let out = cutover(&["db", "setup"], &pair.runbook(""));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(pair.replica.sql("SELECT GROUP_CONCAT(id) FROM app.t"), "1");
+
+    // A schema with a table in it is data, even an empty table.
+    let Some(pair) = Pair::start() else {
+        return;
+    };
+    pair.replica
+        .sql("CREATE DATABASE test; CREATE TABLE test.t (id INT)");
+    let out = cutover(&["db", "setup"], &pair.runbook(""));
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("holds data (schemas: test)"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// #12.13: a failure after `setup` has changed something is not a "refused" (which means
+/// nothing changed): it is an error that lists what was changed; the replica was made
+/// read-only before it was seeded; and a re-run converges.
+#[test]
+fn setup_that_fails_after_changing_things_says_what_it_changed() {
+    let Some(pair) = Pair::start() else {
+        return;
+    };
+    pair.source
+        .sql("CREATE DATABASE app; CREATE TABLE app.t (id INT PRIMARY KEY); INSERT INTO app.t VALUES (1)");
+    // The replica is told to reach the source on a port where nothing listens.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let runbook = pair.runbook(&format!(
+        "source_address_for_replica = \"127.0.0.1:{closed_port}\"\ncatch_up_timeout = \"1s\""
+    ));
+    let out = cutover(&["db", "setup"], &runbook);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{}{err}", stdout(&out));
+    assert!(!stdout(&out).contains("refused"), "{}", stdout(&out));
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    for want in [
+        "replication is not running",
+        "changed before the failure",
+        "source: created the replication user",
+        "app, cutover loaded from the source",
+        &format!("replicating from 127.0.0.1:{closed_port}"),
+    ] {
+        assert!(err.contains(want), "missing {want:?} in {err}");
+    }
+    assert_eq!(
+        pair.replica.sql("SELECT @@read_only"),
+        "1",
+        "a half-set-up replica is read-only"
+    );
+
+    // With the address fixed, a re-run (--force: it is configured for another address)
+    // converges.
+    let runbook = pair.runbook("");
+    let out = cutover(&["db", "setup", "--force"], &runbook);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    pair.source.sql("INSERT INTO app.t VALUES (2)");
+    pair.replica
+        .wait_for("SELECT COUNT(*) FROM app.t", Duration::from_secs(10), |o| {
+            o == "2"
+        })
+        .expect("replicates");
 }

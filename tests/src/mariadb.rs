@@ -200,6 +200,11 @@ impl MariaDb {
         format!("mysql://root:{ROOT_PASSWORD}@127.0.0.1:{}", self.port)
     }
 
+    /// The process id of this `mariadbd` (to stop it with SIGSTOP in a test, say).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The temporary directory of this server.
     pub fn dir(&self) -> &Path {
         self.dir.path()

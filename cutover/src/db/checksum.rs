@@ -8,6 +8,14 @@
 //! are open-ended, so rows that exist only on the replica, beyond the source's last key, are
 //! still counted.
 //!
+//! Floating-point columns (`FLOAT`, `DOUBLE`) enter the row hash as `CAST(col AS DOUBLE)`, not
+//! as themselves: the server writes a `FLOAT` as text with 6 significant digits (250.00002
+//! reads `250`), while a `DOUBLE` expression is written as the shortest text that reads back
+//! as the same double (MariaDB 10.3+, MySQL 8.0), and a `FLOAT` widens to `DOUBLE` exactly. So
+//! two different stored values always hash differently. `CAST(.. AS DECIMAL(65,30))` was not
+//! taken: it rounds below 1e-30 and saturates above 1e35; `HEX()` of a number is the hex of its
+//! integer part. (`-0` and `0` still hash alike, as SQL compares them.)
+//!
 //! This module builds statements and compares results; which snapshot they run in is decided by
 //! the `db` module. Tables without a primary key are checksummed as one chunk.
 
@@ -16,6 +24,33 @@ use serde::Serialize;
 
 use super::dialect::{ident, quote};
 
+/// One column, as `information_schema.COLUMNS` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// The column name.
+    pub name: String,
+    /// Whether it is nullable.
+    pub nullable: bool,
+    /// `DATA_TYPE`, lower case: `int`, `float`, `double`, `varchar`, ...
+    pub data_type: String,
+}
+
+impl Column {
+    /// Whether the column holds binary floating point, whose default text loses precision.
+    pub fn is_floating(&self) -> bool {
+        matches!(self.data_type.as_str(), "float" | "double" | "real")
+    }
+
+    /// The column as it enters the row hash: its exact value as text.
+    fn hashed(&self) -> String {
+        if self.is_floating() {
+            format!("CAST({} AS DOUBLE)", ident(&self.name))
+        } else {
+            ident(&self.name)
+        }
+    }
+}
+
 /// A table and the columns the checksum needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableShape {
@@ -23,8 +58,8 @@ pub struct TableShape {
     pub schema: String,
     /// Table name.
     pub table: String,
-    /// All columns in ordinal order, with whether they are nullable.
-    pub columns: Vec<(String, bool)>,
+    /// All columns in ordinal order.
+    pub columns: Vec<Column>,
     /// Primary key columns in key order (empty when the table has none).
     pub primary_key: Vec<String>,
 }
@@ -33,6 +68,18 @@ impl TableShape {
     /// `schema.table` for messages.
     pub fn name(&self) -> String {
         format!("{}.{}", self.schema, self.table)
+    }
+
+    /// The columns for messages: `id int, note varchar NULL`.
+    pub fn describe_columns(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| {
+                let null = if c.nullable { " NULL" } else { "" };
+                format!("{} {}{null}", c.name, c.data_type)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn qualified_name(&self) -> String {
@@ -49,12 +96,12 @@ impl TableShape {
 
     /// The row-hash expression of one row.
     pub fn row_hash(&self) -> String {
-        let mut parts: Vec<String> = self.columns.iter().map(|(c, _)| ident(c)).collect();
+        let mut parts: Vec<String> = self.columns.iter().map(Column::hashed).collect();
         let nullable: Vec<String> = self
             .columns
             .iter()
-            .filter(|(_, n)| *n)
-            .map(|(c, _)| format!("ISNULL({})", ident(c)))
+            .filter(|c| c.nullable)
+            .map(|c| format!("ISNULL({})", ident(&c.name)))
             .collect();
         if !nullable.is_empty() {
             parts.push(format!("CONCAT({})", nullable.join(", ")));
@@ -262,10 +309,27 @@ mod tests {
     use super::*;
 
     fn shape(pk: &[&str], cols: &[(&str, bool)]) -> TableShape {
+        typed(
+            pk,
+            &cols
+                .iter()
+                .map(|(c, n)| (*c, *n, "int"))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn typed(pk: &[&str], cols: &[(&str, bool, &str)]) -> TableShape {
         TableShape {
             schema: "app".into(),
             table: "items".into(),
-            columns: cols.iter().map(|(c, n)| (c.to_string(), *n)).collect(),
+            columns: cols
+                .iter()
+                .map(|(c, n, t)| Column {
+                    name: c.to_string(),
+                    nullable: *n,
+                    data_type: t.to_string(),
+                })
+                .collect(),
             primary_key: pk.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -279,6 +343,24 @@ mod tests {
         );
         let t = shape(&["id"], &[("id", false)]);
         assert_eq!(t.row_hash(), "CRC32(CONCAT_WS('#', `id`))");
+    }
+
+    #[test]
+    fn floating_columns_hash_at_full_precision() {
+        let t = typed(
+            &["id"],
+            &[
+                ("id", false, "int"),
+                ("f", true, "float"),
+                ("d", false, "double"),
+                ("n", false, "decimal"),
+            ],
+        );
+        assert_eq!(
+            t.row_hash(),
+            "CRC32(CONCAT_WS('#', `id`, CAST(`f` AS DOUBLE), CAST(`d` AS DOUBLE), `n`, \
+             CONCAT(ISNULL(`f`))))"
+        );
     }
 
     #[test]

@@ -467,6 +467,78 @@ impl Dialect {
         }
     }
 
+    /// The lock that stops every session from writing, root included, held by `promote`'s own
+    /// session from just after the sessions are ended until the switch is proven. MariaDB's
+    /// `read_only` does not stop accounts with `READ_ONLY ADMIN` (root has it), and such a
+    /// session that reconnects after being ended would write again: the global read lock
+    /// blocks it (its statement waits, and is ended before the lock is released). MySQL needs
+    /// none: `super_read_only` already stops SUPER.
+    pub fn fence_lock(&self) -> Option<&'static str> {
+        match self.flavor {
+            Flavor::MariaDb => Some("FLUSH TABLES WITH READ LOCK"),
+            Flavor::MySql => None,
+        }
+    }
+
+    /// Releases [`Dialect::fence_lock`] (on the session that holds it).
+    pub fn fence_unlock(&self) -> &'static str {
+        "UNLOCK TABLES"
+    }
+
+    /// Bounds, on the server, how long this session waits for a lock (the fence lock waits for
+    /// running statements); whole seconds, at least 1.
+    pub fn lock_wait_timeout(&self, limit: Duration) -> String {
+        let secs = limit.as_millis().div_ceil(1000).max(1);
+        format!("SET SESSION lock_wait_timeout = {secs}")
+    }
+
+    /// Lists the client sessions (as [`Dialect::sessions_to_end_query`]) whose user has an
+    /// account with a privilege that `read_only` does not stop: `SUPER`, and on MariaDB
+    /// `READ_ONLY ADMIN`. Columns: id, user, client host, command. Accounts are matched by
+    /// user name (a session's account host pattern is not in the process list).
+    pub fn privileged_sessions_query(&self) -> String {
+        format!(
+            "SELECT ID, USER, HOST, COMMAND FROM information_schema.PROCESSLIST \
+             WHERE {SESSIONS_TO_END} AND USER IN (\
+             SELECT SUBSTRING_INDEX(SUBSTRING(GRANTEE, 2), '''@''', 1) \
+             FROM information_schema.USER_PRIVILEGES \
+             WHERE PRIVILEGE_TYPE IN ('SUPER', 'READ_ONLY ADMIN')) ORDER BY ID"
+        )
+    }
+
+    /// The query for the transactions a server has logged itself, for telling a server that
+    /// has taken writes as a primary (see [`super::position::has_own_transactions`]): one row,
+    /// the GTID state and, on MySQL, the server's UUID. `None` for file/position, where the
+    /// binary log does not say who wrote an event.
+    pub fn own_transactions_query(&self) -> Option<&'static str> {
+        match (self.flavor, self.positioning) {
+            (Flavor::MariaDb, Positioning::Gtid) => Some("SELECT @@GLOBAL.gtid_binlog_state, NULL"),
+            (Flavor::MySql, Positioning::Gtid) => {
+                Some("SELECT @@GLOBAL.gtid_executed, @@GLOBAL.server_uuid")
+            }
+            _ => None,
+        }
+    }
+
+    /// Changes only the replication account of a configured replica, keeping its source and
+    /// position (naming the host or port again would reset the position). Needs the replica's
+    /// threads stopped.
+    pub fn change_source_credentials(&self, user: &str, password: &str) -> String {
+        match self.flavor {
+            Flavor::MariaDb => format!(
+                "CHANGE MASTER TO MASTER_USER = {}, MASTER_PASSWORD = {}",
+                quote(user),
+                quote(password)
+            ),
+            Flavor::MySql => format!(
+                "CHANGE REPLICATION SOURCE TO SOURCE_USER = {}, SOURCE_PASSWORD = {}, \
+                 GET_SOURCE_PUBLIC_KEY = 1",
+                quote(user),
+                quote(password)
+            ),
+        }
+    }
+
     /// Whether the fence should also end client sessions (see [`Dialect::fence`]).
     pub fn fence_ends_sessions(&self) -> bool {
         self.flavor == Flavor::MariaDb
@@ -508,6 +580,19 @@ impl Dialect {
             ),
             format!("GRANT {grants} ON *.* TO {account}"),
         ]
+    }
+
+    /// The replication account on the replica, for `promote --reverse` (run with the binary
+    /// log off for the session): created if missing, and its password set to the runbook's
+    /// either way, since the old source will log in with that one.
+    pub fn replication_user_on_replica(&self, user: &str, password: &str) -> Vec<String> {
+        let mut sql = self.create_replication_user(user, password);
+        sql.push(format!(
+            "ALTER USER {}@'%' IDENTIFIED BY {}",
+            quote(user),
+            quote(password)
+        ));
+        sql
     }
 
     /// Statements run on a freshly seeded replica to record the seed's position, before
@@ -635,6 +720,14 @@ impl Dialect {
         }
     }
 }
+
+/// Application schemas that hold something (a table or view, a routine, an event), one column.
+/// An empty schema, like the stock `test` of `mariadb-install-db`, is not data.
+pub const SCHEMAS_WITH_OBJECTS: &str = "SELECT s.SCHEMA_NAME FROM information_schema.SCHEMATA s \
+     WHERE EXISTS (SELECT 1 FROM information_schema.TABLES t WHERE t.TABLE_SCHEMA = s.SCHEMA_NAME) \
+     OR EXISTS (SELECT 1 FROM information_schema.ROUTINES r WHERE r.ROUTINE_SCHEMA = s.SCHEMA_NAME) \
+     OR EXISTS (SELECT 1 FROM information_schema.EVENTS e WHERE e.EVENT_SCHEMA = s.SCHEMA_NAME) \
+     ORDER BY s.SCHEMA_NAME";
 
 /// Client sessions, as opposed to this session, replication and system threads.
 const SESSIONS_TO_END: &str = "ID <> CONNECTION_ID() \
@@ -895,6 +988,31 @@ mod tests {
             vec!["SET GLOBAL super_read_only = 0", "SET GLOBAL read_only = 0"]
         );
         assert!(m.fence_ends_sessions() && !my.fence_ends_sessions());
+        // read_only does not stop root on MariaDB: the fence also takes the global read lock.
+        assert_eq!(m.fence_lock(), Some("FLUSH TABLES WITH READ LOCK"));
+        assert_eq!(my.fence_lock(), None, "super_read_only stops SUPER");
+        assert_eq!(m.fence_unlock(), "UNLOCK TABLES");
+        assert_eq!(
+            m.lock_wait_timeout(Duration::from_millis(1200)),
+            "SET SESSION lock_wait_timeout = 2"
+        );
+        assert_eq!(
+            m.lock_wait_timeout(Duration::ZERO),
+            "SET SESSION lock_wait_timeout = 1"
+        );
+        assert_eq!(
+            m.change_source_credentials("repl", "p'w"),
+            "CHANGE MASTER TO MASTER_USER = 'repl', MASTER_PASSWORD = 'p''w'"
+        );
+        assert!(
+            my.change_source_credentials("repl", "pw")
+                .starts_with("CHANGE REPLICATION SOURCE TO SOURCE_USER = 'repl'")
+        );
+        assert!(
+            m.own_transactions_query()
+                .is_some_and(|q| q.contains("gtid_binlog_state"))
+        );
+        assert!(my84.own_transactions_query().is_none(), "file/position");
     }
 
     #[test]
@@ -911,6 +1029,11 @@ mod tests {
             }
         }
         assert!(d.busy_sessions_query().ends_with("AND COMMAND <> 'Sleep'"));
+        let q = d.privileged_sessions_query();
+        assert!(
+            q.contains("ID <> CONNECTION_ID()") && q.contains("'READ_ONLY ADMIN'"),
+            "{q}"
+        );
         assert_eq!(d.kill_session(42), "KILL CONNECTION 42");
     }
 

@@ -105,6 +105,43 @@ pub enum DbError {
     /// The operator stopped the command (SIGINT/SIGTERM); what had to be restored was.
     #[error("{0}")]
     Interrupted(String),
+    /// A server did not answer a statement within the client-side deadline, or the connection
+    /// was abandoned after an earlier one did (a stopped server keeps the TCP connection open
+    /// and never answers, so every statement is bounded on our side too).
+    #[error("{role} {addr}: {context}: no answer within {after} (client-side deadline)")]
+    Timeout {
+        /// Which server.
+        role: Role,
+        /// `host:port`.
+        addr: String,
+        /// What we were doing.
+        context: String,
+        /// The deadline, e.g. `10s`.
+        after: String,
+    },
+    /// A `database.verify_tables` pattern selects no table on either server: most likely a
+    /// typo, and checksumming nothing must not read as "identical".
+    #[error(
+        "{role} {addr}: database.verify_tables: {pattern:?} matches no table on the source \
+         or the replica"
+    )]
+    NoSuchTables {
+        /// The source (whose tables were listed first).
+        role: Role,
+        /// `host:port`.
+        addr: String,
+        /// The pattern as written in the runbook.
+        pattern: String,
+    },
+    /// `setup` failed after it had changed something: `changed` says exactly what, so that the
+    /// operator knows the state; running `setup` again once the cause is fixed converges.
+    #[error("{cause}; changed before the failure: {}; fix the cause and run setup again", changed.join("; "))]
+    Incomplete {
+        /// What failed.
+        cause: Box<DbError>,
+        /// What had been changed, one entry per change, in order.
+        changed: Vec<String>,
+    },
     /// Running the dump or the client program failed.
     #[error("seeding the replica failed: {0}")]
     Seed(String),
@@ -115,6 +152,7 @@ impl DbError {
     pub fn exit_code(&self) -> i32 {
         match self {
             DbError::Refused { .. } => 1,
+            // A changed pair (Incomplete), a stuck server, a typo in verify_tables, ...
             _ => 2,
         }
     }
@@ -140,6 +178,10 @@ fn server_code(e: &mysql_async::Error) -> Option<u16> {
     }
 }
 
+/// How late, at most, a wait function may answer after its own timeout before the server is
+/// taken for stuck (see [`Server::wait_query`]).
+pub const WAIT_ANSWER_MARGIN: Duration = Duration::from_secs(2);
+
 /// One connection to one server of the pair, with its dialect.
 #[derive(Debug)]
 pub struct Server {
@@ -162,6 +204,11 @@ pub struct Server {
     conn: Conn,
     opts: Opts,
     timeout: Duration,
+    /// The client-side deadline of one statement (see [`Server::set_statement_timeout`]).
+    statement_timeout: Duration,
+    /// Set when a statement hit its deadline: the connection is in an unknown state (the
+    /// statement may still be running, or the server is stopped) and is not used again.
+    abandoned: Option<String>,
 }
 
 impl Server {
@@ -212,17 +259,25 @@ impl Server {
             context: "reading the server version".into(),
             message: driver_message(&e),
         };
-        let row: Option<(Option<String>, Option<u64>)> = conn
-            .query_first("SELECT @@version, @@server_id")
-            .await
-            .map_err(probe)?;
+        let late = || DbError::Timeout {
+            role,
+            addr: addr.clone(),
+            context: "reading the server version".into(),
+            after: human(timeout),
+        };
+        let row: Option<(Option<String>, Option<u64>)> =
+            tokio::time::timeout(timeout, conn.query_first("SELECT @@version, @@server_id"))
+                .await
+                .map_err(|_| late())?
+                .map_err(probe)?;
         let (version, server_id) = row.unwrap_or_default();
         let version = version.unwrap_or_default();
         let gtid_mode: Option<String> = if version.to_ascii_lowercase().contains("mariadb") {
             None
         } else {
-            conn.query_first("SELECT @@GLOBAL.gtid_mode")
+            tokio::time::timeout(timeout, conn.query_first("SELECT @@GLOBAL.gtid_mode"))
                 .await
+                .map_err(|_| late())?
                 .map_err(probe)?
         };
         let dialect =
@@ -243,6 +298,8 @@ impl Server {
             conn,
             opts,
             timeout,
+            statement_timeout: timeout,
+            abandoned: None,
         })
     }
 
@@ -257,19 +314,120 @@ impl Server {
             Err(_) => Err(DbError::Connect {
                 role,
                 addr: addr.to_string(),
-                message: format!("no answer within {}", humantime::format_duration(timeout)),
+                message: format!("no answer within {}", human(timeout)),
             }),
         }
     }
 
-    /// A second, independent connection to the same server.
-    pub async fn reconnect(&self) -> Result<Conn, DbError> {
-        Server::open(self.role, &self.addr, &self.opts, self.timeout).await
+    /// A second, independent connection to the same server, with the same deadlines.
+    pub async fn fork(&self) -> Result<Server, DbError> {
+        let conn = Server::open(self.role, &self.addr, &self.opts, self.timeout).await?;
+        Ok(Server {
+            role: self.role,
+            addr: self.addr.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            dialect: self.dialect,
+            server_id: self.server_id,
+            conn,
+            opts: self.opts.clone(),
+            timeout: self.timeout,
+            statement_timeout: self.statement_timeout,
+            abandoned: None,
+        })
+    }
+
+    /// The sessions on this server whose account `read_only` does not stop (see
+    /// [`Dialect::privileged_sessions_query`]), as `id user@host (command)`, ours excluded.
+    pub async fn privileged_sessions(&mut self) -> Result<Vec<String>, DbError> {
+        let rows = self
+            .query_strings(&self.dialect.privileged_sessions_query())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let col = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+                format!("{} {}@{} ({})", col(0), col(1), col(2), col(3))
+            })
+            .collect())
+    }
+
+    /// Whether this server's binary log holds transactions it wrote itself (it has taken
+    /// writes as a primary); `None` when the dialect cannot tell (file/position).
+    pub async fn has_own_transactions(&mut self) -> Result<Option<bool>, DbError> {
+        let Some(sql) = self.dialect.own_transactions_query() else {
+            return Ok(None);
+        };
+        let rows = self.query_strings(sql).await?;
+        let row = rows.into_iter().next().unwrap_or_default();
+        let state = row.first().cloned().flatten().unwrap_or_default();
+        let uuid = row.get(1).cloned().flatten();
+        Ok(Some(position::has_own_transactions(
+            self.dialect.flavor,
+            &state,
+            self.server_id,
+            uuid.as_deref(),
+        )))
     }
 
     /// This connection's id (for not killing ourselves).
     pub fn connection_id(&self) -> u32 {
         self.conn.id()
+    }
+
+    /// The connect timeout, which is also the default client-side deadline of a statement.
+    pub fn connect_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sets the client-side deadline of every later statement on this connection. A statement
+    /// that does not answer in time fails with [`DbError::Timeout`] and the connection is
+    /// abandoned. Waits ([`Server::wait_query`]) get their own, longer deadline.
+    pub fn set_statement_timeout(&mut self, limit: Duration) {
+        self.statement_timeout = limit;
+    }
+
+    /// Whether a statement on this connection hit its deadline (the connection is not used
+    /// again).
+    pub fn is_abandoned(&self) -> bool {
+        self.abandoned.is_some()
+    }
+
+    /// Fails at once when the connection was abandoned.
+    fn usable(&self, context: &str) -> Result<(), DbError> {
+        match &self.abandoned {
+            None => Ok(()),
+            Some(after) => Err(DbError::Timeout {
+                role: self.role,
+                addr: self.addr.clone(),
+                context: format!("{context} (connection abandoned after an earlier statement)"),
+                after: after.clone(),
+            }),
+        }
+    }
+
+    /// Maps the result of a statement run under `tokio::time::timeout(limit, ..)`.
+    fn settle<T>(
+        &mut self,
+        context: &str,
+        limit: Duration,
+        r: Result<Result<T, mysql_async::Error>, tokio::time::error::Elapsed>,
+    ) -> Result<T, DbError> {
+        match r {
+            Ok(r) => r.map_err(|e| self.query_error(context, &e)),
+            Err(_) => {
+                let after = human(limit);
+                self.abandoned = Some(after.clone());
+                Err(DbError::Timeout {
+                    role: self.role,
+                    addr: self.addr.clone(),
+                    context: context.to_string(),
+                    after,
+                })
+            }
+        }
     }
 
     fn query_error(&self, context: &str, e: &mysql_async::Error) -> DbError {
@@ -292,39 +450,76 @@ impl Server {
 
     /// Runs a statement; `sql` appears in the error.
     pub async fn exec(&mut self, sql: &str) -> Result<(), DbError> {
-        let r = self.conn.query_drop(sql).await;
-        r.map_err(|e| self.query_error(sql, &e))
+        self.usable(sql)?;
+        let limit = self.statement_timeout;
+        let r = tokio::time::timeout(limit, self.conn.query_drop(sql)).await;
+        self.settle(sql, limit, r)
     }
 
     /// Runs a statement whose text holds a secret; only `label` appears in errors.
     pub async fn exec_secret(&mut self, label: &str, sql: &str) -> Result<(), DbError> {
-        let r = self.conn.query_drop(sql).await;
-        r.map_err(|e| self.query_error(label, &e))
+        self.usable(label)?;
+        let limit = self.statement_timeout;
+        let r = tokio::time::timeout(limit, self.conn.query_drop(sql)).await;
+        self.settle(label, limit, r)
     }
 
     /// Runs a statement and returns the server error code instead of failing on server
     /// errors (connection errors still fail).
     pub async fn try_exec(&mut self, sql: &str) -> Result<Option<(u16, String)>, DbError> {
-        match self.conn.query_drop(sql).await {
-            Ok(()) => Ok(None),
-            Err(e) => match server_code(&e) {
+        self.usable(sql)?;
+        let limit = self.statement_timeout;
+        let r = tokio::time::timeout(limit, self.conn.query_drop(sql)).await;
+        match r {
+            Ok(Err(e)) => match server_code(&e) {
                 Some(code) => Ok(Some((code, driver_message(&e)))),
                 None => Err(self.query_error(sql, &e)),
             },
+            r => self.settle(sql, limit, r).map(|()| None),
         }
     }
 
     /// The first column of the first row as a string (`None` for no row or NULL).
     pub async fn query_string(&mut self, sql: &str) -> Result<Option<String>, DbError> {
-        let r: Result<Option<Row>, _> = self.conn.query_first(sql).await;
-        let row = r.map_err(|e| self.query_error(sql, &e))?;
+        let limit = self.statement_timeout;
+        self.query_string_within(sql, limit).await
+    }
+
+    /// [`Server::query_string`] with its own client-side deadline.
+    async fn query_string_within(
+        &mut self,
+        sql: &str,
+        limit: Duration,
+    ) -> Result<Option<String>, DbError> {
+        self.usable(sql)?;
+        let r = tokio::time::timeout(limit, self.conn.query_first::<Row, _>(sql)).await;
+        let row = self.settle(sql, limit, r)?;
         Ok(row.and_then(|r| r.as_ref(0).and_then(value_to_string)))
+    }
+
+    /// Runs a wait function (`MASTER_GTID_WAIT` and the like) whose own timeout is `server`
+    /// and returns its integer result. The client-side deadline is `server` plus a margin for
+    /// the answer to arrive (the connect timeout, at most [`WAIT_ANSWER_MARGIN`]): the
+    /// server's timeout does not help when the server is stopped, and the statement is then
+    /// abandoned with its connection.
+    pub async fn wait_query(
+        &mut self,
+        sql: &str,
+        server: Duration,
+    ) -> Result<Option<i64>, DbError> {
+        let limit = server + self.timeout.min(WAIT_ANSWER_MARGIN);
+        Ok(self
+            .query_string_within(sql, limit)
+            .await?
+            .and_then(|v| v.trim().parse::<i64>().ok()))
     }
 
     /// All rows, each as its values converted to strings (NULL → `None`).
     pub async fn query_strings(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, DbError> {
-        let r: Result<Vec<Row>, _> = self.conn.query(sql).await;
-        let rows = r.map_err(|e| self.query_error(sql, &e))?;
+        self.usable(sql)?;
+        let limit = self.statement_timeout;
+        let r = tokio::time::timeout(limit, self.conn.query::<Row, _>(sql)).await;
+        let rows = self.settle(sql, limit, r)?;
         Ok(rows
             .into_iter()
             .map(|r| Row::unwrap(r).iter().map(value_to_string).collect())
@@ -336,8 +531,10 @@ impl Server {
         &mut self,
         sql: &str,
     ) -> Result<Option<BTreeMap<String, String>>, DbError> {
-        let r: Result<Option<Row>, _> = self.conn.query_first(sql).await;
-        let row = r.map_err(|e| self.query_error(sql, &e))?;
+        self.usable(sql)?;
+        let limit = self.statement_timeout;
+        let r = tokio::time::timeout(limit, self.conn.query_first::<Row, _>(sql)).await;
+        let row = self.settle(sql, limit, r)?;
         Ok(row.map(|row| {
             let mut map = BTreeMap::new();
             for (i, col) in row.columns_ref().iter().enumerate() {
@@ -360,8 +557,10 @@ impl Server {
         } else {
             Params::Positional(params)
         };
-        let r: Result<Option<Row>, _> = self.conn.exec_first(sql, params).await;
-        let row = r.map_err(|e| self.query_error(sql, &e))?;
+        self.usable(sql)?;
+        let limit = self.statement_timeout;
+        let r = tokio::time::timeout(limit, self.conn.exec_first::<Row, _, _>(sql, params)).await;
+        let row = self.settle(sql, limit, r)?;
         Ok(row.map(Row::unwrap))
     }
 
@@ -460,9 +659,12 @@ impl Server {
         }
     }
 
-    /// Closes the connection politely.
+    /// Closes the connection politely, within the connect timeout; an abandoned connection
+    /// is just dropped.
     pub async fn close(self) {
-        let _ = self.conn.disconnect().await;
+        if self.abandoned.is_none() {
+            let _ = tokio::time::timeout(self.timeout, self.conn.disconnect()).await;
+        }
     }
 }
 
@@ -473,6 +675,12 @@ pub struct ReplicaRow {
     pub status: ReplicaStatus,
     /// `Master_Server_Id` / `Source_Server_Id` (0 or `None` when not connected yet).
     pub source_server_id: Option<u64>,
+}
+
+/// A duration for messages, to the millisecond (`2s 999ms`, not `2s 999ms 999us 924ns`).
+pub fn human(d: Duration) -> String {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    humantime::format_duration(Duration::from_millis(ms)).to_string()
 }
 
 /// A value as text, `None` for NULL.
@@ -530,18 +738,49 @@ pub async fn application_schemas(server: &mut Server) -> Result<Vec<String>, DbE
         .collect())
 }
 
-/// Resolves when the process is asked to stop (SIGINT or SIGTERM), with the signal's name.
-pub(crate) async fn interrupted() -> &'static str {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Application schemas that hold something: a table, a view, a routine or an event. An empty
+/// schema, such as the stock `test` schema that `mariadb-install-db` creates, is not data.
+pub async fn schemas_with_data(server: &mut Server) -> Result<Vec<String>, DbError> {
+    let rows = server.query_strings(dialect::SCHEMAS_WITH_OBJECTS).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .filter(|s| !SYSTEM_SCHEMAS.contains(&s.as_str()))
+        .collect())
+}
+
+/// SIGINT and SIGTERM, caught from the moment this value exists (not from the first poll, as
+/// `tokio::signal::ctrl_c` would): create it before changing anything that an interruption
+/// must put back, then select on [`Interrupts::recv`]. The handlers stay installed for the
+/// rest of the process, so a second signal during the undo does not cut the undo short.
+pub(crate) struct Interrupts {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Interrupts {
+    /// Installs the handlers (a signal that cannot be caught is just never reported).
+    pub(crate) fn new() -> Interrupts {
+        use tokio::signal::unix::{SignalKind, signal};
+        Interrupts {
+            int: signal(SignalKind::interrupt()).ok(),
+            term: signal(SignalKind::terminate()).ok(),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term => "SIGTERM",
+    }
+
+    /// Resolves when the process is asked to stop, with the signal's name.
+    pub(crate) async fn recv(&mut self) -> &'static str {
+        async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        tokio::select! {
+            _ = next(&mut self.int) => "SIGINT",
+            _ = next(&mut self.term) => "SIGTERM",
+        }
     }
 }

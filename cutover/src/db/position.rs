@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::dialect::{Dialect, Flavor};
+use super::dialect::{Dialect, Flavor, Position};
 
 /// A MariaDB GTID list (`domain-server-seq,...`) as domain → (server id, sequence number).
 pub type MariaGtids = BTreeMap<u32, (u32, u64)>;
@@ -129,6 +129,47 @@ pub fn transactions_behind(dialect: &Dialect, source: &str, replica: &str) -> Re
             &parse_mysql_gtids(source)?,
             &parse_mysql_gtids(replica)?,
         )),
+    }
+}
+
+/// The post-switch proof of `promote`: how many transactions the old source, now at `now`,
+/// holds beyond the `promoted` position. `Some(0)` is the proof that nothing was written after
+/// the fence (equal, or the same GTID set written differently); `None` when it moved by an
+/// amount that cannot be counted (file/position, or a position that does not parse).
+pub fn written_after(dialect: &Dialect, now: &Position, promoted: &Position) -> Option<u64> {
+    if now == promoted {
+        return Some(0);
+    }
+    match (now, promoted) {
+        (Position::Gtid(n), Position::Gtid(p)) => transactions_behind(dialect, n, p).ok(),
+        _ => None,
+    }
+}
+
+/// Whether a server's GTID state holds transactions it wrote itself, i.e. it has taken writes
+/// as a primary. `state` is MariaDB's `gtid_binlog_state` (`domain-server-seq` for every
+/// server that wrote in a domain) or MySQL's `gtid_executed`; `uuid` is MySQL's
+/// `server_uuid`. A replica set up by `setup` logs only the source's transactions.
+pub fn has_own_transactions(
+    flavor: Flavor,
+    state: &str,
+    server_id: u64,
+    uuid: Option<&str>,
+) -> bool {
+    match flavor {
+        Flavor::MariaDb => state.split(',').map(str::trim).any(|part| {
+            let mut it = part.split('-');
+            it.next();
+            it.next().and_then(|s| s.parse::<u64>().ok()) == Some(server_id)
+        }),
+        Flavor::MySql => match (parse_mysql_gtids(state), uuid) {
+            (Ok(set), Some(u)) => {
+                let u = u.to_ascii_lowercase();
+                set.keys()
+                    .any(|k| *k == u || k.starts_with(&format!("{u}:")))
+            }
+            _ => false,
+        },
     }
 }
 
@@ -255,6 +296,70 @@ impl ReplicaStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proof_after_the_switch() {
+        let m = Dialect::detect("10.11.6-MariaDB", None).expect("dialect");
+        let my = Dialect::detect("8.0.36", Some("ON")).expect("dialect");
+        let g = |s: &str| Position::Gtid(s.into());
+        let f = |file: &str, pos| Position::File {
+            file: file.into(),
+            pos,
+        };
+        let cases = [
+            (m, g("0-1-100"), g("0-1-100"), Some(0)),
+            (m, g("1-1-5,0-1-100"), g("0-1-100,1-1-5"), Some(0)),
+            (m, g("0-1-103"), g("0-1-100"), Some(3)),
+            (m, g("0-1-100,1-1-2"), g("0-1-100"), Some(2)),
+            (my, g("u:1-10"), g("u:1-10"), Some(0)),
+            (my, g("u:1-12"), g("u:1-10"), Some(2)),
+            (my, f("b.1", 900), f("b.1", 900), Some(0)),
+            (my, f("b.1", 950), f("b.1", 900), None),
+            (m, g("garbage"), g("0-1-1"), None),
+        ];
+        for (d, now, promoted, want) in cases {
+            assert_eq!(
+                written_after(&d, &now, &promoted),
+                want,
+                "{now} vs {promoted}"
+            );
+        }
+    }
+
+    #[test]
+    fn own_transactions() {
+        let m = Flavor::MariaDb;
+        let u = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        let cases: &[(Flavor, &str, u64, Option<&str>, bool)] = &[
+            (m, "", 2, None, false),
+            (m, "0-1-100", 2, None, false),
+            (m, "0-1-100,0-2-101", 2, None, true),
+            (m, "0-1-100,1-2-3", 2, None, true),
+            (m, "0-12-5", 2, None, false),
+            (Flavor::MySql, "", 2, Some(u), false),
+            (
+                Flavor::MySql,
+                "aaaaaaaa-71ca-11e1-9e33-c80aa9429562:1-5",
+                2,
+                Some(u),
+                false,
+            ),
+            (
+                Flavor::MySql,
+                "aaaaaaaa-71ca-11e1-9e33-c80aa9429562:1-5,\n3E11FA47-71CA-11E1-9E33-C80AA9429562:1",
+                2,
+                Some(u),
+                true,
+            ),
+        ];
+        for (f, state, id, uuid, want) in cases {
+            assert_eq!(
+                has_own_transactions(*f, state, *id, *uuid),
+                *want,
+                "{state}"
+            );
+        }
+    }
 
     #[test]
     fn maria_gtid_lists() {

@@ -2,12 +2,22 @@
 //!
 //! The steps, in order: check the source (binary log on, `binlog_format=ROW`, distinct
 //! `server_id`s, and `log_slave_updates` on the replica so that it can serve `promote
-//! --reverse`); create the replication account; seed an empty replica from a consistent dump
-//! of the source taken with the server's own dump tool, recording the dump's position; point the
-//! replica at the source by GTID; start replication and wait for both threads; make the replica
-//! `read_only`. A replica that already replicates from this source is left as it is (the
-//! command is idempotent). A replica that holds application schemas and does not replicate is
-//! refused unless `--force`, which re-seeds the source's schemas over it.
+//! --reverse`), and check the replication account's password by logging in as it when the
+//! account exists already; create the replication account; seed an empty replica from a
+//! consistent dump of the source taken with the server's own dump tool, recording the dump's
+//! position; point the replica at the source by GTID; start replication and wait for both
+//! threads; make the replica `read_only` (it is made so before the seed, too). A replica that
+//! already replicates from this source is left as it is (the command is idempotent), except
+//! that a stopped or failing IO thread gets the runbook's credentials again, so that a re-run
+//! with a corrected password converges. A replica that holds data (a schema with a table,
+//! view, routine or event: an empty schema such as the stock `test` is not data) and does not
+//! replicate is refused unless `--force`, which re-seeds the source's schemas over it. A
+//! promoted pair, and with `--force` a server that has taken writes as a primary, are refused
+//! whatever the flags: seeding would overwrite the new primary.
+//!
+//! Everything that can refuse runs before the first change, so a refusal (exit 1) means that
+//! nothing was changed. A failure after a change is [`DbError::Incomplete`], which lists what
+//! was changed.
 //!
 //! It does not copy accounts other than the replication account, and does not change server
 //! configuration files: what it sets at runtime it reports, so the operator can persist it.
@@ -18,9 +28,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::dialect::{Flavor, Position, SourceSpec, StartAt};
-use super::position::ReplicaStatus;
-use super::{DbError, HEARTBEAT_SCHEMA, Server, application_schemas, connect_pair, source_address};
+use super::dialect::{Flavor, Position, SourceSpec, StartAt, quote};
+use super::position::{ReplicaStatus, ThreadState};
+use super::{
+    DbError, HEARTBEAT_SCHEMA, ReplicaRow, Server, application_schemas, connect_pair,
+    schemas_with_data, source_address,
+};
 use crate::runbook::Database;
 
 /// What `setup` did.
@@ -69,6 +82,9 @@ pub async fn setup(db: &Database, force: bool) -> Result<SetupReport, DbError> {
         .as_ref()
         .is_some_and(|r| r.source_server_id == Some(source.server_id));
     let (host, port) = source_address(db, &source);
+    let keep = existing
+        .as_ref()
+        .is_some_and(|r| !force && (replicates_from_source || r.status.source_port == port));
     match &existing {
         Some(row) if !(force || replicates_from_source || row.status.source_port == port) => {
             return Err(replica.refused(format!(
@@ -77,32 +93,195 @@ pub async fn setup(db: &Database, force: bool) -> Result<SetupReport, DbError> {
                 row.status.source_host, row.status.source_port
             )));
         }
-        None if !force => {
-            let present: Vec<String> = application_schemas(&mut replica)
-                .await?
-                .into_iter()
-                .filter(|s| s != HEARTBEAT_SCHEMA)
-                .collect();
-            if !present.is_empty() {
-                return Err(replica.refused(format!(
-                    "holds data (schemas: {}) and does not replicate; refusing to touch it. \
-                     Use --force to overwrite the source's schemas on it from a fresh dump",
-                    present.join(", ")
-                )));
+        None => {
+            if let Some(why) = promoted_primary(&mut source, &mut replica).await? {
+                return Err(replica.refused(why));
+            }
+            if !force {
+                let present: Vec<String> = schemas_with_data(&mut replica)
+                    .await?
+                    .into_iter()
+                    .filter(|s| s != HEARTBEAT_SCHEMA)
+                    .collect();
+                if !present.is_empty() {
+                    return Err(replica.refused(format!(
+                        "holds data (schemas: {}) and does not replicate; refusing to touch \
+                         it. Use --force to overwrite the source's schemas on it from a fresh \
+                         dump",
+                        present.join(", ")
+                    )));
+                }
             }
         }
         _ => {}
     }
+    if force && !keep && replica.has_own_transactions().await? == Some(true) {
+        return Err(replica.refused(format!(
+            "has taken writes as a primary (its binary log holds transactions of its own \
+             server_id {}); --force would overwrite them. If it is the promoted primary, swap \
+             source and replica in the runbook; if its data really is to be discarded, clear \
+             its binary log (RESET MASTER) first",
+            replica.server_id
+        )));
+    }
+    // The replication account: if it exists, the runbook's password must log in as it, or
+    // the replica would be seeded and then fail to replicate.
+    let account_existed = check_replication_login(db, &mut source).await?;
 
-    // Checks passed and nothing refused: the first write is the binlog format.
+    // Checks passed and nothing refused: from here on every change is recorded, and a
+    // failure reports them.
+    let mut changed = Vec::new();
+    let r = apply(
+        db,
+        &mut source,
+        &mut replica,
+        existing,
+        keep,
+        account_existed,
+        (host, port),
+        &mut steps,
+        &mut changed,
+    )
+    .await;
+    let dialect = source.dialect.describe();
+    source.close().await;
+    replica.close().await;
+    match r {
+        Ok((seeded_at, replication)) => Ok(SetupReport {
+            dialect,
+            steps,
+            seeded_at,
+            replication,
+        }),
+        Err(cause) if changed.is_empty() => Err(cause),
+        Err(cause) => Err(DbError::Incomplete {
+            cause: Box::new(cause),
+            changed,
+        }),
+    }
+}
+
+/// Why the replica must not be seeded because it is the primary of a promoted pair: it
+/// replicates from nobody, is writable, has replicated before, and the source is read-only or
+/// replicates from it. `None` when it is not.
+async fn promoted_primary(
+    source: &mut Server,
+    replica: &mut Server,
+) -> Result<Option<String>, DbError> {
+    if replica.global_bool("read_only").await? {
+        return Ok(None);
+    }
+    let applied = replica.applied_position().await?.unwrap_or_default();
+    if applied.is_empty() {
+        return Ok(None);
+    }
+    let follows = source
+        .replica_status()
+        .await?
+        .and_then(|r| r.source_server_id)
+        .is_some_and(|id| id == replica.server_id);
+    if !(follows || source.global_bool("read_only").await?) {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "is the primary of a promoted pair (writable, replicates from nobody, has replicated \
+         up to {applied}; the source {} {}); setup would overwrite it. Swap source and replica \
+         in the runbook to work on the pair as it is now",
+        source.addr,
+        if follows {
+            "replicates from it"
+        } else {
+            "is read-only"
+        }
+    )))
+}
+
+/// Logs in to the source as the replication account with the runbook's password. Returns
+/// whether the account exists; refuses (nothing changed yet) when it exists and the password
+/// does not log in.
+async fn check_replication_login(db: &Database, source: &mut Server) -> Result<bool, DbError> {
+    let exists = source
+        .query_string(&format!(
+            "SELECT COUNT(*) FROM mysql.user WHERE User = {}",
+            quote(&db.replication_user)
+        ))
+        .await?
+        .is_some_and(|n| n != "0");
+    if !exists {
+        return Ok(false);
+    }
+    match login_as_replication_user(db, source).await {
+        Ok(()) => Ok(true),
+        Err(message) => Err(source.refused(format!(
+            "the replication account {:?} exists, but logging in as it with the runbook's \
+             replication_password fails ({message}); correct replication_password (or the \
+             account's password) and run setup again; nothing was changed",
+            db.replication_user
+        ))),
+    }
+}
+
+/// One login to the source as the replication account, from this host.
+async fn login_as_replication_user(db: &Database, source: &Server) -> Result<(), String> {
+    let url = format!(
+        "mysql://{}@{}",
+        urlencode(&db.replication_user),
+        source.addr
+    );
+    match Server::connect(
+        source.role,
+        &url,
+        Some(&db.replication_password),
+        source.connect_timeout(),
+    )
+    .await
+    {
+        Ok(s) => {
+            s.close().await;
+            Ok(())
+        }
+        Err(DbError::Connect { message, .. }) => Err(message),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Percent-encodes a URL user name.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Steps 2–5, each change recorded in `changed` as it is made.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
+async fn apply(
+    db: &Database,
+    source: &mut Server,
+    replica: &mut Server,
+    existing: Option<ReplicaRow>,
+    keep: bool,
+    account_existed: bool,
+    (host, port): (String, u16),
+    steps: &mut Vec<String>,
+    changed: &mut Vec<String>,
+) -> Result<(Option<String>, ReplicaStatus), DbError> {
+    let d = source.dialect;
+    // The first write is the binlog format.
     let format = source.global("binlog_format").await?.unwrap_or_default();
     if !format.eq_ignore_ascii_case("ROW") {
         source.exec("SET GLOBAL binlog_format = 'ROW'").await?;
-        steps.push(format!(
+        let line = format!(
             "source: set binlog_format=ROW (was {format}); sessions opened before keep the old \
              format until they reconnect, and the server config must say binlog_format=ROW to \
              keep it after a restart"
-        ));
+        );
+        changed.push(line.clone());
+        steps.push(line);
     }
     steps.push(format!(
         "checked: binary log on, binlog_format=ROW, server_id {} vs {}",
@@ -116,8 +295,22 @@ pub async fn setup(db: &Database, force: bool) -> Result<SetupReport, DbError> {
             .exec_secret("creating the replication user", &sql)
             .await?;
     }
+    if !account_existed {
+        changed.push(format!(
+            "source: created the replication user {:?}",
+            db.replication_user
+        ));
+        // Created just now with the runbook's password: it must log in (an account host
+        // pattern or plugin could still stop it).
+        if let Err(message) = login_as_replication_user(db, source).await {
+            return Err(source.refused(format!(
+                "cannot log in as the replication user {:?} just created: {message}",
+                db.replication_user
+            )));
+        }
+    }
     replica.exec("SET SESSION sql_log_bin = 0").await?;
-    for sql in d.create_replication_user(&db.replication_user, &db.replication_password) {
+    for sql in d.replication_user_on_replica(&db.replication_user, &db.replication_password) {
         replica
             .exec_secret("creating the replication user", &sql)
             .await?;
@@ -142,24 +335,57 @@ pub async fn setup(db: &Database, force: bool) -> Result<SetupReport, DbError> {
     // 3. Existing replication (decided above), or an empty replica to seed.
     let mut seeded_at = None;
     match existing {
-        Some(row) if !force && (replicates_from_source || row.status.source_port == port) => {
+        Some(row) if keep => {
             steps.push(format!(
                 "replica already replicates from {}:{}; left as it is",
                 row.status.source_host, row.status.source_port
             ));
             if row.status.problem().is_some() && row.status.sql.last_errno == 0 {
+                // The IO thread may be failing on credentials that have changed since (or
+                // were wrong): give it the runbook's, which were checked above; the source
+                // and the position stay as they are.
+                if row.status.io.state != ThreadState::Running || row.status.io.last_errno != 0 {
+                    replica.exec(d.stop_replica()).await?;
+                    replica
+                        .exec_secret(
+                            "setting the replication account",
+                            &d.change_source_credentials(
+                                &db.replication_user,
+                                &db.replication_password,
+                            ),
+                        )
+                        .await?;
+                    let line = "replica: replication account and password set from the runbook \
+                                (its IO thread was not running cleanly)";
+                    changed.push(line.into());
+                    steps.push(line.into());
+                }
                 replica.exec(d.start_replica()).await?;
+                changed.push("replica: started replication".into());
                 steps.push("replica: started replication".into());
             }
         }
         existing => {
+            // Read-only from the start, so that a failure below does not leave a writable
+            // half-seeded replica (the loading account has READ_ONLY ADMIN; MySQL's seed
+            // lifts super_read_only for the load).
+            for sql in d.fence() {
+                replica.exec(sql).await?;
+            }
+            changed.push("replica: read-only (before seeding)".into());
             if existing.is_some() {
                 replica.exec(d.stop_replica()).await?;
                 replica.exec(d.reset_replica_all()).await?;
-                steps.push("replica: --force: removed its replication configuration".into());
+                let line = "replica: --force: removed its replication configuration".to_string();
+                changed.push(line.clone());
+                steps.push(line);
             }
-            let schemas = application_schemas(&mut source).await?;
-            let pos = seed(&mut source, &mut replica, &schemas).await?;
+            let schemas = application_schemas(source).await?;
+            changed.push(format!(
+                "replica: binary log reset and {} loaded from the source (possibly in part)",
+                schemas.join(", ")
+            ));
+            let pos = seed(source, replica, &schemas).await?;
             steps.push(format!(
                 "seeded replica with {} from a consistent dump at {pos}",
                 schemas.join(", ")
@@ -188,13 +414,15 @@ pub async fn setup(db: &Database, force: bool) -> Result<SetupReport, DbError> {
                 )
                 .await?;
             replica.exec(d.start_replica()).await?;
-            steps.push(format!(
+            let line = format!(
                 "replica: replicating from {host}:{port} by {}",
                 match pos {
                     Position::Gtid(_) => "GTID",
                     Position::File { .. } => "file/position",
                 }
-            ));
+            );
+            changed.push(format!("{line} (configured and started)"));
+            steps.push(line);
             seeded_at = Some(pos.to_string());
         }
     }
@@ -210,15 +438,7 @@ pub async fn setup(db: &Database, force: bool) -> Result<SetupReport, DbError> {
         replica.exec(sql).await?;
     }
     steps.push("replica: read_only=1".into());
-    let dialect = source.dialect.describe();
-    source.close().await;
-    replica.close().await;
-    Ok(SetupReport {
-        dialect,
-        steps,
-        seeded_at,
-        replication,
-    })
+    Ok((seeded_at, replication))
 }
 
 /// Dumps `schemas` from the source and loads them into the replica, returning the position

@@ -7,6 +7,12 @@
 //! is shown for reference only and never trusted. The report is `ok` only when both threads run
 //! without error; the binary exits 1 otherwise.
 //!
+//! A pair that `promote` has switched is recognised as such (the replica replicates from
+//! nobody, is writable and has replicated before, and the old source is read-only or follows
+//! it): the report says so instead of suggesting `setup`, which would overwrite the new
+//! primary. It also lists the source's sessions whose accounts `read_only` does not stop
+//! (SUPER, MariaDB's READ_ONLY ADMIN), which a promotion has to end.
+//!
 //! It writes nothing but the heartbeat row, and skips that when the source is read-only.
 
 use std::time::{Duration, Instant};
@@ -49,6 +55,11 @@ pub struct StatusReport {
     pub source_read_only: bool,
     /// Whether the replica is read-only.
     pub replica_read_only: bool,
+    /// Set when the pair has been promoted: the replica is the primary. Says what was seen.
+    pub promoted: Option<String>,
+    /// Sessions on the source whose accounts `read_only` does not stop, as
+    /// `id user@host (command)`.
+    pub source_privileged_sessions: Vec<String>,
 }
 
 /// Runs `status` against the pair in `db`.
@@ -75,12 +86,40 @@ pub async fn status(db: &Database) -> Result<StatusReport, DbError> {
         (Some((f, p)), Some(r)) => bytes_behind((f, *p), (&r.executed.0, r.executed.1)),
         _ => None,
     };
-    let problem = match &replication {
-        None => {
+    let source_replicates_from_replica = source
+        .replica_status()
+        .await?
+        .and_then(|r| r.source_server_id)
+        .is_some_and(|id| id == replica.server_id);
+    // Promoted: the replica replicates from nobody, is writable, and has replicated before
+    // (it has an applied position), while the old source is fenced or follows it.
+    let promoted = (replication.is_none()
+        && !replica_read_only
+        && replica_applied.as_deref().is_some_and(|a| !a.is_empty())
+        && (source_read_only || source_replicates_from_replica))
+        .then(|| {
+            format!(
+                "the pair has been promoted: the replica {} is the primary (writable, replicates \
+                 from nobody) and the old source {} {}; to watch the pair from now on, swap \
+                 source and replica in the runbook (do not run setup: it would overwrite the \
+                 new primary)",
+                replica.addr,
+                source.addr,
+                if source_replicates_from_replica {
+                    "replicates from it"
+                } else {
+                    "is read-only"
+                }
+            )
+        });
+    let problem = match (&replication, &promoted) {
+        (None, Some(p)) => Some(p.clone()),
+        (None, None) => {
             Some("the replica does not replicate from anything (run `cutover db setup`)".into())
         }
-        Some(r) => r.problem(),
+        (Some(r), _) => r.problem(),
     };
+    let source_privileged_sessions = source.privileged_sessions().await?;
     let report = StatusReport {
         ok: problem.is_none(),
         problem,
@@ -95,6 +134,8 @@ pub async fn status(db: &Database) -> Result<StatusReport, DbError> {
         heartbeat_note: heartbeat.1,
         source_read_only,
         replica_read_only,
+        promoted,
+        source_privileged_sessions,
     };
     source.close().await;
     replica.close().await;

@@ -18,14 +18,14 @@
 //! they are, which is only meaningful on a quiescent pair; the report says so. It does not
 //! repair anything, and it does not checksum tables outside `verify_tables`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mysql_async::Value;
 use serde::Serialize;
 
-use super::checksum::{Chunk, ChunkDiff, ChunkSum, TableShape};
+use super::checksum::{Chunk, ChunkDiff, ChunkSum, Column, TableShape};
 use super::dialect::{Position, WaitOutcome, quote};
-use super::{DbError, Role, SYSTEM_SCHEMAS, Server, connect_pair, interrupted};
+use super::{DbError, Interrupts, Role, SYSTEM_SCHEMAS, Server, connect_pair};
 use crate::runbook::{Database, TablePattern};
 
 /// The result of `verify`.
@@ -62,18 +62,41 @@ pub struct TableResult {
     pub matches: bool,
 }
 
+/// The client-side deadline of one checksum statement. A checksum is work, not a wait (a
+/// table without a primary key is one statement over the whole table), so the bound is
+/// generous; it is there so that a stopped server cannot hang `verify` for ever.
+const CHECKSUM_STATEMENT_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Runs `verify` against the pair in `db`.
 pub async fn verify(db: &Database) -> Result<VerifyReport, DbError> {
     let (mut source, mut replica) = connect_pair(db).await?;
-    let patterns: Vec<TablePattern> = db
-        .verify_tables
-        .iter()
-        .filter_map(|p| TablePattern::parse(p).ok())
-        .collect();
+    let mut patterns = Vec::new();
+    for raw in &db.verify_tables {
+        let p = TablePattern::parse(raw)
+            .map_err(|e| source.refused(format!("database.verify_tables: {raw:?}: {e}")))?;
+        patterns.push(p);
+    }
     if patterns.is_empty() {
         return Err(source.refused(
             "database.verify_tables is empty in the runbook: name the tables to checksum, e.g. [\"app.*\"]",
         ));
+    }
+    // A pattern that selects nothing is a typo until proven otherwise: checksumming nothing
+    // must not read as "identical". Checked before the replica is stopped.
+    let on_source = list_tables(&mut source, &patterns).await?;
+    let on_replica = list_tables(&mut replica, &patterns).await?;
+    let unmatched = db.verify_tables.iter().zip(&patterns).find(|(_, p)| {
+        !on_source
+            .iter()
+            .chain(&on_replica)
+            .any(|(s, t)| p.matches(s, t))
+    });
+    if let Some((raw, _)) = unmatched {
+        return Err(DbError::NoSuchTables {
+            role: source.role,
+            addr: source.addr.clone(),
+            pattern: raw.clone(),
+        });
     }
     let d = source.dialect;
     let row = replica.replica_status().await?;
@@ -92,6 +115,7 @@ pub async fn verify(db: &Database) -> Result<VerifyReport, DbError> {
     };
     // 1-4, abandoned (and step 5 still done) on SIGINT/SIGTERM.
     let mut restart_applier = false;
+    let mut interrupts = Interrupts::new();
     let outcome = tokio::select! {
         r = compare(
             db,
@@ -101,7 +125,7 @@ pub async fn verify(db: &Database) -> Result<VerifyReport, DbError> {
             row.as_ref().filter(|_| replicating),
             &mut restart_applier,
         ) => r.map_err(|e| (e, true)),
-        signal = interrupted() => Err((
+        signal = interrupts.recv() => Err((
             DbError::Interrupted(format!(
                 "verify interrupted by {signal}; the replica's replication was restarted"
             )),
@@ -112,7 +136,8 @@ pub async fn verify(db: &Database) -> Result<VerifyReport, DbError> {
     // 5. The replica replicates again, whatever happened. After an interruption the old
     // connection may be in the middle of a query: use a fresh one.
     if restart_applier {
-        let usable = outcome.as_ref().err().is_none_or(|(_, usable)| *usable);
+        let usable =
+            outcome.as_ref().err().is_none_or(|(_, usable)| *usable) && !replica.is_abandoned();
         if usable {
             replica.exec(d.start_replica()).await?;
         } else {
@@ -180,6 +205,8 @@ async fn compare(
         )
     };
     let started = Instant::now();
+    source.set_statement_timeout(CHECKSUM_STATEMENT_TIMEOUT);
+    replica.set_statement_timeout(CHECKSUM_STATEMENT_TIMEOUT);
     let (tables, differences) = checksum_tables(db, patterns, source, replica).await?;
     Ok((
         position,
@@ -227,10 +254,7 @@ async fn align(
     }
     replica.exec(&d.start_sql_thread_until(&pos)).await?;
     let wait = d.wait_for_position(&pos, db.catch_up_timeout);
-    let value = replica
-        .query_string(&wait)
-        .await?
-        .and_then(|v| v.trim().parse::<i64>().ok());
+    let value = replica.wait_query(&wait, db.catch_up_timeout).await?;
     if d.wait_outcome(&pos, value) != WaitOutcome::Reached {
         return Err(replica.refused(format!(
             "did not reach the source's snapshot position {pos} within catch_up_timeout {}",
@@ -271,7 +295,7 @@ async fn table_shape(
 ) -> Result<TableShape, DbError> {
     let cols = server
         .query_strings(&format!(
-            "SELECT COLUMN_NAME, IS_NULLABLE FROM information_schema.COLUMNS \
+            "SELECT COLUMN_NAME, IS_NULLABLE, LOWER(DATA_TYPE) FROM information_schema.COLUMNS \
              WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {} ORDER BY ORDINAL_POSITION",
             quote(schema),
             quote(table)
@@ -295,7 +319,12 @@ async fn table_shape(
                 let mut it = r.into_iter();
                 let name = it.next().flatten()?;
                 let nullable = it.next().flatten().is_some_and(|v| v == "YES");
-                Some((name, nullable))
+                let data_type = it.next().flatten().unwrap_or_default();
+                Some(Column {
+                    name,
+                    nullable,
+                    data_type,
+                })
             })
             .collect(),
         primary_key: pk
@@ -346,8 +375,11 @@ async fn checksum_tables(
                 chunks: 0,
                 rows: 0,
                 problem: Some(format!(
-                    "structure differs: source columns {:?} key {:?}, replica columns {:?} key {:?}",
-                    shape.columns, shape.primary_key, replica_shape.columns, replica_shape.primary_key
+                    "structure differs: source columns ({}) key {:?}, replica columns ({}) key {:?}",
+                    shape.describe_columns(),
+                    shape.primary_key,
+                    replica_shape.describe_columns(),
+                    replica_shape.primary_key
                 )),
                 matches: false,
             });
