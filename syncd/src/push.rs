@@ -1514,12 +1514,14 @@ async fn scan_source(
     .map_err(join_err)?
 }
 
-/// The source paths, relative to `root`, that its scan reported as unreadable: they are
-/// not in its manifest, and the receiver must keep its copies. A warning outside the root
-/// (it cannot be placed) stands for the whole tree.
+/// The source paths, relative to `root`, that its scan reported and left out of its
+/// manifest: unreadable entries, and special files (FIFOs, sockets, devices), which are not
+/// copied. The source has them, so the receiver must keep its copies. A warning outside
+/// the root (it cannot be placed) stands for the whole tree.
 fn unsettled_paths(root: &Path, summary: &Summary) -> Vec<Vec<u8>> {
     summary
-        .errors()
+        .warnings
+        .iter()
         .map(|w| match w.path.strip_prefix(root) {
             Ok(rel) => rel.as_os_str().as_bytes().to_vec(),
             Err(_) => Vec::new(),
