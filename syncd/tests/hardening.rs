@@ -670,7 +670,6 @@ fn mutate_once(src: &Path, outside: &Path, rng: &mut Lcg) -> Vec<String> {
     let p = pick(rng);
     let abs = src.join(&p);
     let _ = fs::create_dir_all(abs.parent().unwrap());
-    let is_dir = abs.is_dir() && !abs.is_symlink();
     // Opening a FIFO for writing would block this thread: only regular files are written.
     let is_file = fs::symlink_metadata(&abs).is_ok_and(|m| m.is_file());
     let remove = |abs: &Path| {
