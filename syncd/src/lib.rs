@@ -5,11 +5,13 @@
 //! map and the invariants.
 //!
 //! Sans-IO cores: [`chunk`], [`manifest`] (not `manifest::store`), [`proto`], [`limit`],
-//! [`rate`], [`partname`] (but its key file). IO edges: [`manifest::store`], [`scan`], [`transport`], [`identity`],
+//! [`rate`], [`dest`], [`filter`], [`partname`] (but its key file). IO edges: [`manifest::store`], [`scan`], [`transport`], [`identity`],
 //! [`apply`], [`push`].
 
 pub mod apply;
 pub mod chunk;
+pub mod dest;
+pub mod filter;
 pub mod identity;
 pub mod limit;
 pub mod manifest;

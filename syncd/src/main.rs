@@ -58,10 +58,32 @@ impl Home {
 
 #[derive(Args, Debug, Clone)]
 struct Filters {
-    /// Leave out entries matching this gitignore-style glob (relative to the tree root);
-    /// repeatable. Nothing is excluded by default: a migration copies everything.
+    /// Leave out entries matching PAT; repeatable. rsync's rules: `*.tmp` or `cache/` match
+    /// the last component anywhere (a trailing `/` only directories), `app/x.conf` the end
+    /// of the path, `/run` only at the tree root; `**` crosses `/`. With --include, the
+    /// first rule that matches wins, in command-line order. An excluded path is neither
+    /// sent nor deleted at DEST (unless --delete-excluded). Nothing is excluded by default:
+    /// a migration copies everything.
     #[arg(long, value_name = "PAT")]
     exclude: Vec<String>,
+    /// Keep entries matching PAT even where a later --exclude matches (rsync's --include).
+    #[arg(long, value_name = "PAT")]
+    include: Vec<String>,
+    /// Read --exclude patterns from FILE, one per line (blank lines and lines starting with
+    /// `#` or `;` are skipped; a line `+ PAT` is an --include).
+    #[arg(long, value_name = "FILE")]
+    exclude_from: Vec<PathBuf>,
+    /// Read --include patterns from FILE, one per line (a line `- PAT` is an --exclude).
+    #[arg(long, value_name = "FILE")]
+    include_from: Vec<PathBuf>,
+    /// Only the paths listed in FILE (one per line, relative to SRC; `-` is stdin), their
+    /// parent directories and, for a directory, what is in it; nothing else is sent or
+    /// deleted.
+    #[arg(long, value_name = "FILE")]
+    files_from: Option<PathBuf>,
+    /// The rules above in command-line order (filled in after parsing).
+    #[arg(skip)]
+    rules: Vec<syncd::filter::Rule>,
     /// Honour .gitignore / .ignore / .git/info/exclude files in the tree. Off by default.
     #[arg(long)]
     filter_gitignore: bool,
@@ -145,8 +167,17 @@ enum Command {
         #[arg(long, value_name = "PEER_ID")]
         peer_id: Option<syncd::identity::PeerId>,
         /// Remove entries in DEST that SRC does not have (after new content is in place).
+        /// Entries the filter rules exclude are kept (rsync's meaning), and so is whatever
+        /// SRC has but could not read.
         #[arg(long)]
         delete: bool,
+        /// With --delete, also remove DEST entries that the filter rules exclude.
+        #[arg(long, requires = "delete")]
+        delete_excluded: bool,
+        /// Stop before deleting anything if --delete would remove more than N entries (a
+        /// directory counts with everything in it). Default: no limit, as in rsync.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max_delete: Option<u64>,
         #[arg(long, value_name = "RATE", help = syncd::rate::RATE_HELP)]
         bwlimit: Option<syncd::rate::Rate>,
         /// Fixed zstd level for chunk data (0 = off). Default: adapt to the link: level 1
@@ -156,9 +187,12 @@ enum Command {
         /// loopback address) unless --bwlimit is set.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(0..=19))]
         compress_level: Option<i32>,
-        /// List what would change (like `syncd diff`), change nothing.
-        #[arg(long)]
+        /// List what would change (like `syncd diff SRC DEST`), change nothing.
+        #[arg(short = 'n', long)]
         dry_run: bool,
+        /// Print only errors (no summary, no warnings about skipped special files).
+        #[arg(short, long)]
+        quiet: bool,
         /// Print a JSON summary instead of text.
         #[arg(long)]
         json: bool,
@@ -247,7 +281,17 @@ enum Outcome {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches)
+        .map_err(|e| e.exit())
+        .and_then(|cli| with_rules(cli, &matches))
+    {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("syncd: {}", one_line(&e));
+            return ExitCode::from(2);
+        }
+    };
     match run(cli) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Found) => ExitCode::from(1),
@@ -259,6 +303,73 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Fills in the subcommand's [`Filters::rules`]: --include, --exclude and the rules of
+/// --include-from/--exclude-from in the order they were given (rsync's first match wins),
+/// then those of --files-from.
+fn with_rules(mut cli: Cli, matches: &clap::ArgMatches) -> Result<Cli> {
+    use syncd::filter::{Action, Rule};
+    let Some((_, m)) = matches.subcommand() else {
+        return Ok(cli);
+    };
+    let filters = match &mut cli.command {
+        Command::Push { filters, .. }
+        | Command::Manifest { filters, .. }
+        | Command::Diff { filters, .. } => filters,
+        _ => return Ok(cli),
+    };
+    let mut ordered: Vec<(usize, Rule)> = Vec::new();
+    let rule = |action, pattern: &str| Rule {
+        action,
+        pattern: pattern.to_string(),
+    };
+    for (id, action) in [("exclude", Action::Exclude), ("include", Action::Include)] {
+        if let (Some(idx), Some(vals)) = (m.indices_of(id), m.get_many::<String>(id)) {
+            ordered.extend(idx.zip(vals).map(|(i, v)| (i, rule(action, v))));
+        }
+    }
+    for (id, action) in [
+        ("exclude_from", Action::Exclude),
+        ("include_from", Action::Include),
+    ] {
+        if let (Some(idx), Some(vals)) = (m.indices_of(id), m.get_many::<PathBuf>(id)) {
+            for (i, file) in idx.zip(vals) {
+                let text = read_list(file)?;
+                for line in syncd::filter::rule_lines(&text) {
+                    let r = match (line.strip_prefix("+ "), line.strip_prefix("- ")) {
+                        (Some(p), _) => rule(Action::Include, p),
+                        (_, Some(p)) => rule(Action::Exclude, p),
+                        _ => rule(action, line),
+                    };
+                    ordered.push((i, r));
+                }
+            }
+        }
+    }
+    ordered.sort_by_key(|(i, _)| *i);
+    filters.rules = ordered.into_iter().map(|(_, r)| r).collect();
+    if let Some(file) = &filters.files_from {
+        let text = read_list(file)?;
+        let paths: Vec<String> = syncd::filter::rule_lines(&text)
+            .map(str::to_string)
+            .collect();
+        filters
+            .rules
+            .extend(syncd::filter::files_from_rules(&paths));
+    }
+    // Compile once here, so that a bad pattern is a usage error naming it.
+    syncd::filter::Filter::new(filters.rules.clone())?;
+    Ok(cli)
+}
+
+/// The text of a list file (`-` is stdin).
+fn read_list(file: &Path) -> Result<String> {
+    if file == Path::new("-") {
+        return std::io::read_to_string(std::io::stdin())
+            .context("cannot read the list from stdin");
+    }
+    std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))
 }
 
 /// The error chain on one line, without repeating a cause already in its context.
@@ -308,6 +419,9 @@ fn run(cli: Cli) -> Result<Outcome> {
             dest,
             peer_id,
             delete,
+            delete_excluded,
+            max_delete,
+            quiet,
             bwlimit,
             compress_level,
             dry_run,
@@ -323,9 +437,12 @@ fn run(cli: Cli) -> Result<Outcome> {
             let opts = PushArgs {
                 peer_id,
                 json,
+                quiet,
                 progress: progress || (!no_progress && std::io::stderr().is_terminal()),
                 push: syncd::push::PushOptions {
                     delete,
+                    delete_excluded,
+                    max_delete: max_delete.unwrap_or(0),
                     dry_run,
                     scan: options(&home.dir()?, &filters),
                     bwlimit: bwlimit.map(|r| r.bytes_per_sec()).filter(|&r| r > 0),
@@ -358,7 +475,8 @@ fn run(cli: Cli) -> Result<Outcome> {
 
 fn options(home: &Path, filters: &Filters) -> ScanOptions {
     ScanOptions {
-        excludes: filters.exclude.clone(),
+        // `with_rules` compiled them already.
+        filter: syncd::filter::Filter::new(filters.rules.clone()).unwrap_or_default(),
         gitignore: filters.filter_gitignore,
         params: Default::default(),
         exclude_path: std::fs::canonicalize(home).ok(),
@@ -637,6 +755,14 @@ fn cmd_serve(
 ) -> Result<Outcome> {
     let identity = syncd::identity::Identity::load(home)?;
     let root = scan::canonical_root(&root)?;
+    let h = planned(home)?;
+    if h.starts_with(&root) || root.starts_with(&h) {
+        anyhow::bail!(
+            "--root {} and the state directory --home {} overlap: a push with --delete would remove syncd's identity and manifests; choose another --home",
+            root.display(),
+            home.display()
+        );
+    }
     let rt = runtime()?;
     let end = rt.block_on(async {
         // Watched before anything else: a signal right after start is not lost.
@@ -689,11 +815,97 @@ fn cmd_serve(
 struct PushArgs {
     peer_id: Option<syncd::identity::PeerId>,
     json: bool,
+    quiet: bool,
     progress: bool,
     push: syncd::push::PushOptions,
 }
 
+/// `path` made absolute and canonical as far as it exists (a DEST may not exist yet).
+fn planned(path: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(path).with_context(|| format!("{}", path.display()))?;
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(p), Some(n)) => {
+                rest.push(n.to_owned());
+                existing = p;
+            }
+            _ => break,
+        }
+    }
+    let mut out = std::fs::canonicalize(existing).unwrap_or_else(|_| existing.to_path_buf());
+    out.extend(rest.iter().rev());
+    Ok(out)
+}
+
+/// Refuses the pushes that would copy a tree into itself, delete the source, or delete
+/// syncd's own state: DEST equal to or inside SRC, SRC inside DEST with --delete, and a
+/// DEST that is, contains or lies inside `--home`.
+fn check_local_push(src: &Path, dest: &Path, home: &Path, delete: bool) -> Result<()> {
+    let (s, d, h) = (planned(src)?, planned(dest)?, planned(home)?);
+    if d == s {
+        anyhow::bail!("DEST {} is SRC itself", dest.display());
+    }
+    if d.starts_with(&s) {
+        anyhow::bail!(
+            "DEST {} is inside SRC {}: the push would copy its own output; choose a DEST outside SRC",
+            dest.display(),
+            src.display()
+        );
+    }
+    if delete && s.starts_with(&d) {
+        anyhow::bail!(
+            "SRC {} is inside DEST {}: --delete would remove the source itself",
+            src.display(),
+            dest.display()
+        );
+    }
+    if h.starts_with(&d) || d.starts_with(&h) {
+        anyhow::bail!(
+            "DEST {} and the state directory --home {} overlap: a push there would overwrite or delete syncd's identity and manifests; choose another DEST or --home",
+            dest.display(),
+            home.display()
+        );
+    }
+    Ok(())
+}
+
 fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<Outcome> {
+    let dest = syncd::dest::parse(dest)?;
+    // A single file is pushed like rsync's `rsync FILE DIR/`: its directory is the tree,
+    // and the filter lets only that file through (nothing else is sent or deleted).
+    let meta = std::fs::metadata(src).with_context(|| format!("SRC {}", src.display()))?;
+    let single;
+    let src = if meta.is_file() {
+        let (Some(parent), Some(name)) = (src.parent(), src.file_name()) else {
+            anyhow::bail!("SRC {}: cannot tell its directory", src.display());
+        };
+        if let syncd::dest::Dest::Local(d) = &dest
+            && !(d.as_os_str().as_encoded_bytes().ends_with(b"/") || d.is_dir())
+        {
+            anyhow::bail!(
+                "SRC {} is a file: DEST must be the directory to put it in (end it with /, e.g. {}/); syncd does not rename a file as it copies it",
+                src.display(),
+                d.display()
+            );
+        }
+        let name = name.to_string_lossy().into_owned();
+        let mut rules = args.push.scan.filter.rules().to_vec();
+        rules.extend(syncd::filter::files_from_rules(&[name]));
+        args.push.scan.filter = syncd::filter::Filter::new(rules)?;
+        single = if parent.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            parent.to_path_buf()
+        };
+        single.as_path()
+    } else {
+        src
+    };
+    if let syncd::dest::Dest::Local(d) = &dest {
+        check_local_push(src, d, home, args.push.delete)?;
+    }
     let rt = runtime()?;
     let bar = args.progress.then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
@@ -720,18 +932,17 @@ fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<O
     }
     let t = Instant::now();
     let result = rt.block_on(async {
-        if dest.contains('/') {
-            syncd::push::push_local(src, Path::new(dest), home, &args.push)
+        match &dest {
+            syncd::dest::Dest::Local(d) => syncd::push::push_local(src, d, home, &args.push)
                 .await
-                .map_err(anyhow::Error::from)
-        } else {
-            let addr = tokio::net::lookup_host(dest)
+                .map_err(anyhow::Error::from),
+            syncd::dest::Dest::Remote { host, port } => {
+            let dest = format!("{host}:{port}");
+            let addr = tokio::net::lookup_host((host.as_str(), *port))
                 .await
-                .with_context(|| {
-                    format!("DEST {dest:?} is neither HOST:PORT nor a directory path containing '/' (write ./{dest} for a local directory)")
-                })?
+                .with_context(|| format!("cannot resolve the receiver's host name {host:?}"))?
                 .next()
-                .with_context(|| format!("{dest}: no address found"))?;
+                .with_context(|| format!("{host}: no address found"))?;
             let peer_id = args.peer_id.with_context(|| {
                 format!("--peer-id is required to push to {dest}: run `syncd id` on the receiver and pass it here (syncd never trusts on first use)")
             })?;
@@ -739,6 +950,7 @@ fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<O
             syncd::push::push_remote(src, addr, &peer_id, &identity, home, &args.push)
                 .await
                 .map_err(anyhow::Error::from)
+            }
         }
     });
     if let Some(bar) = bar {
@@ -746,7 +958,9 @@ fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<O
     }
     let (report, summary) = result?;
     for w in &summary.warnings {
-        eprintln!("syncd: warning: {w}");
+        if !(args.quiet && w.skipped_special) {
+            eprintln!("syncd: warning: {w}");
+        }
     }
     for (p, why) in &report.unsettled {
         eprintln!(

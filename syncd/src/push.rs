@@ -107,6 +107,12 @@ pub enum PushError {
          --no-owner"
     )]
     CannotOwn,
+    /// The receiver stopped the session before a step it must not take (`--max-delete`).
+    #[error("{reason}")]
+    Stopped {
+        /// Why.
+        reason: String,
+    },
     /// The session made no progress for the idle timeout (`--timeout`).
     #[error("{peer}: no progress for {}s while waiting for {waiting}; giving up", after.as_secs_f64())]
     Stalled {
@@ -140,6 +146,11 @@ pub struct PushOptions {
     pub compress_level: Option<i32>,
     /// Called with (raw bytes sent, chunks sent) four times a second, for progress display.
     pub progress: Option<Progress>,
+    /// Also delete receiver entries that the filter rules exclude (`--delete-excluded`);
+    /// otherwise they are protected.
+    pub delete_excluded: bool,
+    /// Refuse to delete more than this many entries (`--max-delete`; 0 = no limit).
+    pub max_delete: u64,
     /// The receiver's final root check walks its whole tree (a stat walk), so that a write
     /// into it by someone else during the push is not missed (`--verify-dest`).
     pub verify_dest: bool,
@@ -159,6 +170,8 @@ impl Default for PushOptions {
             bwlimit: None,
             compress_level: None,
             progress: None,
+            delete_excluded: false,
+            max_delete: 0,
             verify_dest: false,
             connect_timeout: CONNECT_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
@@ -714,6 +727,13 @@ where
         )),
     );
     let mut s = Sender::new(root, opts.delete, opts.dry_run, opts.scan.owners);
+    if !opts.scan.filter.is_empty() || opts.delete_excluded || opts.max_delete > 0 {
+        s.options(
+            opts.scan.filter.encode(),
+            opts.delete_excluded,
+            opts.max_delete,
+        );
+    }
     s.unsettled(unsettled);
     if opts.verify_dest {
         s.verify_dest();
@@ -904,6 +924,8 @@ pub struct ReceiveOptions {
     pub parts: PartKey,
     /// A session that makes no progress for this long ends with an error.
     pub idle_timeout: Duration,
+    /// Filter rules the tree is compared under (the sender's, from [`Frame::Options`]).
+    pub filter: crate::filter::Filter,
     /// The mode its manifest is refreshed in before the sender's `Hello` says which one the
     /// session uses ([`ScanOptions::owners`]): the one a sender most likely uses.
     pub owners: bool,
@@ -939,13 +961,17 @@ async fn refresh_blocking(
             home,
             owners,
             parts,
+            filter,
             ..
         } = opts;
         let store = match store {
             Some(s) => s,
             None => Arc::new(open_store(&home, &root, owners)?),
         };
-        let full = dest_scan_options(&home, owners, parts);
+        let full = ScanOptions {
+            filter,
+            ..dest_scan_options(&home, owners, parts)
+        };
         let partial = changed.map(|c| ScanOptions {
             changed_only: Some(Arc::new(c)),
             ..full.clone()
@@ -1097,13 +1123,50 @@ where
             });
         }
     };
+    // The sender's filter rules, if `Hello` says they follow: the receiver's tree is
+    // compared under the same rules, so what they exclude is neither sent nor deleted
+    // (unless --delete-excluded, which compares the whole tree).
+    let mut second = None;
+    let mut filter = crate::filter::Filter::default();
+    if let Frame::Hello { options: true, .. } = &first {
+        match control.recv().await {
+            Some(Ok(Some(f @ Frame::Options { .. }))) => {
+                if let Frame::Options {
+                    rules,
+                    delete_excluded: false,
+                    ..
+                } = &f
+                {
+                    // The codec checked that the rules decode.
+                    filter = crate::filter::Filter::decode(rules).unwrap_or_default();
+                }
+                second = Some(f);
+            }
+            Some(Err(e)) => {
+                refuse(&mut control_w, &e, peer).await;
+                return Err(e);
+            }
+            _ => {
+                let e = PushError::Proto {
+                    peer: peer.to_string(),
+                    source: ProtoError::Unexpected {
+                        frame: "other",
+                        state: "where hello announced options",
+                    },
+                };
+                refuse(&mut control_w, &e, peer).await;
+                return Err(e);
+            }
+        }
+    }
     let mut opts = opts.clone();
     let prepared = match (&first, prepared) {
-        (Frame::Hello { owners, .. }, Ok(p)) if *owners != opts.owners => {
+        (Frame::Hello { owners, .. }, Ok(p)) if *owners != opts.owners || !filter.is_empty() => {
             if *owners && !apply::running_as_root() {
                 Err(PushError::CannotOwn)
             } else {
                 opts.owners = *owners;
+                opts.filter = filter;
                 let root = p.root.clone();
                 drop(p);
                 prepare_receiver(&root, &opts).await
@@ -1179,11 +1242,13 @@ where
     // exits when it reads `Done`, and a `syncd diff` run right after must be able to open
     // the receiver's manifest.
     let result: Result<Frame, PushError> = async {
-        r.handle(first, &snap, summary.root)
-            .map_err(|source| PushError::Proto {
-                peer: peer.to_string(),
-                source,
-            })?;
+        for f in std::iter::once(first).chain(second) {
+            r.handle(f, &snap, summary.root)
+                .map_err(|source| PushError::Proto {
+                    peer: peer.to_string(),
+                    source,
+                })?;
+        }
         loop {
             while let Some(act) = r.poll() {
                 if let Action::Send(done @ Frame::Done { .. }) = act {
@@ -1344,6 +1409,7 @@ async fn execute<CW: AsyncWrite + Unpin>(
         Action::Send(f) => {
             control_w.send(&f, peer).await?;
         }
+        Action::Fail { reason } => return Err(PushError::Stopped { reason }),
         Action::Remove { path } => target.remove(&path)?,
         Action::MakeDir { path, mode, meta } => target.mkdir(&path, &apply_meta(mode, &meta))?,
         Action::Symlink {
@@ -1580,6 +1646,7 @@ pub async fn push_local(
         owners: opts.scan.owners,
         parts: part_key(home)?,
         idle_timeout: opts.idle_timeout,
+        filter: crate::filter::Filter::default(),
     };
     let dest = dest.to_path_buf();
     // The receiver refreshes its manifest while the sender scans the source.
@@ -1876,6 +1943,7 @@ async fn serve_session(
         owners: apply::running_as_root(),
         parts: part_key(home)?,
         idle_timeout,
+        filter: crate::filter::Filter::default(),
     };
     // Refresh the manifest now, while the sender scans; its first stream shows up only
     // once it sends `Hello`.

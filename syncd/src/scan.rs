@@ -99,8 +99,9 @@ impl std::fmt::Display for Warning {
 /// Options of a scan.
 #[derive(Debug, Clone, Default)]
 pub struct ScanOptions {
-    /// gitignore-style globs of entries to leave out (relative to the root).
-    pub excludes: Vec<String>,
+    /// Include/exclude rules ([`crate::filter`]): excluded entries are left out, and
+    /// directories among them are not walked into.
+    pub filter: crate::filter::Filter,
     /// Honour `.gitignore`, `.ignore` and `.git/info/exclude` files.
     pub gitignore: bool,
     /// Chunk sizes.
@@ -828,16 +829,19 @@ fn walk(root: &Path, opts: &ScanOptions) -> Result<WalkOut, ScanError> {
             .parents(false)
             .require_git(false);
     }
+    if !opts.filter.is_empty() {
+        let filter = opts.filter.clone();
+        let root = root.to_path_buf();
+        builder.filter_entry(move |e| {
+            let Ok(rel) = e.path().strip_prefix(&root) else {
+                return true;
+            };
+            let rel = rel.as_os_str().as_bytes();
+            rel.is_empty() || !filter.excludes(rel, e.file_type().is_some_and(|t| t.is_dir()))
+        });
+    }
     let mut ov = ignore::overrides::OverrideBuilder::new(root);
     let mut any_override = false;
-    for pat in &opts.excludes {
-        ov.add(&format!("!{pat}"))
-            .map_err(|e| ScanError::BadExclude {
-                pattern: pat.clone(),
-                message: e.to_string(),
-            })?;
-        any_override = true;
-    }
     if let Some(p) = &opts.exclude_path
         && let Ok(rel) = p.strip_prefix(root)
         && !rel.as_os_str().is_empty()
@@ -851,7 +855,7 @@ fn walk(root: &Path, opts: &ScanOptions) -> Result<WalkOut, ScanError> {
     }
     if any_override {
         let built = ov.build().map_err(|e| ScanError::BadExclude {
-            pattern: opts.excludes.join(" "),
+            pattern: "the state directory".into(),
             message: e.to_string(),
         })?;
         builder.overrides(built);

@@ -91,3 +91,338 @@ fn a_second_signal_on_serve_cuts_the_push_off() {
     let st = wait_exit(&mut push, Duration::from_secs(30));
     assert!(!st.success());
 }
+
+fn tree_with_local_files(src: &std::path::Path, dst: &std::path::Path) {
+    write(src, "app/main.conf", b"from source");
+    write(src, "app/cache.tmp", b"source tmp");
+    write(dst, "app/local.tmp", b"destination-local");
+    write(dst, "app/stale", b"stale");
+    write(dst, "run/app.pid", b"123");
+}
+
+/// rsync keeps excluded receiver files under --delete: they are destination-local config,
+/// caches and pid files.
+#[test]
+fn exclude_with_delete_keeps_excluded_files_at_dest() {
+    let env = Env::new();
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    tree_with_local_files(src.path(), dst.path());
+    let o = env.syncd(&[
+        &"push",
+        &src.path(),
+        &dst.path().join(""),
+        &"--delete",
+        &"--exclude",
+        &"*.tmp",
+        &"--exclude",
+        &"/run/",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let d = dst.path();
+    assert_eq!(
+        std::fs::read(d.join("app/local.tmp")).unwrap(),
+        b"destination-local"
+    );
+    assert_eq!(std::fs::read(d.join("run/app.pid")).unwrap(), b"123");
+    assert!(
+        !d.join("app/cache.tmp").exists(),
+        "excluded files are not sent"
+    );
+    assert!(!d.join("app/stale").exists(), "the rest is deleted");
+    assert_eq!(
+        std::fs::read(d.join("app/main.conf")).unwrap(),
+        b"from source"
+    );
+    // The same over QUIC.
+    let (receiver, sender) = (Env::new(), Env::new());
+    let (rid, sid) = (init(&receiver), init(&sender));
+    let dst2 = tempfile::tempdir().unwrap();
+    tree_with_local_files(src.path(), dst2.path());
+    let server = Server::start(&receiver, dst2.path(), &sid);
+    server.push_ok(
+        &sender,
+        src.path(),
+        &rid,
+        &["--delete", "--exclude", "*.tmp", "--exclude", "/run/"],
+    );
+    assert!(dst2.path().join("app/local.tmp").exists());
+    assert!(dst2.path().join("run/app.pid").exists());
+    assert!(!dst2.path().join("app/stale").exists());
+}
+
+/// --delete-excluded removes them too, as in rsync.
+#[test]
+fn delete_excluded_removes_excluded_files_at_dest() {
+    let env = Env::new();
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    tree_with_local_files(src.path(), dst.path());
+    let o = env.syncd(&[
+        &"push",
+        &src.path(),
+        &dst.path().join(""),
+        &"--delete",
+        &"--delete-excluded",
+        &"--exclude",
+        &"*.tmp",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!dst.path().join("app/local.tmp").exists());
+    assert!(!dst.path().join("run").exists());
+    assert!(!dst.path().join("app/cache.tmp").exists());
+}
+
+/// --include before --exclude wins (first match), --exclude-from reads a file, and
+/// --files-from sends only what it lists.
+#[test]
+fn include_exclude_from_and_files_from_have_rsync_meanings() {
+    let env = Env::new();
+    let (src, dst, lists) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    write(src.path(), "keep.tmp", b"k");
+    write(src.path(), "drop.tmp", b"d");
+    write(src.path(), "logs/a.log", b"l");
+    write(src.path(), "etc/app/conf", b"c");
+    write(src.path(), "etc/other", b"o");
+    write(lists.path(), "ex", b"# logs are not migrated\nlogs/\n");
+    let o = env.syncd(&[
+        &"push",
+        &src.path(),
+        &dst.path().join(""),
+        &"--include",
+        &"keep.tmp",
+        &"--exclude",
+        &"*.tmp",
+        &"--exclude-from",
+        &lists.path().join("ex"),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(dst.path().join("keep.tmp").exists());
+    assert!(!dst.path().join("drop.tmp").exists());
+    assert!(!dst.path().join("logs").exists());
+    let dst2 = tempfile::tempdir().unwrap();
+    write(lists.path(), "files", b"etc/app/conf\n");
+    write(dst2.path(), "unrelated", b"stays");
+    let o = env.syncd(&[
+        &"push",
+        &src.path(),
+        &dst2.path().join(""),
+        &"--delete",
+        &"--files-from",
+        &lists.path().join("files"),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(dst2.path().join("etc/app/conf")).unwrap(),
+        b"c"
+    );
+    assert!(!dst2.path().join("etc/other").exists());
+    assert!(
+        dst2.path().join("unrelated").exists(),
+        "--files-from deletes only what it covers"
+    );
+}
+
+/// rsync's `host:/path` is refused with the right form, never taken for a local directory.
+#[test]
+fn rsync_host_path_form_is_refused_with_a_hint() {
+    let env = Env::new();
+    let (src, cwd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write(src.path(), "a", b"a");
+    let o = env
+        .cmd()
+        .current_dir(cwd.path())
+        .args(["push"])
+        .arg(src.path())
+        .arg("newhost:/srv/data")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("HOST:PORT"), "{}", stderr(&o));
+    assert!(
+        std::fs::read_dir(cwd.path()).unwrap().next().is_none(),
+        "nothing created locally"
+    );
+    // A local path with a colon is written ./a:b.
+    let o = env
+        .cmd()
+        .current_dir(cwd.path())
+        .args(["push"])
+        .arg(src.path())
+        .arg("./a:b/")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(cwd.path().join("a:b/a").exists());
+}
+
+/// A host name that does not resolve says so; a closed UDP port says what to check, within
+/// --connect-timeout.
+#[test]
+fn unreachable_receivers_get_a_clear_message() {
+    let env = Env::new();
+    init(&env);
+    let src = tempfile::tempdir().unwrap();
+    write(src.path(), "a", b"a");
+    let id = stdout(&env.syncd(&[&"id"])).trim().to_string();
+    let o = env.syncd(&[
+        &"push",
+        &src.path(),
+        &"no-such-host.invalid:7700",
+        &"--peer-id",
+        &id,
+    ]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("cannot resolve"), "{}", stderr(&o));
+    // A UDP port nobody listens on.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let t = Instant::now();
+    let o = env.syncd(&[
+        &"push",
+        &src.path(),
+        &format!("127.0.0.1:{port}"),
+        &"--peer-id",
+        &id,
+        &"--connect-timeout",
+        &"2s",
+    ]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("firewall pass UDP"), "{}", stderr(&o));
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+}
+
+/// --delete into a DEST that holds --home would delete the node's identity: refused, and
+/// so are DEST inside SRC and a serve root holding its home.
+#[test]
+fn pushes_that_would_eat_their_own_state_or_source_are_refused() {
+    let base = tempfile::tempdir().unwrap();
+    let (src, dst) = (base.path().join("src"), base.path().join("dst"));
+    write(&src, "a", b"a");
+    let home = dst.join(".syncd-home");
+    let env = Env::new();
+    let o = env
+        .cmd()
+        .env("SYNCD_HOME", &home)
+        .arg("push")
+        .arg(&src)
+        .arg(dst.join(""))
+        .arg("--delete")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("--home"), "{}", stderr(&o));
+    let o = env.syncd(&[&"push", &src, &src.join("copy/")]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("inside SRC"), "{}", stderr(&o));
+    assert!(!src.join("copy").exists());
+    let o = env.syncd(&[&"push", &dst.join("sub"), &dst.join(""), &"--delete"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    // serve --root holding --home.
+    let o = env
+        .cmd()
+        .env("SYNCD_HOME", src.join("state"))
+        .args(["init"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = env
+        .cmd()
+        .env("SYNCD_HOME", src.join("state"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow",
+            stdout(&o).trim(),
+            "--root",
+        ])
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("overlap"), "{}", stderr(&o));
+}
+
+/// --max-delete N stops before deleting anything when more would go.
+#[test]
+fn max_delete_stops_before_deleting_anything() {
+    let env = Env::new();
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write(src.path(), "keep", b"k");
+    for i in 0..5 {
+        write(dst.path(), &format!("old/f{i}"), b"x");
+    }
+    let o = env.syncd(&[
+        &"push",
+        &src.path(),
+        &dst.path().join(""),
+        &"--delete",
+        &"--max-delete",
+        &"3",
+    ]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("--max-delete 3"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_dir(dst.path().join("old")).unwrap().count(),
+        5,
+        "nothing deleted"
+    );
+    let o = env.syncd(&[
+        &"push",
+        &src.path(),
+        &dst.path().join(""),
+        &"--delete",
+        &"--max-delete",
+        &"6",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!dst.path().join("old").exists());
+}
+
+/// `syncd push FILE DIR/` copies that one file into DIR, like rsync; `-n` is --dry-run.
+#[test]
+fn a_single_file_src_and_short_dry_run_work_as_in_rsync() {
+    let env = Env::new();
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write(src.path(), "one.txt", b"one");
+    write(src.path(), "other", b"other");
+    write(dst.path(), "existing", b"stays");
+    let o = env.syncd(&[
+        &"push",
+        &src.path().join("one.txt"),
+        &dst.path().join(""),
+        &"-n",
+    ]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stdout(&o).contains("+ one.txt"), "{}", stdout(&o));
+    assert!(!dst.path().join("one.txt").exists(), "-n changes nothing");
+    let o = env.syncd(&[
+        &"push",
+        &src.path().join("one.txt"),
+        &dst.path().join(""),
+        &"--delete",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(std::fs::read(dst.path().join("one.txt")).unwrap(), b"one");
+    assert!(!dst.path().join("other").exists());
+    assert!(dst.path().join("existing").exists());
+}
+
+/// `syncd diff A A` is identical; a missing B is named plainly.
+#[test]
+fn diff_of_a_tree_with_itself_is_identical() {
+    let env = Env::new();
+    let src = tempfile::tempdir().unwrap();
+    write(src.path(), "a", b"a");
+    let o = env.syncd(&[&"diff", &src.path(), &src.path()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = env.syncd(&[&"diff", &src.path(), &src.path().join("nope")]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("no such directory"), "{}", stderr(&o));
+}

@@ -360,6 +360,7 @@ fn malicious(
             dry_run: false,
             owners: false,
             verify_dest: false,
+            options: false,
         };
         w.write_all(&hello.to_bytes()).await.unwrap();
         let mut bytes = Vec::new();

@@ -291,6 +291,21 @@ pub enum Frame {
         /// what the session changed: a write into the tree by someone else during the push
         /// then shows as a difference (`--verify-dest`).
         verify_dest: bool,
+        /// An [`Frame::Options`] frame follows.
+        options: bool,
+    },
+    /// Sender → receiver, right after a `Hello` that announces it: the filter rules the
+    /// sender scanned with ([`crate::filter`], wire form), which the receiver applies to its
+    /// own tree so that what is excluded is neither sent nor deleted, and the limits of the
+    /// session.
+    Options {
+        /// [`crate::filter::Filter::encode`]'s bytes.
+        rules: Vec<u8>,
+        /// Delete receiver entries the rules exclude too (`--delete-excluded`): the
+        /// receiver then compares its whole tree.
+        delete_excluded: bool,
+        /// Refuse to delete more than this many entries (`--max-delete`); 0 = no limit.
+        max_delete: u64,
     },
     /// Receiver → sender: accepted, with the receiver's current root.
     HelloAck {
@@ -419,6 +434,7 @@ mod tag {
     pub const PACKED: u8 = 11;
     pub const WANT_DELTA: u8 = 12;
     pub const UNSETTLED: u8 = 13;
+    pub const OPTIONS: u8 = 14;
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -439,6 +455,7 @@ impl Frame {
                 dry_run,
                 owners,
                 verify_dest,
+                options,
             } => {
                 out.push(tag::HELLO);
                 out.extend_from_slice(&version.to_le_bytes());
@@ -447,8 +464,19 @@ impl Frame {
                     u8::from(*delete)
                         | (u8::from(*dry_run) << 1)
                         | (u8::from(*owners) << 2)
-                        | (u8::from(*verify_dest) << 3),
+                        | (u8::from(*verify_dest) << 3)
+                        | (u8::from(*options) << 4),
                 );
+            }
+            Frame::Options {
+                rules,
+                delete_excluded,
+                max_delete,
+            } => {
+                out.push(tag::OPTIONS);
+                put_bytes(out, rules);
+                out.push(u8::from(*delete_excluded));
+                out.extend_from_slice(&max_delete.to_le_bytes());
             }
             Frame::HelloAck { version, root } => {
                 out.push(tag::HELLO_ACK);
@@ -574,6 +602,7 @@ impl Frame {
             Frame::Nodes { .. } => "nodes",
             Frame::Vanished { .. } => "vanished",
             Frame::Unsettled { .. } => "unsettled",
+            Frame::Options { .. } => "options",
             Frame::Want { .. } => "want",
             Frame::WantDelta { .. } => "want-delta",
             Frame::Chunk { .. } => "chunk",
@@ -697,6 +726,7 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
         tag::NODES => "nodes",
         tag::VANISHED => "vanished",
         tag::UNSETTLED => "unsettled",
+        tag::OPTIONS => "options",
         tag::WANT => "want",
         tag::WANT_DELTA => "want-delta",
         tag::CHUNK => "chunk",
@@ -714,7 +744,7 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
             let version = r.u32()?;
             let root = Hash(r.array()?);
             let flags = r.u8()?;
-            if flags & !15 != 0 {
+            if flags & !31 != 0 {
                 return Err(r.bad(format!("unknown flags {flags:#x}")));
             }
             Frame::Hello {
@@ -724,6 +754,7 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
                 dry_run: flags & 2 != 0,
                 owners: flags & 4 != 0,
                 verify_dest: flags & 8 != 0,
+                options: flags & 16 != 0,
             }
         }
         tag::HELLO_ACK => Frame::HelloAck {
@@ -776,6 +807,20 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
             Frame::Nodes { items }
         }
         tag::VANISHED => Frame::Vanished { path: r.path()? },
+        tag::OPTIONS => {
+            let rules = r.bytes()?.to_vec();
+            crate::filter::Filter::decode(&rules).map_err(|e| r.bad(e.to_string()))?;
+            let delete_excluded = match r.u8()? {
+                0 => false,
+                1 => true,
+                other => return Err(r.bad(format!("bad flag {other}"))),
+            };
+            Frame::Options {
+                rules,
+                delete_excluded,
+                max_delete: r.u64()?,
+            }
+        }
         tag::UNSETTLED => {
             let n = r.count(4)?;
             let mut paths = Vec::with_capacity(n);

@@ -173,6 +173,7 @@ impl Sender {
             dry_run,
             owners,
             verify_dest: false,
+            options: false,
         }));
         Sender {
             root,
@@ -189,6 +190,23 @@ impl Sender {
     pub fn verify_dest(&mut self) {
         if let Some(SenderEvent::Send(Frame::Hello { verify_dest, .. })) = self.out.front_mut() {
             *verify_dest = true;
+        }
+    }
+
+    /// Sends the session's [`Frame::Options`] right after `Hello` (and says so in it): the
+    /// filter rules the source was scanned with, `--delete-excluded` and `--max-delete`.
+    /// Call it before the first [`Sender::poll`].
+    pub fn options(&mut self, rules: Vec<u8>, delete_excluded: bool, max_delete: u64) {
+        if let Some(SenderEvent::Send(Frame::Hello { options, .. })) = self.out.front_mut() {
+            *options = true;
+            self.out.insert(
+                1,
+                SenderEvent::Send(Frame::Options {
+                    rules,
+                    delete_excluded,
+                    max_delete,
+                }),
+            );
         }
     }
 
@@ -522,6 +540,12 @@ pub enum Action {
         /// Metadata.
         meta: Meta,
     },
+    /// The session cannot end well (e.g. `--max-delete` would be exceeded): tell the
+    /// sender `reason` and end it with an error. Nothing more is to be done.
+    Fail {
+        /// Why, for a person.
+        reason: String,
+    },
     /// Everything is applied: rescan the tree and call [`Receiver::rescanned`]. Only the
     /// root, `dirs` and `entries` need looking at: everything else had the sender's hash
     /// when the session started, and this session did not touch it.
@@ -593,6 +617,10 @@ pub struct Receiver {
     touched: Vec<Vec<u8>>,
     /// The final rescan walks the whole tree ([`Frame::Hello`]'s `verify_dest`).
     verify_dest: bool,
+    /// At most this many entries are deleted ([`Frame::Options`]); 0 = no limit.
+    max_delete: u64,
+    /// Entries the deletes would remove, directories counted with what is in them.
+    delete_count: u64,
     /// Paths the sender has but could not read ([`Frame::Unsettled`]), sorted: never
     /// deleted, nor anything below them.
     unsettled: Vec<Vec<u8>>,
@@ -632,6 +660,27 @@ fn base_at(old: Option<&FileNode>, at: u64) -> Option<(ChunkId, u64, u32)> {
     None
 }
 
+/// How many entries removing the entry of `kind` at `path` removes: 1, or for a directory
+/// 1 plus everything below it in the receiver's manifest `local`.
+fn entries_below<N: Nodes>(local: &N, path: &[u8], kind: crate::manifest::Kind) -> u64 {
+    if kind != crate::manifest::Kind::Dir {
+        return 1;
+    }
+    let mut n = 1;
+    let mut stack = vec![path.to_vec()];
+    while let Some(dir) = stack.pop() {
+        if let Ok(Some(Node::Dir { entries, .. })) = local.node(&dir) {
+            for e in entries {
+                n += 1;
+                if e.kind == crate::manifest::Kind::Dir {
+                    stack.push(join(&dir, &e.name));
+                }
+            }
+        }
+    }
+    n
+}
+
 /// A hard link to make: (new path, existing path).
 type LinkTo = (Vec<u8>, Vec<u8>);
 
@@ -669,6 +718,8 @@ impl Receiver {
             touched: Vec::new(),
             unsettled: Vec::new(),
             verify_dest: false,
+            max_delete: 0,
+            delete_count: 0,
         }
     }
 
@@ -864,6 +915,9 @@ impl Receiver {
                 }
                 self.check_complete();
             }
+            (RState::Descending | RState::Done, Frame::Options { max_delete, .. }) => {
+                self.max_delete = max_delete;
+            }
             (
                 RState::Descending | RState::Rescanning | RState::Done,
                 Frame::Unsettled { paths },
@@ -998,6 +1052,7 @@ impl Receiver {
                             .is_err()
                             && !self.is_unsettled(&p)
                         {
+                            self.delete_count += entries_below(local, &p, o.kind);
                             self.deletes.push(p);
                         }
                     }
@@ -1214,6 +1269,17 @@ impl Receiver {
                     items: items.to_vec(),
                 }));
             }
+        }
+        if self.delete && self.max_delete > 0 && self.delete_count > self.max_delete {
+            // Nothing is deleted: the session ends with the reason.
+            self.state = RState::Done;
+            self.out.push_back(Action::Fail {
+                reason: format!(
+                    "--max-delete {}: this push would delete {} entries; nothing was deleted",
+                    self.max_delete, self.delete_count
+                ),
+            });
+            return;
         }
         if self.delete {
             self.deletes.sort();

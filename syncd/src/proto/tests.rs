@@ -253,6 +253,7 @@ fn run_with(
                         (*m, *a) = (mode, attrs_in(&meta));
                     }
                 }
+                Action::Fail { reason } => panic!("the receiver gave up: {reason}"),
                 Action::Rescan { .. } => {
                     rehash(&mut fs);
                     r.rescanned(fs.root_hash().unwrap());
@@ -560,6 +561,7 @@ fn unknown_version_is_refused_cleanly() {
                 dry_run: false,
                 owners: false,
                 verify_dest: false,
+                options: false,
             },
             &t,
             Hash([1; 32]),
@@ -600,6 +602,7 @@ fn every_frame_round_trips() {
             dry_run: false,
             owners: true,
             verify_dest: true,
+            options: true,
         },
         Frame::HelloAck {
             version: VERSION,
@@ -665,6 +668,11 @@ fn every_frame_round_trips() {
         },
         Frame::Unsettled {
             paths: vec![Vec::new(), b"a/b".to_vec()],
+        },
+        Frame::Options {
+            rules: b"+ keep\n- *.tmp\n".to_vec(),
+            delete_excluded: true,
+            max_delete: 7,
         },
         Frame::Want {
             ids: vec![ChunkId([3; 32])],
