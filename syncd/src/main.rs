@@ -17,7 +17,7 @@ use syncd::scan::{self, Problem, ScanOptions, Summary};
 #[derive(Parser, Debug)]
 #[command(
     name = "syncd",
-    version,
+    version = VERSION,
     about = "Fast, verifiable file sync: merkle manifests of trees, instant diffs, chunk-level transfer",
     long_about = "Fast, verifiable file sync.\n\n\
         syncd fingerprints a directory tree into a merkle manifest (FastCDC chunks hashed with \
@@ -37,10 +37,21 @@ struct Cli {
     command: Command,
 }
 
+/// `--version`: the build and the wire protocol it speaks (both sides of a push must
+/// speak the same one).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (protocol ",
+    // Checked against `syncd::proto::VERSION` by the test `version_names_the_protocol`.
+    "6",
+    ")"
+);
+
 #[derive(Args, Debug, Clone)]
 struct Home {
-    /// State directory (manifests, identity). Never inside a synced tree.
-    /// Default: $XDG_DATA_HOME/syncd, i.e. ~/.local/share/syncd.
+    /// State directory (manifests, identity, part-file key). Never inside a synced tree:
+    /// a push or serve whose tree overlaps it is refused.
+    /// Default: /var/lib/syncd as root, else $XDG_DATA_HOME/syncd (~/.local/share/syncd).
     #[arg(long, env = "SYNCD_HOME", value_name = "DIR")]
     home: Option<PathBuf>,
 }
@@ -49,6 +60,7 @@ impl Home {
     fn dir(&self) -> Result<PathBuf> {
         match &self.home {
             Some(h) => Ok(h.clone()),
+            None if syncd::apply::running_as_root() => Ok(PathBuf::from("/var/lib/syncd")),
             None => dirs::data_dir()
                 .map(|d| d.join("syncd"))
                 .context("cannot find the user's data directory; pass --home DIR"),
@@ -237,8 +249,9 @@ enum Command {
     /// Compare two trees; print one line per differing path.
     ///
     /// Both manifests are refreshed first (a parallel stat walk; only changed files are read),
-    /// then compared by descending only where hashes differ. Line markers: `+` only in B,
-    /// `-` only in A, `M` content differs, `m` only metadata differs (mode, mtime, how a file
+    /// then compared by descending only where hashes differ. The markers are those of
+    /// `push --dry-run A B`, what B lacks or has extra relative to A: `+` only in A (a push
+    /// creates it in B), `-` only in B (`--delete` removes it), `M` content differs, `m` only metadata differs (mode, mtime, how a file
     /// is hard-linked, xattrs, and as root owner, group and ACLs), `T` the type differs
     /// (file, dir, symlink). Exits 0 if identical, 1 if they differ.
     Diff {
@@ -258,6 +271,13 @@ enum Command {
         #[command(flatten)]
         filters: Filters,
     },
+    /// Print a shell completion script, e.g. `syncd completions bash > /etc/bash_completion.d/syncd`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `syncd man > /usr/local/share/man/man1/syncd.1`.
+    Man,
     /// Re-hash DIR from disk against its stored manifest and report bit-rot.
     ///
     /// Every file is read, whatever its stat says. `bitrot` means the content changed while
@@ -470,6 +490,16 @@ fn run(cli: Cli) -> Result<Outcome> {
             filters,
         } => cmd_diff(&a, &b, json, cached, &home.dir()?, &filters),
         Command::Verify { dir, json, home } => cmd_verify(&dir, json, &home.dir()?),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "syncd", &mut std::io::stdout().lock());
+            Ok(Outcome::Ok)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout().lock())?;
+            Ok(Outcome::Ok)
+        }
     }
 }
 
@@ -627,16 +657,17 @@ fn cmd_diff(
             "root_b": rb.map(|h| h.to_hex()),
             "seconds": secs,
             "changes": changes.iter().map(|c| json!({
+                "marker": marker(c.kind).to_string(),
+                "change": change_word(marker(c.kind)),
                 "path": display_path(&c.path),
-                "change": c.kind.as_str(),
-                "old": c.old.map(|k| k.as_str()),
-                "new": c.new.map(|k| k.as_str()),
+                "src": c.old.map(|k| k.as_str()),
+                "dest": c.new.map(|k| k.as_str()),
             })).collect::<Vec<_>>(),
         });
         writeln!(out, "{v}")?;
     } else {
         for c in &changes {
-            writeln!(out, "{} {}", c.kind.marker(), display_path(&c.path))?;
+            writeln!(out, "{} {}", marker(c.kind), display_path(&c.path))?;
         }
     }
     if unreadable > 0 {
@@ -709,6 +740,30 @@ fn cmd_verify(dir: &Path, json: bool, home: &Path) -> Result<Outcome> {
     } else {
         Outcome::Found
     })
+}
+
+/// The marker of a difference between A (the source) and B (the destination), in the
+/// direction `push --dry-run` uses: what DEST lacks or has extra relative to SRC. `+` DEST
+/// lacks it (a push creates it), `-` only DEST has it (`--delete` removes it), `M` content
+/// differs, `m` only metadata, `T` the type.
+fn marker(kind: manifest::ChangeKind) -> char {
+    match kind {
+        manifest::ChangeKind::Added => '-',
+        manifest::ChangeKind::Removed => '+',
+        other => other.marker(),
+    }
+}
+
+/// The JSON word for a marker.
+fn change_word(marker: char) -> &'static str {
+    match marker {
+        '+' => "create",
+        '-' => "delete",
+        'M' => "modify",
+        'm' => "metadata",
+        'T' => "type",
+        _ => "other",
+    }
 }
 
 fn human_bytes(n: u64) -> String {
@@ -987,7 +1042,7 @@ fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<O
                 "dry_run": true,
                 "identical": changes.is_empty(),
                 "root": report.root.to_hex(),
-                "changes": changes.iter().map(|(m, p)| json!({"marker": m.to_string(), "path": display_path(p)})).collect::<Vec<_>>(),
+                "changes": changes.iter().map(|(m, p)| json!({"marker": m.to_string(), "change": change_word(*m), "path": display_path(p)})).collect::<Vec<_>>(),
             });
             writeln!(out, "{v}")?;
         } else {

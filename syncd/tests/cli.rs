@@ -63,8 +63,8 @@ fn diff_names_exactly_the_changed_paths() {
     assert_eq!(
         lines,
         vec![
-            "+ new",
-            "- a.txt",
+            "+ a.txt",
+            "- new",
             "M big",
             "M dir/sub/c",
             "T link",
@@ -76,8 +76,8 @@ fn diff_names_exactly_the_changed_paths() {
     assert_eq!(
         rev,
         vec![
-            "+ a.txt",
-            "- new",
+            "+ new",
+            "- a.txt",
             "M big",
             "M dir/sub/c",
             "T link",
@@ -97,7 +97,8 @@ fn json_diff_and_non_utf8_names_round_trip() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["identical"], false);
     assert_eq!(v["changes"][0]["path"], "caf\\xe9");
-    assert_eq!(v["changes"][0]["change"], "removed");
+    assert_eq!(v["changes"][0]["marker"], "+");
+    assert_eq!(v["changes"][0]["change"], "create");
     fs::write(b.path().join(name), b"x").unwrap();
     let o = env.syncd(&[&"diff", &a.path(), &b.path()]);
     // mtimes differ (written at different times), content equal: metadata only.

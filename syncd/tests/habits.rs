@@ -426,3 +426,76 @@ fn diff_of_a_tree_with_itself_is_identical() {
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("no such directory"), "{}", stderr(&o));
 }
+
+/// `syncd diff SRC DEST` and `syncd push --dry-run SRC DEST` say the same thing the same
+/// way: what DEST lacks (`+`) or has extra (`-`), and the same JSON shape.
+#[test]
+fn diff_and_dry_run_agree_on_markers_and_json() {
+    let env = Env::new();
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write(src.path(), "new", b"n");
+    write(src.path(), "same", b"s");
+    write(dst.path(), "same", b"s");
+    write(dst.path(), "old", b"o");
+    let o = env.syncd(&[&"push", &src.path(), &dst.path().join(""), &"--delete"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    write(src.path(), "new2", b"n");
+    write(dst.path(), "old2", b"o");
+    let diff = env.syncd(&[&"diff", &src.path(), &dst.path(), &"--json"]);
+    let dry = env.syncd(&[
+        &"push",
+        &src.path(),
+        &dst.path().join(""),
+        &"--delete",
+        &"-n",
+        &"--json",
+    ]);
+    let shape = |v: serde_json::Value| -> Vec<(String, String, String)> {
+        v["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["marker"].as_str().unwrap().to_string(),
+                    c["change"].as_str().unwrap().to_string(),
+                    c["path"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let (d, r) = (shape(json(&diff)), shape(json(&dry)));
+    assert_eq!(d, r);
+    assert_eq!(
+        d,
+        vec![
+            ("+".into(), "create".into(), "new2".into()),
+            ("-".into(), "delete".into(), "old2".into())
+        ]
+    );
+}
+
+/// `--version` names the wire protocol, which both sides of a push must share.
+#[test]
+fn version_names_the_protocol() {
+    let o = Env::new().syncd(&[&"--version"]);
+    assert_eq!(code(&o), 0);
+    let want = format!("(protocol {})", syncd::proto::VERSION);
+    assert!(stdout(&o).contains(&want), "{}", stdout(&o));
+}
+
+/// Shell completions and a man page come from the binary itself.
+#[test]
+fn completions_and_man_page_are_generated() {
+    let env = Env::new();
+    let o = env.syncd(&[&"completions", &"bash"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("--delete-excluded"));
+    let o = env.syncd(&[&"man"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(".TH syncd"),
+        "{}",
+        &stdout(&o)[..200.min(o.stdout.len())]
+    );
+}
