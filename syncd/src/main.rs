@@ -203,8 +203,17 @@ enum Command {
         #[arg(short = 'n', long)]
         dry_run: bool,
         /// Print only errors (no summary, no warnings about skipped special files).
-        #[arg(short, long)]
+        #[arg(short, long, conflicts_with_all = ["itemize_changes", "verbose"])]
         quiet: bool,
+        /// List every path the push creates (`+`), changes (`M`), re-attributes (`m`, with
+        /// which attributes: mode, mtime, owner/xattrs, link), retypes (`T`) or deletes
+        /// (`-`), as `syncd diff` marks them. Names are escaped (`\n`, `\xff`); --json
+        /// carries them in `changes`.
+        #[arg(short = 'i', long)]
+        itemize_changes: bool,
+        /// Verbose: --itemize-changes.
+        #[arg(short, long)]
+        verbose: bool,
         /// Print a JSON summary instead of text.
         #[arg(long)]
         json: bool,
@@ -442,6 +451,8 @@ fn run(cli: Cli) -> Result<Outcome> {
             delete_excluded,
             max_delete,
             quiet,
+            itemize_changes,
+            verbose,
             bwlimit,
             compress_level,
             dry_run,
@@ -463,6 +474,7 @@ fn run(cli: Cli) -> Result<Outcome> {
                     delete,
                     delete_excluded,
                     max_delete: max_delete.unwrap_or(0),
+                    itemize: itemize_changes || verbose,
                     dry_run,
                     scan: options(&home.dir()?, &filters),
                     bwlimit: bwlimit.map(|r| r.bytes_per_sec()).filter(|&r| r > 0),
@@ -646,6 +658,18 @@ fn cmd_diff(
     };
     let (na, nb) = (sa.snapshot()?, sb.snapshot()?);
     let changes: Vec<Change> = manifest::diff(&na, &nb)?;
+    // Which attributes differ where only metadata does, as a push would report them.
+    use syncd::manifest::Nodes as _;
+    let attrs: std::collections::HashMap<Vec<u8>, u8> = changes
+        .iter()
+        .filter(|c| c.kind == manifest::ChangeKind::Metadata)
+        .filter_map(|c| {
+            let (a, b) = (na.node(&c.path).ok()??, nb.node(&c.path).ok()??);
+            let (_, bits) = syncd::proto::classify(Some(&b), &a.into(), false)?;
+            Some((c.path.clone(), bits))
+        })
+        .collect();
+    let attrs_of = |c: &Change| attrs.get(&c.path).copied().unwrap_or(0);
     let (ra, rb) = (na.root()?, nb.root()?);
     let secs = t.elapsed().as_secs_f64();
     let mut out = std::io::stdout().lock();
@@ -656,18 +680,12 @@ fn cmd_diff(
             "root_a": ra.map(|h| h.to_hex()),
             "root_b": rb.map(|h| h.to_hex()),
             "seconds": secs,
-            "changes": changes.iter().map(|c| json!({
-                "marker": marker(c.kind).to_string(),
-                "change": change_word(marker(c.kind)),
-                "path": display_path(&c.path),
-                "src": c.old.map(|k| k.as_str()),
-                "dest": c.new.map(|k| k.as_str()),
-            })).collect::<Vec<_>>(),
+            "changes": changes.iter().map(|c| change_json(marker(c.kind), attrs_of(c), &c.path)).collect::<Vec<_>>(),
         });
         writeln!(out, "{v}")?;
     } else {
         for c in &changes {
-            writeln!(out, "{} {}", marker(c.kind), display_path(&c.path))?;
+            writeln!(out, "{}", change_line(marker(c.kind), attrs_of(c), &c.path))?;
         }
     }
     if unreadable > 0 {
@@ -752,6 +770,33 @@ fn marker(kind: manifest::ChangeKind) -> char {
         manifest::ChangeKind::Removed => '+',
         other => other.marker(),
     }
+}
+
+/// The changes a push reported, by path.
+fn sorted_changes(changes: &[(char, u8, Vec<u8>)]) -> Vec<(char, u8, Vec<u8>)> {
+    let mut c = changes.to_vec();
+    c.sort_by(|a, b| a.2.cmp(&b.2));
+    c
+}
+
+/// One listed change: `m path (mode, mtime)`.
+fn change_line(m: char, attrs: u8, path: &[u8]) -> String {
+    let names = syncd::proto::codec::attr::names(attrs);
+    if names.is_empty() {
+        format!("{m} {}", display_path(path))
+    } else {
+        format!("{m} {} ({})", display_path(path), names.join(", "))
+    }
+}
+
+/// One listed change in JSON.
+fn change_json(m: char, attrs: u8, path: &[u8]) -> serde_json::Value {
+    json!({
+        "marker": m.to_string(),
+        "change": change_word(m),
+        "path": display_path(path),
+        "attrs": syncd::proto::codec::attr::names(attrs),
+    })
 }
 
 /// The JSON word for a marker.
@@ -1036,18 +1081,18 @@ fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<O
     let mut out = std::io::stdout().lock();
     if args.push.dry_run {
         let mut changes = report.changes.clone();
-        changes.sort_by(|a, b| a.1.cmp(&b.1));
+        changes.sort_by(|a, b| a.2.cmp(&b.2));
         if args.json {
             let v = json!({
                 "dry_run": true,
                 "identical": changes.is_empty(),
                 "root": report.root.to_hex(),
-                "changes": changes.iter().map(|(m, p)| json!({"marker": m.to_string(), "change": change_word(*m), "path": display_path(p)})).collect::<Vec<_>>(),
+                "changes": changes.iter().map(|(m, a, p)| change_json(*m, *a, p)).collect::<Vec<_>>(),
             });
             writeln!(out, "{v}")?;
         } else {
-            for (m, p) in &changes {
-                writeln!(out, "{m} {}", display_path(p))?;
+            for (m, a, p) in &changes {
+                writeln!(out, "{}", change_line(*m, *a, p))?;
             }
         }
         if unreadable > 0 {
@@ -1075,6 +1120,7 @@ fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<O
             "bytes_deduplicated": report.bytes_deduplicated,
             "compression_ratio": ratio,
             "removed": report.removed,
+            "changes": sorted_changes(&report.changes).iter().map(|(m, a, p)| change_json(*m, *a, p)).collect::<Vec<_>>(),
             "seconds": secs,
             "root": report.root.to_hex(),
             "receiver_root": report.receiver_root.to_hex(),
@@ -1084,6 +1130,9 @@ fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<O
         });
         writeln!(out, "{v}")?;
     } else {
+        for (m, a, p) in sorted_changes(&report.changes) {
+            writeln!(out, "{}", change_line(m, a, &p))?;
+        }
         writeln!(
             out,
             "pushed {} files ({}): sent {} in {} chunks ({:.2}x compressed, {} on the wire), reused {} already there, removed {}  {:.2}s\nroot {} {}",

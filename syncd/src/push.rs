@@ -146,6 +146,8 @@ pub struct PushOptions {
     pub compress_level: Option<i32>,
     /// Called with (raw bytes sent, chunks sent) four times a second, for progress display.
     pub progress: Option<Progress>,
+    /// Report every path created, updated, re-attributed or deleted (`--itemize-changes`).
+    pub itemize: bool,
     /// Also delete receiver entries that the filter rules exclude (`--delete-excluded`);
     /// otherwise they are protected.
     pub delete_excluded: bool,
@@ -170,6 +172,7 @@ impl Default for PushOptions {
             bwlimit: None,
             compress_level: None,
             progress: None,
+            itemize: false,
             delete_excluded: false,
             max_delete: 0,
             verify_dest: false,
@@ -222,8 +225,9 @@ pub struct PushReport {
     pub bytes_deduplicated: u64,
     /// Entries removed on the receiver.
     pub removed: u64,
-    /// Dry run: what would change (marker, path).
-    pub changes: Vec<(char, Vec<u8>)>,
+    /// Dry run or `itemize`: what would change or changed (marker, [`codec::attr`] bits,
+    /// path).
+    pub changes: Vec<(char, u8, Vec<u8>)>,
     /// Source files given up on during the push, with why: they kept changing (or became
     /// unreadable) whenever a chunk of theirs was read. The receiver kept its copy.
     pub unsettled: Vec<(Vec<u8>, String)>,
@@ -738,6 +742,9 @@ where
     if opts.verify_dest {
         s.verify_dest();
     }
+    if opts.itemize {
+        s.itemize();
+    }
     let mut report = PushReport {
         root,
         ..PushReport::default()
@@ -755,7 +762,7 @@ where
                         control_wire += control_w.send(&f, peer).await?;
                     }
                     SenderEvent::Read { id, loc, against } => jobs.push(Job { id, loc, against }),
-                    SenderEvent::Report(m, p) => report.changes.push((m as char, p)),
+                    SenderEvent::Report(m, a, p) => report.changes.push((m as char, a, p)),
                     SenderEvent::Finished { root, totals } => {
                         report.receiver_root = root;
                         report.files_transferred = totals.files;
@@ -1711,7 +1718,7 @@ async fn dry_run_into_nothing(
     if let Some(Node::Dir { entries, .. }) =
         crate::manifest::Nodes::node(&snap, b"").map_err(PushError::Store)?
     {
-        changes.extend(entries.into_iter().map(|e| ('+', e.name)));
+        changes.extend(entries.into_iter().map(|e| ('+', 0, e.name)));
     }
     let report = PushReport {
         root: summary.root,

@@ -68,7 +68,7 @@ fn diff_names_exactly_the_changed_paths() {
             "M big",
             "M dir/sub/c",
             "T link",
-            "m dir/b.bin"
+            "m dir/b.bin (mode)"
         ],
     );
     // And the reverse direction mirrors it.
@@ -81,7 +81,7 @@ fn diff_names_exactly_the_changed_paths() {
             "M big",
             "M dir/sub/c",
             "T link",
-            "m dir/b.bin"
+            "m dir/b.bin (mode)"
         ],
     );
 }
@@ -103,7 +103,7 @@ fn json_diff_and_non_utf8_names_round_trip() {
     let o = env.syncd(&[&"diff", &a.path(), &b.path()]);
     // mtimes differ (written at different times), content equal: metadata only.
     let out = stdout(&o);
-    assert!(out.is_empty() || out == "m caf\\xe9\n", "{out}");
+    assert!(out.is_empty() || out == "m caf\\xe9 (mtime)\n", "{out}");
 }
 
 #[test]

@@ -499,3 +499,49 @@ fn completions_and_man_page_are_generated() {
         &stdout(&o)[..200.min(o.stdout.len())]
     );
 }
+
+/// `push -i` lists what it does, with which attributes changed, like `syncd diff` does.
+#[test]
+fn itemize_changes_lists_each_path_and_which_attribute() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write(src.path(), "moded", b"a");
+    write(src.path(), "timed", b"b");
+    write(src.path(), "gone", b"c");
+    let o = env.syncd(&[&"push", &src.path(), &dst.path().join("")]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    std::fs::set_permissions(
+        src.path().join("moded"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let t = filetime::FileTime::from_unix_time(1_600_000_000, 0);
+    filetime::set_file_mtime(src.path().join("timed"), t).unwrap();
+    std::fs::remove_file(src.path().join("gone")).unwrap();
+    write(src.path(), "new\nline", b"d");
+    let want = vec![
+        "- gone".to_string(),
+        "m moded (mode)".to_string(),
+        "+ new\\nline".to_string(),
+        "m timed (mtime)".to_string(),
+    ];
+    let diff = env.syncd(&[&"diff", &src.path(), &dst.path()]);
+    let mut got: Vec<String> = stdout(&diff).lines().map(str::to_string).collect();
+    got.sort_by(|a, b| a[2..].cmp(&b[2..]));
+    assert_eq!(got, want, "diff");
+    let o = env.syncd(&[
+        &"push",
+        &src.path(),
+        &dst.path().join(""),
+        &"--delete",
+        &"-i",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let listed: Vec<String> = stdout(&o)
+        .lines()
+        .filter(|l| !l.starts_with("pushed") && !l.starts_with("root"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(listed, want, "push -i");
+}

@@ -578,6 +578,7 @@ fn a_stalled_session_ends_after_the_timeout_and_never_blocks_another_peer() {
             owners: false,
             verify_dest: false,
             options: false,
+            itemize: false,
         };
         w.write_all(&hello.to_bytes()).await.unwrap();
         std::mem::forget((w, r)); // never finished nor stopped: the stream stays open

@@ -361,6 +361,7 @@ fn malicious(
             owners: false,
             verify_dest: false,
             options: false,
+            itemize: false,
         };
         w.write_all(&hello.to_bytes()).await.unwrap();
         let mut bytes = Vec::new();
@@ -693,7 +694,7 @@ fn hard_links_are_made_and_broken_where_only_the_linking_differs() {
     }
     let diff = sender.syncd(&[&"diff", &src.path(), &dst.path()]);
     assert_eq!(code(&diff), 1, "{}", stderr(&diff));
-    assert_eq!(stdout(&diff), "m a/z-link\nm b-link\n");
+    assert_eq!(stdout(&diff), "m a/z-link (link)\nm b-link (link)\n");
 
     let server = Server::start(&receiver, dst.path(), &sid);
     let v = server.push_ok(&sender, src.path(), &rid, &[]);
@@ -856,12 +857,18 @@ fn owner_acl_and_xattr_changes_alone_are_seen_and_sent() {
     );
     let (rc, out) = diff(&[]);
     assert_eq!(rc, 1, "{out}");
-    assert_eq!(out, "m dir\nm dir/file\nm dir/link\nm dir/other\n");
+    assert_eq!(
+        out,
+        "m dir (owner/xattrs)\nm dir/file (mode, owner/xattrs)\nm dir/link (owner/xattrs)\nm dir/other (owner/xattrs)\n"
+    );
     // Without owners, only the user.* xattr counts, and the mode of the file, whose group
     // bits the receiver's extra ACL changed (they show its mask).
     assert_eq!(
         diff(&["--no-owner"]),
-        (1, "m dir/file\nm dir/other\n".to_string())
+        (
+            1,
+            "m dir/file (mode)\nm dir/other (owner/xattrs)\n".to_string()
+        )
     );
 
     let v = push();

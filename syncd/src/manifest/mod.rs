@@ -533,15 +533,20 @@ pub fn file_name(path: &[u8]) -> &[u8] {
     }
 }
 
-/// A path for humans: UTF-8 as is, other bytes as `\xNN`, backslash doubled.
+/// A path for humans, one per line: UTF-8 as is, newline and tab as `\n` and `\t`, other
+/// control characters and bytes that are not UTF-8 as `\xNN`, backslash doubled.
 pub fn display_path(path: &[u8]) -> String {
     let mut out = String::with_capacity(path.len());
     for chunk in path.utf8_chunks() {
         for ch in chunk.valid().chars() {
-            if ch == '\\' {
-                out.push_str("\\\\");
-            } else {
-                out.push(ch);
+            match ch {
+                '\\' => out.push_str("\\\\"),
+                // One name per line: a newline or another control character in a name is
+                // escaped, never printed.
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+                c => out.push(c),
             }
         }
         for b in chunk.invalid() {

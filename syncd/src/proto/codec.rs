@@ -270,6 +270,34 @@ pub struct Totals {
     pub removed: u64,
 }
 
+/// Which attributes a metadata-only change touches ([`Frame::Report`]).
+pub mod attr {
+    /// Permission bits.
+    pub const MODE: u8 = 1;
+    /// Modification time.
+    pub const MTIME: u8 = 2;
+    /// Owner, group or extended attributes (ACLs among them).
+    pub const OWNER_XATTRS: u8 = 4;
+    /// How the file is hard-linked.
+    pub const LINK: u8 = 8;
+    /// Every bit.
+    pub const ALL: u8 = 15;
+
+    /// The names of the bits set in `bits`, for a person.
+    pub fn names(bits: u8) -> Vec<&'static str> {
+        [
+            (MODE, "mode"),
+            (MTIME, "mtime"),
+            (OWNER_XATTRS, "owner/xattrs"),
+            (LINK, "link"),
+        ]
+        .into_iter()
+        .filter(|(b, _)| bits & b != 0)
+        .map(|(_, n)| n)
+        .collect()
+    }
+}
+
 /// Everything either side can say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -293,6 +321,8 @@ pub enum Frame {
         verify_dest: bool,
         /// An [`Frame::Options`] frame follows.
         options: bool,
+        /// Report each change as it is made (`--itemize-changes`), not only in a dry run.
+        itemize: bool,
     },
     /// Sender → receiver, right after a `Hello` that announces it: the filter rules the
     /// sender scanned with ([`crate::filter`], wire form), which the receiver applies to its
@@ -368,10 +398,11 @@ pub enum Frame {
         /// The encoded bytes.
         data: Vec<u8>,
     },
-    /// Receiver → sender (dry run): what would change.
+    /// Receiver → sender (dry run, or `itemize`): what would change or changed.
     Report {
-        /// `(marker, path)`, markers as in `syncd diff`.
-        items: Vec<(u8, Vec<u8>)>,
+        /// `(marker, attributes, path)`: markers as in `syncd diff`, attributes the
+        /// [`attr`] bits of a metadata-only change.
+        items: Vec<(u8, u8, Vec<u8>)>,
     },
     /// Receiver → sender: finished; the receiver's manifest root after the push.
     Done {
@@ -456,6 +487,7 @@ impl Frame {
                 owners,
                 verify_dest,
                 options,
+                itemize,
             } => {
                 out.push(tag::HELLO);
                 out.extend_from_slice(&version.to_le_bytes());
@@ -465,7 +497,8 @@ impl Frame {
                         | (u8::from(*dry_run) << 1)
                         | (u8::from(*owners) << 2)
                         | (u8::from(*verify_dest) << 3)
-                        | (u8::from(*options) << 4),
+                        | (u8::from(*options) << 4)
+                        | (u8::from(*itemize) << 5),
                 );
             }
             Frame::Options {
@@ -557,8 +590,9 @@ impl Frame {
             Frame::Report { items } => {
                 out.push(tag::REPORT);
                 out.extend_from_slice(&(items.len() as u32).to_le_bytes());
-                for (m, p) in items {
+                for (m, a, p) in items {
                     out.push(*m);
+                    out.push(*a);
                     put_bytes(out, p);
                 }
             }
@@ -744,7 +778,7 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
             let version = r.u32()?;
             let root = Hash(r.array()?);
             let flags = r.u8()?;
-            if flags & !31 != 0 {
+            if flags & !63 != 0 {
                 return Err(r.bad(format!("unknown flags {flags:#x}")));
             }
             Frame::Hello {
@@ -755,6 +789,7 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
                 owners: flags & 4 != 0,
                 verify_dest: flags & 8 != 0,
                 options: flags & 16 != 0,
+                itemize: flags & 32 != 0,
             }
         }
         tag::HELLO_ACK => Frame::HelloAck {
@@ -876,11 +911,18 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
             }
         }
         tag::REPORT => {
-            let n = r.count(5)?;
+            let n = r.count(6)?;
             let mut items = Vec::with_capacity(n);
             for _ in 0..n {
                 let m = r.u8()?;
-                items.push((m, r.path()?));
+                if !b"+-MmT".contains(&m) {
+                    return Err(r.bad(format!("unknown marker {m:#x}")));
+                }
+                let a = r.u8()?;
+                if a & !attr::ALL != 0 {
+                    return Err(r.bad(format!("unknown attribute bits {a:#x}")));
+                }
+                items.push((m, a, r.path()?));
             }
             Frame::Report { items }
         }

@@ -135,7 +135,7 @@ pub enum SenderEvent {
         against: Option<delta::Signature>,
     },
     /// A dry-run report line from the receiver.
-    Report(u8, Vec<u8>),
+    Report(u8, u8, Vec<u8>),
     /// The receiver finished: its root and totals.
     Finished {
         /// The receiver's root after the push.
@@ -174,6 +174,7 @@ impl Sender {
             owners,
             verify_dest: false,
             options: false,
+            itemize: false,
         }));
         Sender {
             root,
@@ -190,6 +191,14 @@ impl Sender {
     pub fn verify_dest(&mut self) {
         if let Some(SenderEvent::Send(Frame::Hello { verify_dest, .. })) = self.out.front_mut() {
             *verify_dest = true;
+        }
+    }
+
+    /// Asks the receiver to report each path it creates, updates, re-attributes or deletes
+    /// (`--itemize-changes`). Call it before the first [`Sender::poll`].
+    pub fn itemize(&mut self) {
+        if let Some(SenderEvent::Send(Frame::Hello { itemize, .. })) = self.out.front_mut() {
+            *itemize = true;
         }
     }
 
@@ -308,8 +317,8 @@ impl Sender {
             }
             Frame::WantDelta { id, sig, .. } if self.acked => self.read(id, Some(sig))?,
             Frame::Report { items } if self.acked => {
-                for (m, p) in items {
-                    self.out.push_back(SenderEvent::Report(m, p));
+                for (m, a, p) in items {
+                    self.out.push_back(SenderEvent::Report(m, a, p));
                 }
             }
             Frame::Done { root, totals } if self.acked => {
@@ -600,7 +609,10 @@ pub struct Receiver {
     next_key: FileKey,
     dirs: Vec<(Vec<u8>, u32, Meta)>,
     deletes: Vec<Vec<u8>>,
-    report: Vec<(u8, Vec<u8>)>,
+    report: Vec<(u8, u8, Vec<u8>)>,
+    /// Report what is done as it is done ([`Frame::Hello`]'s `itemize`), not only in a
+    /// dry run.
+    itemize: bool,
     out: VecDeque<Action>,
     totals: Totals,
     /// Files waiting for a slot, and how many are open (started, not finished).
@@ -658,6 +670,45 @@ fn base_at(old: Option<&FileNode>, at: u64) -> Option<(ChunkId, u64, u32)> {
         offset = end;
     }
     None
+}
+
+/// What a push changes at a path where the receiver has `mine` and the sender offers
+/// `theirs` (`retyped`: of another kind): the marker, as in `syncd diff`, and for a
+/// metadata-only change which attributes ([`codec::attr`] bits). `None` if nothing
+/// changes there (a directory whose children may still differ).
+pub fn classify(mine: Option<&Node>, theirs: &Offered, retyped: bool) -> Option<(ChangeKind, u8)> {
+    use codec::attr;
+    let bit = |differs: bool, b: u8| if differs { b } else { 0 };
+    match mine {
+        None => Some((ChangeKind::Added, 0)),
+        Some(_) if retyped => Some((ChangeKind::TypeChanged, 0)),
+        Some(m) if theirs.matches(m) => None,
+        Some(Node::Dir { mode, attrs, .. }) => match theirs {
+            Offered::Dir {
+                mode: m, attrs: a, ..
+            } if (m, a) != (mode, attrs) => Some((
+                ChangeKind::Metadata,
+                bit(m != mode, attr::MODE) | bit(a != attrs, attr::OWNER_XATTRS),
+            )),
+            _ => None,
+        },
+        Some(Node::File(a)) => match theirs {
+            Offered::File(b) if a.chunks == b.chunks => Some((
+                ChangeKind::Metadata,
+                bit(a.mode != b.mode, attr::MODE)
+                    | bit(a.mtime_ns != b.mtime_ns, attr::MTIME)
+                    | bit(a.attrs != b.attrs, attr::OWNER_XATTRS)
+                    | bit(a.link != b.link, attr::LINK),
+            )),
+            _ => Some((ChangeKind::Modified, 0)),
+        },
+        Some(Node::Symlink { target: a, .. }) => match theirs {
+            Offered::Symlink { target: b, .. } if a == b => {
+                Some((ChangeKind::Metadata, attr::OWNER_XATTRS))
+            }
+            _ => Some((ChangeKind::Modified, 0)),
+        },
+    }
 }
 
 /// How many entries removing the entry of `kind` at `path` removes: 1, or for a directory
@@ -720,6 +771,7 @@ impl Receiver {
             verify_dest: false,
             max_delete: 0,
             delete_count: 0,
+            itemize: false,
         }
     }
 
@@ -872,10 +924,12 @@ impl Receiver {
                     delete,
                     dry_run,
                     verify_dest,
+                    itemize,
                     ..
                 },
             ) => {
                 self.verify_dest = verify_dest;
+                self.itemize = itemize;
                 if version != VERSION {
                     self.out.push_back(Action::Send(Frame::Refuse {
                         reason: format!(
@@ -970,30 +1024,12 @@ impl Receiver {
             .map_err(|e| ProtoError::Storage(e.to_string()))?;
         let kind = node.kind();
         let retyped = mine.as_ref().is_some_and(|m| m.kind() != kind);
-        if self.dry_run {
-            let marker = match &mine {
-                None => Some(ChangeKind::Added),
-                Some(_) if retyped => Some(ChangeKind::TypeChanged),
-                Some(m) if node.matches(m) => None,
-                // Otherwise its children tell.
-                Some(Node::Dir { mode, attrs, .. }) => match &node {
-                    Offered::Dir {
-                        mode: m, attrs: a, ..
-                    } if (m, a) != (mode, attrs) => Some(ChangeKind::Metadata),
-                    _ => None,
-                },
-                Some(Node::File(a)) => match &node {
-                    Offered::File(b) if a.chunks == b.chunks => Some(ChangeKind::Metadata),
-                    _ => Some(ChangeKind::Modified),
-                },
-                Some(Node::Symlink { target: a, .. }) => match &node {
-                    Offered::Symlink { target: b, .. } if a == b => Some(ChangeKind::Metadata),
-                    _ => Some(ChangeKind::Modified),
-                },
-            };
-            if let Some(m) = marker {
-                self.report.push((m.marker() as u8, path.clone()));
+        if self.dry_run || self.itemize {
+            if let Some((m, attrs)) = classify(mine.as_ref(), &node, retyped) {
+                self.report.push((m.marker() as u8, attrs, path.clone()));
             }
+        }
+        if self.dry_run {
             if let (Offered::Dir { entries, .. }, Some(Node::Dir { entries: old, .. })) =
                 (&node, &mine)
             {
@@ -1010,7 +1046,7 @@ impl Receiver {
                             .is_err()
                             && !self.is_unsettled(&p)
                         {
-                            self.report.push((b'-', p));
+                            self.report.push((b'-', 0, p));
                         }
                     }
                 }
@@ -1053,6 +1089,9 @@ impl Receiver {
                             && !self.is_unsettled(&p)
                         {
                             self.delete_count += entries_below(local, &p, o.kind);
+                            if self.itemize {
+                                self.report.push((b'-', 0, p.clone()));
+                            }
                             self.deletes.push(p);
                         }
                     }
@@ -1262,7 +1301,7 @@ impl Receiver {
             return;
         }
         self.state = RState::Rescanning;
-        if self.dry_run {
+        if self.dry_run || self.itemize {
             let report = std::mem::take(&mut self.report);
             for items in report.chunks(4096) {
                 self.out.push_back(Action::Send(Frame::Report {

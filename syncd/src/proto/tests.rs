@@ -154,7 +154,7 @@ fn run_with(
                         data: data_bytes,
                     }));
                 }
-                SenderEvent::Report(m, p) => report.push((m, p)),
+                SenderEvent::Report(m, _, p) => report.push((m, p)),
                 SenderEvent::Finished { root, totals } => finished = Some((root, totals)),
             }
         }
@@ -562,6 +562,7 @@ fn unknown_version_is_refused_cleanly() {
                 owners: false,
                 verify_dest: false,
                 options: false,
+                itemize: false,
             },
             &t,
             Hash([1; 32]),
@@ -603,6 +604,7 @@ fn every_frame_round_trips() {
             owners: true,
             verify_dest: true,
             options: true,
+            itemize: true,
         },
         Frame::HelloAck {
             version: VERSION,
@@ -701,7 +703,7 @@ fn every_frame_round_trips() {
             data: vec![9],
         },
         Frame::Report {
-            items: vec![(b'+', b"p".to_vec())],
+            items: vec![(b'+', 0, b"p".to_vec()), (b'm', 5, b"q".to_vec())],
         },
         Frame::Done {
             root: Hash([5; 32]),
