@@ -47,6 +47,11 @@ pub fn parse(s: &str) -> Result<Dest, DestError> {
                 "an IPv6 receiver is written [ADDRESS]:PORT, e.g. [::1]:7700".into(),
             ));
         };
+        if host.is_empty() {
+            return Err(bad(
+                "an IPv6 receiver is written [ADDRESS]:PORT, e.g. [::1]:7700".into(),
+            ));
+        }
         return Ok(Dest::Remote {
             host: host.to_string(),
             port: port_of(port).map_err(bad)?,
@@ -117,6 +122,7 @@ mod tests {
             (":7700", "HOST:PORT"),
             ("::1:7700", "HOST:PORT"),
             ("[::1]", "[ADDRESS]:PORT"),
+            ("[]:7700", "[ADDRESS]:PORT"),
             ("[::1]:x", "not a port"),
             ("", "empty"),
         ] {
