@@ -1007,29 +1007,54 @@ fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<O
         check_local_push(src, d, home, args.push.delete)?;
     }
     let rt = runtime()?;
-    let bar = args.progress.then(|| {
-        let bar = indicatif::ProgressBar::new_spinner();
+    // Progress: a bar on a terminal; otherwise (--progress into a file or a pipe) one
+    // plain line every 5 seconds.
+    let tty = std::io::stderr().is_terminal();
+    let bar = (args.progress && tty).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {elapsed} sent {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
         );
-        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        bar.enable_steady_tick(std::time::Duration::from_millis(250));
         bar
     });
-    if let Some(bar) = &bar {
+    if args.progress {
         let b = bar.clone();
         let start = Instant::now();
+        let last_line = std::sync::Mutex::new(Instant::now());
         args.push.progress = Some(syncd::push::Progress(std::sync::Arc::new(
-            move |bytes: u64, chunks: u64| {
-                let rate = bytes as f64 / start.elapsed().as_secs_f64().max(1e-3);
-                b.set_message(format!(
-                    "{} in {chunks} chunks, {}/s",
-                    human_bytes(bytes),
-                    human_bytes(rate as u64)
-                ));
+            move |s: &syncd::push::Sent| {
+                let secs = start.elapsed().as_secs_f64().max(1e-3);
+                let rate = match (s.wire as f64 / secs) as u64 {
+                    0 => "0 bit/s".to_string(),
+                    r => syncd::rate::Rate::from_bytes_per_sec(r).to_string(),
+                };
+                let line = format!(
+                    "sent {} of at most {} ({} files scanned), {rate} on the wire",
+                    human_bytes(s.raw),
+                    human_bytes(s.scanned_bytes),
+                    s.scanned_files,
+                );
+                match &b {
+                    Some(b) => {
+                        b.set_length(s.scanned_bytes.max(s.raw));
+                        b.set_position(s.raw);
+                        b.set_message(line);
+                    }
+                    None => {
+                        let mut l = last_line.lock().unwrap_or_else(|p| p.into_inner());
+                        if l.elapsed() >= std::time::Duration::from_secs(5) {
+                            *l = Instant::now();
+                            eprintln!("syncd: {:.0}s: {line}", secs);
+                        }
+                    }
+                }
             },
         )));
     }
+    let remote = matches!(dest, syncd::dest::Dest::Remote { .. });
     let t = Instant::now();
     let result = rt.block_on(async {
         match &dest {
@@ -1133,25 +1158,43 @@ fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<O
         for (m, a, p) in sorted_changes(&report.changes) {
             writeln!(out, "{}", change_line(m, a, &p))?;
         }
-        writeln!(
-            out,
-            "pushed {} files ({}): sent {} in {} chunks ({:.2}x compressed, {} on the wire), reused {} already there, removed {}  {:.2}s\nroot {} {}",
-            report.files_transferred,
-            human_bytes(report.bytes_scanned),
-            human_bytes(report.bytes_sent),
-            report.chunks_sent,
-            ratio,
-            human_bytes(report.wire_bytes),
-            human_bytes(report.bytes_deduplicated),
-            report.removed,
-            secs,
-            report.root,
-            if report.identical() && unreadable == 0 {
-                "(receiver identical)"
+        if !args.quiet {
+            // A sentence: what was written, what travelled, what was already there.
+            let travelled = if remote {
+                format!(
+                    "sent {} ({} on the wire{})",
+                    human_bytes(report.bytes_sent),
+                    human_bytes(report.wire_bytes),
+                    if ratio > 1.005 {
+                        format!(", compressed {ratio:.2}x")
+                    } else {
+                        String::new()
+                    }
+                )
             } else {
-                ""
-            },
-        )?;
+                format!("copied {}", human_bytes(report.bytes_sent))
+            };
+            writeln!(
+                out,
+                "pushed {} files ({}) in {:.2}s: wrote {} files, {travelled}, reused {} already at DEST, removed {} entries",
+                report.files_scanned,
+                human_bytes(report.bytes_scanned),
+                secs,
+                report.files_transferred,
+                human_bytes(report.bytes_deduplicated),
+                report.removed,
+            )?;
+            writeln!(
+                out,
+                "root {} {}",
+                report.root,
+                if report.identical() && unreadable == 0 {
+                    "(DEST is identical)"
+                } else {
+                    "(DEST differs)"
+                },
+            )?;
+        }
     }
     if unreadable > 0 {
         eprintln!(

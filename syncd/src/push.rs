@@ -188,9 +188,24 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `--timeout`'s default: the longest a session waits without any progress.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A progress callback: (raw bytes sent, chunks sent).
+/// Where a push stands, four times a second ([`Progress`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sent {
+    /// Chunk bytes sent (before compression).
+    pub raw: u64,
+    /// Estimated wire bytes so far.
+    pub wire: u64,
+    /// Chunks sent.
+    pub chunks: u64,
+    /// Files and bytes of the scanned source: what at most has to travel.
+    pub scanned_files: u64,
+    /// See `scanned_files`.
+    pub scanned_bytes: u64,
+}
+
+/// A progress callback.
 #[derive(Clone)]
-pub struct Progress(pub Arc<dyn Fn(u64, u64) + Send + Sync>);
+pub struct Progress(pub Arc<dyn Fn(&Sent) + Send + Sync>);
 
 impl std::fmt::Debug for Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -550,6 +565,8 @@ struct Link {
     /// The QUIC connection, whose round-trip time tells the compression policy when a
     /// queue builds at a bottleneck.
     conn: Option<quinn::Connection>,
+    /// Files and bytes of the scanned source, for progress.
+    scanned: (u64, u64),
 }
 
 /// How many times the sender reads a file again whose chunk reads fail (it keeps
@@ -581,6 +598,7 @@ where
         wire,
         throttle,
         conn,
+        scanned,
     } = link;
     let stats = Arc::new(SendStats::default());
     let same_host = conn
@@ -712,10 +730,13 @@ where
                 a.observe_link(sent, secs, (wait - last.2) as f64 / 1e9, senders, idle);
                 drop(a);
                 if let Some(Progress(p)) = &progress {
-                    p(
-                        stats.raw.load(Ordering::Relaxed),
-                        stats.chunks.load(Ordering::Relaxed),
-                    );
+                    p(&Sent {
+                        raw: stats.raw.load(Ordering::Relaxed),
+                        wire: stats.wire.load(Ordering::Relaxed),
+                        chunks: stats.chunks.load(Ordering::Relaxed),
+                        scanned_files: scanned.0,
+                        scanned_bytes: scanned.1,
+                    });
                 }
                 last = (now, wire, wait);
             }
@@ -1692,6 +1713,7 @@ pub async fn push_local(
             wire: Wire::Local,
             throttle: None,
             conn: None,
+            scanned: (summary.files, summary.bytes),
         },
     )
     .await;
@@ -1789,6 +1811,7 @@ pub async fn push_remote(
             wire: Wire::Quic,
             throttle,
             conn: Some(conn.clone()),
+            scanned: (summary.files, summary.bytes),
         },
     )
     .await;

@@ -653,6 +653,14 @@ fn leaf(
     })
 }
 
+/// The wall clock in nanoseconds since the epoch (0 if it is before it).
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
 /// The xattrs of `path` (not following a symlink), sorted by name. A filesystem without
 /// xattr support has none; an attribute removed while it is listed is left out.
 pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -745,7 +753,16 @@ pub fn read_file(
         let after = f.metadata()?;
         let (s0, s1) = (stat_of(&before), stat_of(&after));
         let read: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
-        if s0 == s1 && read == s0.size {
+        // Timestamps move in clock ticks (milliseconds), so a file written in place twice
+        // within one tick while we read it keeps its stat: one modified that recently is
+        // read a second time, and counts as consistent only if both reads agree.
+        let racy = s1.mtime_ns + RACY_NS >= now_ns() || s1.ctime_ns + RACY_NS >= now_ns();
+        let stable = !racy || {
+            use std::io::Seek;
+            f.rewind()?;
+            read_chunks(&mut f, before.size(), params)? == chunks && stat_of(&f.metadata()?) == s1
+        };
+        if s0 == s1 && read == s0.size && stable {
             // The owner is the one the returned stat saw, and the xattrs are read after it:
             // a change after the stat moves the ctime, so the next scan looks again.
             let owner = (before.uid(), before.gid());
