@@ -159,11 +159,14 @@ enum Command {
         #[command(flatten)]
         home: Home,
     },
-    /// Make DEST an exact copy of SRC, sending only the chunks DEST lacks.
+    /// Make DEST an exact copy of SRC's contents, sending only the chunks DEST lacks.
     ///
-    /// DEST is HOST:PORT of a `syncd serve` (then --peer-id is required), or a local
-    /// directory: any path containing a '/' (e.g. ./copy or /mnt/copy), created if missing;
-    /// a local push runs the same pipeline without the network. Preserves mode, mtime,
+    /// SRC always means its contents (rsync's `SRC/`): `syncd push /srv/data /mnt/copy/`
+    /// makes /mnt/copy/X of /srv/data/X. A single file SRC goes into the directory DEST.
+    /// DEST is HOST:PORT or [V6]:PORT of a `syncd serve` (then --peer-id is required), or
+    /// a local directory, created if missing (a path with a colon before its first '/' is
+    /// written ./a:b; rsync's host:/path is refused); a local push runs the same pipeline
+    /// without the network. Preserves mode, mtime,
     /// symlinks, empty directories, hard links within the tree, sparse files, user.* xattrs,
     /// and, when running as root, owner, group, ACLs and all other xattrs (the receiver must
     /// then run as root too; --no-owner leaves them out).
@@ -214,6 +217,10 @@ enum Command {
         /// Verbose: --itemize-changes.
         #[arg(short, long)]
         verbose: bool,
+        /// With --dry-run or --itemize-changes, end each listed entry with NUL instead of a
+        /// newline and print its name as it is, unescaped (for `xargs -0`).
+        #[arg(short = '0', long = "null")]
+        null: bool,
         /// Print a JSON summary instead of text.
         #[arg(long)]
         json: bool,
@@ -275,6 +282,10 @@ enum Command {
         /// changes made since the last refresh).
         #[arg(long)]
         cached: bool,
+        /// End each line with NUL instead of a newline and print names as they are,
+        /// unescaped (for `xargs -0`).
+        #[arg(short = '0', long = "null")]
+        null: bool,
         #[command(flatten)]
         home: Home,
         #[command(flatten)]
@@ -453,6 +464,7 @@ fn run(cli: Cli) -> Result<Outcome> {
             quiet,
             itemize_changes,
             verbose,
+            null,
             bwlimit,
             compress_level,
             dry_run,
@@ -469,6 +481,7 @@ fn run(cli: Cli) -> Result<Outcome> {
                 peer_id,
                 json,
                 quiet,
+                null,
                 progress: progress || (!no_progress && std::io::stderr().is_terminal()),
                 push: syncd::push::PushOptions {
                     delete,
@@ -498,9 +511,10 @@ fn run(cli: Cli) -> Result<Outcome> {
             b,
             json,
             cached,
+            null,
             home,
             filters,
-        } => cmd_diff(&a, &b, json, cached, &home.dir()?, &filters),
+        } => cmd_diff(&a, &b, (json, null), cached, &home.dir()?, &filters),
         Command::Verify { dir, json, home } => cmd_verify(&dir, json, &home.dir()?),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -602,7 +616,7 @@ fn cmd_manifest(dir: &Path, json: bool, home: &Path, filters: &Filters) -> Resul
 fn cmd_diff(
     a: &Path,
     b: &Path,
-    json: bool,
+    (json, null): (bool, bool),
     cached: bool,
     home: &Path,
     filters: &Filters,
@@ -685,7 +699,7 @@ fn cmd_diff(
         writeln!(out, "{v}")?;
     } else {
         for c in &changes {
-            writeln!(out, "{}", change_line(marker(c.kind), attrs_of(c), &c.path))?;
+            write_change(&mut out, null, marker(c.kind), attrs_of(c), &c.path)?;
         }
     }
     if unreadable > 0 {
@@ -777,6 +791,19 @@ fn sorted_changes(changes: &[(char, u8, Vec<u8>)]) -> Vec<(char, u8, Vec<u8>)> {
     let mut c = changes.to_vec();
     c.sort_by(|a, b| a.2.cmp(&b.2));
     c
+}
+
+/// Writes one listed change: a line ([`change_line`]), or with `null` the marker, a space
+/// and the name's raw bytes, ended by NUL.
+fn write_change(out: &mut impl Write, null: bool, m: char, attrs: u8, path: &[u8]) -> Result<()> {
+    if null {
+        write!(out, "{m} ")?;
+        out.write_all(path)?;
+        out.write_all(b"\0")?;
+    } else {
+        writeln!(out, "{}", change_line(m, attrs, path))?;
+    }
+    Ok(())
 }
 
 /// One listed change: `m path (mode, mtime)`.
@@ -916,6 +943,7 @@ struct PushArgs {
     peer_id: Option<syncd::identity::PeerId>,
     json: bool,
     quiet: bool,
+    null: bool,
     progress: bool,
     push: syncd::push::PushOptions,
 }
@@ -1117,7 +1145,7 @@ fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<O
             writeln!(out, "{v}")?;
         } else {
             for (m, a, p) in &changes {
-                writeln!(out, "{}", change_line(*m, *a, p))?;
+                write_change(&mut out, args.null, *m, *a, p)?;
             }
         }
         if unreadable > 0 {
@@ -1156,7 +1184,7 @@ fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<O
         writeln!(out, "{v}")?;
     } else {
         for (m, a, p) in sorted_changes(&report.changes) {
-            writeln!(out, "{}", change_line(m, a, &p))?;
+            write_change(&mut out, args.null, m, a, &p)?;
         }
         if !args.quiet {
             // A sentence: what was written, what travelled, what was already there.

@@ -545,3 +545,42 @@ fn itemize_changes_lists_each_path_and_which_attribute() {
         .collect();
     assert_eq!(listed, want, "push -i");
 }
+
+/// `-0` carries names exactly, newlines and all, for `xargs -0`.
+#[test]
+fn null_separated_listings_carry_names_exactly() {
+    let env = Env::new();
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write(src.path(), "two\nlines", b"x");
+    let o = env.syncd(&[&"diff", &src.path(), &dst.path(), &"-0"]);
+    assert_eq!(code(&o), 1);
+    assert_eq!(o.stdout, b"+ two\nlines\0");
+    let o = env.syncd(&[&"push", &src.path(), &dst.path().join(""), &"-n", &"-0"]);
+    assert_eq!(o.stdout, b"+ two\nlines\0");
+}
+
+/// A peer that is not allowed is named once in serve's log, not twice.
+#[test]
+fn a_rejected_peer_is_logged_once() {
+    let (receiver, stranger, allowed) = (Env::new(), Env::new(), Env::new());
+    let rid = init(&receiver);
+    init(&stranger);
+    let aid = init(&allowed);
+    let dst = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    write(src.path(), "a", b"a");
+    let server = Server::start(&receiver, dst.path(), &aid);
+    let (rc, _, _) = push_json(&stranger, src.path(), &server.addr, &["--peer-id", &rid]);
+    assert_eq!(rc, 2);
+    let log = server.wait_log("rejected connection");
+    let line = log
+        .lines()
+        .find(|l| l.contains("rejected connection"))
+        .unwrap();
+    assert_eq!(
+        line.matches("rejected connection from").count(),
+        1,
+        "{line}"
+    );
+    assert!(log.contains("allowed peers: "), "{log}");
+}
