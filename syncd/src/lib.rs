@@ -14,6 +14,7 @@ pub mod control;
 pub mod identity;
 pub mod limit;
 pub mod manifest;
+pub mod metrics;
 pub mod partname;
 pub mod proto;
 pub mod push;

@@ -125,6 +125,9 @@ enum Command {
         /// Serve a control socket (mode 0600) here: `syncd status --control PATH`.
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9700).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
         #[command(flatten)]
         home: Home,
     },
@@ -274,6 +277,9 @@ struct Continuous {
     /// `cutover` (status, final-sync, set-bwlimit, pause, resume).
     #[arg(long, value_name = "PATH", requires = "watch")]
     control: Option<PathBuf>,
+    /// With --watch: serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9701).
+    #[arg(long, value_name = "ADDR", requires = "watch")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// What a command concluded.
@@ -338,6 +344,7 @@ fn run(cli: Cli) -> Result<Outcome> {
             timeout,
             shutdown_timeout,
             control,
+            metrics,
             home,
         } => cmd_serve(
             root,
@@ -346,7 +353,7 @@ fn run(cli: Cli) -> Result<Outcome> {
             &home.dir()?,
             timeout,
             shutdown_timeout,
-            control,
+            (control, metrics),
         ),
         Command::Status {
             control,
@@ -694,7 +701,7 @@ fn cmd_serve(
     home: &Path,
     idle_timeout: std::time::Duration,
     shutdown_timeout: std::time::Duration,
-    control: Option<PathBuf>,
+    (control, metrics): (Option<PathBuf>, Option<std::net::SocketAddr>),
 ) -> Result<Outcome> {
     let identity = syncd::identity::Identity::load(home)?;
     let root = scan::canonical_root(&root)?;
@@ -729,7 +736,14 @@ fn cmd_serve(
             }
         });
         let log = std::sync::Arc::new(|line: String| eprintln!("syncd serve: {line}"));
-        let (shared, _unlink) = start_control(control.as_deref(), "serve", 0)?;
+        let (mut shared, _unlink) = start_control(control.as_deref(), "serve", 0)?;
+        if let Some(addr) = metrics {
+            let s = shared.get_or_insert_with(|| {
+                syncd::control::Shared::new("serve", syncd::transport::Throttle::new(0))
+            });
+            syncd::metrics::install(addr, s.clone())?;
+            eprintln!("syncd serve: metrics at http://{addr}/metrics");
+        }
         let end = syncd::push::serve_with(
             endpoint,
             root,
@@ -977,6 +991,10 @@ fn cmd_watch(
         let shared = shared.unwrap_or_else(|| {
             syncd::control::Shared::new("push", syncd::transport::Throttle::new(bwlimit))
         });
+        if let Some(addr) = c.metrics {
+            syncd::metrics::install(addr, shared.clone())?;
+            eprintln!("syncd push: metrics at http://{addr}/metrics");
+        }
         let log: syncd::watch::Log = std::sync::Arc::new(|line: String| eprintln!("syncd push: {line}"));
         let wopts = syncd::watch::WatchOptions {
             debounce: c.debounce,

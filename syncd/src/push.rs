@@ -1878,6 +1878,7 @@ pub async fn serve_with(
                                 match serve_session(&conn, &peer, &root, &home, idle_timeout, trusted).await {
                                     Ok(r) => {
                                         let n = r.totals;
+                                        crate::metrics::session_received(&n, conn.stats().udp_rx.bytes);
                                         *lock(&current) = r.owners;
                                         if let Some(c) = &control {
                                             c.update(|s| {
@@ -1893,6 +1894,7 @@ pub async fn serve_with(
                                         ))
                                     }
                                     Err(e) => {
+                                        crate::metrics::error();
                                         if let Some(c) = &control {
                                             c.update(|s| {
                                                 s.converged = false;

@@ -381,6 +381,7 @@ impl Daemon {
         let result = self.push(changed, false, false).await;
         match result {
             Ok((report, _)) => {
+                crate::metrics::batch_pushed(&report);
                 self.failures = 0;
                 self.unsettled = report.unsettled.iter().map(|(p, _)| p.clone()).collect();
                 self.in_sync = report.identical();
@@ -420,6 +421,7 @@ impl Daemon {
                 None
             }
             Err(e) => {
+                crate::metrics::error();
                 self.failures += 1;
                 self.in_sync = false;
                 let wait = backoff(self.failures);
@@ -454,6 +456,7 @@ impl Daemon {
                 Reply::Error(format!("final sync failed: {e}"))
             }
             Ok((report, _)) => {
+                crate::metrics::batch_pushed(&report);
                 self.unsettled = report.unsettled.iter().map(|(p, _)| p.clone()).collect();
                 self.in_sync = report.identical();
                 self.failures = 0;
@@ -671,6 +674,7 @@ fn note_event(d: &Daemon, batcher: &mut Batcher, ev: notify::Result<notify::Even
             ));
             d.shared
                 .update(|s| s.last_error = Some(format!("inotify: {e}")));
+            crate::metrics::overflow_rescan();
             batcher.note_full(now);
         }
         Ok(ev) => {
@@ -678,6 +682,7 @@ fn note_event(d: &Daemon, batcher: &mut Batcher, ev: notify::Result<notify::Even
                 (d.log)(
                     "warning: the inotify queue overflowed; rescanning the whole tree: raise the sysctl fs.inotify.max_queued_events".into(),
                 );
+                crate::metrics::overflow_rescan();
                 batcher.note_full(now);
                 return;
             }
@@ -686,6 +691,7 @@ fn note_event(d: &Daemon, batcher: &mut Batcher, ev: notify::Result<notify::Even
                 EventKind::Access(_) => return,
                 _ => {}
             }
+            crate::metrics::watch_events(1);
             for p in &ev.paths {
                 if let Some(rel) = d.relative(p) {
                     batcher.note(rel, now);

@@ -394,3 +394,104 @@ fn control_refuses_another_uid() {
     let o = env.syncd(&[&"status", &"--control", &sock]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
 }
+
+/// A free TCP port on loopback.
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET /metrics` from `addr`: the series' values by name (labels included), retried until
+/// the exporter is up.
+fn scrape(addr: &str) -> std::collections::HashMap<String, f64> {
+    use std::io::Read;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            if s.read_to_string(&mut out).is_ok() && out.starts_with("HTTP/1.1 200") {
+                break out;
+            }
+        }
+        assert!(Instant::now() < deadline, "no /metrics at {addr}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    body.lines()
+        .filter(|l| l.starts_with("syncd_"))
+        .filter_map(|l| {
+            let (name, v) = l.rsplit_once(' ')?;
+            Some((name.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_are_served_by_a_watching_push_and_by_serve() {
+    let (sender, receiver) = (Env::new(), Env::new());
+    let (sid, rid) = (init(&sender), init(&receiver));
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    sample(&src);
+    fs::create_dir(&dst).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (pm, sm) = (
+        format!("127.0.0.1:{}", free_tcp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
+    );
+    let mut serve = serve_on(&receiver, &dst, &sid, &addr, &["--metrics", &sm]);
+    let w = Watcher::start(
+        &sender,
+        &src,
+        &addr,
+        &t.path().join("c.sock"),
+        &["--peer-id", &rid, "--metrics", &pm, "--bwlimit", "800M"],
+    );
+    w.wait_converged(&sender, &src, &dst, Duration::from_secs(60));
+    for i in 0..20 {
+        write(&src, &format!("m/f{i}"), &noise(5000, i));
+    }
+    w.wait_converged(&sender, &src, &dst, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(400)); // one gauge sampling period and more
+    let m = scrape(&pm);
+    let get = |m: &std::collections::HashMap<String, f64>, k: &str| {
+        *m.get(k).unwrap_or_else(|| panic!("{k} missing from {m:?}"))
+    };
+    assert!(
+        get(&m, "syncd_sent_bytes_total{kind=\"wire\"}") > 12e6,
+        "{m:?}"
+    );
+    assert!(
+        get(&m, "syncd_sent_bytes_total{kind=\"logical\"}") > 12e6,
+        "{m:?}"
+    );
+    assert!(get(&m, "syncd_files_synced_total") >= 25.0, "{m:?}");
+    assert!(get(&m, "syncd_batches_total") >= 2.0, "{m:?}");
+    assert!(get(&m, "syncd_watch_events_total") >= 20.0, "{m:?}");
+    assert_eq!(get(&m, "syncd_bwlimit_bytes_per_second"), 100e6, "{m:?}");
+    assert_eq!(get(&m, "syncd_converged"), 1.0, "{m:?}");
+    assert_eq!(get(&m, "syncd_pending_files"), 0.0, "{m:?}");
+    assert_eq!(get(&m, "syncd_lag_seconds"), 0.0, "{m:?}");
+    for k in [
+        "syncd_pending_bytes",
+        "syncd_reconnects_total",
+        "syncd_errors_total",
+        "syncd_overflow_rescans_total",
+        "syncd_chunks_deduplicated_total",
+        "syncd_chunks_sent_total",
+    ] {
+        get(&m, k);
+    }
+    let m = scrape(&sm);
+    assert!(get(&m, "syncd_received_bytes_total") > 12e6, "{m:?}");
+    assert!(get(&m, "syncd_files_synced_total") >= 25.0, "{m:?}");
+    assert!(get(&m, "syncd_chunks_received_total") > 0.0, "{m:?}");
+    assert_eq!(get(&m, "syncd_converged"), 1.0, "{m:?}");
+    let _ = serve.kill();
+    let _ = serve.wait();
+}
