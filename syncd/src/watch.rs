@@ -573,6 +573,9 @@ pub async fn watch(
             });
         }
     }
+    if !polling {
+        log(format!("inotify watch set on {}", root.display()));
+    }
     let skip = opts
         .scan
         .exclude_path

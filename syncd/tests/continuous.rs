@@ -495,3 +495,66 @@ fn metrics_are_served_by_a_watching_push_and_by_serve() {
     let _ = serve.kill();
     let _ = serve.wait();
 }
+
+/// Sets a sysctl for as long as it lives, then restores it.
+struct Sysctl {
+    path: &'static str,
+    old: String,
+}
+
+impl Sysctl {
+    fn set(path: &'static str, value: &str) -> Sysctl {
+        let old = fs::read_to_string(path).unwrap();
+        fs::write(path, value).unwrap_or_else(|e| panic!("{path}: {e}"));
+        Sysctl { path, old }
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = fs::write(self.path, self.old.trim());
+    }
+}
+
+#[test]
+fn watch_rescans_after_an_inotify_queue_overflow() {
+    if !root_or_skip("setting fs.inotify.max_queued_events needs root") {
+        return;
+    }
+    let env = Env::new();
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    sample(&src);
+    // The limit is read when an inotify instance is created: tiny only until the watcher
+    // has made its own, so that other programs on the machine are hardly affected.
+    let tiny = Sysctl::set("/proc/sys/fs/inotify/max_queued_events", "16");
+    let w = Watcher::start(
+        &env,
+        &src,
+        dst.to_str().unwrap(),
+        &t.path().join("c.sock"),
+        &["--delete"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !w.log().contains("inotify watch set") {
+        assert!(Instant::now() < deadline, "{}", w.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(tiny);
+    w.wait_converged(&env, &src, &dst, Duration::from_secs(60));
+    for i in 0..500 {
+        write(
+            &src,
+            &format!("over/d{}/f{i}", i % 5),
+            b"more than 16 events",
+        );
+    }
+    w.wait_converged(&env, &src, &dst, Duration::from_secs(60));
+    assert_trees_equal(&src, &dst);
+    let log = w.log();
+    assert!(
+        log.contains("inotify queue overflowed") && log.contains("fs.inotify.max_queued_events"),
+        "{log}"
+    );
+    assert!(log.contains("(full rescan)"), "{log}");
+}
