@@ -558,3 +558,51 @@ fn watch_rescans_after_an_inotify_queue_overflow() {
     );
     assert!(log.contains("(full rescan)"), "{log}");
 }
+
+#[test]
+fn watch_sends_a_renamed_directory_and_large_file_as_a_move() {
+    let (sender, receiver) = (Env::new(), Env::new());
+    let (sid, rid) = (init(&sender), init(&receiver));
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    sample(&src); // `big` is 12 MB of noise; `dir` holds 100 kB
+    for i in 0..50 {
+        write(
+            &src,
+            &format!("tree/d{}/f{i}", i % 5),
+            &noise(40_000, 100 + i),
+        );
+    }
+    fs::create_dir(&dst).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let pm = format!("127.0.0.1:{}", free_tcp_port());
+    let mut serve = serve_on(&receiver, &dst, &sid, &addr, &[]);
+    let w = Watcher::start(
+        &sender,
+        &src,
+        &addr,
+        &t.path().join("c.sock"),
+        &["--peer-id", &rid, "--delete", "--metrics", &pm],
+    );
+    w.wait_converged(&sender, &src, &dst, Duration::from_secs(60));
+    let sent = |m: &std::collections::HashMap<String, f64>| {
+        (
+            m["syncd_sent_bytes_total{kind=\"logical\"}"],
+            m["syncd_sent_bytes_total{kind=\"wire\"}"],
+        )
+    };
+    let before = sent(&scrape(&pm));
+    assert!(before.0 > 12e6, "{before:?}");
+    fs::create_dir(src.join("moved")).unwrap();
+    fs::rename(src.join("big"), src.join("moved/big-renamed")).unwrap();
+    fs::rename(src.join("tree"), src.join("moved/tree")).unwrap();
+    w.wait_converged(&sender, &src, &dst, Duration::from_secs(60));
+    let after = sent(&scrape(&pm));
+    // 13 MB moved: no chunk data travels, only nodes and hashes.
+    let (logical, wire) = (after.0 - before.0, after.1 - before.1);
+    assert!(logical < 1.0, "chunk bytes sent for a move: {logical}");
+    assert!(wire < 200_000.0, "wire bytes for a move: {wire}");
+    assert_trees_equal(&src, &dst);
+    let _ = serve.kill();
+    let _ = serve.wait();
+}
