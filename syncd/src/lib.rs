@@ -13,6 +13,7 @@ pub mod chunk;
 pub mod control;
 pub mod identity;
 pub mod limit;
+pub mod logging;
 pub mod manifest;
 pub mod metrics;
 pub mod partname;

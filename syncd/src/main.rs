@@ -128,6 +128,13 @@ enum Command {
         /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9700).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
+        /// Log more: -v each session's steps, -vv quinn's and rustls's too (RUST_LOG, when
+        /// set, decides instead).
+        #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+        verbose: u8,
+        /// Log only warnings and errors.
+        #[arg(short, long)]
+        quiet: bool,
         #[command(flatten)]
         home: Home,
     },
@@ -345,6 +352,8 @@ fn run(cli: Cli) -> Result<Outcome> {
             shutdown_timeout,
             control,
             metrics,
+            verbose,
+            quiet,
             home,
         } => cmd_serve(
             root,
@@ -353,7 +362,11 @@ fn run(cli: Cli) -> Result<Outcome> {
             &home.dir()?,
             timeout,
             shutdown_timeout,
-            (control, metrics),
+            (
+                control,
+                metrics,
+                if quiet { -1 } else { verbose.min(9) as i8 },
+            ),
         ),
         Command::Status {
             control,
@@ -701,8 +714,10 @@ fn cmd_serve(
     home: &Path,
     idle_timeout: std::time::Duration,
     shutdown_timeout: std::time::Duration,
-    (control, metrics): (Option<PathBuf>, Option<std::net::SocketAddr>),
+    // Continuous mode's additions: --control, --metrics, and the log verbosity.
+    (control, metrics, verbosity): (Option<PathBuf>, Option<std::net::SocketAddr>, i8),
 ) -> Result<Outcome> {
+    syncd::logging::init(verbosity);
     let identity = syncd::identity::Identity::load(home)?;
     let root = scan::canonical_root(&root)?;
     let rt = runtime()?;
@@ -735,7 +750,14 @@ fn cmd_serve(
                 }
             }
         });
-        let log = std::sync::Arc::new(|line: String| eprintln!("syncd serve: {line}"));
+        let log = std::sync::Arc::new(|line: String| {
+            if line.contains("failed") || line.contains("rejected") || line.contains("cutting off")
+            {
+                tracing::warn!("{line}");
+            } else {
+                tracing::info!("{line}");
+            }
+        });
         let (mut shared, _unlink) = start_control(control.as_deref(), "serve", 0)?;
         if let Some(addr) = metrics {
             let s = shared.get_or_insert_with(|| {
@@ -964,6 +986,8 @@ fn cmd_watch(
     args: PushArgs,
     c: Continuous,
 ) -> Result<Outcome> {
+    // Levels from RUST_LOG (push's -v/-q belong to its one-shot output).
+    syncd::logging::init(0);
     let rt = runtime()?;
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -995,7 +1019,6 @@ fn cmd_watch(
             syncd::metrics::install(addr, shared.clone())?;
             eprintln!("syncd push: metrics at http://{addr}/metrics");
         }
-        let log: syncd::watch::Log = std::sync::Arc::new(|line: String| eprintln!("syncd push: {line}"));
         let wopts = syncd::watch::WatchOptions {
             debounce: c.debounce,
             rescan_interval: c.rescan_interval,
@@ -1007,7 +1030,7 @@ fn cmd_watch(
                 _ = int.recv() => {}
             }
         };
-        syncd::watch::watch(src, target, home, args.push, wopts, shared, log, stop).await?;
+        syncd::watch::watch(src, target, home, args.push, wopts, shared, stop).await?;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(Outcome::Ok)

@@ -556,7 +556,8 @@ fn watch_rescans_after_an_inotify_queue_overflow() {
         log.contains("inotify queue overflowed") && log.contains("fs.inotify.max_queued_events"),
         "{log}"
     );
-    assert!(log.contains("(full rescan)"), "{log}");
+    // The first push, and at least one after the overflow.
+    assert!(log.matches("(full rescan)").count() >= 2, "{log}");
 }
 
 #[test]
