@@ -364,10 +364,10 @@ impl Daemon {
         });
         let result = self.push(changed, false, false).await;
         match result {
-            Ok((report, _)) => {
+            Ok((report, summary)) => {
                 crate::metrics::batch_pushed(&report);
                 self.failures = 0;
-                self.unsettled = report.unsettled.iter().map(|(p, _)| p.clone()).collect();
+                self.unsettled = self.unsettled_after(&report, &summary);
                 self.in_sync = report.identical();
                 let secs = t.elapsed().as_secs_f64().max(1e-6);
                 // Applied: unless more came meanwhile, or files are left pending.
@@ -450,9 +450,9 @@ impl Daemon {
                     .update(|s| s.last_error = Some(format!("final sync: {e}")));
                 Reply::Error(format!("final sync failed: {e}"))
             }
-            Ok((report, _)) => {
+            Ok((report, summary)) => {
                 crate::metrics::batch_pushed(&report);
-                self.unsettled = report.unsettled.iter().map(|(p, _)| p.clone()).collect();
+                self.unsettled = self.unsettled_after(&report, &summary);
                 self.in_sync = report.identical();
                 self.failures = 0;
                 self.shared.update(|s| {
@@ -488,6 +488,19 @@ impl Daemon {
                 })
             }
         }
+    }
+
+    /// What a push left pending: the files it gave up on (they kept changing while it read
+    /// them) and the entries the scan could not read consistently.
+    fn unsettled_after(&self, report: &PushReport, summary: &Summary) -> Vec<Vec<u8>> {
+        let mut v: Vec<Vec<u8>> = report.unsettled.iter().map(|(p, _)| p.clone()).collect();
+        v.extend(summary.errors().filter_map(|w| {
+            let rel = w.path.strip_prefix(&self.root).ok()?;
+            Some(rel.as_os_str().as_bytes().to_vec())
+        }));
+        v.sort();
+        v.dedup();
+        v
     }
 
     fn publish(&self, batcher: &Batcher) {

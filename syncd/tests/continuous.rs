@@ -607,3 +607,62 @@ fn watch_sends_a_renamed_directory_and_large_file_as_a_move() {
     let _ = serve.kill();
     let _ = serve.wait();
 }
+
+#[test]
+fn a_file_rewritten_without_pause_does_not_hold_up_the_others() {
+    let env = Env::new();
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    sample(&src);
+    let w = Watcher::start(
+        &env,
+        &src,
+        dst.to_str().unwrap(),
+        &t.path().join("c.sock"),
+        &["--delete"],
+    );
+    w.wait_converged(&env, &src, &dst, Duration::from_secs(60));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hot = src.join("hot.log");
+    let writer = {
+        let (stop, hot) = (stop.clone(), hot.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                fs::write(&hot, noise(2_000_000, n)).unwrap();
+                n += 1;
+            }
+        })
+    };
+    for i in 0..200 {
+        write(
+            &src,
+            &format!("others/f{i}"),
+            format!("other {i}").as_bytes(),
+        );
+    }
+    // Everything but the hot file arrives while it is being rewritten.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = Command::new("diff")
+            .args(["-rq", "--no-dereference", "-x", "hot.log"])
+            .arg(&src)
+            .arg(&dst)
+            .output()
+            .unwrap();
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the others did not converge: {}\n{}",
+            stdout(&o),
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    w.wait_converged(&env, &src, &dst, Duration::from_secs(60));
+    assert_roots_equal(&env, &src, &dst);
+}
