@@ -666,3 +666,39 @@ fn a_file_rewritten_without_pause_does_not_hold_up_the_others() {
     w.wait_converged(&env, &src, &dst, Duration::from_secs(60));
     assert_roots_equal(&env, &src, &dst);
 }
+
+#[test]
+fn watch_remote_converges_after_a_network_cut() {
+    let (sender, receiver) = (Env::new(), Env::new());
+    let (sid, rid) = (init(&sender), init(&receiver));
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    sample(&src);
+    fs::create_dir(&dst).unwrap();
+    let server = Server::start(&receiver, &dst, &sid);
+    let relay = Relay::start(&server.addr);
+    let w = Watcher::start(
+        &sender,
+        &src,
+        &relay.addr.to_string(),
+        &t.path().join("c.sock"),
+        &["--peer-id", &rid, "--delete", "--connect-timeout", "1s"],
+    );
+    w.wait_converged(&sender, &src, &dst, Duration::from_secs(60));
+    relay.cut();
+    for i in 0..300 {
+        write(&src, &format!("during-cut/f{i}"), &noise(10_000, 1000 + i));
+    }
+    fs::remove_file(src.join("a.txt")).unwrap();
+    // Long enough for a push to fail and be retried at least once.
+    std::thread::sleep(Duration::from_secs(3));
+    let s = w.status(&sender).unwrap();
+    assert_eq!(s["converged"], false, "{s}");
+    assert!(s["pending_files"].as_u64().unwrap() > 0, "{s}");
+    relay.restore();
+    w.wait_converged(&sender, &src, &dst, Duration::from_secs(60));
+    assert_trees_equal(&src, &dst);
+    let s = w.status(&sender).unwrap();
+    assert!(s["reconnects"].as_u64().unwrap() >= 1, "{s}");
+    drop(server);
+}
