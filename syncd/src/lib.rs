@@ -5,19 +5,24 @@
 //! map and the invariants.
 //!
 //! Sans-IO cores: [`chunk`], [`manifest`] (not `manifest::store`), [`proto`], [`limit`],
-//! [`rate`], [`dest`], [`filter`], [`partname`] (but its key file). IO edges: [`manifest::store`], [`scan`], [`transport`], [`identity`],
-//! [`apply`], [`push`].
+//! [`rate`], [`dest`], [`filter`], [`partname`] (but its key file), [`control::proto`]. IO edges:
+//! [`manifest::store`], [`scan`], [`transport`], [`identity`], [`apply`], [`push`],
+//! [`control`], [`watch`] (but its `Batcher`).
 
 pub mod apply;
 pub mod chunk;
+pub mod control;
 pub mod dest;
 pub mod filter;
 pub mod identity;
 pub mod limit;
+pub mod logging;
 pub mod manifest;
+pub mod metrics;
 pub mod partname;
 pub mod proto;
 pub mod push;
 pub mod rate;
 pub mod scan;
 pub mod transport;
+pub mod watch;
