@@ -38,5 +38,6 @@ pub mod db;
 pub mod dns;
 pub mod health;
 pub mod lb;
+pub mod plan;
 pub mod runbook;
 pub mod service;
