@@ -37,6 +37,7 @@
 pub mod db;
 pub mod dns;
 pub mod health;
+pub mod journal;
 pub mod lb;
 pub mod plan;
 pub mod runbook;
