@@ -5,11 +5,12 @@
 //! map and the invariants.
 //!
 //! Sans-IO cores: [`chunk`], [`manifest`] (not `manifest::store`), [`proto`], [`limit`],
-//! [`rate`], [`partname`] (but its key file). IO edges: [`manifest::store`], [`scan`], [`transport`], [`identity`],
-//! [`apply`], [`push`].
+//! [`rate`], [`partname`] (but its key file), [`control::proto`]. IO edges: [`manifest::store`], [`scan`], [`transport`], [`identity`],
+//! [`apply`], [`push`], [`control`].
 
 pub mod apply;
 pub mod chunk;
+pub mod control;
 pub mod identity;
 pub mod limit;
 pub mod manifest;
