@@ -40,5 +40,7 @@ pub mod health;
 pub mod journal;
 pub mod lb;
 pub mod plan;
+pub mod run;
 pub mod runbook;
 pub mod service;
+pub mod sync;

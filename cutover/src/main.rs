@@ -20,6 +20,8 @@ use cutover::lb;
 use cutover::runbook::Runbook;
 use cutover::service;
 
+mod go;
+
 /// Go-time migration, driven by a TOML runbook.
 ///
 /// Each command group uses one table of the runbook: `db` the [database] pair (setup, status,
@@ -94,7 +96,62 @@ enum Command {
     /// Service hooks: stop, start or check the [[service]] entries (all, or NAME).
     #[command(subcommand, after_long_help = SERVICE_EXAMPLE)]
     Service(ServiceCommand),
+    /// Go-time: every step of the runbook, journaled, with automatic rollback.
+    ///
+    /// Steps, each only when its table is present: converge sync ([sync]), drain the source
+    /// ([loadbalancer]), stop the source's services ([[service]] side = "source"), zero-loss
+    /// promote with --reverse ([database]), final sync with equal roots, start the
+    /// destination's services (side = "destination"), the destination ready, the DNS switch
+    /// and its propagation ([dns]), the health gate ([[health]]). A failed step or check
+    /// rolls back every step that began, in reverse. Every state change is fsynced to a
+    /// journal in --state DIR first, so that `cutover rollback` can undo a run killed at any
+    /// point. Exit 0 done, 1 rolled back, 2 error (a failed rollback included).
+    #[command(after_long_help = RUN_EXAMPLE)]
+    Run {
+        /// The runbook (TOML).
+        runbook: PathBuf,
+        /// Print every command, statement and DNS update that would be run; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation (needed without a TTY).
+        #[arg(long)]
+        yes: bool,
+        /// One JSON object per step, then a summary object.
+        #[arg(long)]
+        json: bool,
+        /// Continue the unfinished run in the journal (an interrupted promotion is rolled
+        /// back, other steps are done again: they do only what is missing).
+        #[arg(long)]
+        resume: bool,
+        /// The journal's directory (default /var/lib/cutover as root, else the user's data
+        /// directory, e.g. ~/.local/share/cutover).
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+    },
+    /// Undo what the journal says an unfinished (or killed) `cutover run` did, in reverse.
+    ///
+    /// Each undo reads the servers' state first (a killed step may or may not have taken
+    /// effect) and uses what the journal recorded (the DNS answer and server states before
+    /// the run). A failed undo stops the rollback there; run it again once fixed.
+    Rollback {
+        /// The runbook (TOML) of the run.
+        runbook: PathBuf,
+        /// The journal's directory (as for `cutover run`).
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+        /// One JSON object per step, then a summary object.
+        #[arg(long)]
+        json: bool,
+    },
 }
+
+const RUN_EXAMPLE: &str = "\
+Typical go-time: cutover plan RUNBOOK, cutover preflight RUNBOOK, cutover run RUNBOOK --dry-run,
+cutover run RUNBOOK; if anything went wrong after it, cutover rollback RUNBOOK.
+
+[[service]] entries need side = \"source\" (stopped, started again on rollback) or
+side = \"destination\" (started, stopped again on rollback). [sync] takes max_lag = \"5s\",
+converge_timeout = \"300s\" and timeout = \"5s\" besides control.";
 
 const SERVICE_EXAMPLE: &str = "\
 Runbook example ([[service]] entries; commands run with sh -c, or over ssh -o BatchMode=yes
@@ -376,6 +433,26 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Dns(cmd) => rt.block_on(run_dns(cmd)),
         Command::Health { runbook, json } => rt.block_on(run_health(&runbook, json)),
         Command::Service(cmd) => rt.block_on(run_service(cmd)),
+        Command::Run {
+            runbook,
+            dry_run,
+            yes,
+            json,
+            resume,
+            state,
+        } => rt.block_on(go::run(&go::Options {
+            runbook,
+            dry_run,
+            yes,
+            json,
+            resume,
+            state,
+        })),
+        Command::Rollback {
+            runbook,
+            state,
+            json,
+        } => rt.block_on(go::rollback(&runbook, state, json)),
     }
 }
 
