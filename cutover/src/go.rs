@@ -153,6 +153,7 @@ async fn finish(
     mut exec: Execution,
     mut journal: Journal,
     json: bool,
+    asked_for_rollback: bool,
 ) -> anyhow::Result<u8> {
     let stall = std::env::var("CUTOVER_TEST_STALL")
         .ok()
@@ -209,7 +210,9 @@ async fn finish(
     }
     match outcome {
         Outcome::Completed => Ok(0),
-        Outcome::RolledBack { .. } => Ok(1),
+        // A rollback that was asked for and done is a success; one that a failed gate forced
+        // is the run's failure.
+        Outcome::RolledBack { .. } => Ok(if asked_for_rollback { 0 } else { 1 }),
         Outcome::RollbackFailed { step, reason } => bail!(
             "rollback failed at {}: {reason}; the journal {} is kept: fix it and run `cutover rollback` again",
             step.name(),
@@ -289,7 +292,7 @@ pub async fn run(o: &Options) -> anyhow::Result<u8> {
             return start_new(&o.runbook, rb, plan, &path, o.json).await;
         }
     };
-    finish(&rb, exec, j, o.json).await
+    finish(&rb, exec, j, o.json, false).await
 }
 
 async fn start_new(
@@ -306,7 +309,7 @@ async fn start_new(
         steps: steps(&plan),
         started_ms: run::now_ms(),
     })?;
-    finish(&rb, Execution::new(plan), j, json).await
+    finish(&rb, Execution::new(plan), j, json, false).await
 }
 
 /// `cutover rollback`: of an unfinished run, or of a completed one (the journal of the last
@@ -342,5 +345,5 @@ pub async fn rollback(runbook: &Path, state: Option<PathBuf>, json: bool) -> any
     if let Some(ev) = exec.request_rollback("cutover rollback", run::now_ms()) {
         j.append(&ev)?;
     }
-    finish(&rb, exec, j, json).await
+    finish(&rb, exec, j, json, true).await
 }

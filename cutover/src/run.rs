@@ -146,7 +146,10 @@ pub async fn perform(rb: &Runbook, op: &Op, recorded: Option<&Value>) -> Result<
                 .iter()
                 .find(|v| &v.server == server)
                 .ok_or_else(|| fail(format!("{server} not in the status")))?;
-            if &view.admin_state == state {
+            // `set server ... state maint` after a drain reads back as `maint+drain`.
+            let matches = view.admin_state == *state
+                || (state == "maint" && view.admin_state.starts_with("maint"));
+            if matches {
                 Ok(to_json(view))
             } else {
                 Err((
