@@ -441,8 +441,7 @@ fn run_and_kill(g: &GoTime, stall: &str) {
 #[test]
 fn sigkill_at_every_step_then_rollback_restores_everything() {
     let Some(g) = start("") else { return };
-    let mut id = 2000;
-    for stall in [
+    for (id, stall) in (2000..).zip([
         "drain:after",
         "stop-services:after",
         "promote:before",
@@ -451,7 +450,7 @@ fn sigkill_at_every_step_then_rollback_restores_everything() {
         "ready:after",
         "dns-switch:after",
         "health-gate:after",
-    ] {
+    ]) {
         run_and_kill(&g, stall);
         // An unfinished journal blocks a new run.
         let out = cutover(&["run", "--yes"], &g);
@@ -468,7 +467,6 @@ fn sigkill_at_every_step_then_rollback_restores_everything() {
             &format!("the world back at the source after a kill at {stall}"),
         );
         assert_source_is_primary(&g, id);
-        id += 1;
         assert_eq!(
             checksum(&g.pair.source),
             checksum(&g.pair.replica),
