@@ -6,7 +6,7 @@
 //!
 //! Sans-IO cores: [`chunk`], [`manifest`] (not `manifest::store`), [`proto`], [`limit`],
 //! [`rate`], [`partname`] (but its key file), [`control::proto`]. IO edges: [`manifest::store`], [`scan`], [`transport`], [`identity`],
-//! [`apply`], [`push`], [`control`].
+//! [`apply`], [`push`], [`control`], [`watch`] (but its `Batcher`).
 
 pub mod apply;
 pub mod chunk;
@@ -20,3 +20,4 @@ pub mod push;
 pub mod rate;
 pub mod scan;
 pub mod transport;
+pub mod watch;

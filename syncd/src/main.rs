@@ -122,6 +122,9 @@ enum Command {
         /// cut off (a second signal cuts it off at once). Exit 1 if one was cut off.
         #[arg(long, value_name = "DUR", default_value = "60s", value_parser = humantime::parse_duration)]
         shutdown_timeout: std::time::Duration,
+        /// Serve a control socket (mode 0600) here: `syncd status --control PATH`.
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
         #[command(flatten)]
         home: Home,
     },
@@ -181,9 +184,23 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
         #[command(flatten)]
+        continuous: Continuous,
+        #[command(flatten)]
         home: Home,
         #[command(flatten)]
         filters: Filters,
+    },
+    /// Show the state of a running `syncd push --watch` or `syncd serve` (from its control
+    /// socket). Exit 0 if converged, 1 if not, 2 if it cannot be asked.
+    Status {
+        /// The daemon's control socket. Default: control.sock in the state directory.
+        #[arg(long, value_name = "PATH", env = "SYNCD_CONTROL")]
+        control: Option<PathBuf>,
+        /// Print the status as one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        home: Home,
     },
     /// Build or refresh DIR's manifest and print its root hash, files, bytes and time.
     ///
@@ -238,6 +255,25 @@ enum Command {
         #[command(flatten)]
         home: Home,
     },
+}
+
+/// `push --watch` and its companions (continuous mode).
+#[derive(Args, Debug, Clone)]
+struct Continuous {
+    /// After the first push, keep watching SRC (inotify) and push each batch of changes,
+    /// until SIGTERM/SIGINT. Failed pushes are retried with a backoff.
+    #[arg(long)]
+    watch: bool,
+    /// With --watch: quiet time after a change before its batch is pushed.
+    #[arg(long, value_name = "DUR", default_value = "20ms", value_parser = humantime::parse_duration, requires = "watch")]
+    debounce: std::time::Duration,
+    /// With --watch: rescan the whole tree this often as a safety net (a stat walk).
+    #[arg(long, value_name = "DUR", default_value = "10m", value_parser = humantime::parse_duration, requires = "watch")]
+    rescan_interval: std::time::Duration,
+    /// With --watch: serve a control socket (mode 0600) here, for `syncd status` and
+    /// `cutover` (status, final-sync, set-bwlimit, pause, resume).
+    #[arg(long, value_name = "PATH", requires = "watch")]
+    control: Option<PathBuf>,
 }
 
 /// What a command concluded.
@@ -301,8 +337,28 @@ fn run(cli: Cli) -> Result<Outcome> {
             allow,
             timeout,
             shutdown_timeout,
+            control,
             home,
-        } => cmd_serve(root, listen, allow, &home.dir()?, timeout, shutdown_timeout),
+        } => cmd_serve(
+            root,
+            listen,
+            allow,
+            &home.dir()?,
+            timeout,
+            shutdown_timeout,
+            control,
+        ),
+        Command::Status {
+            control,
+            json,
+            home,
+        } => {
+            let path = match control {
+                Some(p) => p,
+                None => home.dir()?.join("control.sock"),
+            };
+            cmd_status(&path, json)
+        }
         Command::Push {
             src,
             dest,
@@ -317,6 +373,7 @@ fn run(cli: Cli) -> Result<Outcome> {
             verify_dest,
             progress,
             no_progress,
+            continuous,
             home,
             filters,
         } => {
@@ -336,6 +393,9 @@ fn run(cli: Cli) -> Result<Outcome> {
                     idle_timeout: timeout,
                 },
             };
+            if continuous.watch {
+                return cmd_watch(&src, &dest, &home.dir()?, opts, continuous);
+            }
             cmd_push(&src, &dest, &home.dir()?, opts)
         }
         Command::Manifest {
@@ -634,6 +694,7 @@ fn cmd_serve(
     home: &Path,
     idle_timeout: std::time::Duration,
     shutdown_timeout: std::time::Duration,
+    control: Option<PathBuf>,
 ) -> Result<Outcome> {
     let identity = syncd::identity::Identity::load(home)?;
     let root = scan::canonical_root(&root)?;
@@ -668,7 +729,8 @@ fn cmd_serve(
             }
         });
         let log = std::sync::Arc::new(|line: String| eprintln!("syncd serve: {line}"));
-        let end = syncd::push::serve(
+        let (shared, _unlink) = start_control(control.as_deref(), "serve", 0)?;
+        let end = syncd::push::serve_with(
             endpoint,
             root,
             home.to_path_buf(),
@@ -676,6 +738,7 @@ fn cmd_serve(
             log,
             idle_timeout,
             shutdown_timeout,
+            shared,
         )
         .await?;
         Ok::<_, anyhow::Error>(end)
@@ -849,4 +912,138 @@ fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<O
         return Ok(Outcome::Found);
     }
     Ok(Outcome::Ok)
+}
+
+// ------------------------------------------------------------------ continuous mode
+
+/// Binds and serves the control socket at `path` (if given) for a daemon of `role`; the
+/// socket file is removed when the returned guard drops. Needs a runtime.
+fn start_control(
+    path: Option<&Path>,
+    role: &str,
+    bwlimit: u64,
+) -> Result<(
+    Option<std::sync::Arc<syncd::control::Shared>>,
+    Option<syncd::control::Unlink>,
+)> {
+    let Some(path) = path else {
+        return Ok((None, None));
+    };
+    let shared = syncd::control::Shared::new(role, syncd::transport::Throttle::new(bwlimit));
+    let listener = syncd::control::bind(path)?;
+    tokio::spawn(syncd::control::serve(
+        listener,
+        path.to_path_buf(),
+        shared.clone(),
+    ));
+    eprintln!("syncd {role}: control socket at {}", path.display());
+    Ok((
+        Some(shared),
+        Some(syncd::control::Unlink(path.to_path_buf())),
+    ))
+}
+
+fn cmd_watch(
+    src: &Path,
+    dest: &str,
+    home: &Path,
+    args: PushArgs,
+    c: Continuous,
+) -> Result<Outcome> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot watch SIGTERM")?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("cannot watch SIGINT")?;
+        let target = if dest.contains('/') {
+            syncd::watch::Dest::Local(PathBuf::from(dest))
+        } else {
+            let addr = tokio::net::lookup_host(dest)
+                .await
+                .with_context(|| {
+                    format!("DEST {dest:?} is neither HOST:PORT nor a directory path containing '/' (write ./{dest} for a local directory)")
+                })?
+                .next()
+                .with_context(|| format!("{dest}: no address found"))?;
+            let peer_id = args.peer_id.with_context(|| {
+                format!("--peer-id is required to push to {dest}: run `syncd id` on the receiver and pass it here (syncd never trusts on first use)")
+            })?;
+            let identity = Box::new(syncd::identity::Identity::load(home)?);
+            syncd::watch::Dest::Remote { addr, peer_id, identity }
+        };
+        let bwlimit = args.push.bwlimit.unwrap_or(0);
+        let (shared, _unlink) = start_control(c.control.as_deref(), "push", bwlimit)?;
+        let shared = shared.unwrap_or_else(|| {
+            syncd::control::Shared::new("push", syncd::transport::Throttle::new(bwlimit))
+        });
+        let log: syncd::watch::Log = std::sync::Arc::new(|line: String| eprintln!("syncd push: {line}"));
+        let wopts = syncd::watch::WatchOptions {
+            debounce: c.debounce,
+            rescan_interval: c.rescan_interval,
+        };
+        eprintln!("syncd push: watching {} -> {dest}", src.display());
+        let stop = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        syncd::watch::watch(src, target, home, args.push, wopts, shared, log, stop).await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(Outcome::Ok)
+}
+
+fn cmd_status(path: &Path, json: bool) -> Result<Outcome> {
+    let s = syncd::control::Client::connect(path)?.status()?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&s)?)?;
+    } else {
+        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{} {}",
+            s.role,
+            if s.converged {
+                "converged"
+            } else {
+                "not converged"
+            }
+        )?;
+        writeln!(out, "local root  {}", s.local_root)?;
+        writeln!(out, "peer root   {}", opt(&s.peer_root))?;
+        writeln!(
+            out,
+            "pending     {} files, {}{}",
+            s.pending_files,
+            human_bytes(s.pending_bytes),
+            s.lag_seconds
+                .map(|l| format!(", lag {l:.3}s"))
+                .unwrap_or_default()
+        )?;
+        writeln!(
+            out,
+            "rate        {}/s, bwlimit {}",
+            human_bytes(s.rate_bytes_per_sec as u64),
+            s.bwlimit
+                .map(|b| format!("{}/s", human_bytes(b)))
+                .unwrap_or_else(|| "none".into())
+        )?;
+        writeln!(
+            out,
+            "reconnects  {}{}",
+            s.reconnects,
+            if s.paused { ", paused" } else { "" }
+        )?;
+        if let Some(e) = &s.last_error {
+            writeln!(out, "last error  {e}")?;
+        }
+    }
+    Ok(if s.converged {
+        Outcome::Ok
+    } else {
+        Outcome::Found
+    })
 }

@@ -1045,8 +1045,19 @@ struct Prepared {
 /// Refreshes the receiver's manifest of `root`. The drivers start this as soon as a session
 /// begins, so that it runs while the sender scans its own tree.
 async fn prepare_receiver(root: &Path, opts: &ReceiveOptions) -> Result<Prepared, PushError> {
+    prepare_receiver_from(root, opts, None).await
+}
+
+/// [`prepare_receiver`], looking only at what `changed` names if given (a `serve` whose
+/// previous session left the manifest current passes an empty set: only the root is
+/// listed; see "The receiver's side of a long session" in ARCHITECTURE.md).
+async fn prepare_receiver_from(
+    root: &Path,
+    opts: &ReceiveOptions,
+    changed: Option<scan::Changed>,
+) -> Result<Prepared, PushError> {
     let root = scan::canonical_root(root)?;
-    let (store, summary) = refresh_blocking(root.clone(), opts.clone(), None, None).await?;
+    let (store, summary) = refresh_blocking(root.clone(), opts.clone(), None, changed).await?;
     Ok(Prepared {
         root,
         store,
@@ -1075,7 +1086,7 @@ async fn run_receiver<CR, CW, DR>(
     control_r: CR,
     mut control_w: CW,
     mut data: mpsc::Receiver<DR>,
-) -> Result<codec::Totals, PushError>
+) -> Result<Received, PushError>
 where
     CR: AsyncRead + Unpin + Send + 'static,
     CW: AsyncWrite + Unpin,
@@ -1096,6 +1107,10 @@ where
                 peer: peer.to_string(),
             });
         }
+    };
+    let (sender_root, sender_owners) = match &first {
+        Frame::Hello { root, owners, .. } => (Some(*root), Some(*owners)),
+        _ => (None, None),
     };
     let mut opts = opts.clone();
     let prepared = match (&first, prepared) {
@@ -1254,11 +1269,20 @@ where
                     let _ = target.remove_part(p);
                 }
             }
-            let totals = match &done {
-                Frame::Done { totals, .. } => *totals,
-                _ => codec::Totals::default(),
+            let received = match &done {
+                Frame::Done { totals, root } => Received {
+                    totals: *totals,
+                    sender_root,
+                    owners: sender_owners,
+                    root: Some(*root),
+                },
+                _ => Received {
+                    sender_root,
+                    owners: sender_owners,
+                    ..Received::default()
+                },
             };
-            control_w.send(&done, peer).await.map(|_| totals)
+            control_w.send(&done, peer).await.map(|_| received)
         }
         Err(e) => {
             // Tell the sender why. Partial files stay for a resume, except where they are
@@ -1283,6 +1307,18 @@ where
     };
     let _ = control_w.w.shutdown().await;
     result
+}
+
+/// What a receiver's session ended with.
+#[derive(Debug, Clone, Copy, Default)]
+struct Received {
+    totals: codec::Totals,
+    /// The sender's root, from its `Hello`.
+    sender_root: Option<Hash>,
+    /// The receiver's root it answered with `Done`.
+    root: Option<Hash>,
+    /// The session's mode (`Hello`'s `owners`).
+    owners: Option<bool>,
 }
 
 /// Base chunks kept for the deltas asked for, by the id of the chunk asked for.
@@ -1665,6 +1701,22 @@ pub async fn push_remote(
     home: &Path,
     opts: &PushOptions,
 ) -> Result<(PushReport, Summary), PushError> {
+    let throttle = opts.bwlimit.map(Throttle::new);
+    push_remote_throttled(src, addr, peer_id, identity, home, opts, throttle).await
+}
+
+/// [`push_remote`] through a given `throttle` (which outlives the push, so that a watching
+/// daemon's control socket can change its rate while a push runs); `opts.bwlimit` is then
+/// ignored.
+pub async fn push_remote_throttled(
+    src: &Path,
+    addr: SocketAddr,
+    peer_id: &PeerId,
+    identity: &Identity,
+    home: &Path,
+    opts: &PushOptions,
+    throttle: Option<Throttle>,
+) -> Result<(PushReport, Summary), PushError> {
     let peer = addr.to_string();
     let endpoint = transport::client_endpoint()?;
     // Connect while the source is scanned: the receiver refreshes its own manifest as soon
@@ -1700,7 +1752,6 @@ pub async fn push_remote(
     for _ in 0..DATA_STREAMS {
         data.push(conn.open_uni().await.map_err(conn_err)?);
     }
-    let throttle = opts.bwlimit.map(Throttle::new);
     let result = run_sender(
         &peer,
         &src_root,
@@ -1750,12 +1801,40 @@ pub async fn serve(
     endpoint: quinn::Endpoint,
     root: PathBuf,
     home: PathBuf,
-    mut signals: mpsc::UnboundedReceiver<()>,
+    signals: mpsc::UnboundedReceiver<()>,
     log: Arc<dyn Fn(String) + Send + Sync>,
     idle_timeout: Duration,
     shutdown_timeout: Duration,
 ) -> Result<ServeEnd, PushError> {
+    serve_with(
+        endpoint,
+        root,
+        home,
+        signals,
+        log,
+        idle_timeout,
+        shutdown_timeout,
+        None,
+    )
+    .await
+}
+
+/// [`serve`], reporting each session's outcome to a control socket's state.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_with(
+    endpoint: quinn::Endpoint,
+    root: PathBuf,
+    home: PathBuf,
+    mut signals: mpsc::UnboundedReceiver<()>,
+    log: Arc<dyn Fn(String) + Send + Sync>,
+    idle_timeout: Duration,
+    shutdown_timeout: Duration,
+    control: Option<Arc<crate::control::Shared>>,
+) -> Result<ServeEnd, PushError> {
     let root = scan::canonical_root(&root)?;
+    // The mode of the manifest that the last session left current, if it succeeded: the
+    // next session then lists only the root instead of walking the tree.
+    let current: Arc<Mutex<Option<bool>>> = Arc::default();
     let gate = Arc::new(tokio::sync::Mutex::new(()));
     let stopping = Arc::new(AtomicBool::new(false));
     // The newest connection of each peer, running or waiting for its turn.
@@ -1769,6 +1848,7 @@ pub async fn serve(
                 let Some(incoming) = incoming else { break };
                 let (root, home, gate, log) = (root.clone(), home.clone(), gate.clone(), log.clone());
                 let (latest, stopping) = (latest.clone(), stopping.clone());
+                let (current, control) = (current.clone(), control.clone());
                 serial += 1;
                 let me = serial;
                 sessions.spawn(async move {
@@ -1794,12 +1874,33 @@ pub async fn serve(
                             } else {
                                 let t = Instant::now();
                                 log(format!("push from {peer} into {}", root.display()));
-                                match serve_session(&conn, &peer, &root, &home, idle_timeout).await {
-                                    Ok(n) => log(format!(
-                                        "push from {peer} done: {} files written, {} chunks received, {} reused, {} removed, {:.2}s",
-                                        n.files, n.chunks_received, n.chunks_reused, n.removed, t.elapsed().as_secs_f64()
-                                    )),
-                                    Err(e) => log(format!("push from {peer} failed: {e}")),
+                                let trusted = lock(&current).take();
+                                match serve_session(&conn, &peer, &root, &home, idle_timeout, trusted).await {
+                                    Ok(r) => {
+                                        let n = r.totals;
+                                        *lock(&current) = r.owners;
+                                        if let Some(c) = &control {
+                                            c.update(|s| {
+                                                s.local_root = r.root.map(|h| h.to_hex()).unwrap_or_default();
+                                                s.peer_root = r.sender_root.map(|h| h.to_hex());
+                                                s.converged = r.root.is_some() && r.root == r.sender_root;
+                                                s.last_error = None;
+                                            });
+                                        }
+                                        log(format!(
+                                            "push from {peer} done: {} files written, {} chunks received, {} reused, {} removed, {:.2}s",
+                                            n.files, n.chunks_received, n.chunks_reused, n.removed, t.elapsed().as_secs_f64()
+                                        ))
+                                    }
+                                    Err(e) => {
+                                        if let Some(c) = &control {
+                                            c.update(|s| {
+                                                s.converged = false;
+                                                s.last_error = Some(format!("push from {peer}: {e}"));
+                                            });
+                                        }
+                                        log(format!("push from {peer} failed: {e}"))
+                                    }
                                 }
                             }
                             conn.close(quinn::VarInt::from_u32(0), b"done");
@@ -1866,7 +1967,8 @@ async fn serve_session(
     root: &Path,
     home: &Path,
     idle_timeout: Duration,
-) -> Result<codec::Totals, PushError> {
+    trusted: Option<bool>,
+) -> Result<Received, PushError> {
     let conn_err = |e: quinn::ConnectionError| PushError::Io {
         peer: peer.to_string(),
         source: std::io::Error::other(e),
@@ -1879,7 +1981,12 @@ async fn serve_session(
     };
     // Refresh the manifest now, while the sender scans; its first stream shows up only
     // once it sends `Hello`.
-    let (prepared, streams) = tokio::join!(prepare_receiver(root, &opts), conn.accept_bi());
+    // A manifest the previous session left current in this mode needs no walk.
+    let changed = (trusted == Some(opts.owners)).then(scan::Changed::default);
+    let (prepared, streams) = tokio::join!(
+        prepare_receiver_from(root, &opts, changed),
+        conn.accept_bi()
+    );
     let (cw, cr) = streams.map_err(conn_err)?;
     let (tx, rx) = mpsc::channel(DATA_STREAMS);
     let c = conn.clone();

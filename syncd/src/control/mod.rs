@@ -135,14 +135,17 @@ impl Client {
 
     /// Sends `req` and reads its reply; `{"ok":false}` is [`ControlError::Refused`].
     pub fn request(&mut self, req: &Request) -> Result<Reply, ControlError> {
-        self.reader
-            .get_mut()
-            .write_all(&proto::encode_request(req))
-            .map_err(|e| self.io(e))?;
+        // A daemon that refuses this peer answers before it reads and closes: its reason
+        // may be waiting even when the write fails.
+        let written = self.reader.get_mut().write_all(&proto::encode_request(req));
         let mut line = Vec::new();
-        let n = std::io::Read::take(&mut self.reader, proto::MAX_LINE as u64 * 64)
-            .read_until(b'\n', &mut line)
-            .map_err(|e| self.io(e))?;
+        let read = std::io::Read::take(&mut self.reader, proto::MAX_LINE as u64 * 64)
+            .read_until(b'\n', &mut line);
+        let n = match (written, read) {
+            (_, Ok(n)) if n > 0 => n,
+            (Err(e), _) => return Err(self.io(e)),
+            (Ok(()), r) => r.map_err(|e| self.io(e))?,
+        };
         if n == 0 {
             return Err(ControlError::Protocol {
                 path: self.path.clone(),
@@ -215,6 +218,9 @@ pub type FinalSyncRequest = oneshot::Sender<Reply>;
 #[derive(Debug)]
 pub struct Shared {
     status: Mutex<Status>,
+    /// When the oldest change not yet applied remotely was seen (`lag_seconds` is its age
+    /// at the moment `status` is asked).
+    unapplied_since: Mutex<Option<std::time::Instant>>,
     paused: AtomicBool,
     resumed: Notify,
     throttle: Throttle,
@@ -230,6 +236,7 @@ impl Shared {
                 role: role.into(),
                 ..Status::default()
             }),
+            unapplied_since: Mutex::new(None),
             paused: AtomicBool::new(false),
             resumed: Notify::new(),
             throttle,
@@ -248,7 +255,15 @@ impl Shared {
         f(&mut s);
     }
 
-    /// A copy of the status, with the live fields (pause, bwlimit) filled in.
+    /// Sets when the oldest change not yet applied remotely was seen (`None`: none is).
+    pub fn set_unapplied_since(&self, since: Option<std::time::Instant>) {
+        *self
+            .unapplied_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = since;
+    }
+
+    /// A copy of the status, with the live fields (pause, bwlimit, lag) filled in.
     pub fn status(&self) -> Status {
         let mut s = self
             .status
@@ -256,6 +271,11 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         s.paused = self.is_paused();
+        s.lag_seconds = self
+            .unapplied_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed().as_secs_f64());
         s.bwlimit = Some(self.throttle.rate()).filter(|&r| r > 0);
         s
     }
