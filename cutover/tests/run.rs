@@ -564,3 +564,139 @@ fn sync_socket_that_does_not_answer_is_named_and_nothing_else_runs() {
     assert!(t.contains("push.sock"), "{t}");
     assert!(!t.contains("health-gate"), "{t}");
 }
+
+/// The `syncd` binary of this workspace: `target/debug/syncd` next to this package (built by
+/// `cargo build -p syncd`, which a workspace test run does first). Missing: built here with
+/// the cargo that runs the tests; if that fails, the test fails under `CI=true` and is
+/// skipped otherwise.
+fn syncd_binary() -> Option<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/syncd");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let _ = Command::new(cargo)
+            .args(["build", "-p", "syncd", "--bin", "syncd", "--locked"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status();
+    }
+    if bin.exists() {
+        return Some(bin);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{} not found, and CI=true: run cargo build -p syncd",
+        bin.display()
+    );
+    eprintln!("SKIPPED: {} not found", bin.display());
+    None
+}
+
+/// A running `syncd push SRC DEST --watch --control SOCK`, killed on drop.
+struct Push(std::process::Child);
+
+impl Drop for Push {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn raw(sock: &Path, line: &str) -> serde_json::Value {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.write_all(line.as_bytes()).unwrap();
+    let mut answer = String::new();
+    std::io::BufReader::new(s).read_line(&mut answer).unwrap();
+    serde_json::from_str(&answer).unwrap()
+}
+
+#[test]
+fn sync_steps_against_a_real_syncd_push_watch() {
+    let Some(syncd) = syncd_binary() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    for i in 0..50 {
+        let p = src.join(format!("d{}/f{i}", i % 5));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, format!("file {i}").repeat(i + 1)).unwrap();
+    }
+    let sock = t.path().join("push.sock");
+    let _push = Push(
+        Command::new(&syncd)
+            .env("SYNCD_HOME", t.path().join("home"))
+            .arg("push")
+            .arg(&src)
+            .arg(&dst)
+            .args(["--watch", "--control"])
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(|| sock.exists(), "the control socket");
+    let runbook = t.path().join("runbook.toml");
+    std::fs::write(
+        &runbook,
+        "[sync]\ncontrol = \"push.sock\"\nmax_lag = \"0s\"\nconverge_timeout = \"30s\"\n",
+    )
+    .unwrap();
+    let go = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .args(args)
+            .arg(&runbook)
+            .arg("--state")
+            .arg(t.path().join("state"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        eprintln!("$ cutover {args:?}\n{}", text(&out));
+        out
+    };
+    // A change made while the run starts is in the final sync.
+    std::fs::write(src.join("late.txt"), "written just before go-time").unwrap();
+    let out = go(&["run", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let final_sync = lines
+        .iter()
+        .find(|l| l["step"] == "final-sync" && l["action"] == "do")
+        .unwrap();
+    assert_eq!(final_sync["ok"], true, "{final_sync}");
+    let manifest = Command::new(&syncd)
+        .env("SYNCD_HOME", t.path().join("home"))
+        .arg("manifest")
+        .arg(&src)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&manifest.stdout).unwrap();
+    assert_eq!(final_sync["observed"]["root"], m["root"], "{final_sync}");
+    let diff = Command::new("diff")
+        .arg("-r")
+        .arg(&src)
+        .arg(&dst)
+        .output()
+        .unwrap();
+    assert!(diff.status.success(), "{}", text(&diff));
+
+    // Paused with a change pending: not converged within converge_timeout, the run stops
+    // at the first step and changes nothing.
+    std::fs::write(
+        &runbook,
+        "[sync]\ncontrol = \"push.sock\"\nmax_lag = \"0s\"\nconverge_timeout = \"1s\"\n",
+    )
+    .unwrap();
+    assert_eq!(raw(&sock, "{\"cmd\":\"pause\"}\n")["ok"], true);
+    std::fs::write(src.join("paused.txt"), "waits").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = go(&["run", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("not converged"), "{}", text(&out));
+    assert!(!dst.join("paused.txt").exists());
+}
