@@ -250,6 +250,13 @@ pub async fn run(o: &Options) -> anyhow::Result<u8> {
         confirm(&o.runbook, &plan)?;
     }
     let path = journal::path_for(&state_dir(o.state.clone()), &o.runbook);
+    if !path.exists() {
+        // Nothing journaled: a new run (its preflight comes before the journal exists).
+        if o.resume {
+            bail!("journal {}: no run to resume", path.display());
+        }
+        return start_new(&o.runbook, rb, plan, &path, o.json).await;
+    }
     let (mut j, contents) = Journal::open(&path)?;
     if let Some(torn) = contents.as_ref().and_then(|c| c.torn.as_ref()) {
         eprintln!(
@@ -295,6 +302,40 @@ pub async fn run(o: &Options) -> anyhow::Result<u8> {
     finish(&rb, exec, j, o.json, false).await
 }
 
+fn print_preflight(r: &cutover::preflight::Report, json: bool) {
+    if json {
+        println!("{}", json!({"preflight": r}));
+        return;
+    }
+    for c in &r.checks {
+        println!(
+            "  {:<4} {:<12} {:<52} {}",
+            c.verdict.to_uppercase(),
+            c.area,
+            c.name,
+            c.detail
+        );
+    }
+}
+
+/// `cutover preflight`.
+pub async fn preflight(runbook: &Path, json: bool) -> anyhow::Result<u8> {
+    let rb = Runbook::load(runbook)?;
+    let r = cutover::preflight::preflight(&rb, false).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print_preflight(&r, false);
+        let failed = r.checks.iter().filter(|c| c.verdict == "fail").count();
+        println!(
+            "preflight: {} check(s), {failed} failed{}",
+            r.checks.len(),
+            if r.ok { "" } else { ": FAILED" }
+        );
+    }
+    Ok(if r.ok { 0 } else { 1 })
+}
+
 async fn start_new(
     runbook: &Path,
     rb: Runbook,
@@ -302,6 +343,20 @@ async fn start_new(
     path: &Path,
     json: bool,
 ) -> anyhow::Result<u8> {
+    // A new run starts with the preflight; a failure changes nothing and writes no journal.
+    let pre = cutover::preflight::preflight(&rb, true).await;
+    if !pre.ok {
+        print_preflight(&pre, json);
+        if json {
+            println!(
+                "{}",
+                json!({"summary": {"outcome": {"outcome": "preflight-failed"}}})
+            );
+        } else {
+            println!("preflight FAILED: nothing was changed");
+        }
+        return Ok(1);
+    }
     let (mut j, _) = Journal::open(path)?;
     j.start(&Header {
         cutover_journal: journal::VERSION,

@@ -40,6 +40,7 @@ pub mod health;
 pub mod journal;
 pub mod lb;
 pub mod plan;
+pub mod preflight;
 pub mod run;
 pub mod runbook;
 pub mod service;

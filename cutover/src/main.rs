@@ -128,6 +128,22 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         state: Option<PathBuf>,
     },
+    /// Check every dependency of the runbook: a pass/fail table; exit 0 all pass, 1 any fails.
+    ///
+    /// sync: the control socket answers, converged or lag <= max_lag. database: reachable,
+    /// binary log on, replica running, lag by position, privileged sessions listed.
+    /// loadbalancer: level admin, backend and both servers, the source UP, the destination UP
+    /// (or in maint, where HAProxy does not check it). dns: the TSIG key accepted (a
+    /// prerequisite-only UPDATE, which changes nothing), the record holds source_address,
+    /// TTL <= low_ttl. service: the source's services run. health: reported, never failing
+    /// (they are written for the destination). `cutover run` runs it first.
+    Preflight {
+        /// The runbook (TOML).
+        runbook: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Undo what the journal says an unfinished (or killed) `cutover run` did, in reverse.
     ///
     /// Each undo reads the servers' state first (a killed step may or may not have taken
@@ -448,6 +464,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             resume,
             state,
         })),
+        Command::Preflight { runbook, json } => rt.block_on(go::preflight(&runbook, json)),
         Command::Rollback {
             runbook,
             state,

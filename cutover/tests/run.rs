@@ -164,7 +164,7 @@ fn start(health_extra: &str) -> Option<GoTime> {
          destination_server = \"new\"\ndrain_timeout = \"5s\"\nready_timeout = \"10s\"\n\
          poll_interval = \"50ms\"\n\n\
          [dns]\nserver = \"127.0.0.1:{dns}\"\nzone = \"example.test.\"\nrecord = \"{RECORD}\"\n\
-         source_address = \"127.0.0.1\"\ndestination_address = \"127.0.0.2\"\nttl = 60\n\
+         source_address = \"127.0.0.1\"\ndestination_address = \"127.0.0.2\"\nttl = 60\nlow_ttl = 60\n\
          tsig_key_file = {key:?}\nns_port = {dns}\npoll_interval = \"100ms\"\ntimeout = \"1s\"\n\
          propagation_timeout = \"10s\"\n\n\
          [[health]]\nname = \"web\"\nhttp = \"http://127.0.0.1:{newport}/health\"\n{health_extra}\n\n\
@@ -533,6 +533,46 @@ fn refusals_dry_run_changes_nothing_and_no_tty_needs_yes() {
     assert!(text(&out).contains("no TTY"), "{}", text(&out));
     assert_eq!(world(&g), before);
 
+    // Preflight: everything passes (the health check is only reported).
+    let out = cutover(&["preflight", "--json"], &g);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<String> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| format!("{} {} {}", c["verdict"], c["area"], c["name"]))
+        .collect();
+    for want in [
+        "\"pass\" \"database\" \"replica replicating without error\"",
+        "\"pass\" \"loadbalancer\" \"admin socket at level admin\"",
+        "\"pass\" \"dns\" \"TSIG key",
+        "\"pass\" \"service\" \"source service app-source running\"",
+    ] {
+        assert!(
+            names.iter().any(|n| n.starts_with(want)),
+            "{want}: {names:?}"
+        );
+    }
+    // A TTL above low_ttl fails the preflight, and `run` then changes nothing.
+    g.bind
+        .nsupdate(
+            &KEY_SHA256,
+            "update delete svc.example.test. A\nupdate add svc.example.test. 300 A 127.0.0.1",
+        )
+        .unwrap();
+    let out = cutover(&["preflight"], &g);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("TTL 300: run `cutover dns lower-ttl`"),
+        "{}",
+        text(&out)
+    );
+    let out = cutover(&["run", "--yes"], &g);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(world(&g), before);
+    assert!(!g.state.exists(), "a failed preflight writes no journal");
+
     // --resume with nothing journaled.
     let out = cutover(&["run", "--yes", "--resume"], &g);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -560,9 +600,10 @@ fn sync_socket_that_does_not_answer_is_named_and_nothing_else_runs() {
         .unwrap();
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
-    assert!(t.contains("converge-sync failed"), "{t}");
+    assert!(t.contains("FAIL sync"), "{t}");
     assert!(t.contains("push.sock"), "{t}");
-    assert!(!t.contains("health-gate"), "{t}");
+    assert!(t.contains("preflight FAILED: nothing was changed"), "{t}");
+    assert!(!dir.path().join("state").exists(), "no journal: {t}");
 }
 
 /// The `syncd` binary of this workspace: `target/debug/syncd` next to this package (built by
@@ -644,14 +685,12 @@ fn sync_steps_against_a_real_syncd_push_watch() {
     )
     .unwrap();
     let go = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
-            .args(args)
-            .arg(&runbook)
-            .arg("--state")
-            .arg(t.path().join("state"))
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cutover"));
+        cmd.args(args).arg(&runbook);
+        if args[0] == "run" {
+            cmd.arg("--state").arg(t.path().join("state"));
+        }
+        let out = cmd.stdin(Stdio::null()).output().unwrap();
         eprintln!("$ cutover {args:?}\n{}", text(&out));
         out
     };
@@ -695,8 +734,15 @@ fn sync_steps_against_a_real_syncd_push_watch() {
     assert_eq!(raw(&sock, "{\"cmd\":\"pause\"}\n")["ok"], true);
     std::fs::write(src.join("paused.txt"), "waits").unwrap();
     std::thread::sleep(Duration::from_millis(300));
+    let out = go(&["preflight"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("converged false"), "{}", text(&out));
     let out = go(&["run", "--yes"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("not converged"), "{}", text(&out));
+    assert!(
+        text(&out).contains("converge-sync failed") && text(&out).contains("not converged"),
+        "{}",
+        text(&out)
+    );
     assert!(!dst.join("paused.txt").exists());
 }
