@@ -235,14 +235,11 @@ pub async fn preflight(rb: &Runbook, before_run: bool) -> Report {
                     "dns",
                     format!("{} holds source_address", d.record),
                     addrs == vec![d.source_address],
-                    format!(
-                        "{}",
-                        addrs
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    ),
+                    addrs
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
                 );
                 let ttl = primary.and_then(|p| p.ttl);
                 t.add(
