@@ -318,6 +318,17 @@ fn print_preflight(r: &cutover::preflight::Report, json: bool) {
     }
 }
 
+/// `cutover plan`.
+pub async fn plan(runbook: &Path) -> anyhow::Result<u8> {
+    let (rb, plan) = load(runbook)?;
+    let facts = cutover::migration_plan::measure(&rb).await;
+    print!(
+        "{}",
+        cutover::migration_plan::render(&runbook.display().to_string(), &rb, &plan, &facts)
+    );
+    Ok(0)
+}
+
 /// `cutover preflight`.
 pub async fn preflight(runbook: &Path, json: bool) -> anyhow::Result<u8> {
     let rb = Runbook::load(runbook)?;

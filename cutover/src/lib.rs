@@ -39,6 +39,7 @@ pub mod dns;
 pub mod health;
 pub mod journal;
 pub mod lb;
+pub mod migration_plan;
 pub mod plan;
 pub mod preflight;
 pub mod run;

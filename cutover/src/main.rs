@@ -128,6 +128,16 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         state: Option<PathBuf>,
     },
+    /// Print a Markdown migration plan from the runbook and measured state.
+    ///
+    /// Source and destination with what each server says now, the steps in order with their
+    /// commands, data sizes (syncd's status, the database's), an estimate from the measured
+    /// sync rate and the record's TTL, a risk score from facts, the rollback derived from the
+    /// undo steps, and a success checklist. Changes nothing (beyond `db status`'s heartbeat).
+    Plan {
+        /// The runbook (TOML).
+        runbook: PathBuf,
+    },
     /// Check every dependency of the runbook: a pass/fail table; exit 0 all pass, 1 any fails.
     ///
     /// sync: the control socket answers, converged or lag <= max_lag. database: reachable,
@@ -464,6 +474,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             resume,
             state,
         })),
+        Command::Plan { runbook } => rt.block_on(go::plan(&runbook)),
         Command::Preflight { runbook, json } => rt.block_on(go::preflight(&runbook, json)),
         Command::Rollback {
             runbook,

@@ -533,6 +533,25 @@ fn refusals_dry_run_changes_nothing_and_no_tty_needs_yes() {
     assert!(text(&out).contains("no TTY"), "{}", text(&out));
     assert_eq!(world(&g), before);
 
+    // The plan: measured facts, the derived rollback, no password.
+    let out = cutover(&["plan"], &g);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let md = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "# Migration plan",
+        "replicating, 0 transaction(s) behind",
+        "old UP (ready), new MAINT (maint)",
+        "answers 127.0.0.1 TTL 60",
+        "## Risks",
+        "1. undo **dns-switch**",
+        "6. undo **drain**",
+        "- [ ] svc.example.test. answers 127.0.0.2",
+    ] {
+        assert!(md.contains(want), "plan lacks {want:?}:\n{md}");
+    }
+    assert!(!md.contains("rootpw"), "{md}");
+    assert_eq!(world(&g), before);
+
     // Preflight: everything passes (the health check is only reported).
     let out = cutover(&["preflight", "--json"], &g);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
