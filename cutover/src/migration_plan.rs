@@ -24,8 +24,11 @@ pub struct Facts {
     /// HAProxy.
     pub loadbalancer: Option<Result<lb::StatusReport, String>>,
     /// The record's addresses and TTL at the primary.
-    pub dns: Option<Result<(Vec<String>, Option<u32>), String>>,
+    pub dns: Option<Result<Answer, String>>,
 }
+
+/// The record at the primary: its addresses and TTL.
+pub type Answer = (Vec<String>, Option<u32>);
 
 /// The database, measured.
 #[derive(Debug, Clone, Serialize)]
