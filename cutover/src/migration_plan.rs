@@ -25,6 +25,9 @@ pub struct Facts {
     pub loadbalancer: Option<Result<lb::StatusReport, String>>,
     /// The record's addresses and TTL at the primary.
     pub dns: Option<Result<Answer, String>>,
+    /// The source's dialect, for the promotion's statements.
+    #[serde(skip)]
+    pub dialect: Option<db::dialect::Dialect>,
 }
 
 /// The record at the primary: its addresses and TTL.
@@ -86,6 +89,17 @@ pub async fn measure(rb: &Runbook) -> Facts {
         Some(d) => Some(db_facts(d).await),
         None => None,
     };
+    let dialect = match &rb.database {
+        Some(d) => match db::Server::connect_to(d, db::Role::Source).await {
+            Ok(s) => {
+                let dialect = s.dialect;
+                s.close().await;
+                Some(dialect)
+            }
+            Err(_) => None,
+        },
+        None => None,
+    };
     let loadbalancer = match &rb.loadbalancer {
         Some(l) => Some(lb::status(l).await.map_err(|e| e.to_string())),
         None => None,
@@ -107,6 +121,7 @@ pub async fn measure(rb: &Runbook) -> Facts {
         database,
         loadbalancer,
         dns,
+        dialect,
     }
 }
 
@@ -327,7 +342,7 @@ pub fn render(runbook: &str, rb: &Runbook, plan: &Plan, facts: &Facts) -> String
     let _ = writeln!(m, "\n## Steps, in order\n");
     for (i, spec) in plan.steps.iter().enumerate() {
         let _ = writeln!(m, "{}. **{}**", i + 1, spec.step.name());
-        for l in run::describe(rb, &spec.do_op, None) {
+        for l in run::describe(rb, &spec.do_op, facts.dialect.as_ref()) {
             let _ = writeln!(m, "   - {l}");
         }
     }
@@ -506,6 +521,7 @@ mod tests {
             })),
             loadbalancer: None,
             dns: None,
+            dialect: None,
         }
     }
 

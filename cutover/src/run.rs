@@ -291,7 +291,7 @@ pub async fn perform(rb: &Runbook, op: &Op, recorded: Option<&Value>) -> Result<
 /// statements are listed as that dialect writes them.
 pub fn describe(rb: &Runbook, op: &Op, dialect: Option<&db::dialect::Dialect>) -> Vec<String> {
     let lb = rb.loadbalancer.as_ref();
-    let socket = lb.map_or(String::new(), |l| format!("{:?}", l.admin_socket));
+    let socket = lb.map_or(String::new(), |l| l.admin_socket.to_string());
     let backend = lb.map_or("", |l| l.backend.as_str());
     match op {
         Op::SyncConverged => vec![format!(
@@ -442,7 +442,7 @@ pub fn describe(rb: &Runbook, op: &Op, dialect: Option<&db::dialect::Dialect>) -
             .health
             .iter()
             .filter(|h| names.contains(&h.name))
-            .map(|h| format!("health {}: {:?}", h.name, h.check))
+            .map(|h| format!("health {}: {}", h.name, health::describe(h)))
             .collect(),
     }
 }
