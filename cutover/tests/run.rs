@@ -765,3 +765,61 @@ fn sync_steps_against_a_real_syncd_push_watch() {
     );
     assert!(!dst.join("paused.txt").exists());
 }
+
+fn ansible_available() -> bool {
+    // Fails under CI=true when missing (scripts/test installs ansible-core).
+    integration_tests::haproxy::require("ansible-playbook", "ansible-core")
+}
+
+fn playbook(g: &GoTime) -> Output {
+    let out = Command::new("ansible-playbook")
+        .args(["-i", "localhost,", "-c", "local"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/ansible/cutover.yml"))
+        .arg("-e")
+        .arg(format!("cutover_runbook={}", g.runbook.display()))
+        .arg("-e")
+        .arg(format!("cutover_bin={}", env!("CARGO_BIN_EXE_cutover")))
+        .arg("-e")
+        .arg(format!("cutover_state={}", g.state.display()))
+        .env("ANSIBLE_NOCOLOR", "1")
+        .env("ANSIBLE_LOCALHOST_WARNING", "false")
+        .env("ANSIBLE_HOME", g.dir.path().join("ansible"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    eprintln!(
+        "$ ansible-playbook ... -> {:?}\n{}",
+        out.status.code(),
+        text(&out)
+    );
+    out
+}
+
+#[test]
+fn ansible_playbook_runs_preflight_then_go_time() {
+    if !ansible_available() {
+        return;
+    }
+    let Some(g) = start("") else { return };
+    let out = playbook(&g);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("\"cutover_summary\""), "{t}");
+    assert!(t.contains("\"outcome\": \"completed\""), "{t}");
+    wait_for(
+        || served_by(&g) == "200 new",
+        "HAProxy to serve the destination",
+    );
+    drop(g);
+
+    // A host whose gate fails stops the rollout, rolled back, with its summary registered.
+    let Some(g) = start("body_contains = \"no such text\"") else {
+        return;
+    };
+    let out = playbook(&g);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("\"outcome\": \"rolled-back\""), "{t}");
+    assert!(t.contains("cutover run exited 1"), "{t}");
+    wait_for(|| world(&g) == at_source(), "the world back at the source");
+}
