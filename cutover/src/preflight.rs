@@ -278,7 +278,16 @@ pub async fn preflight(rb: &Runbook, before_run: bool) -> Report {
             Err(e) => t.add("service", "source services running", false, e.to_string()),
         }
     }
-    for c in health::run(&rb.health).await.checks {
+    // One attempt each: they only warn here, and the gate has the retries.
+    let once: Vec<_> = rb
+        .health
+        .iter()
+        .map(|h| crate::runbook::Health {
+            retries: 0,
+            ..h.clone()
+        })
+        .collect();
+    for c in health::run(&once).await.checks {
         t.0.push(Check {
             area: "health",
             name: format!("{} ({} {})", c.name, c.kind, c.target),

@@ -10,7 +10,10 @@
 //!   its result is journaled; and before the promotion's IO), then `cutover rollback`;
 //! - `refusals_*`: an unfinished journal is refused, no TTY without `--yes` is refused, and a
 //!   dry run changes nothing (every server's state compared before and after);
-//! - `sync_*`: a `[sync]` whose control socket does not answer fails with a line naming it.
+//! - `sigterm_*`: SIGTERM during a long gate cancels it and rolls back;
+//! - `ansible_*`: `contrib/ansible/cutover.yml` with `-i localhost, -c local`;
+//! - `sync_*`: the sync steps against a real `syncd push --watch --control`, and a `[sync]`
+//!   whose control socket does not answer.
 
 // The helpers below are test code too; clippy's `allow-unwrap-in-tests` covers only `#[test]`
 // functions.
@@ -821,5 +824,51 @@ fn ansible_playbook_runs_preflight_then_go_time() {
     let t = text(&out);
     assert!(t.contains("\"outcome\": \"rolled-back\""), "{t}");
     assert!(t.contains("cutover run exited 1"), "{t}");
+    wait_for(|| world(&g) == at_source(), "the world back at the source");
+}
+
+#[test]
+fn sigterm_during_a_gate_rolls_back_at_once() {
+    // A gate that would retry for a minute: SIGTERM cancels it and the run rolls back.
+    let Some(g) = start("body_contains = \"no such text\"\nretries = 60\ninterval = \"1s\"") else {
+        return;
+    };
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["run", "--yes"])
+        .arg(&g.runbook)
+        .arg("--state")
+        .arg(&g.state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let journal_has = |what: &str| {
+        std::fs::read_dir(&g.state)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .contains(what)
+            })
+    };
+    wait_for(
+        || journal_has("\"step\":\"health-gate\",\"phase\":\"do-started\""),
+        "the health gate to start",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("interrupted (SIGINT/SIGTERM)"), "{t}");
+    assert!(started.elapsed() < Duration::from_secs(40), "{t}");
     wait_for(|| world(&g) == at_source(), "the world back at the source");
 }
