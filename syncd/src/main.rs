@@ -125,6 +125,16 @@ enum Command {
         /// Serve a control socket (mode 0600) here: `syncd status --control PATH`.
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9700).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
+        /// Log more: -v each session's steps, -vv quinn's and rustls's too (RUST_LOG, when
+        /// set, decides instead).
+        #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+        verbose: u8,
+        /// Log only warnings and errors.
+        #[arg(short, long)]
+        quiet: bool,
         #[command(flatten)]
         home: Home,
     },
@@ -274,6 +284,9 @@ struct Continuous {
     /// `cutover` (status, final-sync, set-bwlimit, pause, resume).
     #[arg(long, value_name = "PATH", requires = "watch")]
     control: Option<PathBuf>,
+    /// With --watch: serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9701).
+    #[arg(long, value_name = "ADDR", requires = "watch")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// What a command concluded.
@@ -338,6 +351,9 @@ fn run(cli: Cli) -> Result<Outcome> {
             timeout,
             shutdown_timeout,
             control,
+            metrics,
+            verbose,
+            quiet,
             home,
         } => cmd_serve(
             root,
@@ -346,7 +362,11 @@ fn run(cli: Cli) -> Result<Outcome> {
             &home.dir()?,
             timeout,
             shutdown_timeout,
-            control,
+            (
+                control,
+                metrics,
+                if quiet { -1 } else { verbose.min(9) as i8 },
+            ),
         ),
         Command::Status {
             control,
@@ -694,8 +714,10 @@ fn cmd_serve(
     home: &Path,
     idle_timeout: std::time::Duration,
     shutdown_timeout: std::time::Duration,
-    control: Option<PathBuf>,
+    // Continuous mode's additions: --control, --metrics, and the log verbosity.
+    (control, metrics, verbosity): (Option<PathBuf>, Option<std::net::SocketAddr>, i8),
 ) -> Result<Outcome> {
+    syncd::logging::init(verbosity);
     let identity = syncd::identity::Identity::load(home)?;
     let root = scan::canonical_root(&root)?;
     let rt = runtime()?;
@@ -728,8 +750,22 @@ fn cmd_serve(
                 }
             }
         });
-        let log = std::sync::Arc::new(|line: String| eprintln!("syncd serve: {line}"));
-        let (shared, _unlink) = start_control(control.as_deref(), "serve", 0)?;
+        let log = std::sync::Arc::new(|line: String| {
+            if line.contains("failed") || line.contains("rejected") || line.contains("cutting off")
+            {
+                tracing::warn!("{line}");
+            } else {
+                tracing::info!("{line}");
+            }
+        });
+        let (mut shared, _unlink) = start_control(control.as_deref(), "serve", 0)?;
+        if let Some(addr) = metrics {
+            let s = shared.get_or_insert_with(|| {
+                syncd::control::Shared::new("serve", syncd::transport::Throttle::new(0))
+            });
+            syncd::metrics::install(addr, s.clone())?;
+            eprintln!("syncd serve: metrics at http://{addr}/metrics");
+        }
         let end = syncd::push::serve_with(
             endpoint,
             root,
@@ -950,6 +986,8 @@ fn cmd_watch(
     args: PushArgs,
     c: Continuous,
 ) -> Result<Outcome> {
+    // Levels from RUST_LOG (push's -v/-q belong to its one-shot output).
+    syncd::logging::init(0);
     let rt = runtime()?;
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -977,7 +1015,10 @@ fn cmd_watch(
         let shared = shared.unwrap_or_else(|| {
             syncd::control::Shared::new("push", syncd::transport::Throttle::new(bwlimit))
         });
-        let log: syncd::watch::Log = std::sync::Arc::new(|line: String| eprintln!("syncd push: {line}"));
+        if let Some(addr) = c.metrics {
+            syncd::metrics::install(addr, shared.clone())?;
+            eprintln!("syncd push: metrics at http://{addr}/metrics");
+        }
         let wopts = syncd::watch::WatchOptions {
             debounce: c.debounce,
             rescan_interval: c.rescan_interval,
@@ -989,7 +1030,7 @@ fn cmd_watch(
                 _ = int.recv() => {}
             }
         };
-        syncd::watch::watch(src, target, home, args.push, wopts, shared, log, stop).await?;
+        syncd::watch::watch(src, target, home, args.push, wopts, shared, stop).await?;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(Outcome::Ok)

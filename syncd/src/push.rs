@@ -1702,12 +1702,14 @@ pub async fn push_remote(
     opts: &PushOptions,
 ) -> Result<(PushReport, Summary), PushError> {
     let throttle = opts.bwlimit.map(Throttle::new);
-    push_remote_throttled(src, addr, peer_id, identity, home, opts, throttle).await
+    push_remote_throttled(src, addr, peer_id, identity, home, opts, throttle, None).await
 }
 
 /// [`push_remote`] through a given `throttle` (which outlives the push, so that a watching
 /// daemon's control socket can change its rate while a push runs); `opts.bwlimit` is then
-/// ignored.
+/// ignored. A daemon that pushes again and again passes its own client `endpoint`: it
+/// keeps running after the push, so the push does not wait for its close to go out.
+#[allow(clippy::too_many_arguments)]
 pub async fn push_remote_throttled(
     src: &Path,
     addr: SocketAddr,
@@ -1716,9 +1718,14 @@ pub async fn push_remote_throttled(
     home: &Path,
     opts: &PushOptions,
     throttle: Option<Throttle>,
+    endpoint: Option<&quinn::Endpoint>,
 ) -> Result<(PushReport, Summary), PushError> {
     let peer = addr.to_string();
-    let endpoint = transport::client_endpoint()?;
+    let owned = endpoint.is_none();
+    let endpoint = match endpoint {
+        Some(e) => e.clone(),
+        None => transport::client_endpoint()?,
+    };
     // Connect while the source is scanned: the receiver refreshes its own manifest as soon
     // as the session starts, so both scans run at once.
     let (scanned, conn) = tokio::join!(
@@ -1738,7 +1745,9 @@ pub async fn push_remote_throttled(
         Ok(s) => s,
         Err(e) => {
             conn.close(quinn::VarInt::from_u32(1), b"source scan failed");
-            endpoint.wait_idle().await;
+            if owned {
+                endpoint.wait_idle().await;
+            }
             return Err(e);
         }
     };
@@ -1773,7 +1782,9 @@ pub async fn push_remote_throttled(
     // Give the close time to go out, but do not sit out quinn's whole draining period
     // (three probe timeouts, ~0.1 s even on loopback): the receiver has said `Done`, and
     // if the close is lost it ends the session after its own linger.
-    let _ = tokio::time::timeout(Duration::from_millis(20), endpoint.wait_idle()).await;
+    if owned {
+        let _ = tokio::time::timeout(Duration::from_millis(20), endpoint.wait_idle()).await;
+    }
     let mut report = result?;
     report.files_scanned = summary.files;
     report.bytes_scanned = summary.bytes;
@@ -1878,6 +1889,7 @@ pub async fn serve_with(
                                 match serve_session(&conn, &peer, &root, &home, idle_timeout, trusted).await {
                                     Ok(r) => {
                                         let n = r.totals;
+                                        crate::metrics::session_received(&n, conn.stats().udp_rx.bytes);
                                         *lock(&current) = r.owners;
                                         if let Some(c) = &control {
                                             c.update(|s| {
@@ -1893,6 +1905,7 @@ pub async fn serve_with(
                                         ))
                                     }
                                     Err(e) => {
+                                        crate::metrics::error();
                                         if let Some(c) = &control {
                                             c.update(|s| {
                                                 s.converged = false;

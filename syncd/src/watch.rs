@@ -14,11 +14,11 @@
 //! [`Batcher`] is the sans-IO part: which paths are dirty, since when, and when the batch
 //! is due, with `now` passed in. It does no IO and reads no clock.
 //!
-//! Each batch is one push: a new QUIC connection and session per batch, not one long
-//! session. A handshake on loopback costs about a millisecond, far under the debounce
-//! window, and it keeps every push the same well-tested session (its root check included);
-//! the receiver side pays no full walk for it (see ARCHITECTURE.md, "The receiver's side
-//! of a long session").
+//! Each batch is one push: a new QUIC connection and session per batch over one client
+//! endpoint (UDP socket) kept for the daemon's life, not one long session. A handshake on
+//! loopback costs about a millisecond, far under the debounce window, and it keeps every
+//! push the same well-tested session (its root check included); the receiver side pays no
+//! full walk for it (see ARCHITECTURE.md, "The receiver's side of a long session").
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -106,9 +106,6 @@ pub enum WatchError {
     #[error(transparent)]
     Scan(#[from] scan::ScanError),
 }
-
-/// A log sink (one line each).
-pub type Log = Arc<dyn Fn(String) + Send + Sync>;
 
 // ------------------------------------------------------------------ sans-IO batching
 
@@ -288,7 +285,6 @@ struct Daemon {
     home: PathBuf,
     opts: PushOptions,
     shared: Arc<Shared>,
-    log: Log,
     /// Files the last push gave up on (they kept changing): pending until a push settles
     /// them.
     unsettled: Vec<Vec<u8>>,
@@ -299,6 +295,8 @@ struct Daemon {
     failures: u32,
     /// `exclude_path` relative to the root, if the state directory is inside the tree.
     skip: Option<Vec<u8>>,
+    /// One client endpoint (UDP socket) for every push to a remote DEST.
+    endpoint: Option<quinn::Endpoint>,
 }
 
 impl Daemon {
@@ -317,8 +315,22 @@ impl Daemon {
         opts.delete |= dry_run;
         let rate = self.shared.throttle().rate();
         opts.bwlimit = Some(rate).filter(|&r| r > 0);
-        let result = match &self.dest {
-            Dest::Local(d) => push::push_local(&self.src, d, &self.home, &opts).await,
+        match self.push_once(&opts).await {
+            // A directory the partial rescan would keep has no record (it appeared and
+            // vanished between events, say): rescan everything.
+            Err(PushError::Scan(scan::ScanError::NotStored(_)))
+                if opts.scan.changed_only.is_some() =>
+            {
+                opts.scan.changed_only = None;
+                self.push_once(&opts).await
+            }
+            r => r,
+        }
+    }
+
+    async fn push_once(&self, opts: &PushOptions) -> Result<(PushReport, Summary), PushError> {
+        match &self.dest {
+            Dest::Local(d) => push::push_local(&self.src, d, &self.home, opts).await,
             Dest::Remote {
                 addr,
                 peer_id,
@@ -330,40 +342,12 @@ impl Daemon {
                     peer_id,
                     identity,
                     &self.home,
-                    &opts,
+                    opts,
                     Some(self.shared.throttle().clone()),
+                    self.endpoint.as_ref(),
                 )
                 .await
             }
-        };
-        match result {
-            // A directory the partial rescan would keep has no record (it appeared and
-            // vanished between events, say): rescan everything.
-            Err(PushError::Scan(scan::ScanError::NotStored(_)))
-                if opts.scan.changed_only.is_some() =>
-            {
-                opts.scan.changed_only = None;
-                match &self.dest {
-                    Dest::Local(d) => push::push_local(&self.src, d, &self.home, &opts).await,
-                    Dest::Remote {
-                        addr,
-                        peer_id,
-                        identity,
-                    } => {
-                        push::push_remote_throttled(
-                            &self.src,
-                            *addr,
-                            peer_id,
-                            identity,
-                            &self.home,
-                            &opts,
-                            Some(self.shared.throttle().clone()),
-                        )
-                        .await
-                    }
-                }
-            }
-            r => r,
         }
     }
 
@@ -380,9 +364,10 @@ impl Daemon {
         });
         let result = self.push(changed, false, false).await;
         match result {
-            Ok((report, _)) => {
+            Ok((report, summary)) => {
+                crate::metrics::batch_pushed(&report);
                 self.failures = 0;
-                self.unsettled = report.unsettled.iter().map(|(p, _)| p.clone()).collect();
+                self.unsettled = self.unsettled_after(&report, &summary);
                 self.in_sync = report.identical();
                 let secs = t.elapsed().as_secs_f64().max(1e-6);
                 // Applied: unless more came meanwhile, or files are left pending.
@@ -397,37 +382,49 @@ impl Daemon {
                     s.rate_bytes_per_sec = report.wire_bytes as f64 / secs;
                     s.last_error = None;
                 });
-                (self.log)(format!(
-                    "batch of {} paths{}: {} files sent, {} on the wire, {:.3}s{}",
+                let line = format!(
+                    "batch of {} paths{} to {}: {} files sent, {} bytes on the wire, {:.3}s",
                     batch.paths.len(),
                     if batch.full { " (full rescan)" } else { "" },
+                    self.dest.name(),
                     report.files_transferred,
                     report.wire_bytes,
                     secs,
-                    if report.unsettled.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            "; {} files kept changing and stay pending",
-                            report.unsettled.len()
-                        )
-                    }
-                ));
-                if !report.identical() && report.unsettled.is_empty() {
-                    // The source changed during the push; the events that say so are
-                    // queued, and the next batch picks them up.
+                );
+                // A full rescan is rare and worth seeing; ordinary batches are debug.
+                if batch.full {
+                    tracing::info!("{line}");
+                } else {
+                    tracing::debug!("{line}");
                 }
+                if !report.unsettled.is_empty() {
+                    tracing::warn!(
+                        "{} files kept changing during the push and stay pending: {}",
+                        report.unsettled.len(),
+                        report
+                            .unsettled
+                            .iter()
+                            .take(5)
+                            .map(|(p, _)| display_path(p))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+                // A push that ended with different roots without leaving files pending
+                // met a source that changed during it: the events that say so are queued,
+                // and the next batch picks them up.
                 None
             }
             Err(e) => {
+                crate::metrics::error();
                 self.failures += 1;
                 self.in_sync = false;
                 let wait = backoff(self.failures);
-                (self.log)(format!(
+                tracing::warn!(
                     "push to {} failed: {e}; retrying in {:.1}s",
                     self.dest.name(),
                     wait.as_secs_f64()
-                ));
+                );
                 self.shared.update(|s| {
                     s.reconnects += 1;
                     s.last_error = Some(e.to_string());
@@ -453,8 +450,9 @@ impl Daemon {
                     .update(|s| s.last_error = Some(format!("final sync: {e}")));
                 Reply::Error(format!("final sync failed: {e}"))
             }
-            Ok((report, _)) => {
-                self.unsettled = report.unsettled.iter().map(|(p, _)| p.clone()).collect();
+            Ok((report, summary)) => {
+                crate::metrics::batch_pushed(&report);
+                self.unsettled = self.unsettled_after(&report, &summary);
                 self.in_sync = report.identical();
                 self.failures = 0;
                 self.shared.update(|s| {
@@ -490,6 +488,19 @@ impl Daemon {
                 })
             }
         }
+    }
+
+    /// What a push left pending: the files it gave up on (they kept changing while it read
+    /// them) and the entries the scan could not read consistently.
+    fn unsettled_after(&self, report: &PushReport, summary: &Summary) -> Vec<Vec<u8>> {
+        let mut v: Vec<Vec<u8>> = report.unsettled.iter().map(|(p, _)| p.clone()).collect();
+        v.extend(summary.errors().filter_map(|w| {
+            let rel = w.path.strip_prefix(&self.root).ok()?;
+            Some(rel.as_os_str().as_bytes().to_vec())
+        }));
+        v.sort();
+        v.dedup();
+        v
     }
 
     fn publish(&self, batcher: &Batcher) {
@@ -533,7 +544,6 @@ impl Daemon {
 
 /// Watches `src` and keeps `dest` equal to it until `stop` resolves. Status and final
 /// syncs go through `shared` (its throttle is the bandwidth cap).
-#[allow(clippy::too_many_arguments)] // the same shape as `push::serve`
 pub async fn watch(
     src: &Path,
     dest: Dest,
@@ -541,7 +551,6 @@ pub async fn watch(
     opts: PushOptions,
     wopts: WatchOptions,
     shared: Arc<Shared>,
-    log: Log,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), WatchError> {
     use notify::Watcher;
@@ -557,11 +566,11 @@ pub async fn watch(
     let mut polling = false;
     if let Err(e) = watcher.watch(&root, notify::RecursiveMode::Recursive) {
         if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
-            log(format!(
-                "warning: too few inotify watches for {} ({e}); rescanning the whole tree every {}s instead: raise the sysctl fs.inotify.max_user_watches",
+            tracing::warn!(
+                "too few inotify watches for {} ({e}); rescanning the whole tree every {}s instead: raise the sysctl fs.inotify.max_user_watches",
                 root.display(),
                 POLL_INTERVAL.as_secs()
-            ));
+            );
             polling = true;
         } else {
             return Err(WatchError::Watch {
@@ -569,6 +578,9 @@ pub async fn watch(
                 source: e,
             });
         }
+    }
+    if !polling {
+        tracing::info!("inotify watch set on {}", root.display());
     }
     let skip = opts
         .scan
@@ -584,13 +596,20 @@ pub async fn watch(
         home: home.to_path_buf(),
         opts,
         shared: shared.clone(),
-        log: log.clone(),
         unsettled: Vec::new(),
         unapplied_since: None,
         in_sync: false,
         failures: 0,
         skip,
+        endpoint: None,
     };
+    if matches!(d.dest, Dest::Remote { .. }) {
+        match crate::transport::client_endpoint() {
+            Ok(e) => d.endpoint = Some(e),
+            // Each push then makes its own and says why it cannot.
+            Err(e) => tracing::warn!("cannot keep a client endpoint: {e}"),
+        }
+    }
     let mut finals = shared.final_syncs();
     let mut batcher = Batcher::new(wopts.debounce);
     // The first push is a full one.
@@ -661,23 +680,25 @@ fn note_event(d: &Daemon, batcher: &mut Batcher, ev: notify::Result<notify::Even
     let now = Instant::now();
     match ev {
         Err(e) => {
-            (d.log)(format!(
-                "warning: inotify error ({e}); rescanning the whole tree{}",
+            tracing::warn!(
+                "inotify error ({e}); rescanning the whole tree{}",
                 if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
                     ": raise the sysctl fs.inotify.max_user_watches"
                 } else {
                     ""
                 }
-            ));
+            );
             d.shared
                 .update(|s| s.last_error = Some(format!("inotify: {e}")));
+            crate::metrics::overflow_rescan();
             batcher.note_full(now);
         }
         Ok(ev) => {
             if ev.need_rescan() {
-                (d.log)(
-                    "warning: the inotify queue overflowed; rescanning the whole tree: raise the sysctl fs.inotify.max_queued_events".into(),
+                tracing::warn!(
+                    "the inotify queue overflowed; rescanning the whole tree: raise the sysctl fs.inotify.max_queued_events"
                 );
+                crate::metrics::overflow_rescan();
                 batcher.note_full(now);
                 return;
             }
@@ -686,6 +707,7 @@ fn note_event(d: &Daemon, batcher: &mut Batcher, ev: notify::Result<notify::Even
                 EventKind::Access(_) => return,
                 _ => {}
             }
+            crate::metrics::watch_events(1);
             for p in &ev.paths {
                 if let Some(rel) = d.relative(p) {
                     batcher.note(rel, now);

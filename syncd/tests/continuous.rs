@@ -394,3 +394,311 @@ fn control_refuses_another_uid() {
     let o = env.syncd(&[&"status", &"--control", &sock]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
 }
+
+/// A free TCP port on loopback.
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET /metrics` from `addr`: the series' values by name (labels included), retried until
+/// the exporter is up.
+fn scrape(addr: &str) -> std::collections::HashMap<String, f64> {
+    use std::io::Read;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            if s.read_to_string(&mut out).is_ok() && out.starts_with("HTTP/1.1 200") {
+                break out;
+            }
+        }
+        assert!(Instant::now() < deadline, "no /metrics at {addr}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    body.lines()
+        .filter(|l| l.starts_with("syncd_"))
+        .filter_map(|l| {
+            let (name, v) = l.rsplit_once(' ')?;
+            Some((name.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_are_served_by_a_watching_push_and_by_serve() {
+    let (sender, receiver) = (Env::new(), Env::new());
+    let (sid, rid) = (init(&sender), init(&receiver));
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    sample(&src);
+    fs::create_dir(&dst).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (pm, sm) = (
+        format!("127.0.0.1:{}", free_tcp_port()),
+        format!("127.0.0.1:{}", free_tcp_port()),
+    );
+    let mut serve = serve_on(&receiver, &dst, &sid, &addr, &["--metrics", &sm]);
+    let w = Watcher::start(
+        &sender,
+        &src,
+        &addr,
+        &t.path().join("c.sock"),
+        &["--peer-id", &rid, "--metrics", &pm, "--bwlimit", "800M"],
+    );
+    w.wait_converged(&sender, &src, &dst, Duration::from_secs(60));
+    for i in 0..20 {
+        write(&src, &format!("m/f{i}"), &noise(5000, i));
+    }
+    w.wait_converged(&sender, &src, &dst, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(400)); // one gauge sampling period and more
+    let m = scrape(&pm);
+    let get = |m: &std::collections::HashMap<String, f64>, k: &str| {
+        *m.get(k).unwrap_or_else(|| panic!("{k} missing from {m:?}"))
+    };
+    assert!(
+        get(&m, "syncd_sent_bytes_total{kind=\"wire\"}") > 12e6,
+        "{m:?}"
+    );
+    assert!(
+        get(&m, "syncd_sent_bytes_total{kind=\"logical\"}") > 12e6,
+        "{m:?}"
+    );
+    assert!(get(&m, "syncd_files_synced_total") >= 25.0, "{m:?}");
+    assert!(get(&m, "syncd_batches_total") >= 2.0, "{m:?}");
+    assert!(get(&m, "syncd_watch_events_total") >= 20.0, "{m:?}");
+    assert_eq!(get(&m, "syncd_bwlimit_bytes_per_second"), 100e6, "{m:?}");
+    assert_eq!(get(&m, "syncd_converged"), 1.0, "{m:?}");
+    assert_eq!(get(&m, "syncd_pending_files"), 0.0, "{m:?}");
+    assert_eq!(get(&m, "syncd_lag_seconds"), 0.0, "{m:?}");
+    for k in [
+        "syncd_pending_bytes",
+        "syncd_reconnects_total",
+        "syncd_errors_total",
+        "syncd_overflow_rescans_total",
+        "syncd_chunks_deduplicated_total",
+        "syncd_chunks_sent_total",
+    ] {
+        get(&m, k);
+    }
+    let m = scrape(&sm);
+    assert!(get(&m, "syncd_received_bytes_total") > 12e6, "{m:?}");
+    assert!(get(&m, "syncd_files_synced_total") >= 25.0, "{m:?}");
+    assert!(get(&m, "syncd_chunks_received_total") > 0.0, "{m:?}");
+    assert_eq!(get(&m, "syncd_converged"), 1.0, "{m:?}");
+    let _ = serve.kill();
+    let _ = serve.wait();
+}
+
+/// Sets a sysctl for as long as it lives, then restores it.
+struct Sysctl {
+    path: &'static str,
+    old: String,
+}
+
+impl Sysctl {
+    fn set(path: &'static str, value: &str) -> Sysctl {
+        let old = fs::read_to_string(path).unwrap();
+        fs::write(path, value).unwrap_or_else(|e| panic!("{path}: {e}"));
+        Sysctl { path, old }
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = fs::write(self.path, self.old.trim());
+    }
+}
+
+#[test]
+fn watch_rescans_after_an_inotify_queue_overflow() {
+    if !root_or_skip("setting fs.inotify.max_queued_events needs root") {
+        return;
+    }
+    let env = Env::new();
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    sample(&src);
+    // The limit is read when an inotify instance is created: tiny only until the watcher
+    // has made its own, so that other programs on the machine are hardly affected.
+    let tiny = Sysctl::set("/proc/sys/fs/inotify/max_queued_events", "16");
+    let w = Watcher::start(
+        &env,
+        &src,
+        dst.to_str().unwrap(),
+        &t.path().join("c.sock"),
+        &["--delete"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !w.log().contains("inotify watch set") {
+        assert!(Instant::now() < deadline, "{}", w.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(tiny);
+    w.wait_converged(&env, &src, &dst, Duration::from_secs(60));
+    for i in 0..500 {
+        write(
+            &src,
+            &format!("over/d{}/f{i}", i % 5),
+            b"more than 16 events",
+        );
+    }
+    w.wait_converged(&env, &src, &dst, Duration::from_secs(60));
+    assert_trees_equal(&src, &dst);
+    let log = w.log();
+    assert!(
+        log.contains("inotify queue overflowed") && log.contains("fs.inotify.max_queued_events"),
+        "{log}"
+    );
+    // The first push, and at least one after the overflow.
+    assert!(log.matches("(full rescan)").count() >= 2, "{log}");
+}
+
+#[test]
+fn watch_sends_a_renamed_directory_and_large_file_as_a_move() {
+    let (sender, receiver) = (Env::new(), Env::new());
+    let (sid, rid) = (init(&sender), init(&receiver));
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    sample(&src); // `big` is 12 MB of noise; `dir` holds 100 kB
+    for i in 0..50 {
+        write(
+            &src,
+            &format!("tree/d{}/f{i}", i % 5),
+            &noise(40_000, 100 + i),
+        );
+    }
+    fs::create_dir(&dst).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let pm = format!("127.0.0.1:{}", free_tcp_port());
+    let mut serve = serve_on(&receiver, &dst, &sid, &addr, &[]);
+    let w = Watcher::start(
+        &sender,
+        &src,
+        &addr,
+        &t.path().join("c.sock"),
+        &["--peer-id", &rid, "--delete", "--metrics", &pm],
+    );
+    w.wait_converged(&sender, &src, &dst, Duration::from_secs(60));
+    let sent = |m: &std::collections::HashMap<String, f64>| {
+        (
+            m["syncd_sent_bytes_total{kind=\"logical\"}"],
+            m["syncd_sent_bytes_total{kind=\"wire\"}"],
+        )
+    };
+    let before = sent(&scrape(&pm));
+    assert!(before.0 > 12e6, "{before:?}");
+    fs::create_dir(src.join("moved")).unwrap();
+    fs::rename(src.join("big"), src.join("moved/big-renamed")).unwrap();
+    fs::rename(src.join("tree"), src.join("moved/tree")).unwrap();
+    w.wait_converged(&sender, &src, &dst, Duration::from_secs(60));
+    let after = sent(&scrape(&pm));
+    // 13 MB moved: no chunk data travels, only nodes and hashes.
+    let (logical, wire) = (after.0 - before.0, after.1 - before.1);
+    assert!(logical < 1.0, "chunk bytes sent for a move: {logical}");
+    assert!(wire < 200_000.0, "wire bytes for a move: {wire}");
+    assert_trees_equal(&src, &dst);
+    let _ = serve.kill();
+    let _ = serve.wait();
+}
+
+#[test]
+fn a_file_rewritten_without_pause_does_not_hold_up_the_others() {
+    let env = Env::new();
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    sample(&src);
+    let w = Watcher::start(
+        &env,
+        &src,
+        dst.to_str().unwrap(),
+        &t.path().join("c.sock"),
+        &["--delete"],
+    );
+    w.wait_converged(&env, &src, &dst, Duration::from_secs(60));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hot = src.join("hot.log");
+    let writer = {
+        let (stop, hot) = (stop.clone(), hot.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                fs::write(&hot, noise(2_000_000, n)).unwrap();
+                n += 1;
+            }
+        })
+    };
+    for i in 0..200 {
+        write(
+            &src,
+            &format!("others/f{i}"),
+            format!("other {i}").as_bytes(),
+        );
+    }
+    // Everything but the hot file arrives while it is being rewritten.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = Command::new("diff")
+            .args(["-rq", "--no-dereference", "-x", "hot.log"])
+            .arg(&src)
+            .arg(&dst)
+            .output()
+            .unwrap();
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the others did not converge: {}\n{}",
+            stdout(&o),
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    w.wait_converged(&env, &src, &dst, Duration::from_secs(60));
+    assert_roots_equal(&env, &src, &dst);
+}
+
+#[test]
+fn watch_remote_converges_after_a_network_cut() {
+    let (sender, receiver) = (Env::new(), Env::new());
+    let (sid, rid) = (init(&sender), init(&receiver));
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    sample(&src);
+    fs::create_dir(&dst).unwrap();
+    let server = Server::start(&receiver, &dst, &sid);
+    let relay = Relay::start(&server.addr);
+    let w = Watcher::start(
+        &sender,
+        &src,
+        &relay.addr.to_string(),
+        &t.path().join("c.sock"),
+        &["--peer-id", &rid, "--delete", "--connect-timeout", "1s"],
+    );
+    w.wait_converged(&sender, &src, &dst, Duration::from_secs(60));
+    relay.cut();
+    for i in 0..300 {
+        write(&src, &format!("during-cut/f{i}"), &noise(10_000, 1000 + i));
+    }
+    fs::remove_file(src.join("a.txt")).unwrap();
+    // Long enough for a push to fail and be retried at least once.
+    std::thread::sleep(Duration::from_secs(3));
+    let s = w.status(&sender).unwrap();
+    assert_eq!(s["converged"], false, "{s}");
+    assert!(s["pending_files"].as_u64().unwrap() > 0, "{s}");
+    relay.restore();
+    w.wait_converged(&sender, &src, &dst, Duration::from_secs(60));
+    assert_trees_equal(&src, &dst);
+    let s = w.status(&sender).unwrap();
+    assert!(s["reconnects"].as_u64().unwrap() >= 1, "{s}");
+    drop(server);
+}

@@ -180,6 +180,11 @@ impl Relay {
     pub fn cut(&self) {
         self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+
+    /// Packets flow again.
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Drop for Relay {
