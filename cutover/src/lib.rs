@@ -7,8 +7,10 @@
 //! arithmetic, checksum chunking, HAProxy answers, DNS messages and verdicts) are pure
 //! functions with table-driven tests; the IO shells around them talk to the real servers. The
 //! library never prints and never exits: the `cutover` binary turns reports into output and
-//! exit codes. Health checks, service hooks and the journaled `run`/`rollback` are not here
-//! yet.
+//! exit codes. Health checks ([`health`]) and service hooks ([`service`]) are the other edges;
+//! go-time chains them all: [`plan`] (the steps and the execution state machine, pure),
+//! [`journal`] (fsynced JSON lines), [`run`] (the driver), [`preflight`], [`migration_plan`]
+//! (the Markdown plan) and [`sync`] (syncd's control socket).
 //!
 //! ```
 //! use std::path::Path;
@@ -37,6 +39,12 @@
 pub mod db;
 pub mod dns;
 pub mod health;
+pub mod journal;
 pub mod lb;
+pub mod migration_plan;
+pub mod plan;
+pub mod preflight;
+pub mod run;
 pub mod runbook;
 pub mod service;
+pub mod sync;

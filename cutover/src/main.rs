@@ -20,6 +20,8 @@ use cutover::lb;
 use cutover::runbook::Runbook;
 use cutover::service;
 
+mod go;
+
 /// Go-time migration, driven by a TOML runbook.
 ///
 /// Each command group uses one table of the runbook: `db` the [database] pair (setup, status,
@@ -94,7 +96,88 @@ enum Command {
     /// Service hooks: stop, start or check the [[service]] entries (all, or NAME).
     #[command(subcommand, after_long_help = SERVICE_EXAMPLE)]
     Service(ServiceCommand),
+    /// Go-time: every step of the runbook, journaled, with automatic rollback.
+    ///
+    /// Steps, each only when its table is present: converge sync ([sync]), drain the source
+    /// ([loadbalancer]), stop the source's services ([[service]] side = "source"), zero-loss
+    /// promote with --reverse ([database]), final sync with equal roots, start the
+    /// destination's services (side = "destination"), the destination ready, the DNS switch
+    /// and its propagation ([dns]), the health gate ([[health]]). A failed step or check
+    /// rolls back every step that began, in reverse. Every state change is fsynced to a
+    /// journal in --state DIR first, so that `cutover rollback` can undo a run killed at any
+    /// point. Exit 0 done, 1 rolled back, 2 error (a failed rollback included).
+    #[command(after_long_help = RUN_EXAMPLE)]
+    Run {
+        /// The runbook (TOML).
+        runbook: PathBuf,
+        /// Print every command, statement and DNS update that would be run; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation (needed without a TTY).
+        #[arg(long)]
+        yes: bool,
+        /// One JSON object per step, then a summary object.
+        #[arg(long)]
+        json: bool,
+        /// Continue the unfinished run in the journal (an interrupted promotion is rolled
+        /// back, other steps are done again: they do only what is missing).
+        #[arg(long)]
+        resume: bool,
+        /// The journal's directory (default /var/lib/cutover as root, else the user's data
+        /// directory, e.g. ~/.local/share/cutover).
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+    },
+    /// Print a Markdown migration plan from the runbook and measured state.
+    ///
+    /// Source and destination with what each server says now, the steps in order with their
+    /// commands, data sizes (syncd's status, the database's), an estimate from the measured
+    /// sync rate and the record's TTL, a risk score from facts, the rollback derived from the
+    /// undo steps, and a success checklist. Changes nothing (beyond `db status`'s heartbeat).
+    Plan {
+        /// The runbook (TOML).
+        runbook: PathBuf,
+    },
+    /// Check every dependency of the runbook: a pass/fail table; exit 0 all pass, 1 any fails.
+    ///
+    /// sync: the control socket answers, converged or lag <= max_lag. database: reachable,
+    /// binary log on, replica running, lag by position, privileged sessions listed.
+    /// loadbalancer: level admin, backend and both servers, the source UP, the destination UP
+    /// (or in maint, where HAProxy does not check it). dns: the TSIG key accepted (a
+    /// prerequisite-only UPDATE, which changes nothing), the record holds source_address,
+    /// TTL <= low_ttl. service: the source's services run. health: reported, never failing
+    /// (they are written for the destination). `cutover run` runs it first.
+    Preflight {
+        /// The runbook (TOML).
+        runbook: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Undo what the journal says an unfinished (or killed) `cutover run` did, in reverse.
+    ///
+    /// Each undo reads the servers' state first (a killed step may or may not have taken
+    /// effect) and uses what the journal recorded (the DNS answer and server states before
+    /// the run). A failed undo stops the rollback there; run it again once fixed.
+    Rollback {
+        /// The runbook (TOML) of the run.
+        runbook: PathBuf,
+        /// The journal's directory (as for `cutover run`).
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+        /// One JSON object per step, then a summary object.
+        #[arg(long)]
+        json: bool,
+    },
 }
+
+const RUN_EXAMPLE: &str = "\
+Typical go-time: cutover plan RUNBOOK, cutover preflight RUNBOOK, cutover run RUNBOOK --dry-run,
+cutover run RUNBOOK; if anything went wrong after it, cutover rollback RUNBOOK.
+
+[[service]] entries need side = \"source\" (stopped, started again on rollback) or
+side = \"destination\" (started, stopped again on rollback). [sync] takes max_lag = \"5s\",
+converge_timeout = \"300s\" and timeout = \"5s\" besides control.";
 
 const SERVICE_EXAMPLE: &str = "\
 Runbook example ([[service]] entries; commands run with sh -c, or over ssh -o BatchMode=yes
@@ -376,6 +459,28 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Dns(cmd) => rt.block_on(run_dns(cmd)),
         Command::Health { runbook, json } => rt.block_on(run_health(&runbook, json)),
         Command::Service(cmd) => rt.block_on(run_service(cmd)),
+        Command::Run {
+            runbook,
+            dry_run,
+            yes,
+            json,
+            resume,
+            state,
+        } => rt.block_on(go::run(&go::Options {
+            runbook,
+            dry_run,
+            yes,
+            json,
+            resume,
+            state,
+        })),
+        Command::Plan { runbook } => rt.block_on(go::plan(&runbook)),
+        Command::Preflight { runbook, json } => rt.block_on(go::preflight(&runbook, json)),
+        Command::Rollback {
+            runbook,
+            state,
+            json,
+        } => rt.block_on(go::rollback(&runbook, state, json)),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod checksum;
 pub mod dialect;
 pub mod position;
 pub mod promote;
+pub mod restore;
 pub mod setup;
 pub mod status;
 pub mod verify;
@@ -25,7 +26,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Params, Row, Value};
 
 use crate::runbook::Database;
-use dialect::{Dialect, Position};
+use dialect::{Dialect, Position, SourceSpec, StartAt};
 use position::ReplicaStatus;
 
 /// Which server of the pair an error or a step is about.
@@ -446,6 +447,29 @@ impl Server {
             addr: self.addr.clone(),
             message: message.into(),
         }
+    }
+
+    /// Points this server's replication at `host:port` as the runbook's replication account,
+    /// starting at `start`, and starts it; `label` names the step in errors (the statement
+    /// holds the password). The one place a replica is pointed at a source: `setup`,
+    /// `promote`'s undo and `--reverse`, and `cutover rollback`'s restore.
+    pub async fn replicate_from(
+        &mut self,
+        db: &Database,
+        (host, port): (&str, u16),
+        start: StartAt,
+        label: &str,
+    ) -> Result<(), DbError> {
+        let d = self.dialect;
+        let spec = SourceSpec {
+            host: host.to_string(),
+            port,
+            user: db.replication_user.clone(),
+            password: db.replication_password.clone(),
+            start,
+        };
+        self.exec_secret(label, &d.change_source(&spec)).await?;
+        self.exec(d.start_replica()).await
     }
 
     /// Runs a statement; `sql` appears in the error.

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::dialect::{Position, SourceSpec, StartAt, WaitOutcome};
+use super::dialect::{Position, StartAt, WaitOutcome};
 use super::position::{ThreadState, transactions_behind, written_after};
 use super::{DbError, Interrupts, Role, Server, connect_pair, source_address};
 use crate::runbook::Database;
@@ -785,20 +785,14 @@ async fn restore_replica(
     }
     match replica.replica_status().await? {
         None => {
-            let spec = SourceSpec {
-                host: host.clone(),
-                port: *port,
-                user: db.replication_user.clone(),
-                password: db.replication_password.clone(),
-                start: StartAt::Gtid,
-            };
             replica
-                .exec_secret(
+                .replicate_from(
+                    db,
+                    (host, *port),
+                    StartAt::Gtid,
                     "re-pointing the replica at the source",
-                    &d.change_source(&spec),
                 )
                 .await?;
-            replica.exec(d.start_replica()).await?;
             Ok(format!(
                 "replica re-pointed at {host}:{port} and replicating again"
             ))
@@ -846,20 +840,14 @@ async fn reverse_replication(
             StartAt::File { file, pos }
         }
     };
-    let spec = SourceSpec {
-        host: host.clone(),
-        port,
-        user: db.replication_user.clone(),
-        password: db.replication_password.clone(),
-        start,
-    };
     source
-        .exec_secret(
+        .replicate_from(
+            db,
+            (&host, port),
+            start,
             "pointing the old source at the new primary",
-            &d.change_source(&spec),
         )
         .await?;
-    source.exec(d.start_replica()).await?;
     source
         .wait_replicating(db.connect_timeout.max(Duration::from_secs(5)))
         .await?;
@@ -867,4 +855,18 @@ async fn reverse_replication(
         "old source {} now replicates from the new primary {host}:{port} and stays read-only",
         source.addr
     ))
+}
+
+/// Makes `replica` a read-only replica of the source again, from its actual state (for
+/// `cutover rollback` after a promotion that did not finish).
+pub(crate) async fn reattach_replica(
+    replica: &mut Server,
+    db: &Database,
+    source_addr: &(String, u16),
+) -> Result<String, DbError> {
+    let progress = Progress {
+        replica_stopped: true,
+        ..Progress::default()
+    };
+    restore_replica(replica, &progress, db, source_addr).await
 }

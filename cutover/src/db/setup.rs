@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::dialect::{Flavor, Position, SourceSpec, StartAt, quote};
+use super::dialect::{Flavor, Position, StartAt, quote};
 use super::position::{ReplicaStatus, ThreadState};
 use super::{
     DbError, HEARTBEAT_SCHEMA, ReplicaRow, Server, application_schemas, connect_pair,
@@ -400,20 +400,14 @@ async fn apply(
                     pos: *pos,
                 },
             };
-            let spec = SourceSpec {
-                host: host.clone(),
-                port,
-                user: db.replication_user.clone(),
-                password: db.replication_password.clone(),
-                start,
-            };
             replica
-                .exec_secret(
+                .replicate_from(
+                    db,
+                    (&host, port),
+                    start,
                     "pointing the replica at the source",
-                    &d.change_source(&spec),
                 )
                 .await?;
-            replica.exec(d.start_replica()).await?;
             let line = format!(
                 "replica: replicating from {host}:{port} by {}",
                 match pos {

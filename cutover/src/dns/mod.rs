@@ -465,9 +465,27 @@ fn hint(r: &Rejection, dns: &Dns, expected: &[IpAddr], now_holds: Option<&Answer
 
 /// Sends a signed update replacing `expect` with `new` at `ttl`.
 async fn update(dns: &Dns, expect: &[IpAddr], new: &[IpAddr], ttl: u32) -> Result<(), DnsError> {
-    let (zone, record, rtype) = names(dns)?;
+    let (zone, record, _) = names(dns)?;
     let message = msg::replace_update(random_id(), &zone, &record, expect, new, ttl)
         .map_err(DnsError::Message)?;
+    send_update(dns, message, expect).await
+}
+
+/// Proves that the primary accepts the TSIG key for the zone, changing nothing: a signed
+/// UPDATE whose only content is the prerequisite that the record exists.
+pub async fn check_key(dns: &Dns) -> Result<(), DnsError> {
+    let (zone, record, rtype) = names(dns)?;
+    let message = msg::prerequisite_only_update(random_id(), &zone, &record, rtype);
+    send_update(dns, message, &[]).await
+}
+
+/// Signs and sends `message`, and reads the answer; `expect` is for the error's hint.
+async fn send_update(
+    dns: &Dns,
+    message: hickory_proto::op::Message,
+    expect: &[IpAddr],
+) -> Result<(), DnsError> {
+    let (_, record, rtype) = names(dns)?;
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_err(|_| DnsError::Message("the clock is before 1970".into()))?

@@ -123,6 +123,27 @@ pub fn replace_update(
     Ok(m)
 }
 
+/// An UPDATE of `zone` that changes nothing: only the prerequisite "`record` has an RRset
+/// of `rtype`" (RFC 2136 2.4.1, value independent). A server that takes it answers NOERROR,
+/// which proves that it accepts the TSIG key for this zone; it is how `preflight` checks the
+/// key without touching the record.
+pub fn prerequisite_only_update(id: u16, zone: &Name, record: &Name, rtype: RecordType) -> Message {
+    let mut m = Message::new();
+    m.set_id(id)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Update)
+        .set_recursion_desired(false);
+    let mut z = Query::new();
+    z.set_name(zone.clone())
+        .set_query_class(DNSClass::IN)
+        .set_query_type(RecordType::SOA);
+    m.add_zone(z);
+    let mut r = Record::update0(record.clone(), 0, rtype);
+    r.set_dns_class(DNSClass::ANY);
+    m.add_pre_requisite(r);
+    m
+}
+
 /// A signed message ready to send, and what checks its answer's signature.
 pub struct Signed {
     /// The message on the wire.

@@ -56,6 +56,12 @@ fn kind(check: &HealthCheck) -> (&'static str, String) {
     }
 }
 
+/// A check in words: its kind and target (`http http://10.0.0.2/health`), no password.
+pub fn describe(h: &Health) -> String {
+    let (kind, target) = kind(&h.check);
+    format!("{kind} {target}")
+}
+
 /// A `mysql://` URL without its password.
 fn redact(url: &str) -> String {
     match (url.split_once("://"), url.rfind('@')) {

@@ -362,6 +362,13 @@ impl Admin {
     }
 }
 
+/// The runtime API level of the admin socket (`show cli level`): `admin`, `operator` or
+/// `user`; `drain` and `ready` need `admin`.
+pub async fn cli_level(lb: &LoadBalancer) -> Result<String, LbError> {
+    let answer = Admin::new(lb).send("show cli level").await?;
+    Ok(answer.trim().to_string())
+}
+
 /// Both servers' admin state, operational state, sessions and check status.
 pub async fn status(lb: &LoadBalancer) -> Result<StatusReport, LbError> {
     let admin = Admin::new(lb);

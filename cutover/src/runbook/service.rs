@@ -8,6 +8,17 @@ use serde::Deserialize;
 
 use super::{Keys, RunbookError};
 
+/// Which server a service runs on, for `cutover run`: the source's services are stopped
+/// before the promotion, the destination's started after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// On the source: stopped by `cutover run`, started again by its rollback.
+    Source,
+    /// On the destination: started by `cutover run`, stopped again by its rollback.
+    Destination,
+}
+
 /// One `[[service]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
@@ -15,6 +26,8 @@ pub struct Service {
     pub name: String,
     /// Where the commands run: `None` locally, else `[user@]host` for `ssh -o BatchMode=yes`.
     pub host: Option<String>,
+    /// `side = "source"` or `"destination"`; `cutover run` needs it, `cutover service` not.
+    pub side: Option<Side>,
     /// The ssh port, when not 22.
     pub ssh_port: Option<u16>,
     /// Extra `ssh` options (`-i KEY`, `-o ...`), each one argument.
@@ -41,6 +54,7 @@ pub struct Service {
 pub(super) struct RawService {
     name: String,
     host: Option<String>,
+    side: Option<Side>,
     ssh_port: Option<u16>,
     #[serde(default)]
     ssh_options: Vec<String>,
@@ -76,6 +90,7 @@ pub(super) fn validate(
     Ok(Service {
         name,
         host,
+        side: s.side,
         ssh_port: s.ssh_port,
         ssh_options: s.ssh_options,
         stop: command("stop", s.stop)?,

@@ -1,6 +1,7 @@
 //! `[sync]`: the `syncd push --watch` whose control socket the go-time steps talk to.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -11,12 +12,22 @@ use super::{Keys, RunbookError};
 pub struct Sync {
     /// The control socket of the `syncd push --watch` on the source (relative to the runbook).
     pub control: PathBuf,
+    /// `cutover run` goes on once the push is converged or its lag is at most this.
+    pub max_lag: Duration,
+    /// How long to wait for that, and for the final sync.
+    pub converge_timeout: Duration,
+    /// How long one request may take to be answered (a status; a final sync gets
+    /// `converge_timeout`).
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSync {
     control: PathBuf,
+    max_lag: Option<String>,
+    converge_timeout: Option<String>,
+    timeout: Option<String>,
 }
 
 pub(super) fn validate(s: RawSync, keys: &Keys<'_>, base: &Path) -> Result<Sync, RunbookError> {
@@ -25,5 +36,12 @@ pub(super) fn validate(s: RawSync, keys: &Keys<'_>, base: &Path) -> Result<Sync,
     }
     Ok(Sync {
         control: base.join(s.control),
+        max_lag: keys.duration("max_lag", s.max_lag.as_deref(), Duration::from_secs(5))?,
+        converge_timeout: keys.positive_duration(
+            "converge_timeout",
+            s.converge_timeout.as_deref(),
+            Duration::from_secs(300),
+        )?,
+        timeout: keys.positive_duration("timeout", s.timeout.as_deref(), Duration::from_secs(5))?,
     })
 }
