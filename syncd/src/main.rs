@@ -1161,8 +1161,17 @@ fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<O
                     0 => "0 bit/s".to_string(),
                     r => syncd::rate::Rate::from_bytes_per_sec(r).to_string(),
                 };
+                // What is left is at most the scanned bytes not sent yet (less, where DEST
+                // already has chunks), so the estimate is an upper bound.
+                let eta = match s.raw as f64 / secs {
+                    r if r > 0.0 => format!(
+                        ", ETA at most {:.0}s",
+                        s.scanned_bytes.saturating_sub(s.raw) as f64 / r
+                    ),
+                    _ => String::new(),
+                };
                 let line = format!(
-                    "sent {} of at most {} ({} files scanned), {rate} on the wire",
+                    "sent {} of at most {} ({} files scanned), {rate} on the wire{eta}",
                     human_bytes(s.raw),
                     human_bytes(s.scanned_bytes),
                     s.scanned_files,
