@@ -158,16 +158,31 @@ async fn finish(
     let stall = std::env::var("CUTOVER_TEST_STALL")
         .ok()
         .and_then(|s| run::Stall::parse(&s));
-    let mut print = |r: &StepReport| print_step(r, json);
+    // A live line per action on a terminal (indicatif draws nothing when stderr is not one,
+    // and nothing with --json); the finished actions are printed above it.
+    let bar = if json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.enable_steady_tick(std::time::Duration::from_millis(120));
+        b
+    };
+    let mut starting = |step: Step, action: &'static str| {
+        bar.set_message(format!("{action} {} ...", step.name()));
+    };
+    let mut print = |r: &StepReport| bar.suspend(|| print_step(r, json));
     let outcome = run::drive(
         rb,
         &mut exec,
         &mut journal,
         stall,
         Some(interrupts()?),
+        &mut starting,
         &mut print,
     )
-    .await?;
+    .await;
+    bar.finish_and_clear();
+    let outcome = outcome?;
     let t = timings(exec.events());
     let (window, back) = run::write_unavailable_ms(exec.events());
     // The journal stays where it is: a completed run can still be rolled back, and the next

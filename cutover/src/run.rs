@@ -509,14 +509,15 @@ async fn stall_here(stall: Option<Stall>, step: Step, after_io: bool) {
     }
 }
 
-/// Runs `exec` to its end, journaling every event before going on, and calls `report` after
-/// each action. `interrupt` turns true on SIGINT/SIGTERM.
+/// Runs `exec` to its end, journaling every event before going on; calls `starting` before
+/// each action and `report` after it. `interrupt` turns true on SIGINT/SIGTERM.
 pub async fn drive(
     rb: &Runbook,
     exec: &mut Execution,
     journal: &mut Journal,
     stall: Option<Stall>,
     mut interrupt: Option<tokio::sync::watch::Receiver<bool>>,
+    starting: &mut dyn FnMut(Step, &'static str),
     report: &mut dyn FnMut(&StepReport),
 ) -> Result<Outcome, RunError> {
     loop {
@@ -527,6 +528,7 @@ pub async fn drive(
             Action::Check(s, op) => (*s, "check", op.clone(), None),
             Action::Undo(s, op, rec) => (*s, "undo", op.clone(), Some(rec.clone())),
         };
+        starting(step, kind);
         let started = std::time::Instant::now();
         if let Some(ev) = exec.begin(now_ms()) {
             journal.append(&ev)?;

@@ -212,8 +212,16 @@ async fn one_run(writers: usize, failing_gate: bool) -> anyhow::Result<RunFigure
         started_ms: cutover::run::now_ms(),
     })?;
     let mut exec = Execution::new(plan);
-    let outcome =
-        cutover::run::drive(&rb, &mut exec, &mut journal, None, None, &mut |_| {}).await?;
+    let outcome = cutover::run::drive(
+        &rb,
+        &mut exec,
+        &mut journal,
+        None,
+        None,
+        &mut |_, _| {},
+        &mut |_| {},
+    )
+    .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let mut acked = Vec::new();
