@@ -10,6 +10,8 @@
 //!   its result is journaled; and before the promotion's IO), then `cutover rollback`;
 //! - `refusals_*`: an unfinished journal is refused, no TTY without `--yes` is refused, and a
 //!   dry run changes nothing (every server's state compared before and after);
+//! - `a_failed_undo_*`: the rollback stops at a failed undo, keeps the journal, and
+//!   `cutover rollback` retries from there;
 //! - `sigterm_*`: SIGTERM during a long gate cancels it and rolls back;
 //! - `ansible_*`: `contrib/ansible/cutover.yml` with `-i localhost, -c local`;
 //! - `sync_*`: the sync steps against a real `syncd push --watch --control`, and a `[sync]`
@@ -871,4 +873,48 @@ fn sigterm_during_a_gate_rolls_back_at_once() {
     assert!(t.contains("interrupted (SIGINT/SIGTERM)"), "{t}");
     assert!(started.elapsed() < Duration::from_secs(40), "{t}");
     wait_for(|| world(&g) == at_source(), "the world back at the source");
+}
+
+#[test]
+fn a_failed_undo_stops_the_rollback_keeps_the_journal_and_rollback_retries_it() {
+    let Some(g) = start("body_contains = \"no such text\"") else {
+        return;
+    };
+    // The destination's service will not stop: its stop command does nothing.
+    let original = std::fs::read_to_string(&g.runbook).unwrap();
+    let stop_line = original
+        .lines()
+        .find(|l| l.starts_with("stop = ") && l.contains("destination.pid"))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &g.runbook,
+        original.replace(&stop_line, "stop = \"true\"\nkill = \"false\""),
+    )
+    .unwrap();
+    let out = cutover(&["run", "--yes"], &g);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("ROLLBACK FAILED at start-services"), "{t}");
+    assert!(t.contains("the journal"), "{t}");
+    // Undone so far: DNS and the destination out of rotation; not the database.
+    assert_eq!(g.bind.dig(RECORD, "A"), vec!["127.0.0.1"]);
+    assert_eq!(lb_status(&g, "new"), "MAINT");
+    assert_eq!(g.pair.replica.sql("SELECT @@read_only"), "0");
+    // The journal is unfinished: run is refused.
+    let out = cutover(&["run", "--yes"], &g);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("unfinished run"), "{}", text(&out));
+
+    // Fixed, the rollback goes on from the failed undo.
+    std::fs::write(&g.runbook, &original).unwrap();
+    let out = cutover(&["rollback"], &g);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        !t.contains("undo  dns-switch") && t.contains("undo  start-services"),
+        "the retry starts at the failed undo: {t}"
+    );
+    wait_for(|| world(&g) == at_source(), "the world back at the source");
+    assert_source_is_primary(&g, 7000);
 }
