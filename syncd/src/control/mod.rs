@@ -305,8 +305,18 @@ impl Shared {
 
     /// Answers one request.
     pub async fn handle(&self, req: Request) -> Reply {
+        let sends = self.status().role != "serve";
         match req {
             Request::Status => Reply::Status(Box::new(self.status())),
+            // A receiver sends nothing and starts no batch: there is nothing to cap, pause
+            // or flush there (the sender's socket does it), and "ok" would be a lie.
+            Request::Pause | Request::Resume | Request::SetBwlimit { .. } | Request::FinalSync
+                if !sends =>
+            {
+                Reply::Error(
+                    "a serve only receives: send pause, resume, set-bwlimit and final-sync to the sending push --watch's socket".into(),
+                )
+            }
             Request::Pause => {
                 self.paused.store(true, Ordering::SeqCst);
                 Reply::Done { bwlimit: None }
@@ -552,6 +562,24 @@ mod tests {
         })
         .await
         .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_receiver_refuses_what_only_a_sender_can_do() {
+        let shared = Shared::new("serve", Throttle::new(0));
+        assert!(matches!(
+            shared.handle(Request::Status).await,
+            Reply::Status(_)
+        ));
+        for r in [
+            Request::Pause,
+            Request::Resume,
+            Request::FinalSync,
+            Request::SetBwlimit { rate: "1M".into() },
+        ] {
+            assert!(matches!(shared.handle(r).await, Reply::Error(_)));
+        }
+        assert!(!shared.is_paused());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
