@@ -1138,7 +1138,7 @@ fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<O
     }
     let rt = runtime()?;
     // Progress: a bar on a terminal; otherwise (--progress into a file or a pipe) one
-    // plain line every 5 seconds.
+    // plain line every 2 seconds.
     let tty = std::io::stderr().is_terminal();
     let bar = (args.progress && tty).then(|| {
         let bar = indicatif::ProgressBar::new(0);
@@ -1184,7 +1184,7 @@ fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<O
                     }
                     None => {
                         let mut l = last_line.lock().unwrap_or_else(|p| p.into_inner());
-                        if l.elapsed() >= std::time::Duration::from_secs(5) {
+                        if l.elapsed() >= std::time::Duration::from_secs(2) {
                             *l = Instant::now();
                             eprintln!("syncd: {:.0}s: {line}", secs);
                         }

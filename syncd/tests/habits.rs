@@ -584,3 +584,37 @@ fn a_rejected_peer_is_logged_once() {
     );
     assert!(log.contains("allowed peers: "), "{log}");
 }
+
+/// `--progress` into a pipe prints a plain line every few seconds, with totals, the wire
+/// rate in --bwlimit's units and an ETA (rsync's --info=progress2).
+#[test]
+fn progress_off_a_terminal_prints_plain_lines() {
+    let (receiver, sender) = (Env::new(), Env::new());
+    let (rid, sid) = (init(&receiver), init(&sender));
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for i in 0..4 {
+        write(src.path(), &format!("f{i}"), &noise(8 << 20, 90 + i));
+    }
+    let server = Server::start(&receiver, dst.path(), &sid);
+    let o = sender
+        .cmd()
+        .arg("push")
+        .arg(src.path())
+        .arg(&server.addr)
+        .args(["--peer-id", &rid, "--bwlimit", "20M", "--progress"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let err = stderr(&o);
+    let line = err
+        .lines()
+        .find(|l| l.contains(": sent "))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains("of at most 32.0 MiB")
+            && line.contains("bit/s on the wire")
+            && line.contains("ETA"),
+        "{line}"
+    );
+    assert!(stdout(&o).contains("(DEST is identical)"), "{}", stdout(&o));
+}
