@@ -54,7 +54,7 @@ fn slow(sender: &Env, src: &std::path::Path, server: &Server, rid: &str) -> Chil
 fn sigterm_on_serve_lets_the_running_push_finish() {
     let (receiver, sender) = (Env::new(), Env::new());
     let (rid, sid) = (init(&receiver), init(&sender));
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let [src, dst] = tempdirs();
     let mut server = Server::start(&receiver, dst.path(), &sid);
     let mut push = slow(&sender, src.path(), &server, &rid);
     server.wait_log("push from");
@@ -78,7 +78,7 @@ fn sigterm_on_serve_lets_the_running_push_finish() {
 fn a_second_signal_on_serve_cuts_the_push_off() {
     let (receiver, sender) = (Env::new(), Env::new());
     let (rid, sid) = (init(&receiver), init(&sender));
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let [src, dst] = tempdirs();
     let mut server = Server::start(&receiver, dst.path(), &sid);
     let mut push = slow(&sender, src.path(), &server, &rid);
     server.wait_log("push from");
@@ -105,7 +105,7 @@ fn tree_with_local_files(src: &std::path::Path, dst: &std::path::Path) {
 #[test]
 fn exclude_with_delete_keeps_excluded_files_at_dest() {
     let env = Env::new();
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let [src, dst] = tempdirs();
     tree_with_local_files(src.path(), dst.path());
     let o = env.syncd(&[
         &"push",
@@ -154,7 +154,7 @@ fn exclude_with_delete_keeps_excluded_files_at_dest() {
 #[test]
 fn delete_excluded_removes_excluded_files_at_dest() {
     let env = Env::new();
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let [src, dst] = tempdirs();
     tree_with_local_files(src.path(), dst.path());
     let o = env.syncd(&[
         &"push",
@@ -176,11 +176,7 @@ fn delete_excluded_removes_excluded_files_at_dest() {
 #[test]
 fn include_exclude_from_and_files_from_have_rsync_meanings() {
     let env = Env::new();
-    let (src, dst, lists) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let [src, dst, lists] = tempdirs();
     write(src.path(), "keep.tmp", b"k");
     write(src.path(), "drop.tmp", b"d");
     write(src.path(), "logs/a.log", b"l");
@@ -353,7 +349,7 @@ fn pushes_that_would_eat_their_own_state_or_source_are_refused() {
 #[test]
 fn max_delete_stops_before_deleting_anything() {
     let env = Env::new();
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let [src, dst] = tempdirs();
     write(src.path(), "keep", b"k");
     for i in 0..5 {
         write(dst.path(), &format!("old/f{i}"), b"x");
@@ -389,7 +385,7 @@ fn max_delete_stops_before_deleting_anything() {
 #[test]
 fn a_single_file_src_and_short_dry_run_work_as_in_rsync() {
     let env = Env::new();
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let [src, dst] = tempdirs();
     write(src.path(), "one.txt", b"one");
     write(src.path(), "other", b"other");
     write(dst.path(), "existing", b"stays");
@@ -432,7 +428,7 @@ fn diff_of_a_tree_with_itself_is_identical() {
 #[test]
 fn diff_and_dry_run_agree_on_markers_and_json() {
     let env = Env::new();
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let [src, dst] = tempdirs();
     write(src.path(), "new", b"n");
     write(src.path(), "same", b"s");
     write(dst.path(), "same", b"s");
@@ -505,7 +501,7 @@ fn completions_and_man_page_are_generated() {
 fn itemize_changes_lists_each_path_and_which_attribute() {
     use std::os::unix::fs::PermissionsExt;
     let env = Env::new();
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let [src, dst] = tempdirs();
     write(src.path(), "moded", b"a");
     write(src.path(), "timed", b"b");
     write(src.path(), "gone", b"c");
@@ -550,7 +546,7 @@ fn itemize_changes_lists_each_path_and_which_attribute() {
 #[test]
 fn null_separated_listings_carry_names_exactly() {
     let env = Env::new();
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let [src, dst] = tempdirs();
     write(src.path(), "two\nlines", b"x");
     let o = env.syncd(&[&"diff", &src.path(), &dst.path(), &"-0"]);
     assert_eq!(code(&o), 1);
@@ -591,7 +587,7 @@ fn a_rejected_peer_is_logged_once() {
 fn progress_off_a_terminal_prints_plain_lines() {
     let (receiver, sender) = (Env::new(), Env::new());
     let (rid, sid) = (init(&receiver), init(&sender));
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let [src, dst] = tempdirs();
     for i in 0..4 {
         write(src.path(), &format!("f{i}"), &noise(8 << 20, 90 + i));
     }

@@ -75,7 +75,7 @@ impl Drop for Racer {
 #[test]
 fn a_path_the_source_has_is_never_deleted_even_when_it_cannot_be_read_consistently() {
     let env = Env::new();
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let [src, dst] = tempdirs();
     let original = noise(8 << 20, 5);
     write(src.path(), "app.log", &original);
     write(src.path(), "other", b"other");
@@ -136,11 +136,7 @@ fn manifest_of_a_file_that_keeps_changing_exits_1_naming_it() {
 #[test]
 fn source_opens_never_follow_a_symlink_swapped_in() {
     let env = Env::new();
-    let (src, dst, outside) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let [src, dst, outside] = tempdirs();
     // A seed no victim's content uses (they use 0..20 and 1000 on).
     let secret = noise(1 << 20, 0xdead_beef_0000);
     write(outside.path(), "secret", &secret);
@@ -194,11 +190,7 @@ fn source_opens_never_follow_a_symlink_swapped_in() {
 #[test]
 fn a_shared_inode_is_never_modified_in_place() {
     let env = Env::new();
-    let (src, dst, outside) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let [src, dst, outside] = tempdirs();
     write(outside.path(), "target", b"same content");
     let target = outside.path().join("target");
     fs::set_permissions(&target, fs::Permissions::from_mode(0o640)).unwrap();
@@ -240,7 +232,7 @@ fn remote(dst: &Path) -> (Env, Server, String, Env) {
 /// FIFOs mid-push: the push ends (it does not hang), and the next one converges.
 #[test]
 fn no_push_stalls_on_shared_chunks_or_fifos_swapped_in() {
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let [src, dst] = tempdirs();
     for i in 0..40 {
         let data = noise(256 << 10, i);
         write(src.path(), &format!("a{i:02}"), &data);
@@ -384,7 +376,7 @@ fn part_files(root: &Path) -> Vec<String> {
 #[test]
 fn a_truncated_manifest_store_is_rebuilt_never_a_panic() {
     let env = Env::new();
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let [src, dst] = tempdirs();
     for i in 0..300 {
         write(
             src.path(),
@@ -452,11 +444,7 @@ fn a_truncated_manifest_store_is_rebuilt_never_a_panic() {
 #[test]
 fn a_file_named_like_a_part_file_is_an_ordinary_file() {
     let env = Env::new();
-    let (src, dst, dst2) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let [src, dst, dst2] = tempdirs();
     write(src.path(), ".syncd-foo.0123456789abcdef.part", b"user data");
     write(src.path(), "d/.syncd-x.part", b"more");
     let o = env.syncd(&[&"push", &src.path(), &dst.path().join("")]);
@@ -547,11 +535,10 @@ fn disk_full_with_many_small_files_leaves_no_part_file() {
 /// then runs.
 #[test]
 fn a_stalled_session_ends_after_the_timeout_and_never_blocks_another_peer() {
-    use syncd::proto::codec::{Frame, VERSION};
     let (receiver, staller, other) = (Env::new(), Env::new(), Env::new());
     let rid = init(&receiver);
     let (sid, oid) = (init(&staller), init(&other));
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let [src, dst] = tempdirs();
     write(src.path(), "a", b"from the other peer");
     let server = Server::start_args(
         receiver.cmd(),
@@ -570,16 +557,7 @@ fn a_stalled_session_ends_after_the_timeout_and_never_blocks_another_peer() {
             .await
             .unwrap();
         let (mut w, r) = conn.open_bi().await.unwrap();
-        let hello = Frame::Hello {
-            version: VERSION,
-            root: syncd::manifest::Hash([9; 32]),
-            delete: false,
-            dry_run: false,
-            owners: false,
-            verify_dest: false,
-            options: false,
-            itemize: false,
-        };
+        let hello = plain_hello();
         w.write_all(&hello.to_bytes()).await.unwrap();
         std::mem::forget((w, r)); // never finished nor stopped: the stream stays open
         (ep, conn)
@@ -600,7 +578,7 @@ fn a_stalled_session_ends_after_the_timeout_and_never_blocks_another_peer() {
 #[test]
 fn verify_dest_sees_a_write_into_dest_during_the_push() {
     let env = Env::new();
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let [src, dst] = tempdirs();
     for i in 0..40 {
         write(src.path(), &format!("f{i}"), &noise(1 << 20, 300 + i));
     }
@@ -735,11 +713,7 @@ fn mutate_once(src: &Path, outside: &Path, rng: &mut Lcg) -> Vec<String> {
 #[test]
 fn random_mutation_during_pushes_never_loses_or_escapes() {
     let env = Env::new();
-    let (src, dst, outside) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let [src, dst, outside] = tempdirs();
     write(outside.path(), "secret", b"outside the tree");
     let outside_before = paths(outside.path());
     // SYNCD_MUTATION_SEED replays or explores another sequence.

@@ -342,7 +342,6 @@ fn malicious(
     addr: &str,
     script: impl FnOnce(&mut Vec<u8>) + Send + 'static,
 ) -> String {
-    use syncd::proto::codec::{Frame, VERSION};
     let identity = syncd::identity::Identity::load(sender.home.path()).unwrap();
     let expected: syncd::identity::PeerId = receiver_id.parse().unwrap();
     let addr: std::net::SocketAddr = addr.parse().unwrap();
@@ -353,16 +352,7 @@ fn malicious(
             .await
             .unwrap();
         let (mut w, mut r) = conn.open_bi().await.unwrap();
-        let hello = Frame::Hello {
-            version: VERSION,
-            root: syncd::manifest::Hash([9; 32]),
-            delete: false,
-            dry_run: false,
-            owners: false,
-            verify_dest: false,
-            options: false,
-            itemize: false,
-        };
+        let hello = plain_hello();
         w.write_all(&hello.to_bytes()).await.unwrap();
         let mut bytes = Vec::new();
         script(&mut bytes);

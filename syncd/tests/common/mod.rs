@@ -335,3 +335,22 @@ pub fn root_or_skip(why: &str) -> bool {
     eprintln!("skipping: {why}");
     false
 }
+
+/// `N` fresh temporary directories.
+pub fn tempdirs<const N: usize>() -> [TempDir; N] {
+    std::array::from_fn(|_| tempfile::tempdir().unwrap())
+}
+
+/// The `Hello` a hand-driven client sends: a root no tree has, every option off.
+pub fn plain_hello() -> syncd::proto::codec::Frame {
+    syncd::proto::codec::Frame::Hello {
+        version: syncd::proto::codec::VERSION,
+        root: syncd::manifest::Hash([9; 32]),
+        delete: false,
+        dry_run: false,
+        owners: false,
+        verify_dest: false,
+        options: false,
+        itemize: false,
+    }
+}
