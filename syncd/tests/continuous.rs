@@ -472,7 +472,9 @@ fn metrics_are_served_by_a_watching_push_and_by_serve() {
     );
     assert!(get(&m, "syncd_files_synced_total") >= 25.0, "{m:?}");
     assert!(get(&m, "syncd_batches_total") >= 2.0, "{m:?}");
-    assert!(get(&m, "syncd_watch_events_total") >= 20.0, "{m:?}");
+    // At least the new directory's event: files written into it before its watch was
+    // added raise none (the batch walks the new directory instead).
+    assert!(get(&m, "syncd_watch_events_total") >= 1.0, "{m:?}");
     assert_eq!(get(&m, "syncd_bwlimit_bytes_per_second"), 100e6, "{m:?}");
     assert_eq!(get(&m, "syncd_converged"), 1.0, "{m:?}");
     assert_eq!(get(&m, "syncd_pending_files"), 0.0, "{m:?}");
