@@ -661,6 +661,11 @@ pub async fn watch(
                     None => std::future::pending().await,
                 }
             }, if !paused && !batcher.is_empty() => {
+                // `pause` may have come while this select waited: no batch starts after
+                // its reply.
+                if shared.is_paused() {
+                    continue;
+                }
                 let batch = batcher.take();
                 retry_at = d
                     .run_batch(batch, &mut batcher)
