@@ -4,7 +4,12 @@
 //!
 //! ```text
 //! cargo bench -p syncd --bench watch_latency -- [--changes N] [--local] [--debounce DUR] [--files N]
+//! cargo bench -p syncd --bench watch_latency -- --sustained SECS [--rate N]
 //! ```
+//!
+//! `--sustained` writes `--rate` changes per second (default 1,000, spread over 1,000
+//! paths) for SECS seconds instead, and reports the sync lag (`status`'s `lag_seconds`,
+//! sampled every 100 ms) and the watching push's RSS at the start and the end.
 //!
 //! It lives in `syncd/benches` (not the workspace's `benches/` package) so that Cargo builds
 //! the `syncd` binary with it, in the same optimised profile (`$SYNCD_BIN` overrides it).
@@ -74,6 +79,8 @@ fn real_main() -> Result<()> {
     let mut changes = 1000usize;
     let mut files = 1000usize;
     let mut local = false;
+    let mut sustained: Option<u64> = None;
+    let mut rate = 1000u64;
     let mut debounce = "20ms".to_string();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -82,6 +89,8 @@ fn real_main() -> Result<()> {
             "--files" => files = args.next().context("--files N")?.parse()?,
             "--debounce" => debounce = args.next().context("--debounce DUR")?,
             "--local" => local = true,
+            "--sustained" => sustained = Some(args.next().context("--sustained SECS")?.parse()?),
+            "--rate" => rate = args.next().context("--rate N")?.parse()?,
             // `cargo bench` passes this to every bench target.
             "--bench" => {}
             other => bail!("unknown argument {other:?}"),
@@ -175,6 +184,10 @@ fn real_main() -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    if let Some(secs) = sustained {
+        let pid = guards.last().map(|g| g.0.id()).context("no push")?;
+        return run_sustained(&src, &sock, pid, secs, rate);
+    }
     let mut lat = Vec::with_capacity(changes);
     for i in 0..changes {
         let content = format!("change {i} {}\n", "x".repeat(i % 200));
@@ -217,5 +230,93 @@ fn real_main() -> Result<()> {
         }
     );
     drop(guards);
+    Ok(())
+}
+
+/// The resident set of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `rate` changes per second for `secs` seconds; lag sampled from the control socket.
+fn run_sustained(src: &Path, sock: &Path, pid: u32, secs: u64, rate: u64) -> Result<()> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, sock) = (stop.clone(), sock.to_path_buf());
+        std::thread::spawn(move || {
+            let mut lags = Vec::new();
+            let mut c = syncd::control::Client::connect(&sock).ok();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(s) = c.as_mut().and_then(|c| c.status().ok()) {
+                    lags.push(s.lag_seconds.unwrap_or(0.0) * 1e3);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            lags
+        })
+    };
+    let rss_start = rss_kib(pid);
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut rss_mid = None;
+    while start.elapsed() < Duration::from_secs(secs) {
+        // Keep to the schedule: change n is due at n / rate seconds.
+        let due = Duration::from_secs_f64(n as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let p = src.join(format!("sus/d{}/f{}", n % 20, n % 1000));
+        if n < 1000 {
+            std::fs::create_dir_all(p.parent().context("parent")?)?;
+        }
+        std::fs::write(&p, format!("change {n}\n"))?;
+        n += 1;
+        if rss_mid.is_none() && start.elapsed() > Duration::from_secs(secs / 2) {
+            rss_mid = rss_kib(pid);
+        }
+    }
+    let wrote = start.elapsed().as_secs_f64();
+    // Let it catch up, then stop sampling.
+    let t = Instant::now();
+    let converged = loop {
+        let ok = syncd::control::Client::connect(sock)
+            .and_then(|mut c| c.status())
+            .is_ok_and(|s| s.converged);
+        if ok || t.elapsed() > Duration::from_secs(60) {
+            break ok;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let catch_up = t.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut lags = sampler
+        .join()
+        .map_err(|_| anyhow::anyhow!("sampler panicked"))?;
+    lags.sort_by(f64::total_cmp);
+    println!(
+        "watch_latency --sustained: {n} changes in {wrote:.1} s ({:.0}/s) over 1,000 paths",
+        n as f64 / wrote
+    );
+    println!(
+        "  lag (status, every 100 ms): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; converged {catch_up:.2} s after the last write{}",
+        percentile(&lags, 0.5),
+        percentile(&lags, 0.99),
+        lags.last().copied().unwrap_or(f64::NAN),
+        if converged {
+            ""
+        } else {
+            " (NOT converged within 60 s)"
+        }
+    );
+    let kib =
+        |v: Option<u64>| v.map_or("?".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+    println!(
+        "  push --watch RSS: {} at the start, {} half-way, {} at the end",
+        kib(rss_start),
+        kib(rss_mid),
+        kib(rss_kib(pid))
+    );
     Ok(())
 }
