@@ -556,9 +556,17 @@ pub async fn watch(
     use notify::Watcher;
     let root = scan::canonical_root(src)?;
     let (tx, mut events) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |r| {
-        let _ = tx.send(r);
-    })
+    // Symlinks are never followed: the tree has them as links. Followed, a link to a
+    // directory of the tree re-registers that directory's inotify watch under the link's
+    // path, and its events then name paths the changed-only rescan never looks at (a
+    // /usr/share copy lost perl/5.36.0's changes to perl/5.36 -> 5.36.0 that way).
+    let config = notify::Config::default().with_follow_symlinks(false);
+    let mut watcher = notify::RecommendedWatcher::new(
+        move |r| {
+            let _ = tx.send(r);
+        },
+        config,
+    )
     .map_err(|source| WatchError::Watch {
         path: root.clone(),
         source,

@@ -704,3 +704,43 @@ fn watch_remote_converges_after_a_network_cut() {
     assert!(s["reconnects"].as_u64().unwrap() >= 1, "{s}");
     drop(server);
 }
+
+/// A symlink to a directory of the tree (like /usr/share/perl/5.36 -> 5.36.0) must not
+/// hide that directory's changes: followed by the watcher, its events came named by the
+/// link's path, which the changed-only rescan does not look into.
+#[test]
+fn watch_sees_changes_under_a_directory_that_a_symlink_also_names() {
+    let env = Env::new();
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    let outside = t.path().join("outside");
+    for i in 0..20 {
+        write(&src, &format!("perl/5.36.0/lib/f{i}.pm"), b"old");
+    }
+    write(&outside, "o.txt", b"not in the tree");
+    std::os::unix::fs::symlink("5.36.0", src.join("perl/5.36")).unwrap();
+    std::os::unix::fs::symlink(&outside, src.join("out")).unwrap();
+    let w = Watcher::start(
+        &env,
+        &src,
+        dst.to_str().unwrap(),
+        &t.path().join("c.sock"),
+        &["--delete"],
+    );
+    w.wait_converged(&env, &src, &dst, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..20 {
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(src.join(format!("perl/5.36.0/lib/f{i}.pm")))
+            .unwrap();
+        f.write_all(b" and new").unwrap();
+    }
+    write(&outside, "o.txt", b"changed outside the tree");
+    w.wait_converged(&env, &src, &dst, Duration::from_secs(60));
+    assert_trees_equal(&src, &dst);
+    assert_eq!(
+        fs::read(dst.join("perl/5.36.0/lib/f7.pm")).unwrap(),
+        b"old and new"
+    );
+}
