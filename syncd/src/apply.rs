@@ -42,6 +42,7 @@ use filetime::FileTime;
 use xattr::FileExt as _;
 
 use crate::chunk::{ChunkId, Verified};
+use crate::fsmeta;
 use crate::manifest::{
     ChunkRef, FileNode, Hash, attrs_hash, check_name, display_path, file_name, hashed_xattr, parent,
 };
@@ -212,14 +213,11 @@ impl Meta {
     pub fn read(path: &Path) -> Result<Meta, ApplyError> {
         let bytes = path.as_os_str().as_bytes();
         let m = fs::symlink_metadata(path).map_err(|e| io_err(bytes, "read metadata of", e))?;
-        let xattrs = crate::scan::read_xattrs(path)
+        let xattrs = fsmeta::read_xattrs(path)
             .map_err(|e| io_err(bytes, "read extended attributes of", e))?;
         Ok(Meta {
             mode: m.mode() & 0o7777,
-            mtime_ns: m
-                .mtime()
-                .saturating_mul(1_000_000_000)
-                .saturating_add(m.mtime_nsec()),
+            mtime_ns: fsmeta::mtime_ns(&m),
             uid: Some(m.uid()),
             gid: Some(m.gid()),
             xattrs,
@@ -227,7 +225,7 @@ impl Meta {
     }
 
     fn mtime(&self) -> FileTime {
-        const NS: i64 = 1_000_000_000;
+        use fsmeta::NS;
         // rem_euclid is within 0..NS, so the cast is exact.
         FileTime::from_unix_time(
             self.mtime_ns.div_euclid(NS),
@@ -254,21 +252,8 @@ pub fn attrs_after(
         return Ok(attrs_hash(owner, &[]));
     }
     let xattrs =
-        crate::scan::read_xattrs(abs).map_err(|e| io_err(rel, "read extended attributes of", e))?;
+        fsmeta::read_xattrs(abs).map_err(|e| io_err(rel, "read extended attributes of", e))?;
     Ok(attrs_hash(owner, &xattrs))
-}
-
-/// Whether this process runs with effective uid 0 (read from `/proc/self/status`, since
-/// `geteuid` is an `unsafe` FFI call). Anything unreadable counts as "not root".
-pub fn running_as_root() -> bool {
-    let Ok(status) = fs::read_to_string("/proc/self/status") else {
-        return false;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        == Some("0")
 }
 
 /// Whether an xattr is applied: everything as root, only `user.*` otherwise (the other
@@ -496,7 +481,7 @@ impl Target {
         Ok(Target {
             root,
             key,
-            as_root: running_as_root(),
+            as_root: fsmeta::running_as_root(),
             known_dirs: Arc::default(),
             unsynced: Arc::default(),
         })
@@ -1235,7 +1220,7 @@ mod tests {
     }
 
     fn mtime_ns(m: &fs::Metadata) -> i64 {
-        m.mtime() * 1_000_000_000 + m.mtime_nsec()
+        fsmeta::mtime_ns(m)
     }
 
     #[test]

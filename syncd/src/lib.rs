@@ -6,7 +6,7 @@
 //!
 //! Sans-IO cores: [`chunk`], [`manifest`] (not `manifest::store`), [`proto`], [`limit`],
 //! [`rate`], [`dest`], [`filter`], [`partname`] (but its key file), [`control::proto`]. IO edges:
-//! [`manifest::store`], [`scan`], [`transport`], [`identity`], [`apply`], [`push`],
+//! [`manifest::store`], [`fsmeta`], [`scan`], [`transport`], [`identity`], [`apply`], [`push`],
 //! [`control`], [`watch`] (but its `Batcher`).
 
 pub mod apply;
@@ -14,6 +14,7 @@ pub mod chunk;
 pub mod control;
 pub mod dest;
 pub mod filter;
+pub mod fsmeta;
 pub mod identity;
 pub mod limit;
 pub mod logging;

@@ -60,7 +60,7 @@ impl Home {
     fn dir(&self) -> Result<PathBuf> {
         match &self.home {
             Some(h) => Ok(h.clone()),
-            None if syncd::apply::running_as_root() => Ok(PathBuf::from("/var/lib/syncd")),
+            None if syncd::fsmeta::running_as_root() => Ok(PathBuf::from("/var/lib/syncd")),
             None => dirs::data_dir()
                 .map(|d| d.join("syncd"))
                 .context("cannot find the user's data directory; pass --home DIR"),
@@ -110,7 +110,7 @@ struct Filters {
 impl Filters {
     /// Whether owners and all xattrs are part of the manifest: as root, unless --no-owner.
     fn owners(&self) -> bool {
-        !self.no_owner && syncd::apply::running_as_root()
+        !self.no_owner && syncd::fsmeta::running_as_root()
     }
 }
 
@@ -802,7 +802,7 @@ fn cmd_verify(dir: &Path, json: bool, home: &Path) -> Result<Outcome> {
     let t = Instant::now();
     let root = scan::canonical_root(dir)?;
     // The manifest of the mode `syncd manifest` uses here, else the other one.
-    let owners = syncd::apply::running_as_root();
+    let owners = syncd::fsmeta::running_as_root();
     let store = match Store::open_existing(home, &root, owners)? {
         Some(s) => Some(s),
         None => Store::open_existing(home, &root, !owners)?,

@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::apply::{self, Target};
 use crate::chunk::{ChunkId, Verified};
+use crate::fsmeta;
 use crate::identity::{Identity, PeerId};
 use crate::manifest::store::{Opened, Snapshot, Store};
 use crate::manifest::{Hash, Node};
@@ -451,12 +452,12 @@ fn source_meta(root: &Path, rel: &[u8], node: &Node) -> Option<Meta> {
         Vec::new()
     } else {
         // Unreadable xattrs go as none: the digests then differ, and the push says so.
-        scan::read_xattrs(&abs).unwrap_or_default()
+        fsmeta::read_xattrs(&abs).unwrap_or_default()
     };
     Some(Meta {
         mtime_ns: match node {
             Node::File(f) => f.mtime_ns,
-            _ => m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            _ => fsmeta::mtime_ns(&m),
         },
         uid: m.uid(),
         gid: m.gid(),
@@ -1075,7 +1076,7 @@ async fn dispatch_finishes(
                     let node = Node::File(f);
                     let rec = crate::manifest::store::Record {
                         hash: node.hash(),
-                        stat: scan::stat_of(&m),
+                        stat: fsmeta::stat_of(&m),
                         node,
                     };
                     Ok((path, rec.encode()))
@@ -1205,7 +1206,7 @@ where
     let mut opts = opts.clone();
     let prepared = match (&first, prepared) {
         (Frame::Hello { owners, .. }, Ok(p)) if *owners != opts.owners || !filter.is_empty() => {
-            if *owners && !apply::running_as_root() {
+            if *owners && !fsmeta::running_as_root() {
                 Err(PushError::CannotOwn)
             } else {
                 opts.owners = *owners;
@@ -2085,7 +2086,7 @@ async fn serve_session(
     };
     let opts = ReceiveOptions {
         home: home.to_path_buf(),
-        owners: apply::running_as_root(),
+        owners: fsmeta::running_as_root(),
         parts: part_key(home)?,
         idle_timeout,
         filter: crate::filter::Filter::default(),

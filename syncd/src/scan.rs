@@ -30,6 +30,7 @@ use ignore::{DirEntry, ParallelVisitor, ParallelVisitorBuilder, WalkBuilder, Wal
 use rayon::prelude::*;
 
 use crate::chunk::{self, ChunkParams};
+use crate::fsmeta::{file_xattrs, read_xattrs, stat_of};
 use crate::manifest::store::{Record, Snapshot, Stat, Store, StoreError};
 use crate::manifest::{
     ChunkRef, Entry, FileNode, Hash, Kind, Node, attrs_hash, component_order, file_name, join,
@@ -188,16 +189,6 @@ struct Walked {
     nlink: u64,
     /// Taken as stored, not looked at ([`ScanOptions::changed_only`]).
     kept: bool,
-}
-
-/// The stat-cache fields of a file's metadata.
-pub fn stat_of(m: &std::fs::Metadata) -> Stat {
-    Stat {
-        size: m.size(),
-        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
-        ino: m.ino(),
-    }
 }
 
 /// Canonicalises and checks a tree root.
@@ -659,40 +650,6 @@ fn now_ns() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
-}
-
-/// The xattrs of `path` (not following a symlink), sorted by name. A filesystem without
-/// xattr support has none; an attribute removed while it is listed is left out.
-pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    collect_xattrs(xattr::list(path), |n| xattr::get(path, n))
-}
-
-/// [`read_xattrs`] of an open file.
-fn file_xattrs(f: &File) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    use xattr::FileExt as _;
-    collect_xattrs(f.list_xattr(), |n| f.get_xattr(n))
-}
-
-fn collect_xattrs(
-    names: std::io::Result<xattr::XAttrs>,
-    get: impl Fn(&OsStr) -> std::io::Result<Option<Vec<u8>>>,
-) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let names = match names {
-        Ok(names) => names,
-        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut out = Vec::new();
-    for name in names {
-        match get(&name) {
-            Ok(Some(value)) => out.push((name.as_bytes().to_vec(), value)),
-            Ok(None) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// The attributes digest ([`attrs_hash`]) of the directory at `path`, owned by `owner`.
