@@ -1,0 +1,537 @@
+//! The push pipeline, top to bottom: scan → hello/root compare → merkle descent →
+//! want/have → send chunks → apply → rescan → verify roots.
+//!
+//! These are the IO drivers around the sans-IO [`crate::proto`] state machines. Both drivers
+//! are generic over tokio byte streams: a remote push runs them over QUIC streams
+//! ([`push_remote`] / [`serve`]), a local push ([`push_local`]) runs them over in-memory
+//! pipes in one process, so both modes exercise the same code.
+//!
+//! Streams: one bidirectional control stream (hello, nodes, wants, done) and several
+//! unidirectional data streams from sender to receiver carrying only `Chunk` frames, so that
+//! chunk reads, compression, decompression and verification run in parallel.
+
+//! The rooms: [`frames`] (frame IO), [`send`] (the sender's driver and data workers),
+//! [`observe`] (the link sampler for the compression policy), [`prepare`] (the receiver's
+//! manifest refresh), [`receive`] (the receiver's driver and `ReceiveSession`), [`finish`]
+//! (the finisher pool) and [`serve`] (`syncd serve`). This module holds the entry points
+//! and what they share.
+
+use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::apply;
+use crate::identity::{Identity, PeerId};
+use crate::manifest::store::Store;
+use crate::manifest::{Hash, Node};
+use crate::partname::PartKey;
+use crate::proto::ProtoError;
+use crate::proto::codec::FrameError;
+use crate::scan::{self, ScanOptions, Summary};
+use crate::transport::{self, Throttle};
+
+mod finish;
+mod frames;
+mod observe;
+mod prepare;
+mod receive;
+mod send;
+mod serve;
+
+pub use prepare::ReceiveOptions;
+pub use serve::{ServeEnd, serve, serve_with};
+
+use prepare::{open_store, prepare_receiver};
+use receive::run_receiver;
+use send::{Link, Wire, run_sender};
+
+/// Data streams per session.
+pub const DATA_STREAMS: usize = 4;
+
+/// Errors of a push or of serving one.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// Scanning a tree failed.
+    #[error(transparent)]
+    Scan(#[from] scan::ScanError),
+    /// The manifest store failed.
+    #[error(transparent)]
+    Store(#[from] crate::manifest::store::StoreError),
+    /// Applying on the receiver failed.
+    #[error(transparent)]
+    Apply(#[from] apply::ApplyError),
+    /// The peer broke the protocol or refused.
+    #[error("{peer}: {source}")]
+    Proto {
+        /// Who.
+        peer: String,
+        /// What.
+        #[source]
+        source: ProtoError,
+    },
+    /// A frame did not decode.
+    #[error("{peer}: {source}")]
+    Frame {
+        /// Who sent it.
+        peer: String,
+        /// What is wrong with it.
+        #[source]
+        source: FrameError,
+    },
+    /// A chunk's bytes did not match its id after decoding.
+    #[error("{peer}: chunk {id} does not match its hash")]
+    BadChunk {
+        /// Who sent it.
+        peer: String,
+        /// Which chunk.
+        id: String,
+    },
+    /// The connection or a stream failed.
+    #[error("{peer}: {source}")]
+    Io {
+        /// Who.
+        peer: String,
+        /// What.
+        #[source]
+        source: std::io::Error,
+    },
+    /// QUIC / TLS setup failed.
+    #[error(transparent)]
+    Transport(#[from] transport::TransportError),
+    /// The node identity could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// The receiver refused or aborted the push (its reason).
+    #[error("{peer} aborted the push: {reason}")]
+    Remote {
+        /// Who.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// The sender compares owners, which this receiver cannot set.
+    #[error(
+        "the sender pushes with owners, ACLs and xattrs (it runs as root), but this receiver \
+         does not run as root and cannot set them: run the receiver as root, or push with \
+         --no-owner"
+    )]
+    CannotOwn,
+    /// The receiver stopped the session before a step it must not take (`--max-delete`).
+    #[error("{reason}")]
+    Stopped {
+        /// Why.
+        reason: String,
+    },
+    /// The session made no progress for the idle timeout (`--timeout`).
+    #[error("{peer}: no progress for {}s while waiting for {waiting}; giving up", after.as_secs_f64())]
+    Stalled {
+        /// Who.
+        peer: String,
+        /// The timeout.
+        after: Duration,
+        /// What was outstanding.
+        waiting: String,
+    },
+    /// The peer closed the session early.
+    #[error("{peer} closed the connection before the push finished")]
+    Closed {
+        /// Who.
+        peer: String,
+    },
+}
+
+/// Options of a push.
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    /// Remove receiver entries the sender does not have.
+    pub delete: bool,
+    /// Report what would change; change nothing.
+    pub dry_run: bool,
+    /// Scan filters for the source.
+    pub scan: ScanOptions,
+    /// Bandwidth cap on wire bytes per second (remote pushes).
+    pub bwlimit: Option<u64>,
+    /// Fixed zstd level (`0` = off); `None` adapts.
+    pub compress_level: Option<i32>,
+    /// Called with (raw bytes sent, chunks sent) four times a second, for progress display.
+    pub progress: Option<Progress>,
+    /// Report every path created, updated, re-attributed or deleted (`--itemize-changes`).
+    pub itemize: bool,
+    /// Also delete receiver entries that the filter rules exclude (`--delete-excluded`);
+    /// otherwise they are protected.
+    pub delete_excluded: bool,
+    /// Refuse to delete more than this many entries (`--max-delete`; 0 = no limit).
+    pub max_delete: u64,
+    /// The receiver's final root check walks its whole tree (a stat walk), so that a write
+    /// into it by someone else during the push is not missed (`--verify-dest`).
+    pub verify_dest: bool,
+    /// How long a remote push waits for the receiver to answer at all (`--connect-timeout`).
+    pub connect_timeout: Duration,
+    /// How long a local receiver waits for anything to happen before it gives up on the
+    /// session, naming what it waited for (`--timeout`; a remote receiver has its own).
+    pub idle_timeout: Duration,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        PushOptions {
+            delete: false,
+            dry_run: false,
+            scan: ScanOptions::default(),
+            bwlimit: None,
+            compress_level: None,
+            progress: None,
+            itemize: false,
+            delete_excluded: false,
+            max_delete: 0,
+            verify_dest: false,
+            connect_timeout: CONNECT_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// `--connect-timeout`'s default.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `--timeout`'s default: the longest a session waits without any progress.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where a push stands, four times a second ([`Progress`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sent {
+    /// Chunk bytes sent (before compression).
+    pub raw: u64,
+    /// Estimated wire bytes so far.
+    pub wire: u64,
+    /// Chunks sent.
+    pub chunks: u64,
+    /// Files and bytes of the scanned source: what at most has to travel.
+    pub scanned_files: u64,
+    /// See `scanned_files`.
+    pub scanned_bytes: u64,
+}
+
+/// A progress callback.
+#[derive(Clone)]
+pub struct Progress(pub Arc<dyn Fn(&Sent) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress(..)")
+    }
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Default)]
+pub struct PushReport {
+    /// Source files scanned.
+    pub files_scanned: u64,
+    /// Their bytes.
+    pub bytes_scanned: u64,
+    /// The source root.
+    pub root: Hash,
+    /// The receiver's root after the push.
+    pub receiver_root: Hash,
+    /// Files written on the receiver.
+    pub files_transferred: u64,
+    /// Chunks sent.
+    pub chunks_sent: u64,
+    /// Raw bytes of the chunks sent.
+    pub bytes_sent: u64,
+    /// Encoded bytes of the chunks sent (after compression).
+    pub bytes_encoded: u64,
+    /// Estimated wire bytes (all frames, plus per-packet overhead on QUIC).
+    pub wire_bytes: u64,
+    /// Chunks the receiver already had.
+    pub chunks_deduplicated: u64,
+    /// Bytes the receiver already had.
+    pub bytes_deduplicated: u64,
+    /// Entries removed on the receiver.
+    pub removed: u64,
+    /// Dry run or `itemize`: what would change or changed (marker, [`crate::proto::codec::attr`] bits,
+    /// path).
+    pub changes: Vec<(char, u8, Vec<u8>)>,
+    /// Source files given up on during the push, with why: they kept changing (or became
+    /// unreadable) whenever a chunk of theirs was read. The receiver kept its copy.
+    pub unsettled: Vec<(Vec<u8>, String)>,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+impl PushReport {
+    /// True when the receiver ended with exactly the sender's tree.
+    pub fn identical(&self) -> bool {
+        self.root == self.receiver_root
+    }
+}
+/// A poison-tolerant lock: every state behind these mutexes stays consistent.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Scans the source tree (refreshing its manifest) on the blocking pool and returns its
+/// canonical root, its store and the scan summary.
+async fn scan_source(
+    src: &Path,
+    home: &Path,
+    opts: &ScanOptions,
+) -> Result<(PathBuf, Store, Summary), PushError> {
+    let (src, home, opts) = (src.to_path_buf(), home.to_path_buf(), opts.clone());
+    tokio::task::spawn_blocking(move || {
+        let root = scan::canonical_root(&src)?;
+        let store = open_store(&home, &root, opts.owners)?;
+        let summary = scan::refresh(&root, &store, &opts)?;
+        Ok((root, store, summary))
+    })
+    .await
+    .map_err(join_err)?
+}
+
+/// The source paths, relative to `root`, that its scan reported and left out of its
+/// manifest: unreadable entries, and special files (FIFOs, sockets, devices), which are not
+/// copied. The source has them, so the receiver must keep its copies. A warning outside
+/// the root (it cannot be placed) stands for the whole tree.
+fn unsettled_paths(root: &Path, summary: &Summary) -> Vec<Vec<u8>> {
+    summary
+        .warnings
+        .iter()
+        .map(|w| match w.path.strip_prefix(root) {
+            Ok(rel) => rel.as_os_str().as_bytes().to_vec(),
+            Err(_) => Vec::new(),
+        })
+        .collect()
+}
+
+/// The part-file key of the receiver whose state directory is `home`.
+fn part_key(home: &Path) -> Result<PartKey, PushError> {
+    PartKey::load(home).map_err(|source| PushError::Io {
+        peer: "local".into(),
+        source,
+    })
+}
+
+/// A blocking task that panicked or was cancelled.
+fn join_err(e: tokio::task::JoinError) -> PushError {
+    PushError::Io {
+        peer: "local".into(),
+        source: std::io::Error::other(e),
+    }
+}
+
+/// Pushes `src` into the local directory `dest` (created if missing): the same pipeline as
+/// a remote push, over in-memory pipes instead of QUIC.
+pub async fn push_local(
+    src: &Path,
+    dest: &Path,
+    home: &Path,
+    opts: &PushOptions,
+) -> Result<(PushReport, Summary), PushError> {
+    if !dest.exists() {
+        if opts.dry_run {
+            return dry_run_into_nothing(src, home, opts).await;
+        }
+        std::fs::create_dir_all(dest).map_err(|source| PushError::Io {
+            peer: dest.display().to_string(),
+            source,
+        })?;
+    }
+    let peer = dest.display().to_string();
+    const PIPE: usize = 4 << 20;
+    let (c1, c2) = tokio::io::duplex(PIPE);
+    let (sr, sw) = tokio::io::split(c1);
+    let (rr, rw) = tokio::io::split(c2);
+    let (data_tx, data_rx) = mpsc::channel(DATA_STREAMS);
+    let mut writers = Vec::new();
+    for _ in 0..DATA_STREAMS {
+        let (w, r) = tokio::io::duplex(PIPE);
+        writers.push(w);
+        let _ = data_tx.send(r).await;
+    }
+    drop(data_tx);
+    let ropts = ReceiveOptions {
+        home: home.to_path_buf(),
+        owners: opts.scan.owners,
+        parts: part_key(home)?,
+        idle_timeout: opts.idle_timeout,
+        filter: crate::filter::Filter::default(),
+    };
+    let dest = dest.to_path_buf();
+    // The receiver refreshes its manifest while the sender scans the source.
+    let receiver = tokio::spawn(async move {
+        let prepared = prepare_receiver(&dest, &ropts).await;
+        run_receiver(
+            &dest.display().to_string(),
+            prepared,
+            &ropts,
+            rr,
+            rw,
+            data_rx,
+        )
+        .await
+    });
+    let scanned = scan_source(src, home, &opts.scan).await;
+    let (src_root, store, summary) = match scanned {
+        Ok(s) => s,
+        Err(e) => {
+            receiver.abort();
+            return Err(e);
+        }
+    };
+    let snap = store.snapshot()?;
+    let sent = run_sender(
+        &peer,
+        &src_root,
+        snap,
+        summary.root,
+        unsettled_paths(&src_root, &summary),
+        sr,
+        sw,
+        writers,
+        opts,
+        Link {
+            wire: Wire::Local,
+            throttle: None,
+            conn: None,
+            scanned: (summary.files, summary.bytes),
+        },
+    )
+    .await;
+    let received = receiver.await.map_err(join_err)?;
+    // The receiver's error is the cause; the sender's is usually just "closed".
+    received?;
+    let mut report = sent?;
+    report.files_scanned = summary.files;
+    report.bytes_scanned = summary.bytes;
+    Ok((report, summary))
+}
+
+/// A dry run into a local DEST that does not exist: everything at the top of the source
+/// would be created (as against an empty DEST, whose new directories are listed, not their
+/// contents).
+async fn dry_run_into_nothing(
+    src: &Path,
+    home: &Path,
+    opts: &PushOptions,
+) -> Result<(PushReport, Summary), PushError> {
+    let (_, store, summary) = scan_source(src, home, &opts.scan).await?;
+    let snap = store.snapshot()?;
+    let mut changes = Vec::new();
+    if let Some(Node::Dir { entries, .. }) =
+        crate::manifest::Nodes::node(&snap, b"").map_err(PushError::Store)?
+    {
+        changes.extend(entries.into_iter().map(|e| ('+', 0, e.name)));
+    }
+    let report = PushReport {
+        root: summary.root,
+        files_scanned: summary.files,
+        bytes_scanned: summary.bytes,
+        changes,
+        ..PushReport::default()
+    };
+    Ok((report, summary))
+}
+
+/// Pushes `src` to the `syncd serve` at `addr`, which must present `peer_id`.
+pub async fn push_remote(
+    src: &Path,
+    addr: SocketAddr,
+    peer_id: &PeerId,
+    identity: &Identity,
+    home: &Path,
+    opts: &PushOptions,
+) -> Result<(PushReport, Summary), PushError> {
+    let throttle = opts.bwlimit.map(Throttle::new);
+    push_remote_throttled(src, addr, peer_id, identity, home, opts, throttle, None).await
+}
+
+/// [`push_remote`] through a given `throttle` (which outlives the push, so that a watching
+/// daemon's control socket can change its rate while a push runs); `opts.bwlimit` is then
+/// ignored. A daemon that pushes again and again passes its own client `endpoint`: it
+/// keeps running after the push, so the push does not wait for its close to go out.
+#[allow(clippy::too_many_arguments)]
+pub async fn push_remote_throttled(
+    src: &Path,
+    addr: SocketAddr,
+    peer_id: &PeerId,
+    identity: &Identity,
+    home: &Path,
+    opts: &PushOptions,
+    throttle: Option<Throttle>,
+    endpoint: Option<&quinn::Endpoint>,
+) -> Result<(PushReport, Summary), PushError> {
+    let peer = addr.to_string();
+    let owned = endpoint.is_none();
+    let endpoint = match endpoint {
+        Some(e) => e.clone(),
+        None => transport::client_endpoint()?,
+    };
+    // Connect while the source is scanned: the receiver refreshes its own manifest as soon
+    // as the session starts, so both scans run at once.
+    let (scanned, conn) = tokio::join!(
+        scan_source(src, home, &opts.scan),
+        tokio::time::timeout(
+            opts.connect_timeout,
+            transport::connect(&endpoint, identity, addr, peer_id)
+        )
+    );
+    let conn = conn.map_err(|_| {
+        PushError::Transport(transport::TransportError::NoAnswer {
+            addr,
+            after: opts.connect_timeout,
+        })
+    })??;
+    let (src_root, store, summary) = match scanned {
+        Ok(s) => s,
+        Err(e) => {
+            conn.close(quinn::VarInt::from_u32(1), b"source scan failed");
+            if owned {
+                endpoint.wait_idle().await;
+            }
+            return Err(e);
+        }
+    };
+    let snap = store.snapshot()?;
+    let conn_err = |e: quinn::ConnectionError| PushError::Io {
+        peer: peer.clone(),
+        source: std::io::Error::other(e),
+    };
+    let (cw, cr) = conn.open_bi().await.map_err(conn_err)?;
+    let mut data = Vec::new();
+    for _ in 0..DATA_STREAMS {
+        data.push(conn.open_uni().await.map_err(conn_err)?);
+    }
+    let result = run_sender(
+        &peer,
+        &src_root,
+        snap,
+        summary.root,
+        unsettled_paths(&src_root, &summary),
+        cr,
+        cw,
+        data,
+        opts,
+        Link {
+            wire: Wire::Quic,
+            throttle,
+            conn: Some(conn.clone()),
+            scanned: (summary.files, summary.bytes),
+        },
+    )
+    .await;
+    conn.close(quinn::VarInt::from_u32(0), b"done");
+    // Give the close time to go out, but do not sit out quinn's whole draining period
+    // (three probe timeouts, ~0.1 s even on loopback): the receiver has said `Done`, and
+    // if the close is lost it ends the session after its own linger.
+    if owned {
+        let _ = tokio::time::timeout(Duration::from_millis(20), endpoint.wait_idle()).await;
+    }
+    let mut report = result?;
+    report.files_scanned = summary.files;
+    report.bytes_scanned = summary.bytes;
+    Ok((report, summary))
+}

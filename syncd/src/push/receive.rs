@@ -1,0 +1,588 @@
+//! The receiver's driver: [`run_receiver`] feeds the [`Receiver`] state machine the
+//! sender's control frames and the verified chunks of the data streams, and a
+//! [`ReceiveSession`] carries out each [`Action`] it polls on the tree ([`Target`]).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::finish::{FINISHERS, FinishJob, Finished, dispatch_finishes};
+use super::frames::{ControlTx, read_chunk_frame, refuse, spawn_control_reader};
+use super::prepare::{Prepared, ReceiveOptions, prepare_receiver, refresh_blocking};
+use super::{PushError, join_err, lock};
+use crate::apply::{self, Target};
+use crate::chunk::{ChunkId, Verified};
+use crate::fsmeta;
+use crate::manifest::Hash;
+use crate::manifest::Node;
+use crate::manifest::store::{Snapshot, Store};
+use crate::proto::codec::{self, ChunkHead, Codec, Frame};
+use crate::proto::delta::{self, Signature};
+use crate::proto::stream::StreamDecoder;
+use crate::proto::{Action, ChunkLoc, FileKey, Meta, ProtoError, Receiver};
+use crate::scan;
+
+fn apply_meta(mode: u32, meta: &Meta) -> apply::Meta {
+    apply::Meta {
+        mode,
+        mtime_ns: meta.mtime_ns,
+        uid: Some(meta.uid),
+        gid: Some(meta.gid),
+        xattrs: meta.xattrs.clone(),
+    }
+}
+
+/// Runs the receiving side of one session into the prepared tree; if preparing it failed,
+/// tells the sender why.
+pub(super) async fn run_receiver<CR, CW, DR>(
+    peer: &str,
+    prepared: Result<Prepared, PushError>,
+    opts: &ReceiveOptions,
+    control_r: CR,
+    mut control_w: CW,
+    mut data: mpsc::Receiver<DR>,
+) -> Result<Received, PushError>
+where
+    CR: AsyncRead + Unpin + Send + 'static,
+    CW: AsyncWrite + Unpin,
+    DR: AsyncRead + Unpin + Send + 'static,
+{
+    let peer_packs = Arc::new(AtomicBool::new(false));
+    let mut control = spawn_control_reader(control_r, peer, peer_packs.clone());
+    // `Hello` says whether the sender's manifest covers owners: one prepared in the other
+    // mode is refreshed again in the sender's (a receiver that cannot set owners refuses).
+    let first = match control.recv().await {
+        Some(Ok(Some(frame))) => frame,
+        Some(Err(e)) => {
+            refuse(&mut control_w, &e, peer).await;
+            return Err(e);
+        }
+        Some(Ok(None)) | None => {
+            return Err(PushError::Closed {
+                peer: peer.to_string(),
+            });
+        }
+    };
+    // The sender's filter rules, if `Hello` says they follow: the receiver's tree is
+    // compared under the same rules, so what they exclude is neither sent nor deleted
+    // (unless --delete-excluded, which compares the whole tree).
+    let mut second = None;
+    let mut filter = crate::filter::Filter::default();
+    if let Frame::Hello { options: true, .. } = &first {
+        match control.recv().await {
+            Some(Ok(Some(f @ Frame::Options { .. }))) => {
+                if let Frame::Options {
+                    rules,
+                    delete_excluded: false,
+                    ..
+                } = &f
+                {
+                    // The codec checked that the rules decode.
+                    filter = crate::filter::Filter::decode(rules).unwrap_or_default();
+                }
+                second = Some(f);
+            }
+            Some(Err(e)) => {
+                refuse(&mut control_w, &e, peer).await;
+                return Err(e);
+            }
+            _ => {
+                let e = PushError::Proto {
+                    peer: peer.to_string(),
+                    source: ProtoError::Unexpected {
+                        frame: "other",
+                        state: "where hello announced options",
+                    },
+                };
+                refuse(&mut control_w, &e, peer).await;
+                return Err(e);
+            }
+        }
+    }
+    let (sender_root, sender_owners) = match &first {
+        Frame::Hello { root, owners, .. } => (Some(*root), Some(*owners)),
+        _ => (None, None),
+    };
+    let mut opts = opts.clone();
+    let prepared = match (&first, prepared) {
+        (Frame::Hello { owners, .. }, Ok(p)) if *owners != opts.owners || !filter.is_empty() => {
+            if *owners && !fsmeta::running_as_root() {
+                Err(PushError::CannotOwn)
+            } else {
+                opts.owners = *owners;
+                opts.filter = filter;
+                let root = p.root.clone();
+                drop(p);
+                prepare_receiver(&root, &opts).await
+            }
+        }
+        (_, prepared) => prepared,
+    };
+    let Prepared {
+        root,
+        store,
+        summary,
+    } = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            refuse(&mut control_w, &e, peer).await;
+            let _ = control_w.shutdown().await;
+            return Err(e);
+        }
+    };
+    let opts = &opts;
+    let snap = store.snapshot()?;
+    let target = Target::open(&root, opts.parts.clone())?;
+    // Part files left by earlier sessions: reused if this one needs them, removed once it
+    // has applied everything (then they are stale).
+    let stale_parts = summary.parts.clone();
+    let mut s = ReceiveSession {
+        peer,
+        opts,
+        root: &root,
+        store,
+        snap,
+        target,
+        control_w: ControlTx::new(control_w, peer_packs),
+        r: Receiver::new(),
+        index: None,
+        parts: HashMap::new(),
+        bases: Arc::default(),
+        written: Vec::new(),
+        finishing: Vec::new(),
+        session_parts: Vec::new(),
+    };
+    // Files are finished (fsync, metadata, rename) in parallel on the blocking pool: an
+    // fsync waits on the disk, and one at a time made a 44k-file push take a minute.
+    let (fin_tx, mut fin_rx) = mpsc::unbounded_channel::<Vec<Finished>>();
+    let finishers = Arc::new(tokio::sync::Semaphore::new(FINISHERS));
+
+    // Data streams: each reader decodes, decompresses and verifies chunks in parallel.
+    let (chunk_tx, mut chunk_rx) = mpsc::channel::<Result<Verified, PushError>>(64);
+    let peer_s = peer.to_string();
+    let bases_r = s.bases.clone();
+    let acceptor = tokio::spawn(async move {
+        let mut readers = tokio::task::JoinSet::new();
+        while let Some(mut stream) = data.recv().await {
+            let tx = chunk_tx.clone();
+            let peer = peer_s.clone();
+            let bases = bases_r.clone();
+            readers.spawn(async move {
+                let mut zstd = StreamDecoder::new();
+                loop {
+                    let item = match read_chunk_frame(&mut stream, &peer).await {
+                        Ok(None) => break,
+                        // Inline, not spawn_blocking: decompressing and hashing one chunk
+                        // takes microseconds, less than a thread hand-off.
+                        Ok(Some((h, data))) => decode_chunk(&peer, &mut zstd, &bases, h, data),
+                        Err(e) => Err(e),
+                    };
+                    let failed = item.is_err();
+                    if tx.send(item).await.is_err() || failed {
+                        break;
+                    }
+                }
+            });
+        }
+        while readers.join_next().await.is_some() {}
+    });
+
+    let proto = |source| PushError::Proto {
+        peer: peer.to_string(),
+        source,
+    };
+    // Ends with the `Done` frame, which is sent only once the store is closed: the sender
+    // exits when it reads `Done`, and a `syncd diff` run right after must be able to open
+    // the receiver's manifest.
+    let result: Result<Frame, PushError> = async {
+        for f in std::iter::once(first).chain(second) {
+            s.r.handle(f, &s.snap, summary.root).map_err(proto)?;
+        }
+        loop {
+            while let Some(act) = s.r.poll() {
+                if let Action::Send(done @ Frame::Done { .. }) = act {
+                    return Ok(done);
+                }
+                s.execute(act).await?;
+            }
+            dispatch_finishes(&mut s.finishing, &fin_tx, &finishers).await;
+            tokio::select! {
+                frame = control.recv() => {
+                    let Some(frame) = frame.unwrap_or(Ok(None))? else {
+                        return Err(PushError::Closed { peer: peer.to_string() });
+                    };
+                    s.r.handle(frame, &s.snap, summary.root).map_err(proto)?;
+                }
+                Some(item) = chunk_rx.recv() => {
+                    s.r.handle_chunk(item?);
+                }
+                Some(batch) = fin_rx.recv() => {
+                    for (key, done) in batch {
+                        let (path, record) = done?;
+                        s.written.push((path, record));
+                        s.r.file_finished(key);
+                    }
+                }
+                // Every event above is progress and starts this wait again.
+                _ = tokio::time::sleep(opts.idle_timeout) => {
+                    return Err(PushError::Stalled {
+                        peer: peer.to_string(),
+                        after: opts.idle_timeout,
+                        waiting: s.r.waiting_for(),
+                    });
+                }
+            }
+        }
+    }
+    .await;
+    acceptor.abort();
+    let ReceiveSession {
+        store,
+        snap,
+        target,
+        mut control_w,
+        r,
+        index,
+        parts,
+        finishing,
+        session_parts,
+        ..
+    } = s;
+    let result = match result {
+        Ok(done) => {
+            drop((snap, index));
+            drop(store);
+            // Everything is applied, so what is left of earlier sessions' part files is
+            // stale (a dry run changes nothing, not even that).
+            if !r.is_dry_run() {
+                for p in &stale_parts {
+                    // One that cannot be removed is found and tried again next time.
+                    let _ = target.remove_part(p);
+                }
+            }
+            let received = match &done {
+                Frame::Done { totals, root } => Received {
+                    totals: *totals,
+                    sender_root,
+                    owners: sender_owners,
+                    root: Some(*root),
+                },
+                _ => Received {
+                    sender_root,
+                    owners: sender_owners,
+                    ..Received::default()
+                },
+            };
+            control_w.send(&done, peer).await.map(|_| received)
+        }
+        Err(e) => {
+            // Tell the sender why. Partial files stay for a resume, except where they are
+            // useless (no space): then every part file goes, this session's (those still
+            // being finished included) and earlier ones'.
+            refuse(&mut control_w.w, &e, peer).await;
+            let no_space = matches!(e, PushError::Apply(apply::ApplyError::NoSpace { .. }));
+            if no_space {
+                drop(parts);
+                drop(finishing);
+                // Finishers still running hold their part files open; let them end.
+                let _ = finishers.acquire_many(FINISHERS as u32).await;
+                for p in &session_parts {
+                    let _ = std::fs::remove_file(p);
+                }
+                for p in &stale_parts {
+                    let _ = target.remove_part(p);
+                }
+            }
+            Err(e)
+        }
+    };
+    let _ = control_w.w.shutdown().await;
+    result
+}
+
+/// What a receiver's session ended with.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Received {
+    pub(super) totals: codec::Totals,
+    /// The sender's root, from its `Hello`.
+    pub(super) sender_root: Option<Hash>,
+    /// The receiver's root it answered with `Done`.
+    pub(super) root: Option<Hash>,
+    /// The session's mode (`Hello`'s `owners`).
+    pub(super) owners: Option<bool>,
+}
+
+/// Base chunks kept for the deltas asked for, by the id of the chunk asked for.
+type Bases = Arc<Mutex<HashMap<ChunkId, Vec<u8>>>>;
+
+fn decode_chunk(
+    peer: &str,
+    stream: &mut StreamDecoder,
+    bases: &Bases,
+    head: ChunkHead,
+    data: Vec<u8>,
+) -> Result<Verified, PushError> {
+    let ChunkHead {
+        id, raw_len, codec, ..
+    } = head;
+    let bad = || PushError::BadChunk {
+        peer: peer.to_string(),
+        id: id.to_string(),
+    };
+    // A chunk asked for as a delta may come whole (when that was smaller): its base goes too.
+    let base = {
+        let mut b = lock(bases);
+        if b.is_empty() { None } else { b.remove(&id) }
+    };
+    let raw = match codec {
+        Codec::Raw => data,
+        Codec::Zstd => stream
+            .decompress(&data, raw_len as usize)
+            .map_err(|_| bad())?,
+        Codec::Delta => {
+            delta::apply(&base.ok_or_else(bad)?, &data, raw_len as usize).map_err(|_| bad())?
+        }
+    };
+    if raw.len() != raw_len as usize {
+        return Err(bad());
+    }
+    Verified::check(&id, raw).map_err(|_| bad())
+}
+
+/// One receiving session's state on this side: the state machine, the tree it applies to,
+/// and what the actions it polls leave behind (open part files, files being finished,
+/// records for the stat cache, the delta bases kept for the data streams). Each
+/// [`Action`] is carried out by one of its methods ([`ReceiveSession::execute`]).
+struct ReceiveSession<'a, CW> {
+    peer: &'a str,
+    opts: &'a ReceiveOptions,
+    /// The canonical root of the tree.
+    root: &'a Path,
+    store: Arc<Store>,
+    /// The manifest as the session began (the sender's descent is compared against it).
+    snap: Snapshot,
+    target: Target,
+    control_w: ControlTx<CW>,
+    r: Receiver,
+    /// Built once, when first needed.
+    index: Option<Index>,
+    /// Part files being written.
+    parts: HashMap<FileKey, apply::PartFile>,
+    /// Bases of the chunks asked for as deltas (by the id asked for): a data-stream reader
+    /// takes out the base of the chunk it rebuilds.
+    bases: Bases,
+    /// Records of files written in this session, for the stat cache of the final rescan.
+    written: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Complete part files waiting for a finisher.
+    finishing: Vec<FinishJob>,
+    /// Every part file this session opened (removed when the disk is full).
+    session_parts: Vec<PathBuf>,
+}
+
+impl<CW: AsyncWrite + Unpin> ReceiveSession<'_, CW> {
+    /// Carries out one action of the state machine.
+    async fn execute(&mut self, act: Action) -> Result<(), PushError> {
+        let t = &self.target;
+        match act {
+            Action::Send(f) => {
+                self.control_w.send(&f, self.peer).await?;
+            }
+            Action::Fail { reason } => return Err(PushError::Stopped { reason }),
+            Action::Remove { path } => t.remove(&path)?,
+            Action::MakeDir { path, mode, meta } => t.mkdir(&path, &apply_meta(mode, &meta))?,
+            Action::Symlink {
+                path,
+                target: to,
+                meta,
+            } => t.symlink(&path, &to, &apply_meta(0o777, &meta))?,
+            Action::SetFileMeta { path, mode, meta } => self.set_file_meta(&path, mode, &meta)?,
+            Action::StartFile { key, path, node } => self.start_file(key, &path, &node)?,
+            Action::CopyLocal { key, index, from } => self.copy_local(key, index, &from)?,
+            Action::ReadBase { id, base, from } => self.read_base(id, base, &from).await?,
+            Action::Write { key, index, data } => {
+                if let Some(part) = self.parts.get_mut(&key) {
+                    part.write_chunk(index, &data)?;
+                    self.r.chunk_written(key, index, false);
+                }
+            }
+            Action::FinishFile { key, mode, meta } => self.finish_file(key, mode, &meta),
+            Action::AbortFile { key } => {
+                if let Some(part) = self.parts.remove(&key) {
+                    part.abort()?;
+                }
+            }
+            Action::HardLink { path, to } => t.hard_link(&path, &to)?,
+            Action::SetDirMeta { path, mode, meta } => {
+                t.set_dir_meta(&path, &apply_meta(mode, &meta))?
+            }
+            Action::Rescan {
+                dirs,
+                entries,
+                full,
+            } => {
+                let changed = (!full).then(|| scan::Changed {
+                    dirs: dirs.into_iter().collect(),
+                    entries: entries.into_iter().collect(),
+                });
+                self.rescan(changed).await?
+            }
+        }
+        Ok(())
+    }
+
+    /// The manifest's index of the tree, built on first use.
+    fn index(&mut self) -> Result<&Index, PushError> {
+        let index = match self.index.take() {
+            Some(i) => i,
+            None => build_index(&self.snap)?,
+        };
+        Ok(self.index.insert(index))
+    }
+
+    /// A metadata-only change: applied in place unless the inode has links the tree does
+    /// not account for ([`Target::set_file_meta`]).
+    fn set_file_meta(&mut self, path: &[u8], mode: u32, meta: &Meta) -> Result<(), PushError> {
+        let links = self.index()?.links_of(path);
+        Ok(self
+            .target
+            .set_file_meta(path, &apply_meta(mode, meta), links)?)
+    }
+
+    /// Opens (or reopens) the part file of `path` and tells the state machine which chunks
+    /// it already holds and where the tree has the others.
+    fn start_file(
+        &mut self,
+        key: FileKey,
+        path: &[u8],
+        node: &crate::manifest::FileNode,
+    ) -> Result<(), PushError> {
+        let mut part = self.target.begin_file(path, node)?;
+        self.session_parts.push(part.part_path().to_path_buf());
+        let present = part.present()?;
+        self.parts.insert(key, part);
+        self.index()?;
+        let idx = self.index.as_ref();
+        self.r.file_started(key, &present, &|id| {
+            idx.and_then(|i| i.chunks.get(id).cloned())
+        });
+        Ok(())
+    }
+
+    /// Copies chunk `i` of a file from where this tree already has it, verified.
+    fn copy_local(&mut self, key: FileKey, i: usize, from: &ChunkLoc) -> Result<(), PushError> {
+        let want = self
+            .r
+            .file_node(key)
+            .and_then(|n| n.chunks.get(i))
+            .map(|c| c.id);
+        let verified = want.and_then(|id| read_checked(&self.target, from, &id));
+        match (verified, self.parts.get_mut(&key)) {
+            (Some(v), Some(part)) => {
+                part.write_chunk(i, &v)?;
+                self.r.chunk_written(key, i, true);
+            }
+            _ => self.r.copy_failed(key, i),
+        }
+        Ok(())
+    }
+
+    /// Reads the base of a chunk to be asked for as a delta, keeps it for the data streams
+    /// and asks for the delta against its signature.
+    async fn read_base(
+        &mut self,
+        id: ChunkId,
+        base: ChunkId,
+        from: &ChunkLoc,
+    ) -> Result<(), PushError> {
+        match read_checked(&self.target, from, &base) {
+            Some(v) => {
+                let sig = Signature::of(v.bytes());
+                lock(&self.bases).insert(id, v.into_bytes());
+                self.control_w
+                    .send(&Frame::WantDelta { id, base, sig }, self.peer)
+                    .await?;
+            }
+            None => self.r.base_failed(id),
+        }
+        Ok(())
+    }
+
+    /// Queues a complete part file for a finisher.
+    fn finish_file(&mut self, key: FileKey, mode: u32, meta: &Meta) {
+        let (Some(part), Some(node)) = (self.parts.remove(&key), self.r.file_node(key).cloned())
+        else {
+            self.r.file_finished(key);
+            return;
+        };
+        self.finishing.push(FinishJob {
+            key,
+            part,
+            node,
+            meta: apply_meta(mode, meta),
+            owners: self.opts.owners,
+        });
+    }
+
+    /// Makes what was applied durable, records the files written for the stat cache, and
+    /// refreshes the manifest (only what `changed` names, if given) for the root check.
+    async fn rescan(&mut self, changed: Option<scan::Changed>) -> Result<(), PushError> {
+        self.target.sync_dirs()?;
+        let (st, recs) = (self.store.clone(), std::mem::take(&mut self.written));
+        tokio::task::spawn_blocking(move || st.commit(&recs, &[]))
+            .await
+            .map_err(join_err)??;
+        let (_, summary) = refresh_blocking(
+            self.root.to_path_buf(),
+            self.opts.clone(),
+            Some(self.store.clone()),
+            changed,
+        )
+        .await?;
+        self.r.rescanned(summary.root);
+        Ok(())
+    }
+}
+
+/// Reads chunk `id` from where the receiver's tree has it; `None` if it cannot be read or
+/// is no longer that chunk (the file changed).
+fn read_checked(target: &Target, from: &ChunkLoc, id: &ChunkId) -> Option<Verified> {
+    let bytes = target.read_span(&from.path, from.offset, from.len).ok()?;
+    Verified::check(id, bytes).ok()
+}
+
+/// What the receiver's manifest says about its own tree, built once per session when
+/// first needed.
+struct Index {
+    /// Every chunk of the tree, by id: the basis for reusing data it already has.
+    chunks: HashMap<ChunkId, ChunkLoc>,
+    /// For each first path of a hard-linked inode, how many other paths link to it.
+    links: HashMap<Vec<u8>, u64>,
+}
+
+impl Index {
+    /// How many paths of the tree are the inode at `path`, as far as the manifest knows.
+    fn links_of(&self, path: &[u8]) -> u64 {
+        1 + self.links.get(path).copied().unwrap_or(0)
+    }
+}
+
+fn build_index(snap: &Snapshot) -> Result<Index, PushError> {
+    let mut chunks = HashMap::new();
+    let mut links: HashMap<Vec<u8>, u64> = HashMap::new();
+    snap.for_each(|path, rec| {
+        if let Node::File(f) = &rec.node {
+            for (id, loc) in crate::proto::chunk_locs(path, f) {
+                chunks.entry(id).or_insert(loc);
+            }
+            if let Some(first) = &f.link {
+                *links.entry(first.clone()).or_default() += 1;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(Index { chunks, links })
+}

@@ -1,0 +1,461 @@
+//! The sender's driver: [`run_sender`] feeds the [`Sender`] state machine the receiver's
+//! control frames, hands the chunks it asks for to data workers (one per data stream: read
+//! from the source, encode, write through the `--bwlimit` throttle), and reads a file again
+//! whose chunk read failed (it changed during the push).
+
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::frames::{ControlTx, spawn_control_reader};
+use super::observe;
+use super::{PushError, PushOptions, PushReport, lock};
+use crate::chunk::ChunkId;
+use crate::fsmeta;
+use crate::manifest::store::Snapshot;
+use crate::manifest::{Hash, Node};
+use crate::proto::adapt::Adapt;
+use crate::proto::codec::{ChunkHead, Codec, Frame};
+use crate::proto::delta::{self, Signature};
+use crate::proto::stream::StreamEncoder;
+use crate::proto::{ChunkLoc, Meta, Sender, SenderEvent};
+use crate::scan;
+use crate::transport::{self, Throttle};
+
+/// Metadata of a source path for the wire (owner, xattrs, mtime). Hard links are part of
+/// the node ([`crate::manifest::FileNode::link`]).
+pub(super) fn source_meta(root: &Path, rel: &[u8], node: &Node) -> Option<Meta> {
+    let abs = root.join(std::ffi::OsStr::from_bytes(rel));
+    let m = std::fs::symlink_metadata(&abs).ok()?;
+    let xattrs = if matches!(node, Node::Symlink { .. }) {
+        Vec::new()
+    } else {
+        // Unreadable xattrs go as none: the digests then differ, and the push says so.
+        fsmeta::read_xattrs(&abs).unwrap_or_default()
+    };
+    Some(Meta {
+        mtime_ns: match node {
+            Node::File(f) => f.mtime_ns,
+            _ => fsmeta::mtime_ns(&m),
+        },
+        uid: m.uid(),
+        gid: m.gid(),
+        xattrs,
+    })
+}
+
+/// Counters shared by the sender's data workers.
+#[derive(Debug, Default)]
+pub(super) struct SendStats {
+    pub(super) chunks: AtomicU64,
+    pub(super) raw: AtomicU64,
+    pub(super) encoded: AtomicU64,
+    pub(super) wire: AtomicU64,
+    pub(super) wait_ns: AtomicU64,
+}
+
+pub(super) struct Job {
+    id: ChunkId,
+    loc: ChunkLoc,
+    against: Option<Signature>,
+}
+
+/// Reads one chunk from the source, or says the file changed. Like every source open, it
+/// never follows a symlink and never blocks on a FIFO swapped in ([`scan::open_source`]).
+pub(super) fn read_chunk(root: &Path, id: &ChunkId, loc: &ChunkLoc) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let abs = root.join(std::ffi::OsStr::from_bytes(&loc.path));
+    let (f, _) = scan::open_source(&abs, None).ok()?;
+    let mut buf = vec![0u8; loc.len as usize];
+    f.read_exact_at(&mut buf, loc.offset).ok()?;
+    (ChunkId::of(&buf) == *id).then_some(buf)
+}
+
+/// Encodes a chunk for the data stream that `stream` compresses: as delta ops `against` the
+/// receiver's base if those are smaller than the chunk, else raw or (at the level `adapt`
+/// picks) as the next part of that stream. Returns the frame's head and its data, written
+/// one after the other (the data is not copied into a frame).
+pub(super) fn encode_chunk(
+    adapt: &Mutex<Adapt>,
+    stream: &mut StreamEncoder,
+    id: ChunkId,
+    raw: Vec<u8>,
+    against: Option<&Signature>,
+) -> (ChunkHead, Vec<u8>) {
+    let raw_len = raw.len() as u32;
+    let head = |codec, data: &Vec<u8>| ChunkHead {
+        id,
+        raw_len,
+        codec,
+        data_len: data.len(),
+    };
+    if let Some(ops) = against.map(|sig| delta::delta(sig, &raw))
+        && ops.len() < raw.len()
+    {
+        return (head(Codec::Delta, &ops), ops);
+    }
+    let level = lock(adapt).next_level();
+    if level > 0 {
+        // CPU time, not wall time: on a busy machine a wall clock also counts the time this
+        // thread was preempted, which made level 1 look ten times slower than it is.
+        let t = thread_cpu_secs();
+        if let Ok(z) = stream.compress(&raw, level) {
+            let secs = thread_cpu_secs() - t;
+            lock(adapt).observe_compress(level, raw.len(), secs);
+            // Sent even if it did not shrink: the receiver's context must see it (zstd
+            // stores incompressible blocks raw, so it costs a few bytes at most).
+            return (head(Codec::Zstd, &z), z);
+        }
+    }
+    (head(Codec::Raw, &raw), raw)
+}
+
+/// CPU seconds this thread has used.
+pub(super) fn thread_cpu_secs() -> f64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Per-packet overhead estimate for wire accounting: QUIC for remote pushes, none locally.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Wire {
+    Quic,
+    Local,
+}
+
+impl Wire {
+    fn bytes(self, payload: u64) -> u64 {
+        match self {
+            Wire::Quic => transport::wire_bytes(payload),
+            Wire::Local => payload,
+        }
+    }
+}
+
+/// The transport under a sender's streams.
+pub(super) struct Link {
+    /// How wire bytes are counted.
+    pub(super) wire: Wire,
+    /// The `--bwlimit` bucket.
+    pub(super) throttle: Option<Throttle>,
+    /// The QUIC connection, whose round-trip time tells the compression policy when a
+    /// queue builds at a bottleneck.
+    pub(super) conn: Option<quinn::Connection>,
+    /// Files and bytes of the scanned source, for progress.
+    pub(super) scanned: (u64, u64),
+}
+
+/// How many times the sender reads a file again whose chunk reads fail (it keeps
+/// changing) before it gives up on it for this push.
+pub(super) const MAX_REREADS: u32 = 5;
+
+/// Runs the sending side of one session over the given streams. `unsettled` are the
+/// source paths the scan could not read (relative): the receiver keeps its copies.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run_sender<CR, CW, DW>(
+    peer: &str,
+    root_path: &Path,
+    snap: Snapshot,
+    root: Hash,
+    unsettled: Vec<Vec<u8>>,
+    control_r: CR,
+    control_w: CW,
+    data: Vec<DW>,
+    opts: &PushOptions,
+    link: Link,
+) -> Result<PushReport, PushError>
+where
+    CR: AsyncRead + Unpin + Send + 'static,
+    CW: AsyncWrite + Unpin,
+    DW: AsyncWrite + Unpin + Send + 'static,
+{
+    let started = Instant::now();
+    let Link {
+        wire,
+        throttle,
+        conn,
+        scanned,
+    } = link;
+    let stats = Arc::new(SendStats::default());
+    let same_host = conn
+        .as_ref()
+        .is_some_and(|c| transport::same_host(c.remote_address()));
+    let adapt = Arc::new(Mutex::new(match (opts.compress_level, wire) {
+        (Some(l), _) => Adapt::fixed(l),
+        (None, Wire::Local) => Adapt::fixed(0),
+        // A receiver on this machine has no link to save: compressing only moves the work
+        // of a memory copy onto the CPUs both sides share. (With --bwlimit the cap is a
+        // link, and the policy decides as usual.)
+        (None, Wire::Quic) if same_host && opts.bwlimit.is_none() => Adapt::fixed(0),
+        (None, Wire::Quic) => Adapt::new(opts.bwlimit)
+            .with_cpus(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }));
+    let (job_tx, job_rx) = async_channel();
+    let (changed_tx, mut changed_rx) = mpsc::unbounded_channel::<Job>();
+    let mut workers = tokio::task::JoinSet::new();
+    let senders = data.len();
+    for mut w in data {
+        let job_rx = job_rx.clone();
+        let changed_tx = changed_tx.clone();
+        let stats = stats.clone();
+        let adapt = adapt.clone();
+        let throttle = throttle.clone();
+        let root_path = root_path.to_path_buf();
+        let peer = peer.to_string();
+        workers.spawn(async move {
+            let mut stream = StreamEncoder::new();
+            while let Some(batch) = recv_job(&job_rx).await {
+                for job in batch {
+                    // Inline, not spawn_blocking: a chunk read and encode take microseconds to
+                    // a millisecond, and a thread hand-off per chunk cost more than the work
+                    // (measured: half the CPU of a local push went to scheduler wake-ups).
+                    let encoded = read_chunk(&root_path, &job.id, &job.loc).map(|raw| {
+                        let raw_len = raw.len();
+                        let against = job.against.as_ref();
+                        (
+                            raw_len,
+                            encode_chunk(&adapt, &mut stream, job.id, raw, against),
+                        )
+                    });
+                    let Some((raw_len, (head, data))) = encoded else {
+                        let _ = changed_tx.send(job);
+                        continue;
+                    };
+                    let head = head.encode();
+                    let enc_len = data.len();
+                    let frame_len = head.len() + data.len();
+                    let t = Instant::now();
+                    for bytes in [&head[..], &data[..]] {
+                        let piece = throttle.as_ref().map_or(bytes.len(), |th| th.piece());
+                        for part in bytes.chunks(piece.max(1)) {
+                            if let Some(th) = &throttle {
+                                th.acquire(part.len()).await;
+                            }
+                            w.write_all(part).await.map_err(|source| PushError::Io {
+                                peer: peer.clone(),
+                                source,
+                            })?;
+                        }
+                    }
+                    stats
+                        .wait_ns
+                        .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    stats.chunks.fetch_add(1, Ordering::Relaxed);
+                    stats.raw.fetch_add(raw_len as u64, Ordering::Relaxed);
+                    stats.encoded.fetch_add(enc_len as u64, Ordering::Relaxed);
+                    stats
+                        .wire
+                        .fetch_add(wire.bytes(frame_len as u64), Ordering::Relaxed);
+                }
+            }
+            w.shutdown().await.map_err(|source| PushError::Io {
+                peer: peer.clone(),
+                source,
+            })?;
+            Ok::<(), PushError>(())
+        });
+    }
+    drop(changed_tx);
+
+    // Link observations for the compression policy, four times a second.
+    let observer = tokio::spawn(observe::observe(
+        stats.clone(),
+        adapt.clone(),
+        opts.progress.clone(),
+        conn,
+        scanned,
+        senders,
+    ));
+
+    let mut control = spawn_control_reader(control_r, peer, Arc::default());
+    // Control frames are compressed on the network, unless compression is turned off.
+    let mut control_w = ControlTx::new(
+        control_w,
+        Arc::new(AtomicBool::new(
+            matches!(wire, Wire::Quic) && opts.compress_level != Some(0),
+        )),
+    );
+    let mut s = Sender::new(root, opts.delete, opts.dry_run, opts.scan.owners);
+    if !opts.scan.filter.is_empty() || opts.delete_excluded || opts.max_delete > 0 {
+        s.options(
+            opts.scan.filter.encode(),
+            opts.delete_excluded,
+            opts.max_delete,
+        );
+    }
+    s.unsettled(unsettled);
+    if opts.verify_dest {
+        s.verify_dest();
+    }
+    if opts.itemize {
+        s.itemize();
+    }
+    let mut report = PushReport {
+        root,
+        ..PushReport::default()
+    };
+    let mut control_wire = 0u64;
+    // Per source path that failed a chunk read: the node last offered for it, and how many
+    // times it was read again.
+    let mut rereads: HashMap<Vec<u8>, (Option<Hash>, u32)> = HashMap::new();
+    let result: Result<(), PushError> = async {
+        let mut jobs = Vec::new();
+        loop {
+            while let Some(ev) = s.poll() {
+                match ev {
+                    SenderEvent::Send(f) => {
+                        control_wire += control_w.send(&f, peer).await?;
+                    }
+                    SenderEvent::Read { id, loc, against } => jobs.push(Job { id, loc, against }),
+                    SenderEvent::Report(m, a, p) => report.changes.push((m as char, a, p)),
+                    SenderEvent::Finished { root, totals } => {
+                        report.receiver_root = root;
+                        report.files_transferred = totals.files;
+                        report.chunks_deduplicated = totals.chunks_reused;
+                        report.bytes_deduplicated = totals.bytes_reused;
+                        report.removed = totals.removed;
+                    }
+                }
+            }
+            job_tx.send_all(&mut jobs, senders);
+            if s.is_finished() {
+                return Ok(());
+            }
+            tokio::select! {
+                frame = control.recv() => {
+                    let Some(frame) = frame.unwrap_or(Ok(None))? else {
+                        return Err(PushError::Closed { peer: peer.to_string() });
+                    };
+                    if let Frame::Refuse { reason } = &frame {
+                        return Err(PushError::Remote { peer: peer.to_string(), reason: reason.clone() });
+                    }
+                    let mut meta = |p: &[u8], n: &Node| source_meta(root_path, p, n);
+                    s.handle(frame, &snap, &mut meta).map_err(|source| PushError::Proto {
+                        peer: peer.to_string(),
+                        source,
+                    })?;
+                }
+                Some(Job { id, loc, against }) = changed_rx.recv() => {
+                    // The chunk was not where it was offered: try its other places, and
+                    // read that file again.
+                    s.read_failed(id, &loc, against.clone());
+                    let path = loc.path;
+                    let (offered, tries) = rereads.entry(path.clone()).or_insert_with(|| {
+                        let h = match crate::manifest::Nodes::node(&snap, &path) {
+                            Ok(Some(n)) => Some(n.hash()),
+                            _ => None,
+                        };
+                        (h, 0)
+                    });
+                    if *tries > MAX_REREADS {
+                        continue; // given up on already
+                    }
+                    let abs = root_path.join(std::ffi::OsStr::from_bytes(&path));
+                    let fresh = scan::read_file(&abs, None, opts.scan.params, opts.scan.owners);
+                    // Linked as scanned: the link is a property of the tree, not of content.
+                    let link = match crate::manifest::Nodes::node(&snap, &path) {
+                        Ok(Some(Node::File(f))) => f.link,
+                        _ => None,
+                    };
+                    let update = fresh.map_err(|e| e.to_string()).and_then(|(mut node, _)| {
+                        node.link = link;
+                        let n = Node::File(node.clone());
+                        let meta = source_meta(root_path, &path, &n).ok_or("vanished")?;
+                        Ok((node, meta, n.hash()))
+                    });
+                    let give_up = match update {
+                        // As last offered: a read of an older version's chunk (nothing to
+                        // count), or one that met the file between two changes.
+                        Ok((node, _, h)) if *offered == Some(h) => {
+                            if node.chunks.iter().any(|c| c.id == id) {
+                                *tries += 1;
+                            }
+                            s.retry(&path, &node, id, against);
+                            None
+                        }
+                        Ok((node, meta, h)) => {
+                            *tries += 1;
+                            *offered = Some(h);
+                            s.source_changed(path.clone(), Some((node, meta)));
+                            None
+                        }
+                        Err(why) => Some(why),
+                    };
+                    let give_up = give_up.or_else(|| (*tries > MAX_REREADS).then(|| {
+                        format!("changed each of the {MAX_REREADS} times it was read during the push")
+                    }));
+                    if let Some(why) = give_up {
+                        *tries = MAX_REREADS + 1;
+                        report.unsettled.push((path.clone(), format!("{why}; not sent, the receiver keeps its copy")));
+                        s.source_changed(path, None);
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    job_tx.close();
+    while let Some(r) = workers.join_next().await {
+        if let Ok(Err(e)) = r
+            && result.is_ok()
+        {
+            observer.abort();
+            return Err(e);
+        }
+    }
+    observer.abort();
+    result?;
+    let _ = control_w.w.shutdown().await;
+    report.chunks_sent = stats.chunks.load(Ordering::Relaxed);
+    report.bytes_sent = stats.raw.load(Ordering::Relaxed);
+    report.bytes_encoded = stats.encoded.load(Ordering::Relaxed);
+    report.wire_bytes = stats.wire.load(Ordering::Relaxed) + wire.bytes(control_wire);
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// A tiny multi-consumer job queue (tokio has none): an unbounded mpsc behind a mutex,
+/// carrying batches of chunks so that workers take and wake per batch, not per chunk.
+pub(super) type JobRx = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Vec<Job>>>>;
+
+pub(super) struct JobTx(Option<mpsc::UnboundedSender<Vec<Job>>>);
+
+/// Most chunks per batch handed to one sender worker.
+pub(super) const JOB_BATCH: usize = 16;
+
+impl JobTx {
+    /// Queues `jobs` (emptying it) in batches spread over `workers`.
+    fn send_all(&self, jobs: &mut Vec<Job>, workers: usize) {
+        if jobs.is_empty() {
+            return;
+        }
+        let per = jobs.len().div_ceil(workers.max(1)).clamp(1, JOB_BATCH);
+        let Some(tx) = &self.0 else {
+            jobs.clear();
+            return;
+        };
+        let mut rest = std::mem::take(jobs).into_iter().peekable();
+        while rest.peek().is_some() {
+            let _ = tx.send(rest.by_ref().take(per).collect());
+        }
+    }
+    fn close(mut self) {
+        self.0 = None;
+    }
+}
+
+pub(super) fn async_channel() -> (JobTx, JobRx) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (JobTx(Some(tx)), Arc::new(tokio::sync::Mutex::new(rx)))
+}
+
+pub(super) async fn recv_job(rx: &JobRx) -> Option<Vec<Job>> {
+    rx.lock().await.recv().await
+}
