@@ -1,0 +1,301 @@
+//! Bytes to frames: the length checked against [`MAX_FRAME`] before a body is read, every
+//! count against the bytes that remain, paths validated at the edge, and only canonical
+//! encodings accepted.
+
+use super::*;
+
+/// Decodes one frame from the front of `buf`. Returns `Ok(None)` if `buf` does not yet hold
+/// a whole frame, or the frame and the number of bytes it used.
+pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    check_len(len)?;
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    let frame = decode_body(&buf[4..4 + len])?;
+    Ok(Some((frame, 4 + len)))
+}
+
+/// Validates a declared frame length (tag + payload) before anything is read for it.
+pub fn check_len(len: usize) -> Result<(), FrameError> {
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(())
+}
+
+/// Decodes a frame body (tag + payload, without the length prefix).
+pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
+    let (&t, payload) = body.split_first().ok_or(FrameError::Empty)?;
+    let name = match t {
+        tag::HELLO => "hello",
+        tag::HELLO_ACK => "hello-ack",
+        tag::REFUSE => "refuse",
+        tag::GET_NODES => "get-nodes",
+        tag::NODES => "nodes",
+        tag::VANISHED => "vanished",
+        tag::UNSETTLED => "unsettled",
+        tag::OPTIONS => "options",
+        tag::WANT => "want",
+        tag::WANT_DELTA => "want-delta",
+        tag::CHUNK => "chunk",
+        tag::REPORT => "report",
+        tag::DONE => "done",
+        tag::PACKED => "packed",
+        other => return Err(FrameError::UnknownTag(other)),
+    };
+    let mut r = R {
+        b: payload,
+        frame: name,
+    };
+    let f = match t {
+        tag::HELLO => {
+            let version = r.u32()?;
+            let root = Hash(r.array()?);
+            let flags = r.u8()?;
+            if flags & !63 != 0 {
+                return Err(r.bad(format!("unknown flags {flags:#x}")));
+            }
+            Frame::Hello {
+                version,
+                root,
+                delete: flags & 1 != 0,
+                dry_run: flags & 2 != 0,
+                owners: flags & 4 != 0,
+                verify_dest: flags & 8 != 0,
+                options: flags & 16 != 0,
+                itemize: flags & 32 != 0,
+            }
+        }
+        tag::HELLO_ACK => Frame::HelloAck {
+            version: r.u32()?,
+            root: Hash(r.array()?),
+        },
+        tag::REFUSE => {
+            let reason = r.bytes()?;
+            Frame::Refuse {
+                reason: std::str::from_utf8(reason)
+                    .map_err(|_| r.bad("reason is not UTF-8".into()))?
+                    .to_owned(),
+            }
+        }
+        tag::GET_NODES => {
+            let n = r.count(4)?;
+            let mut paths = Vec::with_capacity(n);
+            for _ in 0..n {
+                paths.push(r.path()?);
+            }
+            Frame::GetNodes { paths }
+        }
+        tag::NODES => {
+            let n = r.count(4 + 4 + 8 + 4 + 4 + 4)?;
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                let path = r.path()?;
+                let node = Offered::decode(r.bytes()?, &path)?;
+                let mtime_ns = r.u64()? as i64;
+                let uid = r.u32()?;
+                let gid = r.u32()?;
+                let nx = r.count(8)?;
+                let mut xattrs = Vec::with_capacity(nx);
+                for _ in 0..nx {
+                    let k = r.bytes()?.to_vec();
+                    let v = r.bytes()?.to_vec();
+                    xattrs.push((k, v));
+                }
+                items.push(NodeItem {
+                    path,
+                    node,
+                    meta: Meta {
+                        mtime_ns,
+                        uid,
+                        gid,
+                        xattrs,
+                    },
+                });
+            }
+            Frame::Nodes { items }
+        }
+        tag::VANISHED => Frame::Vanished { path: r.path()? },
+        tag::OPTIONS => {
+            let rules = r.bytes()?.to_vec();
+            crate::filter::Filter::decode(&rules).map_err(|e| r.bad(e.to_string()))?;
+            let delete_excluded = match r.u8()? {
+                0 => false,
+                1 => true,
+                other => return Err(r.bad(format!("bad flag {other}"))),
+            };
+            Frame::Options {
+                rules,
+                delete_excluded,
+                max_delete: r.u64()?,
+            }
+        }
+        tag::UNSETTLED => {
+            let n = r.count(4)?;
+            let mut paths = Vec::with_capacity(n);
+            for _ in 0..n {
+                paths.push(r.path()?);
+            }
+            Frame::Unsettled { paths }
+        }
+        tag::WANT => {
+            let n = r.count(32)?;
+            let mut ids = Vec::with_capacity(n);
+            for _ in 0..n {
+                ids.push(ChunkId(r.array()?));
+            }
+            Frame::Want { ids }
+        }
+        tag::WANT_DELTA => {
+            let id = ChunkId(r.array()?);
+            let base = ChunkId(r.array()?);
+            let block = r.u32()?;
+            if !(MIN_BLOCK as u32..=MAX_BLOCK_ACCEPTED).contains(&block) {
+                return Err(r.bad(format!("signature block size {block}")));
+            }
+            let n = r.count(SIG_ENTRY)?;
+            // A base is a chunk, and no chunk exceeds the frame limit.
+            if n.saturating_mul(block as usize) > MAX_FRAME {
+                return Err(r.bad(format!("signature of {n} blocks of {block} bytes")));
+            }
+            let mut blocks = Vec::with_capacity(n);
+            for _ in 0..n {
+                let weak = r.u32()?;
+                let strong = r.array()?;
+                blocks.push(BlockSig { weak, strong });
+            }
+            Frame::WantDelta {
+                id,
+                base,
+                sig: Signature { block, blocks },
+            }
+        }
+        tag::CHUNK => {
+            let head: &[u8; CHUNK_HEAD] = body
+                .get(..CHUNK_HEAD)
+                .and_then(|h| h.try_into().ok())
+                .ok_or_else(|| r.bad("truncated".into()))?;
+            let h = ChunkHead::decode(body.len(), head)?;
+            r.b = &[];
+            Frame::Chunk {
+                id: h.id,
+                raw_len: h.raw_len,
+                codec: h.codec,
+                data: body[CHUNK_HEAD..].to_vec(),
+            }
+        }
+        tag::REPORT => {
+            let n = r.count(6)?;
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                let m = r.u8()?;
+                if !b"+-MmT".contains(&m) {
+                    return Err(r.bad(format!("unknown marker {m:#x}")));
+                }
+                let a = r.u8()?;
+                if a & !attr::ALL != 0 {
+                    return Err(r.bad(format!("unknown attribute bits {a:#x}")));
+                }
+                items.push((m, a, r.path()?));
+            }
+            Frame::Report { items }
+        }
+        tag::DONE => {
+            let root = Hash(r.array()?);
+            let mut v = [0u64; 5];
+            for x in &mut v {
+                *x = r.u64()?;
+            }
+            Frame::Done {
+                root,
+                totals: Totals {
+                    files: v[0],
+                    chunks_received: v[1],
+                    chunks_reused: v[2],
+                    bytes_reused: v[3],
+                    removed: v[4],
+                },
+            }
+        }
+        tag::PACKED => {
+            let raw_len = r.u32()?;
+            if raw_len as usize > MAX_FRAME + 4 {
+                return Err(r.bad(format!(
+                    "packed frame of {raw_len} bytes exceeds the frame limit"
+                )));
+            }
+            Frame::Packed {
+                raw_len,
+                data: r.bytes()?.to_vec(),
+            }
+        }
+        _ => return Err(FrameError::UnknownTag(t)),
+    };
+    if !r.b.is_empty() {
+        return Err(r.bad(format!("{} trailing bytes", r.b.len())));
+    }
+    Ok(f)
+}
+
+pub(super) struct R<'a> {
+    pub(super) b: &'a [u8],
+    pub(super) frame: &'static str,
+}
+
+impl<'a> R<'a> {
+    pub(super) fn bad(&self, reason: String) -> FrameError {
+        FrameError::Malformed {
+            frame: self.frame,
+            reason,
+        }
+    }
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.b.len() < n {
+            return Err(self.bad("truncated".into()));
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    pub(super) fn array<const N: usize>(&mut self) -> Result<[u8; N], FrameError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    pub(super) fn u8(&mut self) -> Result<u8, FrameError> {
+        Ok(self.take(1)?[0])
+    }
+    pub(super) fn u32(&mut self) -> Result<u32, FrameError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    pub(super) fn u64(&mut self) -> Result<u64, FrameError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    pub(super) fn count(&mut self, min_item: usize) -> Result<usize, FrameError> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(min_item) > self.b.len() {
+            return Err(self.bad(format!("count {n} exceeds the frame")));
+        }
+        Ok(n)
+    }
+    pub(super) fn bytes(&mut self) -> Result<&'a [u8], FrameError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    /// A relative path: empty (the root) or `/`-separated valid names. Anything that could
+    /// escape the root (`..`, absolute, empty components, NUL) is refused here, at the edge.
+    pub(super) fn path(&mut self) -> Result<Vec<u8>, FrameError> {
+        let p = self.bytes()?;
+        if !p.is_empty() {
+            check_path(p).map_err(|e| self.bad(format!("unsafe path: {e}")))?;
+        }
+        Ok(p.to_vec())
+    }
+}
