@@ -233,16 +233,14 @@ where
                     let frame_len = head.len() + data.len();
                     let t = Instant::now();
                     for bytes in [&head[..], &data[..]] {
-                        let piece = throttle.as_ref().map_or(bytes.len(), |th| th.piece());
-                        for part in bytes.chunks(piece.max(1)) {
-                            if let Some(th) = &throttle {
-                                th.acquire(part.len()).await;
-                            }
-                            w.write_all(part).await.map_err(|source| PushError::Io {
-                                peer: peer.clone(),
-                                source,
-                            })?;
+                        match &throttle {
+                            Some(th) => th.write_all(&mut w, bytes).await,
+                            None => w.write_all(bytes).await,
                         }
+                        .map_err(|source| PushError::Io {
+                            peer: peer.clone(),
+                            source,
+                        })?;
                     }
                     stats
                         .wait_ns

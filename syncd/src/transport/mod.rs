@@ -98,6 +98,13 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 use crate::identity::{Identity, PeerId};
 use crate::limit::TokenBucket;
 
+mod pin;
+mod throttle;
+
+pub use throttle::{OVERHEAD_PER_PACKET, PAYLOAD_PER_PACKET, Throttle, wire_bytes};
+
+use pin::{AllowList, PinnedServer, provider};
+
 /// The ALPN protocol id; a peer speaking anything else is refused in the handshake.
 pub const ALPN: &[u8] = b"syncd/1";
 
@@ -215,152 +222,6 @@ pub enum TransportError {
         /// The peer's address.
         addr: SocketAddr,
     },
-}
-
-/// The error a pinning verifier hands to rustls; its `Display` ends up as the
-/// QUIC close reason. (`Debug` = `Display`, because rustls formats it with `{:?}`.)
-enum PinError {
-    ServerMismatch { presented: PeerId, expected: PeerId },
-    ClientNotAllowed { presented: PeerId },
-}
-
-impl fmt::Display for PinError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PinError::ServerMismatch {
-                presented,
-                expected,
-            } => write!(
-                f,
-                "server presented peer id {presented}, expected {expected}"
-            ),
-            PinError::ClientNotAllowed { presented } => {
-                write!(f, "client {presented} is not in --allow")
-            }
-        }
-    }
-}
-
-impl fmt::Debug for PinError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl std::error::Error for PinError {}
-
-fn pin_error(e: PinError) -> rustls::Error {
-    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(e))))
-}
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Client side: accepts only the server certificate whose fingerprint is `expected`.
-#[derive(Debug)]
-struct PinnedServer {
-    expected: PeerId,
-    algorithms: WebPkiSupportedAlgorithms,
-    /// Set when the server presented a different peer id, for a structured error.
-    mismatch: Mutex<Option<PeerId>>,
-}
-
-impl ServerCertVerifier for PinnedServer {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let presented = PeerId::of_certificate(end_entity);
-        if presented != self.expected {
-            if let Ok(mut slot) = self.mismatch.lock() {
-                *slot = Some(presented);
-            }
-            return Err(pin_error(PinError::ServerMismatch {
-                presented,
-                expected: self.expected,
-            }));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// Server side: requires a client certificate whose fingerprint is in the allow list.
-#[derive(Debug)]
-struct AllowList {
-    allow: HashSet<PeerId>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ClientCertVerifier for AllowList {
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let presented = PeerId::of_certificate(end_entity);
-        if !self.allow.contains(&presented) {
-            return Err(pin_error(PinError::ClientNotAllowed { presented }));
-        }
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
 
 /// Both sides send a keep-alive this often, so that a silent peer is one that is gone.
@@ -697,98 +558,9 @@ pub fn remote_peer_id(connection: &quinn::Connection) -> Result<PeerId, Transpor
     Ok(PeerId::of_certificate(cert))
 }
 
-/// Estimated bytes on the wire for `payload` bytes written to QUIC streams.
-///
-/// Per full packet of [`PAYLOAD_PER_PACKET`] stream bytes we add [`OVERHEAD_PER_PACKET`]:
-/// IPv4 (20) + UDP (8) + QUIC short header (1 + 8-byte connection id + up to 4-byte
-/// packet number) + AEAD tag (16) + STREAM frame header (~5). IPv6 adds 20 more per
-/// packet, which this estimate ignores (an error of ~1.4%).
-pub fn wire_bytes(payload: u64) -> u64 {
-    payload + payload.div_ceil(PAYLOAD_PER_PACKET) * OVERHEAD_PER_PACKET
-}
-
-/// Stream bytes assumed per packet by [`wire_bytes`] (a 1452-byte UDP payload minus
-/// QUIC overhead).
-pub const PAYLOAD_PER_PACKET: u64 = 1390;
-
-/// Bytes of overhead assumed per packet by [`wire_bytes`].
-pub const OVERHEAD_PER_PACKET: u64 = 62;
-
-/// A bandwidth cap shared by every stream of a connection (or of several connections):
-/// cheap to clone, all clones share one [`TokenBucket`].
-///
-/// Call [`Throttle::write_all`] instead of `SendStream::write_all`, or call
-/// [`Throttle::acquire`] before each write of at most [`Throttle::piece`] bytes. Uses
-/// tokio's clock (so tests may pause time).
-#[derive(Debug, Clone)]
-pub struct Throttle(Arc<Mutex<TokenBucket>>);
-
-impl Throttle {
-    /// A throttle at `rate_bytes_per_sec` wire bytes per second (`0` = unlimited), with
-    /// [`TokenBucket::default_burst`].
-    pub fn new(rate_bytes_per_sec: u64) -> Throttle {
-        Throttle(Arc::new(Mutex::new(TokenBucket::with_default_burst(
-            rate_bytes_per_sec,
-        ))))
-    }
-
-    /// Changes the rate at runtime (e.g. from the control socket); `0` = unlimited.
-    pub fn set_rate(&self, rate_bytes_per_sec: u64) {
-        let now = tokio::time::Instant::now().into_std();
-        self.bucket().set_rate(
-            now,
-            rate_bytes_per_sec,
-            TokenBucket::default_burst(rate_bytes_per_sec),
-        );
-    }
-
-    /// The current rate in bytes per second (`0` = unlimited).
-    pub fn rate(&self) -> u64 {
-        self.bucket().rate()
-    }
-
-    /// The largest write to make after one [`Throttle::acquire`] to keep every 1-second
-    /// window within ±5% of the rate.
-    pub fn piece(&self) -> usize {
-        TokenBucket::recommended_piece(self.rate())
-    }
-
-    /// Waits until `payload` stream bytes (plus their estimated packet overhead) may be
-    /// sent. Returns immediately when unlimited.
-    pub async fn acquire(&self, payload: usize) {
-        let now = tokio::time::Instant::now().into_std();
-        let delay = self.bucket().reserve(now, wire_bytes(payload as u64));
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-    }
-
-    /// Writes all of `buf` to `stream`, in pieces of at most [`Throttle::piece`] bytes,
-    /// waiting for the bucket before each piece.
-    pub async fn write_all(
-        &self,
-        stream: &mut quinn::SendStream,
-        buf: &[u8],
-    ) -> Result<(), quinn::WriteError> {
-        let piece = self.piece().max(1);
-        for part in buf.chunks(piece) {
-            self.acquire(part.len()).await;
-            stream.write_all(part).await?;
-        }
-        Ok(())
-    }
-
-    fn bucket(&self) -> std::sync::MutexGuard<'_, TokenBucket> {
-        // The bucket's state is always consistent (no panics inside), so a poisoned
-        // lock is still usable.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::pin::{PinError, pin_error};
     use super::*;
 
     #[test]
