@@ -5,7 +5,7 @@
 //! map and the invariants.
 //!
 //! Sans-IO cores: [`chunk`], [`manifest`] (not `manifest::store`), [`proto`], [`limit`],
-//! [`rate`], [`dest`], [`filter`], [`partname`] (but its key file), [`control::proto`]. IO edges:
+//! [`rate`], [`dest`], [`filter`], [`wire`], [`partname`] (but its key file), [`control::proto`]. IO edges:
 //! [`manifest::store`], [`fsmeta`], [`scan`], [`transport`], [`identity`], [`apply`], [`push`],
 //! [`control`], [`watch`] (but its `Batcher`).
 
@@ -27,3 +27,4 @@ pub mod rate;
 pub mod scan;
 pub mod transport;
 pub mod watch;
+pub mod wire;

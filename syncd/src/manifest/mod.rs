@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::chunk::ChunkId;
+use crate::wire::{Reader, Short};
 
 /// Hash of an encoded node.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -329,7 +330,6 @@ const LINKED_FILE_TAG: u8 = 4;
 
 /// Decoding stops early rather than allocate for counts the input cannot hold.
 const FILE_CHUNK_BYTES: usize = 32 + 4;
-const DIR_ENTRY_MIN_BYTES: usize = 4 + 1 + 32;
 
 impl Node {
     /// The node's kind.
@@ -381,7 +381,7 @@ impl Node {
     /// Decodes and validates one node. Never panics and never allocates more than the
     /// input's length could justify.
     pub fn decode(bytes: &[u8]) -> Result<Node, DecodeError> {
-        let mut r = Reader(bytes);
+        let mut r = Reader::new(bytes);
         let flagged = r.u8()?;
         let tag = flagged & !ATTRS_FLAG;
         let kind = match tag {
@@ -422,7 +422,7 @@ impl Node {
                     mtime_ns,
                     chunks,
                     link,
-                    attrs: r.attrs(flagged)?,
+                    attrs: read_attrs(&mut r, flagged)?,
                 })
             }
             Kind::Symlink => {
@@ -430,79 +430,71 @@ impl Node {
                 let target = r.take(n)?.to_vec();
                 Node::Symlink {
                     target,
-                    attrs: r.attrs(flagged)?,
+                    attrs: read_attrs(&mut r, flagged)?,
                 }
             }
             Kind::Dir => {
-                let mode = r.u32()?;
-                let n = r.count(DIR_ENTRY_MIN_BYTES)?;
-                let mut entries: Vec<Entry> = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let len = r.count(1)?;
-                    let name = r.take(len)?.to_vec();
-                    check_name(&name)?;
-                    let tag = r.u8()?;
-                    let kind = Kind::from_tag(tag).ok_or(DecodeError::BadTag(tag))?;
-                    let hash = Hash(r.array()?);
-                    if entries.last().is_some_and(|prev| prev.name >= name) {
-                        return Err(DecodeError::Unsorted);
-                    }
-                    entries.push(Entry { name, kind, hash });
-                }
+                let (mode, entries) = decode_listing(
+                    &mut r,
+                    |name, kind, hash| Entry {
+                        name,
+                        kind,
+                        hash: Hash(hash),
+                    },
+                    |e| &e.name,
+                )?;
                 Node::Dir {
                     mode,
                     entries,
-                    attrs: r.attrs(flagged)?,
+                    attrs: read_attrs(&mut r, flagged)?,
                 }
             }
         };
-        if !r.0.is_empty() {
-            return Err(DecodeError::Trailing(r.0.len()));
+        if !r.rest().is_empty() {
+            return Err(DecodeError::Trailing(r.rest().len()));
         }
         Ok(node)
     }
 }
 
-struct Reader<'a>(&'a [u8]);
+/// A directory listing after its tag: the mode, then entries (name, kind, an `N`-byte
+/// hash) strictly sorted by name, each made by `entry`. [`Node::decode`] reads directories
+/// with whole hashes, the codec's listings ([`crate::proto::Offered`]) with short ones.
+pub fn decode_listing<T, const N: usize>(
+    r: &mut Reader<'_>,
+    entry: impl Fn(Vec<u8>, Kind, [u8; N]) -> T,
+    name: impl Fn(&T) -> &[u8],
+) -> Result<(u32, Vec<T>), DecodeError> {
+    let mode = r.u32()?;
+    let n = r.count(4 + 1 + N)?;
+    let mut entries: Vec<T> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = r.count(1)?;
+        let child = r.take(len)?.to_vec();
+        check_name(&child)?;
+        let tag = r.u8()?;
+        let kind = Kind::from_tag(tag).ok_or(DecodeError::BadTag(tag))?;
+        let hash = r.array()?;
+        if entries.last().is_some_and(|prev| name(prev) >= &child[..]) {
+            return Err(DecodeError::Unsorted);
+        }
+        entries.push(entry(child, kind, hash));
+    }
+    Ok((mode, entries))
+}
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        if self.0.len() < n {
-            return Err(DecodeError::Truncated);
-        }
-        let (head, tail) = self.0.split_at(n);
-        self.0 = tail;
-        Ok(head)
-    }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
-    }
-    fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-    fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_le_bytes(self.array()?))
-    }
-    /// The attributes digest that ends a node whose tag (`flagged`) says it has one.
-    fn attrs(&mut self, flagged: u8) -> Result<Option<Hash>, DecodeError> {
-        Ok(if flagged & ATTRS_FLAG != 0 {
-            Some(Hash(self.array()?))
-        } else {
-            None
-        })
-    }
-    /// A u32 count of items each at least `item` bytes long, checked against what remains.
-    fn count(&mut self, item: usize) -> Result<usize, DecodeError> {
-        let n = self.u32()? as usize;
-        if n.saturating_mul(item) > self.0.len() {
-            return Err(DecodeError::Truncated);
-        }
-        Ok(n)
+/// The attributes digest that ends a node whose tag (`flagged`) says it has one.
+pub fn read_attrs(r: &mut Reader<'_>, flagged: u8) -> Result<Option<Hash>, DecodeError> {
+    Ok(if flagged & ATTRS_FLAG != 0 {
+        Some(Hash(r.array()?))
+    } else {
+        None
+    })
+}
+
+impl From<Short> for DecodeError {
+    fn from(_: Short) -> DecodeError {
+        DecodeError::Truncated
     }
 }
 

@@ -3,6 +3,7 @@
 //! encodings accepted.
 
 use super::*;
+use crate::wire::{Reader, Short};
 
 /// Decodes one frame from the front of `buf`. Returns `Ok(None)` if `buf` does not yet hold
 /// a whole frame, or the frame and the number of bytes it used.
@@ -50,10 +51,7 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
         tag::PACKED => "packed",
         other => return Err(FrameError::UnknownTag(other)),
     };
-    let mut r = R {
-        b: payload,
-        frame: name,
-    };
+    let mut r = R::new(payload, name);
     let f = match t {
         tag::HELLO => {
             let version = r.u32()?;
@@ -183,7 +181,7 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
                 .and_then(|h| h.try_into().ok())
                 .ok_or_else(|| r.bad("truncated".into()))?;
             let h = ChunkHead::decode(body.len(), head)?;
-            r.b = &[];
+            r.w.finish();
             Frame::Chunk {
                 id: h.id,
                 raw_len: h.raw_len,
@@ -238,56 +236,54 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
         }
         _ => return Err(FrameError::UnknownTag(t)),
     };
-    if !r.b.is_empty() {
-        return Err(r.bad(format!("{} trailing bytes", r.b.len())));
+    if !r.w.rest().is_empty() {
+        return Err(r.bad(format!("{} trailing bytes", r.w.rest().len())));
     }
     Ok(f)
 }
 
+/// The shared [`Reader`], its stops named after the frame being read.
 pub(super) struct R<'a> {
-    pub(super) b: &'a [u8],
+    pub(super) w: Reader<'a>,
     pub(super) frame: &'static str,
 }
 
 impl<'a> R<'a> {
+    pub(super) fn new(b: &'a [u8], frame: &'static str) -> R<'a> {
+        R {
+            w: Reader::new(b),
+            frame,
+        }
+    }
     pub(super) fn bad(&self, reason: String) -> FrameError {
         FrameError::Malformed {
             frame: self.frame,
             reason,
         }
     }
-    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
-        if self.b.len() < n {
-            return Err(self.bad("truncated".into()));
-        }
-        let (h, t) = self.b.split_at(n);
-        self.b = t;
-        Ok(h)
+    fn short(&self, e: Short) -> FrameError {
+        self.bad(match e {
+            Short::Truncated => "truncated".into(),
+            Short::Count(n) => format!("count {n} exceeds the frame"),
+        })
     }
     pub(super) fn array<const N: usize>(&mut self) -> Result<[u8; N], FrameError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
+        self.w.array().map_err(|e| self.short(e))
     }
     pub(super) fn u8(&mut self) -> Result<u8, FrameError> {
-        Ok(self.take(1)?[0])
+        self.w.u8().map_err(|e| self.short(e))
     }
     pub(super) fn u32(&mut self) -> Result<u32, FrameError> {
-        Ok(u32::from_le_bytes(self.array()?))
+        self.w.u32().map_err(|e| self.short(e))
     }
     pub(super) fn u64(&mut self) -> Result<u64, FrameError> {
-        Ok(u64::from_le_bytes(self.array()?))
+        self.w.u64().map_err(|e| self.short(e))
     }
     pub(super) fn count(&mut self, min_item: usize) -> Result<usize, FrameError> {
-        let n = self.u32()? as usize;
-        if n.saturating_mul(min_item) > self.b.len() {
-            return Err(self.bad(format!("count {n} exceeds the frame")));
-        }
-        Ok(n)
+        self.w.count(min_item).map_err(|e| self.short(e))
     }
     pub(super) fn bytes(&mut self) -> Result<&'a [u8], FrameError> {
-        let n = self.u32()? as usize;
-        self.take(n)
+        self.w.bytes().map_err(|e| self.short(e))
     }
     /// A relative path: empty (the root) or `/`-separated valid names. Anything that could
     /// escape the root (`..`, absolute, empty components, NUL) is refused here, at the edge.

@@ -220,10 +220,7 @@ impl ChunkHead {
     /// Decodes the head of a frame body of `body_len` bytes (checked with [`check_len`])
     /// that starts with `head`: only a chunk frame, exactly as [`decode_body`] accepts it.
     pub fn decode(body_len: usize, head: &[u8; CHUNK_HEAD]) -> Result<ChunkHead, FrameError> {
-        let mut r = R {
-            b: head,
-            frame: "chunk",
-        };
+        let mut r = R::new(head, "chunk");
         let t = r.u8()?;
         if t != tag::CHUNK {
             return Err(r.bad(format!("frame tag {t} where a chunk was expected")));

@@ -18,9 +18,10 @@ use encode::put_bytes;
 use super::delta::{BlockSig, MAX_BLOCK_ACCEPTED, MIN_BLOCK, SIG_ENTRY, Signature};
 use crate::chunk::ChunkId;
 use crate::manifest::{
-    ATTRS_FLAG, DecodeError, Entry, FileNode, Hash, Kind, Node, ShortHash, check_name, check_path,
-    encode_attrs, encode_symlink,
+    ATTRS_FLAG, DecodeError, Entry, FileNode, Hash, Kind, Node, ShortHash, check_path,
+    decode_listing, encode_attrs, encode_symlink, read_attrs,
 };
+use crate::wire::Reader;
 
 /// Protocol version spoken by this build. 2: a compressed chunk is the next part of its
 /// data stream's zstd stream ([`super::stream`]), not a zstd frame of its own. 3: directories
@@ -194,31 +195,20 @@ impl Offered {
                 Node::Dir { .. } => Err(node_err(DecodeError::BadTag(Kind::Dir.tag()))),
             };
         }
-        let mut r = R {
-            b: &bytes[1..],
-            frame: "nodes",
-        };
-        let mode = r.u32()?;
-        let n = r.count(4 + 1 + 8)?;
-        let mut entries: Vec<Listed> = Vec::with_capacity(n);
-        for _ in 0..n {
-            let name = r.bytes()?.to_vec();
-            check_name(&name).map_err(node_err)?;
-            let tag = r.u8()?;
-            let kind = Kind::from_tag(tag).ok_or_else(|| node_err(DecodeError::BadTag(tag)))?;
-            let hash = ShortHash(r.array()?);
-            if entries.last().is_some_and(|prev| prev.name >= name) {
-                return Err(node_err(DecodeError::Unsorted));
-            }
-            entries.push(Listed { name, kind, hash });
-        }
-        let attrs = if flagged & ATTRS_FLAG != 0 {
-            Some(Hash(r.array()?))
-        } else {
-            None
-        };
-        if !r.b.is_empty() {
-            return Err(node_err(DecodeError::Trailing(r.b.len())));
+        let mut r = Reader::new(&bytes[1..]);
+        let (mode, entries) = decode_listing(
+            &mut r,
+            |name, kind, hash| Listed {
+                name,
+                kind,
+                hash: ShortHash(hash),
+            },
+            |l| &l.name,
+        )
+        .map_err(node_err)?;
+        let attrs = read_attrs(&mut r, flagged).map_err(node_err)?;
+        if !r.rest().is_empty() {
+            return Err(node_err(DecodeError::Trailing(r.rest().len())));
         }
         Ok(Offered::Dir {
             mode,
