@@ -17,6 +17,7 @@ pub mod filter;
 pub mod fsmeta;
 pub mod identity;
 pub mod limit;
+pub mod lock;
 pub mod logging;
 pub mod manifest;
 pub mod metrics;

@@ -43,6 +43,7 @@ use xattr::FileExt as _;
 
 use crate::chunk::{ChunkId, Verified};
 use crate::fsmeta;
+use crate::lock::lock;
 use crate::manifest::{
     ChunkRef, FileNode, Hash, attrs_hash, check_name, display_path, file_name, hashed_xattr, parent,
 };
@@ -193,10 +194,6 @@ fn open_dir(abs: &Path) -> io::Result<File> {
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
         .open(abs)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Removes the directory tree at `abs` (without following symlinks in it), making `target`

@@ -254,7 +254,7 @@ pub(crate) fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) 
                         b.set_message(line);
                     }
                     None => {
-                        let mut l = last_line.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut l = syncd::lock::lock(&last_line);
                         if l.elapsed() >= std::time::Duration::from_secs(2) {
                             *l = Instant::now();
                             eprintln!("syncd: {:.0}s: {line}", secs);

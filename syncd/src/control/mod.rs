@@ -32,6 +32,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use proto::{FinalSync, Reply, Request, Status};
 
+use crate::lock::lock;
 use crate::transport::Throttle;
 
 /// Errors of the control socket, on either side. Each carries the socket path.
@@ -251,31 +252,20 @@ impl Shared {
 
     /// Updates the status under its lock.
     pub fn update(&self, f: impl FnOnce(&mut Status)) {
-        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = lock(&self.status);
         f(&mut s);
     }
 
     /// Sets when the oldest change not yet applied remotely was seen (`None`: none is).
     pub fn set_unapplied_since(&self, since: Option<std::time::Instant>) {
-        *self
-            .unapplied_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = since;
+        *lock(&self.unapplied_since) = since;
     }
 
     /// A copy of the status, with the live fields (pause, bwlimit, lag) filled in.
     pub fn status(&self) -> Status {
-        let mut s = self
-            .status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let mut s = lock(&self.status).clone();
         s.paused = self.is_paused();
-        s.lag_seconds = self
-            .unapplied_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(|t| t.elapsed().as_secs_f64());
+        s.lag_seconds = lock(&self.unapplied_since).map(|t| t.elapsed().as_secs_f64());
         s.bwlimit = Some(self.throttle.rate()).filter(|&r| r > 0);
         s
     }
@@ -299,7 +289,7 @@ impl Shared {
     /// Takes final-sync requests from now on (without it, `final-sync` is refused).
     pub fn final_syncs(&self) -> mpsc::Receiver<FinalSyncRequest> {
         let (tx, rx) = mpsc::channel(8);
-        *self.final_sync.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        *lock(&self.final_sync) = Some(tx);
         rx
     }
 
@@ -336,10 +326,7 @@ impl Shared {
                 Err(e) => Reply::Error(e.to_string()),
             },
             Request::FinalSync => {
-                let tx = self
-                    .final_sync
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                let tx = lock(&self.final_sync)
                     .clone();
                 let Some(tx) = tx else {
                     return Reply::Error("this daemon does not run final syncs".into());

@@ -19,13 +19,14 @@
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use crate::apply;
 use crate::identity::{Identity, PeerId};
+use crate::lock::lock;
 use crate::manifest::store::Store;
 use crate::manifest::{Hash, Node};
 use crate::partname::PartKey;
@@ -268,10 +269,6 @@ impl PushReport {
     pub fn identical(&self) -> bool {
         self.root == self.receiver_root
     }
-}
-/// A poison-tolerant lock: every state behind these mutexes stays consistent.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Scans the source tree (refreshing its manifest) on the blocking pool and returns its

@@ -3,6 +3,7 @@
 //! files and the state directory left out, special files and unreadable entries reported.
 
 use super::*;
+use crate::lock::lock;
 
 /// What a walk found: the entries, the warnings, the root's metadata, and the part files
 /// it left out.
@@ -71,7 +72,7 @@ pub(super) fn walk(root: &Path, opts: &ScanOptions) -> Result<WalkOut, ScanError
     let (walked, warnings, parts) = match Arc::try_unwrap(shared) {
         Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
         Err(arc) => {
-            let mut g = arc.lock().unwrap_or_else(|p| p.into_inner());
+            let mut g = lock(&arc);
             (
                 std::mem::take(&mut g.0),
                 std::mem::take(&mut g.1),
@@ -117,7 +118,7 @@ pub(super) struct Collector {
 
 impl Collector {
     pub(super) fn flush(&mut self) {
-        let mut g = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = lock(&self.shared);
         g.0.append(&mut self.walked);
         g.1.append(&mut self.warnings);
         g.2.append(&mut self.found_parts);

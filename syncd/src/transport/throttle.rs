@@ -4,6 +4,7 @@
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::*;
+use crate::lock::lock;
 
 /// Estimated bytes on the wire for `payload` bytes written to QUIC streams.
 ///
@@ -89,8 +90,6 @@ impl Throttle {
     fn bucket(&self) -> std::sync::MutexGuard<'_, TokenBucket> {
         // The bucket's state is always consistent (no panics inside), so a poisoned
         // lock is still usable.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.0)
     }
 }
