@@ -650,7 +650,7 @@ fn syncd_binary() -> Option<PathBuf> {
         return Some(bin);
     }
     assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
+        !integration_tests::under_ci(),
         "{} not found, and CI=true: run cargo build -p syncd",
         bin.display()
     );

@@ -407,10 +407,24 @@ fn malicious_frames_are_refused_and_nothing_escapes_the_root() {
         out.extend_from_slice(&[0; 64]);
     });
     assert!(reply.contains("exceeds"), "{reply:?}");
-    // 3. Garbage.
-    let _ = malicious(&rid, &sender, &server.addr, |out| {
+    // 3. Garbage: its first four bytes read as a length far above the limit.
+    let reply = malicious(&rid, &sender, &server.addr, |out| {
         out.extend_from_slice(&[7; 300])
     });
+    let len = u32::from_le_bytes([7; 4]);
+    assert!(
+        reply.contains(&format!("frame of {len} bytes exceeds")),
+        "the receiver refuses the garbage and says why: {reply:?}"
+    );
+    // 4. Garbage inside a frame of a valid length: an unknown tag.
+    let reply = malicious(&rid, &sender, &server.addr, |out| {
+        out.extend_from_slice(&296u32.to_le_bytes());
+        out.extend_from_slice(&[0xee; 296]);
+    });
+    assert!(
+        reply.contains("unknown frame tag 238"),
+        "the receiver refuses the garbage and says why: {reply:?}"
+    );
 
     assert!(!outer.path().join("escape").exists());
     assert!(!Path::new("/tmp/abs-escape").exists());
@@ -442,8 +456,8 @@ impl Mount {
             Some(Mount(at.to_path_buf()))
         } else {
             assert!(
-                std::env::var("CI").is_err(),
-                "cannot mount a tmpfs under CI (need root)"
+                !integration_tests::under_ci(),
+                "cannot mount a tmpfs under CI=true (need root)"
             );
             eprintln!("skipping: cannot mount a tmpfs (not root?)");
             None

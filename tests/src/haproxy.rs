@@ -62,7 +62,7 @@ pub fn require(binary: &str, package: &str) -> bool {
     if find(binary).is_some() {
         return true;
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
+    if crate::under_ci() {
         panic!("{binary} not found, and CI=true: install {package}");
     }
     eprintln!("SKIPPED: {binary} not found (install {package})");

@@ -70,7 +70,7 @@ impl MariaDb {
                 .status()
                 .is_ok();
         if !ok {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
+            if crate::under_ci() {
                 panic!(
                     "mariadbd/mariadb-install-db not found, and CI=true: install mariadb-server"
                 );
