@@ -5,7 +5,8 @@
 //! map and the invariants.
 //!
 //! Sans-IO cores: [`chunk`], [`manifest`] (not `manifest::store`), [`proto`], [`limit`],
-//! [`rate`], [`dest`], [`filter`], [`wire`], [`partname`] (but its key file), [`control::proto`]. IO edges:
+//! [`rate`], [`dest`], [`filter`], [`wire`], [`lock`], [`partname`] (but its key file),
+//! [`control::proto`]. IO edges:
 //! [`manifest::store`], [`fsmeta`], [`scan`], [`transport`], [`identity`], [`apply`], [`push`],
 //! [`control`], [`watch`] (but its `Batcher`).
 

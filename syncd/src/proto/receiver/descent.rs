@@ -108,15 +108,8 @@ impl Receiver {
                     }
                 }
                 if self.delete {
-                    for o in old {
-                        let p = join(&path, &o.name);
-                        if entries
-                            .binary_search_by(|e| e.name.as_slice().cmp(&o.name))
-                            .is_err()
-                            && !self.is_unsettled(&p)
-                        {
-                            self.report.push((b'-', 0, p));
-                        }
+                    for (p, _) in self.vanished(&path, old, entries) {
+                        self.report.push((b'-', 0, p));
                     }
                 }
             }
@@ -150,19 +143,12 @@ impl Receiver {
                 if self.delete
                     && let Some(old) = old
                 {
-                    for o in old {
-                        let p = join(&path, &o.name);
-                        if entries
-                            .binary_search_by(|e| e.name.as_slice().cmp(&o.name))
-                            .is_err()
-                            && !self.is_unsettled(&p)
-                        {
-                            self.delete_count += entries_below(local, &p, o.kind);
-                            if self.itemize {
-                                self.report.push((b'-', 0, p.clone()));
-                            }
-                            self.deletes.push(p);
+                    for (p, o) in self.vanished(&path, old, &entries) {
+                        self.delete_count += entries_below(local, &p, o.kind);
+                        if self.itemize {
+                            self.report.push((b'-', 0, p.clone()));
                         }
+                        self.deletes.push(p);
                     }
                 }
                 self.dirs.push((path, mode, meta));
@@ -215,5 +201,24 @@ impl Receiver {
             }
         }
         Ok(())
+    }
+
+    /// The children of `path` in `old` (the receiver's listing) that `entries` (the
+    /// sender's) lack and that are not unsettled: what `--delete` removes, with their paths.
+    fn vanished<'a>(
+        &self,
+        path: &[u8],
+        old: &'a [crate::manifest::Entry],
+        entries: &[Listed],
+    ) -> Vec<(Vec<u8>, &'a crate::manifest::Entry)> {
+        old.iter()
+            .filter_map(|o| {
+                let p = join(path, &o.name);
+                let gone = entries
+                    .binary_search_by(|e| e.name.as_slice().cmp(&o.name))
+                    .is_err();
+                (gone && !self.is_unsettled(&p)).then_some((p, o))
+            })
+            .collect()
     }
 }
