@@ -224,10 +224,27 @@ fn a_file_changing_during_the_push_is_never_stored_torn() {
         })
     };
     for _ in 0..3 {
-        let (rc, _, err) = push_json(&env, src.path(), &dst.path().join(""), &[]);
-        assert!(rc == 0 || rc == 1, "push failed: {err}");
-        if let Ok(got) = fs::read(dst.path().join("hot")) {
-            assert!(got == a || got == b, "a torn file was stored");
+        let (rc, v, err) = push_json(&env, src.path(), &dst.path().join(""), &[]);
+        let unreadable = v["unreadable"].as_array().cloned().unwrap_or_default();
+        let names_hot = unreadable
+            .iter()
+            .any(|p| p.as_str().is_some_and(|p| p.ends_with("hot")));
+        match rc {
+            // Sent: the destination holds one whole version, never a torn one.
+            0 => {
+                assert!(unreadable.is_empty(), "exit 0 leaves nothing unread: {v}");
+                let got = fs::read(dst.path().join("hot")).expect("exit 0: hot was pushed");
+                assert!(got == a || got == b, "a torn file was stored");
+            }
+            // Read again each time it changed under the read, then given up on: exit 1
+            // names it, and the destination keeps what it had (a whole version or none).
+            1 => {
+                assert!(names_hot, "exit 1 names the file given up on: {v}\n{err}");
+                if let Ok(got) = fs::read(dst.path().join("hot")) {
+                    assert!(got == a || got == b, "a torn file was stored");
+                }
+            }
+            _ => panic!("push failed: {err}"),
         }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
