@@ -7,6 +7,8 @@
 //! - `control_*`: status and final-sync on a converged tree and on one that differs, a
 //!   malformed request, another uid (as `nobody`, which needs root: fails under CI=true
 //!   when not root).
+//! - `watch_falls_back_*`: too few inotify watches (a user namespace with a low limit) turns
+//!   into rescans with a warning naming the sysctl, and changes still arrive.
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
@@ -30,8 +32,12 @@ struct Watcher {
 
 impl Watcher {
     fn start(env: &Env, src: &Path, dest: &str, sock: &Path, extra: &[&str]) -> Watcher {
-        let mut child = env
-            .cmd()
+        Watcher::spawn(env.cmd(), src, dest, sock, extra)
+    }
+
+    /// `cmd` runs `syncd` (perhaps through a wrapper such as `unshare`) with these arguments.
+    fn spawn(mut cmd: Command, src: &Path, dest: &str, sock: &Path, extra: &[&str]) -> Watcher {
+        let mut child = cmd
             .arg("push")
             .arg(src)
             .arg(dest)
@@ -560,6 +566,50 @@ fn watch_rescans_after_an_inotify_queue_overflow() {
     );
     // The first push, and at least one after the overflow.
     assert!(log.matches("(full rescan)").count() >= 2, "{log}");
+}
+
+#[test]
+fn watch_falls_back_to_rescans_when_max_user_watches_is_too_low() {
+    if !root_or_skip("a user namespace whose inotify watch limit can be lowered") {
+        return;
+    }
+    let env = Env::new();
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    // 60 directories, 60 watches needed; the namespace allows 20. The limit is per user
+    // namespace (`/proc/sys/user/max_inotify_watches`), so the rest of the machine keeps its.
+    for i in 0..60 {
+        write(&src, &format!("d{i}/f"), b"first");
+    }
+    let mut cmd = Command::new("unshare");
+    cmd.env("SYNCD_HOME", env.home.path()).args([
+        "-U",
+        "-r",
+        "sh",
+        "-c",
+        "echo 20 > /proc/sys/user/max_inotify_watches && exec \"$@\"",
+        "sh",
+        env!("CARGO_BIN_EXE_syncd"),
+    ]);
+    let w = Watcher::spawn(
+        cmd,
+        &src,
+        dst.to_str().unwrap(),
+        &t.path().join("c.sock"),
+        &["--delete"],
+    );
+    w.wait_converged(&env, &src, &dst, Duration::from_secs(60));
+    // Changes deep in directories no watch covers still arrive, by the rescans.
+    write(&src, "d59/f", b"changed where no watch looks");
+    write(&src, "d0/new", b"new");
+    fs::remove_file(src.join("d30/f")).unwrap();
+    w.wait_converged(&env, &src, &dst, Duration::from_secs(60));
+    assert_trees_equal(&src, &dst);
+    let log = w.log();
+    assert!(
+        log.contains("too few inotify watches") && log.contains("fs.inotify.max_user_watches"),
+        "the warning names the sysctl to raise: {log}"
+    );
 }
 
 #[test]
