@@ -5,16 +5,18 @@
 //! map and the invariants.
 //!
 //! Sans-IO cores: [`chunk`], [`manifest`] (not `manifest::store`), [`proto`], [`limit`],
-//! [`rate`], [`dest`], [`filter`], [`partname`] (but its key file), [`control::proto`]. IO edges:
+//! [`rate`], [`timetable`], [`ledbat`] (but its quinn adapter), [`dest`], [`filter`], [`partname`] (but its key file), [`control::proto`]. IO edges:
 //! [`manifest::store`], [`scan`], [`transport`], [`identity`], [`apply`], [`push`],
-//! [`control`], [`watch`] (but its `Batcher`).
+//! [`control`], [`watch`] (but its `Batcher`), [`bwlimit`] (its driver).
 
 pub mod apply;
+pub mod bwlimit;
 pub mod chunk;
 pub mod control;
 pub mod dest;
 pub mod filter;
 pub mod identity;
+pub mod ledbat;
 pub mod limit;
 pub mod logging;
 pub mod manifest;
@@ -24,5 +26,6 @@ pub mod proto;
 pub mod push;
 pub mod rate;
 pub mod scan;
+pub mod timetable;
 pub mod transport;
 pub mod watch;
