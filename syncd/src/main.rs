@@ -209,8 +209,8 @@ enum Command {
         /// directory counts with everything in it). Default: no limit, as in rsync.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         max_delete: Option<u64>,
-        #[arg(long, value_name = "RATE", help = syncd::rate::RATE_HELP)]
-        bwlimit: Option<syncd::rate::Rate>,
+        #[arg(long, value_name = "RATE|auto[:MAX]|TIMETABLE", help = syncd::bwlimit::BWLIMIT_HELP, allow_hyphen_values = true)]
+        bwlimit: Option<syncd::bwlimit::BwLimit>,
         /// Fixed zstd level for chunk data (0 = off). Default: adapt to the link: level 1
         /// until the first quarter second shows whether the link is the bottleneck, then
         /// the highest level that keeps up with a slow link, and off on fast links where
@@ -570,7 +570,10 @@ fn run(cli: Cli) -> Result<Outcome> {
                     itemize: itemize_changes || verbose,
                     dry_run,
                     scan: options(&home.dir()?, &filters),
-                    bwlimit: bwlimit.map(|r| r.bytes_per_sec()).filter(|&r| r > 0),
+                    bwlimit: bwlimit
+                        .as_ref()
+                        .and_then(|b| b.rate_at(syncd::bwlimit::local_now())),
+                    scavenger: bwlimit.as_ref().is_some_and(|b| b.is_auto()),
                     compress_level,
                     progress: None,
                     verify_dest,
@@ -578,10 +581,18 @@ fn run(cli: Cli) -> Result<Outcome> {
                     idle_timeout: timeout,
                 },
             };
-            if continuous.watch {
-                return cmd_watch(&src, &dest, &home.dir()?, opts, continuous);
+            if let Some(b) = &bwlimit {
+                let local = matches!(syncd::dest::parse(&dest), Ok(syncd::dest::Dest::Local(_)));
+                b.check_dest(!local)?;
             }
-            cmd_push(&src, &dest, &home.dir()?, opts)
+            let table = match bwlimit {
+                Some(syncd::bwlimit::BwLimit::Timetable(t)) => Some(t),
+                _ => None,
+            };
+            if continuous.watch {
+                return cmd_watch(&src, &dest, &home.dir()?, opts, continuous, table);
+            }
+            cmd_push(&src, &dest, &home.dir()?, opts, table)
         }
         Command::Manifest {
             dir,
@@ -1101,7 +1112,13 @@ fn check_local_push(src: &Path, dest: &Path, home: &Path, delete: bool) -> Resul
     Ok(())
 }
 
-fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<Outcome> {
+fn cmd_push(
+    src: &Path,
+    dest: &str,
+    home: &Path,
+    mut args: PushArgs,
+    table: Option<syncd::timetable::Timetable>,
+) -> Result<Outcome> {
     let dest = syncd::dest::parse(dest)?;
     // A single file is pushed like rsync's `rsync FILE DIR/`: its directory is the tree,
     // and the filter lets only that file through (nothing else is sent or deleted).
@@ -1211,9 +1228,19 @@ fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<O
                 format!("--peer-id is required to push to {dest}: run `syncd id` on the receiver and pass it here (syncd never trusts on first use)")
             })?;
             let identity = syncd::identity::Identity::load(home)?;
-            syncd::push::push_remote(src, addr, &peer_id, &identity, home, &args.push)
+            // A timetable's slots change the throttle's rate while the push runs.
+            let throttle = syncd::transport::Throttle::new(args.push.bwlimit.unwrap_or(0));
+            let follow = table.map(|t| {
+                tokio::spawn(syncd::bwlimit::follow(t, throttle.clone(), None)).abort_handle()
+            });
+            let throttle = (args.push.bwlimit.is_some() || follow.is_some()).then_some(throttle);
+            let pushed = syncd::push::push_remote_throttled(src, addr, &peer_id, &identity, home, &args.push, throttle, None)
                 .await
-                .map_err(anyhow::Error::from)
+                .map_err(anyhow::Error::from);
+            if let Some(f) = follow {
+                f.abort();
+            }
+            pushed
             }
         }
     });
@@ -1386,6 +1413,7 @@ fn cmd_watch(
     home: &Path,
     args: PushArgs,
     c: Continuous,
+    table: Option<syncd::timetable::Timetable>,
 ) -> Result<Outcome> {
     // Levels from RUST_LOG (push's -v/-q belong to its one-shot output).
     syncd::logging::init(0);
@@ -1416,6 +1444,10 @@ fn cmd_watch(
         let shared = shared.unwrap_or_else(|| {
             syncd::control::Shared::new("push", syncd::transport::Throttle::new(bwlimit))
         });
+        shared.update(|s| s.scavenger = args.push.scavenger);
+        if let Some(t) = table {
+            tokio::spawn(syncd::bwlimit::follow(t, shared.throttle().clone(), Some(shared.clone())));
+        }
         if let Some(addr) = c.metrics {
             syncd::metrics::install(addr, shared.clone())?;
             eprintln!("syncd push: metrics at http://{addr}/metrics");
@@ -1473,6 +1505,12 @@ fn cmd_status(path: &Path, json: bool) -> Result<Outcome> {
                 .map(|b| format!("{}/s", human_bytes(b)))
                 .unwrap_or_else(|| "none".into())
         )?;
+        if let Some(slot) = &s.bwlimit_slot {
+            writeln!(out, "timetable   slot {slot} in force")?;
+        }
+        if s.scavenger {
+            writeln!(out, "congestion  scavenger (--bwlimit auto, LEDBAT)")?;
+        }
         writeln!(
             out,
             "reconnects  {}{}",
