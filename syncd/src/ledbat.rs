@@ -207,13 +207,6 @@ pub struct LedbatController {
     initial_window: u64,
 }
 
-impl LedbatController {
-    /// The sans-IO state (for tests and metrics).
-    pub fn core(&self) -> &Ledbat {
-        &self.core
-    }
-}
-
 impl Controller for LedbatController {
     fn on_ack(
         &mut self,

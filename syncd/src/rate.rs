@@ -172,7 +172,9 @@ pub fn parse_rate(input: &str) -> Result<u64, RateError> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(num_len);
-    if s.starts_with('-') {
+    if s.strip_prefix('-')
+        .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit() || c == '.'))
+    {
         return Err(RateError::Negative { input: owned() });
     }
     if !num.is_empty()
@@ -355,6 +357,7 @@ mod tests {
             (".M", "expected a number"),
             ("-5M", "cannot be negative"),
             ("-0", "cannot be negative"),
+            ("--json", "expected a number"),
             ("1e99", "exponents"),
             ("1E3M", "exponents"),
             ("1e-3", "exponents"),
