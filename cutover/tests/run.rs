@@ -206,30 +206,7 @@ fn start_with(db_extra: &str, health_extra: &str, sync: bool) -> Option<GoTime> 
             false => "",
         },
     );
-    let push = syncd.map(|syncd| {
-        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
-        for i in 0..40 {
-            let p = src.join(format!("d{}/f{i}", i % 4));
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(&p, format!("app file {i} ").repeat(50 * (i + 1))).unwrap();
-        }
-        let sock = dir.path().join("push.sock");
-        let push = Push(
-            Command::new(&syncd)
-                .env("SYNCD_HOME", dir.path().join("syncd-home"))
-                .arg("push")
-                .arg(&src)
-                .arg(&dst)
-                .args(["--watch", "--control"])
-                .arg(&sock)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        wait_for(|| sock.exists(), "the syncd control socket");
-        push
-    });
+    let push = syncd.map(|syncd| Push::start(&syncd, dir.path(), "syncd-home", 40));
     let runbook = dir.path().join("runbook.toml");
     std::fs::write(&runbook, runbook_text).unwrap();
     let state = dir.path().join("state");
@@ -769,6 +746,35 @@ fn syncd_binary() -> Option<PathBuf> {
 /// A running `syncd push SRC DEST --watch --control SOCK`, killed on drop.
 struct Push(std::process::Child);
 
+impl Push {
+    /// `files` files in `DIR/src`, then `syncd push DIR/src DIR/dst --watch --control
+    /// DIR/push.sock` with the home `DIR/HOME`; returns once the socket is up.
+    fn start(syncd: &Path, dir: &Path, home: &str, files: usize) -> Push {
+        let (src, dst) = (dir.join("src"), dir.join("dst"));
+        for i in 0..files {
+            let p = src.join(format!("d{}/f{i}", i % 5));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, format!("file {i} ").repeat(20 * (i + 1))).unwrap();
+        }
+        let sock = dir.join("push.sock");
+        let push = Push(
+            Command::new(syncd)
+                .env("SYNCD_HOME", dir.join(home))
+                .arg("push")
+                .arg(&src)
+                .arg(&dst)
+                .args(["--watch", "--control"])
+                .arg(&sock)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for(|| sock.exists(), "the syncd control socket");
+        push
+    }
+}
+
 impl Drop for Push {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -790,26 +796,8 @@ fn sync_steps_against_a_real_syncd_push_watch() {
     let Some(syncd) = syncd_binary() else { return };
     let t = tempfile::tempdir().unwrap();
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
-    for i in 0..50 {
-        let p = src.join(format!("d{}/f{i}", i % 5));
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, format!("file {i}").repeat(i + 1)).unwrap();
-    }
     let sock = t.path().join("push.sock");
-    let _push = Push(
-        Command::new(&syncd)
-            .env("SYNCD_HOME", t.path().join("home"))
-            .arg("push")
-            .arg(&src)
-            .arg(&dst)
-            .args(["--watch", "--control"])
-            .arg(&sock)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(|| sock.exists(), "the control socket");
+    let _push = Push::start(&syncd, t.path(), "home", 50);
     let runbook = t.path().join("runbook.toml");
     std::fs::write(
         &runbook,
