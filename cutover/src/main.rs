@@ -51,6 +51,7 @@ Runbook example ([database] table; durations like \"30s\" or \"500ms\"):
   fence_grace = \"200ms\"                       # promote: before ending sessions (MariaDB)
   max_lag_at_fence = 100                      # promote: fence once at most this far behind
   verify_tables = [\"app.*\"]                   # verify: schema.table, * matches any run
+  reverse = true                              # run: promote with --reverse (the default)
 
 Typical order: setup, status (until lag is ~0), verify, promote --reverse, status.";
 
@@ -100,9 +101,10 @@ enum Command {
     ///
     /// Steps, each only when its table is present: converge sync ([sync]), drain the source
     /// ([loadbalancer]), stop the source's services ([[service]] side = "source"), zero-loss
-    /// promote with --reverse ([database]), final sync with equal roots, start the
-    /// destination's services (side = "destination"), the destination ready, the DNS switch
-    /// and its propagation ([dns]), the health gate ([[health]]). A failed step or check
+    /// promote ([database]; with --reverse unless reverse = false), final sync with equal
+    /// roots, start the destination's services (side = "destination"), the destination
+    /// ready, the DNS switch and its propagation ([dns]), the health gate ([[health]]).
+    /// A failed step or check
     /// rolls back every step that began, in reverse. Every state change is fsynced to a
     /// journal in --state DIR first, so that `cutover rollback` can undo a run killed at any
     /// point. Exit 0 done, 1 rolled back, 2 error (a failed rollback included).

@@ -220,8 +220,15 @@ pub fn risks(rb: &Runbook, facts: &Facts) -> Vec<Risk> {
             ),
         });
     }
-    if rb.database.is_some() {
-        // `cutover run` always promotes with --reverse; say so rather than score it.
+    if let Some(d) = &rb.database {
+        if !d.reverse {
+            r.push(Risk {
+                points: 2,
+                fact: "database.reverse = false: no reverse replication, so a rollback after the \
+                       switch is refused once the new primary has taken writes"
+                    .into(),
+            });
+        }
     } else if !rb.service.is_empty() {
         r.push(Risk {
             points: 1,
@@ -428,7 +435,7 @@ pub fn render(runbook: &str, rb: &Runbook, plan: &Plan, facts: &Facts) -> String
     for r in &rs {
         let _ = writeln!(m, "- (+{}) {}", r.points, r.fact);
     }
-    if rb.database.is_some() {
+    if rb.database.as_ref().is_some_and(|d| d.reverse) {
         let _ = writeln!(
             m,
             "- (0) `cutover run` promotes with `--reverse`: the old source replicates from the new primary, so a rollback keeps the writes made after the switch"
@@ -532,6 +539,24 @@ mod tests {
         let rs = risks(&r, &facts(3, 200 * (1 << 30)));
         assert_eq!(rs.iter().map(|r| r.points).sum::<u32>(), 5, "{rs:?}");
         assert!(rs[0].fact.contains("3 client session(s)"));
+    }
+
+    #[test]
+    fn no_reverse_replication_is_a_risk_and_the_plan_does_not_promise_it() {
+        let with = rb(DB);
+        let without = rb(&format!("{DB}reverse = false\n"));
+        assert!(risks(&with, &facts(0, 1 << 20)).is_empty());
+        let rs = risks(&without, &facts(0, 1 << 20));
+        assert_eq!(rs.len(), 1, "{rs:?}");
+        assert!(rs[0].fact.contains("database.reverse = false"), "{rs:?}");
+        let md = |r: &Runbook| render("rb.toml", r, &Plan::from(r).unwrap(), &facts(0, 1 << 20));
+        assert!(md(&with).contains("promotes with `--reverse`"));
+        assert!(!md(&without).contains("promotes with `--reverse`"));
+        assert!(
+            md(&without).contains("Score 2 (medium)"),
+            "{}",
+            md(&without)
+        );
     }
 
     #[test]

@@ -183,7 +183,7 @@ pub async fn perform(rb: &Runbook, op: &Op, recorded: Option<&Value>) -> Result<
         }
         Op::DbPromote => {
             let d = rb.database.as_ref().ok_or_else(|| fail("no [database]"))?;
-            let r = db::promote::promote(d, true)
+            let r = db::promote::promote(d, d.reverse)
                 .await
                 .map_err(|e| fail(e.to_string()))?;
             if r.ok {
@@ -296,13 +296,19 @@ pub fn describe(rb: &Runbook, op: &Op, dialect: Option<&db::dialect::Dialect>) -
     match op {
         Op::SyncConverged => vec![format!(
             "syncd {}: {{\"cmd\":\"status\"}} until converged or lag <= {:?} (at most {:?})",
-            rb.sync.as_ref().map_or(String::new(), |s| s.control.display().to_string()),
+            rb.sync
+                .as_ref()
+                .map_or(String::new(), |s| s.control.display().to_string()),
             rb.sync.as_ref().map_or(Duration::ZERO, |s| s.max_lag),
-            rb.sync.as_ref().map_or(Duration::ZERO, |s| s.converge_timeout),
+            rb.sync
+                .as_ref()
+                .map_or(Duration::ZERO, |s| s.converge_timeout),
         )],
         Op::SyncFinal => vec![format!(
             "syncd {}: {{\"cmd\":\"final-sync\"}}; the roots must be equal",
-            rb.sync.as_ref().map_or(String::new(), |s| s.control.display().to_string()),
+            rb.sync
+                .as_ref()
+                .map_or(String::new(), |s| s.control.display().to_string()),
         )],
         Op::LbDrain { server } => vec![
             format!(
@@ -334,14 +340,20 @@ pub fn describe(rb: &Runbook, op: &Op, dialect: Option<&db::dialect::Dialect>) -
         Op::ServicesStop { names } => services(rb, names)
             .iter()
             .flat_map(|s| {
-                let on = s.host.as_ref().map_or(String::new(), |h| format!(" on {h}"));
+                let on = s
+                    .host
+                    .as_ref()
+                    .map_or(String::new(), |h| format!(" on {h}"));
                 let mut v = vec![format!(
                     "{}: `{}`{on}",
                     s.name,
                     s.stop.as_deref().unwrap_or("(no stop command)")
                 )];
                 if let Some(c) = &s.check {
-                    v.push(format!("{}: `{c}`{on} until it fails (at most {:?})", s.name, s.wait));
+                    v.push(format!(
+                        "{}: `{c}`{on} until it fails (at most {:?})",
+                        s.name, s.wait
+                    ));
                 }
                 if let Some(k) = &s.kill {
                     v.push(format!("{}: if still running, `{k}`{on}", s.name));
@@ -352,14 +364,20 @@ pub fn describe(rb: &Runbook, op: &Op, dialect: Option<&db::dialect::Dialect>) -
         Op::ServicesStart { names } => services(rb, names)
             .iter()
             .flat_map(|s| {
-                let on = s.host.as_ref().map_or(String::new(), |h| format!(" on {h}"));
+                let on = s
+                    .host
+                    .as_ref()
+                    .map_or(String::new(), |h| format!(" on {h}"));
                 let mut v = vec![format!(
                     "{}: `{}`{on}",
                     s.name,
                     s.start.as_deref().unwrap_or("(no start command)")
                 )];
                 if let Some(c) = &s.check {
-                    v.push(format!("{}: `{c}`{on} until it passes (at most {:?})", s.name, s.wait));
+                    v.push(format!(
+                        "{}: `{c}`{on} until it passes (at most {:?})",
+                        s.name, s.wait
+                    ));
                 }
                 v
             })
@@ -382,7 +400,10 @@ pub fn describe(rb: &Runbook, op: &Op, dialect: Option<&db::dialect::Dialect>) -
                 if let Some(lock) = dia.fence_lock() {
                     v.push(format!("source: {lock}"));
                 }
-                v.push(format!("source: {} (the final position F)", dia.own_position_query()));
+                v.push(format!(
+                    "source: {} (the final position F)",
+                    dia.own_position_query()
+                ));
                 v.push(format!(
                     "replica: {} (repeated until {:?})",
                     dia.wait_for_position(
@@ -398,20 +419,33 @@ pub fn describe(rb: &Runbook, op: &Op, dialect: Option<&db::dialect::Dialect>) -
                 }
                 v.push("source: the position again, which must still be F (the proof)".into());
                 v.push(format!("source: {}", dia.fence_unlock()));
-                for sql in dia.resume_as_replica_at(&db::dialect::Position::Gtid("F".into())) {
-                    v.push(format!("source: {sql}"));
+                if d.reverse {
+                    for sql in dia.resume_as_replica_at(&db::dialect::Position::Gtid("F".into())) {
+                        v.push(format!("source: {sql}"));
+                    }
+                    v.push(format!(
+                        "source: CHANGE MASTER TO the replica as {} (password not shown); {}",
+                        d.replication_user,
+                        dia.start_replica()
+                    ));
+                } else {
+                    v.push("source: stays fenced (read_only), not replicating (database.reverse = false)".into());
                 }
-                v.push(format!(
-                    "source: CHANGE MASTER TO the replica as {} (password not shown); {}",
-                    d.replication_user,
-                    dia.start_replica()
-                ));
                 v
             }
-            _ => vec!["database: promote with --reverse (the database did not answer: statements not listed)".into()],
+            _ => vec![format!(
+                "database: promote{} (the database did not answer: statements not listed)",
+                if rb.database.as_ref().is_some_and(|d| d.reverse) {
+                    " with --reverse"
+                } else {
+                    ""
+                }
+            )],
         },
         Op::DbPromoted => vec!["database: status must read the pair as promoted".into()],
-        Op::DbRestore => vec!["database: the source back as the primary (see cutover rollback)".into()],
+        Op::DbRestore => {
+            vec!["database: the source back as the primary (see cutover rollback)".into()]
+        }
         Op::DnsSet { from, to } => match rb.dns.as_ref() {
             Some(d) => vec![
                 format!(
@@ -421,7 +455,11 @@ pub fn describe(rb: &Runbook, op: &Op, dialect: Option<&db::dialect::Dialect>) -
                     d.tsig.name,
                     d.tsig.algorithm,
                     d.record,
-                    if d.source_address.is_ipv4() { "A" } else { "AAAA" },
+                    if d.source_address.is_ipv4() {
+                        "A"
+                    } else {
+                        "AAAA"
+                    },
                     d.record
                 ),
                 format!(
@@ -432,7 +470,11 @@ pub fn describe(rb: &Runbook, op: &Op, dialect: Option<&db::dialect::Dialect>) -
                         .iter()
                         .map(|s| format!(", {s}"))
                         .collect::<String>(),
-                    if d.check_ns { " and the zone's NS set" } else { "" },
+                    if d.check_ns {
+                        " and the zone's NS set"
+                    } else {
+                        ""
+                    },
                     d.propagation_timeout
                 ),
             ],

@@ -2,8 +2,12 @@
 //! per test on loopback: a replicating MariaDB pair, HAProxy in front of two HTTP backends,
 //! `named` with a TSIG key, and two local services (one per side) run by the hooks.
 //!
-//! - `happy_path_*`: the destination serves through HAProxy, DNS answers its address, the
-//!   database is promoted with the old source replicating from it, the rows are equal;
+//! - `happy_path_*`: everything at once, with a real `syncd push --watch` as `[sync]`: the
+//!   destination serves through HAProxy, DNS answers its address, the database is promoted
+//!   with the old source replicating from it, the rows are equal (`cutover db verify`) and
+//!   the trees are equal (the final sync's root, `diff -r`);
+//! - `run_without_reverse_*`: `database.reverse = false` promotes without the reverse
+//!   replication, and a rollback with nothing written since still restores the source;
 //! - `failing_health_*`: the health gate fails on the destination and everything points back
 //!   at the source, asserted against each server; the old source takes writes again;
 //! - `sigkill_*`: `cutover run` killed at every step in turn (after the step's IO, before
@@ -45,6 +49,8 @@ struct GoTime {
     dir: tempfile::TempDir,
     runbook: PathBuf,
     state: PathBuf,
+    /// The `syncd push --watch` of `[sync]`, when the runbook has one.
+    _push: Option<Push>,
 }
 
 fn cutover(args: &[&str], g: &GoTime) -> Output {
@@ -134,9 +140,20 @@ fn start_source_service(dir: &Path) {
 /// and `new` in maint, `named` answering the source address, the source's service running.
 /// `health_extra` is added to the destination's health check.
 fn start(health_extra: &str) -> Option<GoTime> {
+    start_with("", health_extra, false)
+}
+
+/// `db_extra` goes into `[database]`, `health_extra` into `[[health]]`; with `sync`, the
+/// runbook has a `[sync]` whose control socket is a real `syncd push SRC DST --watch` of
+/// `DIR/src` into `DIR/dst`.
+fn start_with(db_extra: &str, health_extra: &str, sync: bool) -> Option<GoTime> {
     if !available() {
         return None;
     }
+    let syncd = match sync {
+        true => Some(syncd_binary()?),
+        false => None,
+    };
     let pair = Pair::start()?;
     create_app_user(&pair.source);
     create_app_user(&pair.replica);
@@ -164,7 +181,8 @@ fn start(health_extra: &str) -> Option<GoTime> {
     let key = bind.key_file(&KEY_SHA256);
     let runbook_text = format!(
         "[database]\nsource = \"{src}\"\nreplica = \"{rep}\"\nreplication_user = \"repl\"\n\
-         replication_password = \"replpw\"\ncatch_up_timeout = \"10s\"\n\n\
+         replication_password = \"replpw\"\ncatch_up_timeout = \"10s\"\n\
+         verify_tables = [\"app.*\"]\n{db_extra}\n\n\
          [loadbalancer]\nadmin_socket = {admin:?}\nbackend = \"web\"\nsource_server = \"old\"\n\
          destination_server = \"new\"\ndrain_timeout = \"5s\"\nready_timeout = \"10s\"\n\
          poll_interval = \"50ms\"\n\n\
@@ -173,7 +191,7 @@ fn start(health_extra: &str) -> Option<GoTime> {
          tsig_key_file = {key:?}\nns_port = {dns}\npoll_interval = \"100ms\"\ntimeout = \"1s\"\n\
          propagation_timeout = \"10s\"\n\n\
          [[health]]\nname = \"web\"\nhttp = \"http://127.0.0.1:{newport}/health\"\n{health_extra}\n\n\
-         {src_svc}{dst_svc}",
+         {src_svc}{dst_svc}{sync_table}",
         src = pair.source.url(),
         rep = pair.replica.url(),
         admin = haproxy.admin_socket.display().to_string(),
@@ -182,7 +200,13 @@ fn start(health_extra: &str) -> Option<GoTime> {
         newport = new.port,
         src_svc = service(dir.path(), "source"),
         dst_svc = service(dir.path(), "destination"),
+        sync_table = match sync {
+            true =>
+                "\n[sync]\ncontrol = \"push.sock\"\nmax_lag = \"0s\"\nconverge_timeout = \"30s\"\n",
+            false => "",
+        },
     );
+    let push = syncd.map(|syncd| Push::start(&syncd, dir.path(), "syncd-home", 40));
     let runbook = dir.path().join("runbook.toml");
     std::fs::write(&runbook, runbook_text).unwrap();
     let state = dir.path().join("state");
@@ -196,6 +220,7 @@ fn start(health_extra: &str) -> Option<GoTime> {
         runbook,
         state,
         dir,
+        _push: push,
     };
     let out = cutover(&["db", "setup"], &g);
     assert_eq!(out.status.code(), Some(0), "setup: {}", text(&out));
@@ -306,9 +331,17 @@ fn checksum(m: &MariaDb) -> String {
 }
 
 #[test]
-fn happy_path_moves_traffic_dns_and_the_primary_to_the_destination() {
-    let Some(g) = start("") else { return };
+fn happy_path_moves_traffic_dns_files_and_the_primary_to_the_destination() {
+    let Some(g) = start_with("", "", true) else {
+        return;
+    };
     assert_eq!(served_by(&g), "200 old");
+    // Written just before go-time: the promotion and the final sync must carry them.
+    g.pair
+        .source
+        .sql("INSERT INTO app.items VALUES (4000, 'just before go-time')");
+    let src = g.dir.path().join("src");
+    std::fs::write(src.join("late.txt"), "written just before go-time").unwrap();
     let out = cutover(&["run", "--yes", "--json"], &g);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
@@ -335,15 +368,38 @@ fn happy_path_moves_traffic_dns_and_the_primary_to_the_destination() {
     assert_eq!(
         done,
         [
+            "converge-sync",
             "drain",
             "stop-services",
             "promote",
+            "final-sync",
             "start-services",
             "ready",
             "dns-switch",
             "health-gate"
         ]
     );
+    // The trees are equal: the final sync's root is the source's, and so are the bytes.
+    let final_sync = lines
+        .iter()
+        .find(|l| l["step"] == "final-sync" && l["action"] == "do")
+        .unwrap();
+    let manifest = Command::new(syncd_binary().unwrap())
+        .env("SYNCD_HOME", g.dir.path().join("syncd-home"))
+        .arg("manifest")
+        .arg(&src)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&manifest.stdout).unwrap();
+    assert_eq!(final_sync["observed"]["root"], m["root"], "{final_sync}");
+    let diff = Command::new("diff")
+        .arg("-r")
+        .arg(&src)
+        .arg(g.dir.path().join("dst"))
+        .output()
+        .unwrap();
+    assert!(diff.status.success(), "{}", text(&diff));
 
     wait_for(
         || served_by(&g) == "200 new",
@@ -357,7 +413,16 @@ fn happy_path_moves_traffic_dns_and_the_primary_to_the_destination() {
         !g.pair.source.sql("SHOW SLAVE STATUS").trim().is_empty(),
         "the old source replicates from the new primary (--reverse)"
     );
+    // The data is equal, by cutover's own chunked checksum and by the server's.
+    let out = cutover(&["db", "verify"], &g);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(checksum(&g.pair.source), checksum(&g.pair.replica));
+    assert_eq!(
+        g.pair
+            .replica
+            .sql("SELECT name FROM app.items WHERE id = 4000"),
+        "just before go-time"
+    );
     assert!(!running(&g, "source") && running(&g, "destination"));
 
     // The journal of a completed run stays until the next run: rolling it back points
@@ -367,6 +432,26 @@ fn happy_path_moves_traffic_dns_and_the_primary_to_the_destination() {
     wait_for(|| world(&g) == at_source(), "the world back at the source");
     assert_source_is_primary(&g, 5000);
     assert_eq!(served_by(&g), "200 old");
+}
+
+#[test]
+fn run_without_reverse_leaves_the_old_source_fenced_and_not_replicating() {
+    let Some(g) = start_with("reverse = false", "", false) else {
+        return;
+    };
+    let out = cutover(&["run", "--yes"], &g);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(g.pair.replica.sql("SELECT @@read_only"), "0");
+    assert_eq!(g.pair.source.sql("SELECT @@read_only"), "1");
+    assert!(
+        g.pair.source.sql("SHOW SLAVE STATUS").trim().is_empty(),
+        "database.reverse = false: the old source does not replicate"
+    );
+    // Nothing was written to the new primary: the rollback can switch back, losing nothing.
+    let out = cutover(&["rollback"], &g);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    wait_for(|| world(&g) == at_source(), "the world back at the source");
+    assert_source_is_primary(&g, 6000);
 }
 
 #[test]
@@ -661,6 +746,35 @@ fn syncd_binary() -> Option<PathBuf> {
 /// A running `syncd push SRC DEST --watch --control SOCK`, killed on drop.
 struct Push(std::process::Child);
 
+impl Push {
+    /// `files` files in `DIR/src`, then `syncd push DIR/src DIR/dst --watch --control
+    /// DIR/push.sock` with the home `DIR/HOME`; returns once the socket is up.
+    fn start(syncd: &Path, dir: &Path, home: &str, files: usize) -> Push {
+        let (src, dst) = (dir.join("src"), dir.join("dst"));
+        for i in 0..files {
+            let p = src.join(format!("d{}/f{i}", i % 5));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, format!("file {i} ").repeat(20 * (i + 1))).unwrap();
+        }
+        let sock = dir.join("push.sock");
+        let push = Push(
+            Command::new(syncd)
+                .env("SYNCD_HOME", dir.join(home))
+                .arg("push")
+                .arg(&src)
+                .arg(&dst)
+                .args(["--watch", "--control"])
+                .arg(&sock)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for(|| sock.exists(), "the syncd control socket");
+        push
+    }
+}
+
 impl Drop for Push {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -682,26 +796,8 @@ fn sync_steps_against_a_real_syncd_push_watch() {
     let Some(syncd) = syncd_binary() else { return };
     let t = tempfile::tempdir().unwrap();
     let (src, dst) = (t.path().join("src"), t.path().join("dst"));
-    for i in 0..50 {
-        let p = src.join(format!("d{}/f{i}", i % 5));
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, format!("file {i}").repeat(i + 1)).unwrap();
-    }
     let sock = t.path().join("push.sock");
-    let _push = Push(
-        Command::new(&syncd)
-            .env("SYNCD_HOME", t.path().join("home"))
-            .arg("push")
-            .arg(&src)
-            .arg(&dst)
-            .args(["--watch", "--control"])
-            .arg(&sock)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(|| sock.exists(), "the control socket");
+    let _push = Push::start(&syncd, t.path(), "home", 50);
     let runbook = t.path().join("runbook.toml");
     std::fs::write(
         &runbook,

@@ -381,6 +381,29 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_change_never_carries_more_than_the_new_burst() {
+        let t0 = Instant::now();
+        let (high, low) = (125_000_000, 1_250_000);
+        let mut b = TokenBucket::with_default_burst(high);
+        // Idle at the high rate: a full high burst (2.5 MB) is saved up.
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(b.available(t1), TokenBucket::default_burst(high));
+        b.set_rate(t1, low, TokenBucket::default_burst(low));
+        // At most the low burst (25 kB) may go at once after the change, then the low rate.
+        assert_eq!(b.available(t1), TokenBucket::default_burst(low));
+        assert_eq!(
+            b.reserve(t1, TokenBucket::default_burst(low)),
+            Duration::ZERO
+        );
+        assert_eq!(b.reserve(t1, low / 10), Duration::from_millis(100));
+        // Idle again: the saved credit is capped at the new burst however long it waits.
+        assert_eq!(
+            b.available(t1 + Duration::from_secs(3600)),
+            TokenBucket::default_burst(low)
+        );
+    }
+
+    #[test]
     fn rate_change_mid_transfer_converges_within_5_percent() {
         let rate_a = 12_500_000;
         let rate_b = 2_500_000;

@@ -147,7 +147,10 @@ pub(crate) fn run(cli: Cli) -> Result<Outcome> {
                     itemize: itemize_changes || verbose,
                     dry_run,
                     scan: options(&home.dir()?, &filters),
-                    bwlimit: bwlimit.map(|r| r.bytes_per_sec()).filter(|&r| r > 0),
+                    bwlimit: bwlimit
+                        .as_ref()
+                        .and_then(|b| b.rate_at(syncd::bwlimit::local_now())),
+                    scavenger: bwlimit.as_ref().is_some_and(|b| b.is_auto()),
                     compress_level,
                     progress: None,
                     verify_dest,
@@ -155,10 +158,18 @@ pub(crate) fn run(cli: Cli) -> Result<Outcome> {
                     idle_timeout: timeout,
                 },
             };
-            if continuous.watch {
-                return cmd_watch(&src, &dest, &home.dir()?, opts, continuous);
+            if let Some(b) = &bwlimit {
+                let local = matches!(syncd::dest::parse(&dest), Ok(syncd::dest::Dest::Local(_)));
+                b.check_dest(!local)?;
             }
-            cmd_push(&src, &dest, &home.dir()?, opts)
+            let table = match bwlimit {
+                Some(syncd::bwlimit::BwLimit::Timetable(t)) => Some(t),
+                _ => None,
+            };
+            if continuous.watch {
+                return cmd_watch(&src, &dest, &home.dir()?, opts, continuous, table);
+            }
+            cmd_push(&src, &dest, &home.dir()?, opts, table)
         }
         Command::Manifest {
             dir,

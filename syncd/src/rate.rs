@@ -24,26 +24,28 @@ way network people write it: 50M = 50 Mbit/s, 100k = 100 kbit/s, 1G = 1 Gbit/s. 
 second with an uppercase B: 6MB = 6,000,000 bytes/s, 6MiB = 6×1024×1024 bytes/s. A unit is \
 required; 0 means no limit.";
 
-/// Why a `RATE` value could not be parsed. Every variant names the input.
+/// The accepted forms, for every error message: what to write instead.
+pub const ACCEPTED_FORMS: &str = "accepted: a number with a unit, bits/s as 50M, 100k, 1.5G \
+(k/M/G/T), bytes/s as 6MB or 6MiB (KB/MB/GB/KiB/MiB/GiB), or 0 for no limit";
+
+/// Why a `RATE` value could not be parsed. Every variant names the input and the
+/// [`ACCEPTED_FORMS`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RateError {
     /// The input was empty or only whitespace.
-    #[error("invalid rate \"{input}\": empty (use e.g. 50M for 50 Mbit/s or 6MB for 6 MB/s)")]
+    #[error("invalid rate \"{input}\": empty; {ACCEPTED_FORMS}")]
     Empty {
         /// The text as given.
         input: String,
     },
     /// The numeric part is missing or is not a decimal number.
-    #[error("invalid rate \"{input}\": expected a number followed by a unit, e.g. 50M or 6MB")]
+    #[error("invalid rate \"{input}\": expected a number followed by a unit; {ACCEPTED_FORMS}")]
     BadNumber {
         /// The text as given.
         input: String,
     },
     /// The unit after the number is not one this parser knows.
-    #[error(
-        "invalid rate \"{input}\": unknown unit \"{unit}\" (use k/M/G/T for bits per second, \
-         e.g. 50M, or KB/MB/GB/KiB/MiB/GiB for bytes per second, e.g. 6MB)"
-    )]
+    #[error("invalid rate \"{input}\": unknown unit \"{unit}\"; {ACCEPTED_FORMS}")]
     UnknownUnit {
         /// The text as given.
         input: String,
@@ -59,14 +61,26 @@ pub enum RateError {
         /// The text as given.
         input: String,
     },
+    /// A minus sign: a cap cannot be negative.
+    #[error("invalid rate \"{input}\": a rate cannot be negative; {ACCEPTED_FORMS}")]
+    Negative {
+        /// The text as given.
+        input: String,
+    },
+    /// Scientific notation (`1e99`), which would hide an absurd value behind a short one.
+    #[error("invalid rate \"{input}\": exponents (e) are not accepted; {ACCEPTED_FORMS}")]
+    Exponent {
+        /// The text as given.
+        input: String,
+    },
     /// The value is non-zero but rounds to less than one byte per second.
-    #[error("invalid rate \"{input}\": below 1 byte/s (use 0 for no limit)")]
+    #[error("invalid rate \"{input}\": below 1 byte/s; {ACCEPTED_FORMS}")]
     TooSmall {
         /// The text as given.
         input: String,
     },
     /// The value does not fit in a `u64` of bytes per second.
-    #[error("invalid rate \"{input}\": too large")]
+    #[error("invalid rate \"{input}\": too large (more than 2^64 bytes/s); {ACCEPTED_FORMS}")]
     TooLarge {
         /// The text as given.
         input: String,
@@ -158,6 +172,17 @@ pub fn parse_rate(input: &str) -> Result<u64, RateError> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(num_len);
+    if s.strip_prefix('-')
+        .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit() || c == '.'))
+    {
+        return Err(RateError::Negative { input: owned() });
+    }
+    if !num.is_empty()
+        && unit.starts_with(['e', 'E'])
+        && unit[1..].starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+')
+    {
+        return Err(RateError::Exponent { input: owned() });
+    }
     let (mantissa, scale) =
         parse_decimal(num).ok_or_else(|| RateError::BadNumber { input: owned() })?;
     let unit = unit.trim_start();
@@ -330,7 +355,12 @@ mod tests {
             ("5 Mbit/h", "unknown unit"),
             ("1.2.3M", "expected a number"),
             (".M", "expected a number"),
-            ("-5M", "expected a number"),
+            ("-5M", "cannot be negative"),
+            ("-0", "cannot be negative"),
+            ("--json", "expected a number"),
+            ("1e99", "exponents"),
+            ("1E3M", "exponents"),
+            ("1e-3", "exponents"),
             ("1000", "a unit is required"),
             ("1b", "below 1 byte/s"),
             ("99999999999999999999T", "too large"),
@@ -347,6 +377,12 @@ mod tests {
                 "{input:?}: message {msg:?} does not name the input"
             );
             assert!(msg.contains(needle), "{input:?}: {msg:?} lacks {needle:?}");
+            if !matches!(err, RateError::MissingUnit { .. }) {
+                assert!(
+                    msg.contains(ACCEPTED_FORMS),
+                    "{input:?}: {msg:?} names no form"
+                );
+            }
         }
     }
 

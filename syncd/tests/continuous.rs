@@ -2,11 +2,15 @@
 //! control socket over a real unix socket, `syncd serve` over QUIC on loopback.
 //!
 //! - `watch_local_*`: a watching pair converges through create/modify/chmod/rename/delete
-//!   storms, 1,000 files in one burst among them.
+//!   storms, 10,000 files in one burst among them.
 //! - `watch_remote_*`: the same to a `serve`, which is killed mid-stream and restarted.
 //! - `control_*`: status and final-sync on a converged tree and on one that differs, a
 //!   malformed request, another uid (as `nobody`, which needs root: fails under CI=true
 //!   when not root).
+//! - `watch_remote_converges_after_the_link_*`: the veth link between two network
+//!   namespaces (sender in one, `serve` in the other) goes down and up again.
+//! - `watch_falls_back_*`: too few inotify watches (a user namespace with a low limit) turns
+//!   into rescans with a warning naming the sysctl, and changes still arrive.
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
@@ -30,8 +34,12 @@ struct Watcher {
 
 impl Watcher {
     fn start(env: &Env, src: &Path, dest: &str, sock: &Path, extra: &[&str]) -> Watcher {
-        let mut child = env
-            .cmd()
+        Watcher::spawn(env.cmd(), src, dest, sock, extra)
+    }
+
+    /// `cmd` runs `syncd` (perhaps through a wrapper such as `unshare`) with these arguments.
+    fn spawn(mut cmd: Command, src: &Path, dest: &str, sock: &Path, extra: &[&str]) -> Watcher {
+        let mut child = cmd
             .arg("push")
             .arg(src)
             .arg(dest)
@@ -179,8 +187,8 @@ fn watch_local_converges_through_storms() {
         &["--delete"],
     );
     w.wait_converged(&env, &src, &dst, Duration::from_secs(60));
-    storm(&src, 1200);
-    w.wait_converged(&env, &src, &dst, Duration::from_secs(120));
+    storm(&src, 10_000);
+    w.wait_converged(&env, &src, &dst, Duration::from_secs(180));
     // A second storm right after the first settles, on the renamed paths.
     for i in 0..300 {
         write(&src, &format!("burst/renamed/g{i}"), b"g");
@@ -563,6 +571,50 @@ fn watch_rescans_after_an_inotify_queue_overflow() {
 }
 
 #[test]
+fn watch_falls_back_to_rescans_when_max_user_watches_is_too_low() {
+    if !root_or_skip("a user namespace whose inotify watch limit can be lowered") {
+        return;
+    }
+    let env = Env::new();
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    // 60 directories, 60 watches needed; the namespace allows 20. The limit is per user
+    // namespace (`/proc/sys/user/max_inotify_watches`), so the rest of the machine keeps its.
+    for i in 0..60 {
+        write(&src, &format!("d{i}/f"), b"first");
+    }
+    let mut cmd = Command::new("unshare");
+    cmd.env("SYNCD_HOME", env.home.path()).args([
+        "-U",
+        "-r",
+        "sh",
+        "-c",
+        "echo 20 > /proc/sys/user/max_inotify_watches && exec \"$@\"",
+        "sh",
+        env!("CARGO_BIN_EXE_syncd"),
+    ]);
+    let w = Watcher::spawn(
+        cmd,
+        &src,
+        dst.to_str().unwrap(),
+        &t.path().join("c.sock"),
+        &["--delete"],
+    );
+    w.wait_converged(&env, &src, &dst, Duration::from_secs(60));
+    // Changes deep in directories no watch covers still arrive, by the rescans.
+    write(&src, "d59/f", b"changed where no watch looks");
+    write(&src, "d0/new", b"new");
+    fs::remove_file(src.join("d30/f")).unwrap();
+    w.wait_converged(&env, &src, &dst, Duration::from_secs(60));
+    assert_trees_equal(&src, &dst);
+    let log = w.log();
+    assert!(
+        log.contains("too few inotify watches") && log.contains("fs.inotify.max_user_watches"),
+        "the warning names the sysctl to raise: {log}"
+    );
+}
+
+#[test]
 fn watch_sends_a_renamed_directory_and_large_file_as_a_move() {
     let (sender, receiver) = (Env::new(), Env::new());
     let (sid, rid) = (init(&sender), init(&receiver));
@@ -703,6 +755,118 @@ fn watch_remote_converges_after_a_network_cut() {
     let s = w.status(&sender).unwrap();
     assert!(s["reconnects"].as_u64().unwrap() >= 1, "{s}");
     drop(server);
+}
+
+/// Two network namespaces joined by a veth pair, removed on drop.
+struct Netns {
+    a: String,
+    b: String,
+    /// The address of the veth end in `b`.
+    b_addr: String,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let id = std::process::id();
+        let (a, b) = (format!("syncd-a-{id}"), format!("syncd-b-{id}"));
+        let net = format!("10.{}.{}", 200 + (id >> 16) % 50, (id >> 8) % 256);
+        let n = Netns {
+            a: a.clone(),
+            b: b.clone(),
+            b_addr: format!("{net}.2"),
+        };
+        let ip = |args: &str| {
+            let o = Command::new("ip")
+                .args(args.split(' '))
+                .output()
+                .expect("ip (iproute2)");
+            assert!(o.status.success(), "ip {args}: {}", stderr(&o));
+        };
+        ip(&format!("netns add {a}"));
+        ip(&format!("netns add {b}"));
+        ip(&format!(
+            "link add va netns {a} type veth peer name vb netns {b}"
+        ));
+        ip(&format!("-n {a} addr add {net}.1/30 dev va"));
+        ip(&format!("-n {b} addr add {net}.2/30 dev vb"));
+        for (ns, dev) in [(&a, "va"), (&b, "vb")] {
+            ip(&format!("-n {ns} link set lo up"));
+            ip(&format!("-n {ns} link set {dev} up"));
+        }
+        n
+    }
+
+    /// `syncd` run inside namespace `ns` with `env`'s home.
+    fn syncd(&self, ns: &str, env: &Env) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_syncd")])
+            .env("SYNCD_HOME", env.home.path());
+        c
+    }
+
+    fn link(&self, state: &str) {
+        let o = Command::new("ip")
+            .args(["-n", &self.a, "link", "set", "va", state])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+#[test]
+fn watch_remote_converges_after_the_link_between_two_netns_is_cut() {
+    if !root_or_skip("network namespaces need root") {
+        return;
+    }
+    let (sender, receiver) = (Env::new(), Env::new());
+    let (sid, rid) = (init(&sender), init(&receiver));
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    sample(&src);
+    fs::create_dir(&dst).unwrap();
+    let net = Netns::new();
+    let addr = format!("{}:7711", net.b_addr);
+    let mut serve = net
+        .syncd(&net.b, &receiver)
+        .args(["serve", "--listen", &addr, "--allow", &sid, "--root"])
+        .arg(&dst)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let w = Watcher::spawn(
+        net.syncd(&net.a, &sender),
+        &src,
+        &addr,
+        &t.path().join("c.sock"),
+        &["--peer-id", &rid, "--delete", "--connect-timeout", "1s"],
+    );
+    w.wait_converged(&sender, &src, &dst, Duration::from_secs(60));
+    net.link("down");
+    for i in 0..300 {
+        write(&src, &format!("during-cut/f{i}"), &noise(10_000, 2000 + i));
+    }
+    fs::remove_file(src.join("a.txt")).unwrap();
+    // Longer than the connect timeout and QUIC's idle timeout: pushes fail and are retried.
+    std::thread::sleep(Duration::from_secs(10));
+    let s = w.status(&sender).unwrap();
+    assert_eq!(s["converged"], false, "{s}");
+    assert!(!dst.join("during-cut/f299").exists());
+    net.link("up");
+    w.wait_converged(&sender, &src, &dst, Duration::from_secs(90));
+    assert_trees_equal(&src, &dst);
+    let s = w.status(&sender).unwrap();
+    assert!(s["reconnects"].as_u64().unwrap() >= 1, "{s}\n{}", w.log());
+    drop(w);
+    let _ = serve.kill();
+    let _ = serve.wait();
 }
 
 /// A symlink to a directory of the tree (like /usr/share/perl/5.36 -> 5.36.0) must not

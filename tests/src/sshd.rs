@@ -154,6 +154,12 @@ impl Sshd {
         ]
     }
 
+    /// The process id of the `sshd` listener (whose reaped session processes count in its
+    /// `cutime`/`cstime`, for benchmarks that measure the server side's CPU).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The temporary directory.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -41,6 +41,12 @@ pub struct Database {
     /// behind (GTID dialects), waiting up to `catch_up_timeout` for it; the lag at the fence
     /// is what the write-unavailable window has to absorb.
     pub max_lag_at_fence: u64,
+    /// `cutover run` promotes with `--reverse` (the default): the old source then replicates
+    /// from the new primary, so a rollback after the switch keeps the writes the new primary
+    /// took. `false` is for a pair where that cannot run (no binary log on the replica); a
+    /// rollback then switches back only while the new primary holds nothing the old source
+    /// lacks.
+    pub reverse: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +68,7 @@ pub(super) struct RawDatabase {
     verify_tables: Vec<String>,
     chunk_rows: Option<u64>,
     max_lag_at_fence: Option<u64>,
+    reverse: Option<bool>,
 }
 
 pub(super) fn validate(
@@ -179,6 +186,7 @@ pub(super) fn validate(
         verify_tables: d.verify_tables,
         chunk_rows,
         max_lag_at_fence: d.max_lag_at_fence.unwrap_or(100),
+        reverse: d.reverse.unwrap_or(true),
     })
 }
 

@@ -215,19 +215,29 @@ impl Runbook {
         path: &Path,
         read_file: ReadFile<'_>,
     ) -> Result<Runbook, RunbookError> {
-        let raw: RawRunbook = toml::from_str(text).map_err(|e| {
-            // The parser's own rendering spans several lines with a caret diagram; keep the
-            // line number and the message, which names the key.
+        // The parser's own rendering spans several lines with a caret diagram; keep the line
+        // number and the message, prefixed with the full key when the message is about a
+        // value (a wrong type names no key by itself).
+        let parse_error = |e: toml::de::Error, key: Option<String>| {
             let line = e
                 .span()
                 .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            let message = match key.filter(|k| !k.is_empty() && k != ".") {
+                Some(key) => format!("{key}: {}", e.message()),
+                None => e.message().to_string(),
+            };
             RunbookError::Parse {
                 path: path.to_path_buf(),
                 message: match line {
-                    Some(line) => format!("line {line}: {}", e.message()),
-                    None => e.message().to_string(),
+                    Some(line) => format!("line {line}: {message}"),
+                    None => message,
                 },
             }
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| parse_error(e, None))?;
+        let raw: RawRunbook = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            parse_error(e.into_inner(), Some(key))
         })?;
         let base = path.parent().unwrap_or(Path::new(""));
         let database = raw
@@ -539,6 +549,10 @@ start = "systemctl start app"
         assert_eq!(db.chunk_rows, 10_000);
         assert_eq!(db.max_lag_at_fence, 100);
         assert_eq!(db.replica_address_for_source, None);
+        assert!(
+            db.reverse,
+            "cutover run promotes with --reverse unless told otherwise"
+        );
     }
 
     #[test]
@@ -553,6 +567,7 @@ start = "systemctl start app"
             ),
             (r#"verify_tables = ["app"]"#, "database.verify_tables[0]"),
             (r#"chunk_rows = 0"#, "database.chunk_rows"),
+            (r#"reverse = "no""#, "reverse"),
             (r#"replication_passwrd = "x""#, "replication_passwrd"),
             (
                 r#"replication_password_file = "pw.txt""#,
@@ -574,7 +589,7 @@ start = "systemctl start app"
         let err = parse(&format!("{MINIMAL}extra = 1\n")).unwrap_err();
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(
-            err.starts_with("runbook rb.toml: line 6: unknown field `extra`"),
+            err.starts_with("runbook rb.toml: line 6: database.extra: unknown field `extra`"),
             "{err}"
         );
     }

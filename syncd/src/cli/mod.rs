@@ -209,8 +209,8 @@ pub(crate) enum Command {
         /// directory counts with everything in it). Default: no limit, as in rsync.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         max_delete: Option<u64>,
-        #[arg(long, value_name = "RATE", help = syncd::rate::RATE_HELP)]
-        bwlimit: Option<syncd::rate::Rate>,
+        #[arg(long, value_name = "RATE|auto[:MAX]|TIMETABLE", help = syncd::bwlimit::BWLIMIT_HELP, allow_hyphen_values = true)]
+        bwlimit: Option<syncd::bwlimit::BwLimit>,
         /// Fixed zstd level for chunk data (0 = off). Default: adapt to the link: level 1
         /// until the first quarter second shows whether the link is the bottleneck, then
         /// the highest level that keeps up with a slow link, and off on fast links where

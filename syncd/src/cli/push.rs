@@ -172,7 +172,13 @@ pub(crate) fn check_local_push(src: &Path, dest: &Path, home: &Path, delete: boo
     Ok(())
 }
 
-pub(crate) fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) -> Result<Outcome> {
+pub(crate) fn cmd_push(
+    src: &Path,
+    dest: &str,
+    home: &Path,
+    mut args: PushArgs,
+    table: Option<syncd::timetable::Timetable>,
+) -> Result<Outcome> {
     let dest = syncd::dest::parse(dest)?;
     // A single file is pushed like rsync's `rsync FILE DIR/`: its directory is the tree,
     // and the filter lets only that file through (nothing else is sent or deleted).
@@ -282,9 +288,19 @@ pub(crate) fn cmd_push(src: &Path, dest: &str, home: &Path, mut args: PushArgs) 
                 format!("--peer-id is required to push to {dest}: run `syncd id` on the receiver and pass it here (syncd never trusts on first use)")
             })?;
             let identity = syncd::identity::Identity::load(home)?;
-            syncd::push::push_remote(src, addr, &peer_id, &identity, home, &args.push)
+            // A timetable's slots change the throttle's rate while the push runs.
+            let throttle = syncd::transport::Throttle::new(args.push.bwlimit.unwrap_or(0));
+            let follow = table.map(|t| {
+                tokio::spawn(syncd::bwlimit::follow(t, throttle.clone(), None)).abort_handle()
+            });
+            let throttle = (args.push.bwlimit.is_some() || follow.is_some()).then_some(throttle);
+            let pushed = syncd::push::push_remote_throttled(src, addr, &peer_id, &identity, home, &args.push, throttle, None)
                 .await
-                .map_err(anyhow::Error::from)
+                .map_err(anyhow::Error::from);
+            if let Some(f) = follow {
+                f.abort();
+            }
+            pushed
             }
         }
     });
@@ -455,6 +471,7 @@ pub(crate) fn cmd_watch(
     home: &Path,
     args: PushArgs,
     c: Continuous,
+    table: Option<syncd::timetable::Timetable>,
 ) -> Result<Outcome> {
     // Levels from RUST_LOG (push's -v/-q belong to its one-shot output).
     syncd::logging::init(0);
@@ -485,6 +502,10 @@ pub(crate) fn cmd_watch(
         let shared = shared.unwrap_or_else(|| {
             syncd::control::Shared::new("push", syncd::transport::Throttle::new(bwlimit))
         });
+        shared.update(|s| s.scavenger = args.push.scavenger);
+        if let Some(t) = table {
+            tokio::spawn(syncd::bwlimit::follow(t, shared.throttle().clone(), Some(shared.clone())));
+        }
         if let Some(addr) = c.metrics {
             syncd::metrics::install(addr, shared.clone())?;
             eprintln!("syncd push: metrics at http://{addr}/metrics");
@@ -542,6 +563,12 @@ pub(crate) fn cmd_status(path: &Path, json: bool) -> Result<Outcome> {
                 .map(|b| format!("{}/s", human_bytes(b)))
                 .unwrap_or_else(|| "none".into())
         )?;
+        if let Some(slot) = &s.bwlimit_slot {
+            writeln!(out, "timetable   slot {slot} in force")?;
+        }
+        if s.scavenger {
+            writeln!(out, "congestion  scavenger (--bwlimit auto, LEDBAT)")?;
+        }
         writeln!(
             out,
             "reconnects  {}{}",

@@ -59,6 +59,12 @@ pub struct Status {
     pub rate_bytes_per_sec: f64,
     /// The cap in bytes per second, `null` when unlimited.
     pub bwlimit: Option<u64>,
+    /// With a `--bwlimit` timetable, the slot in force as written (`"08:00,50M"`).
+    #[serde(default)]
+    pub bwlimit_slot: Option<String>,
+    /// With `--bwlimit auto`: the scavenger congestion controller is in use.
+    #[serde(default)]
+    pub scavenger: bool,
     /// Sessions that failed and were retried after a backoff.
     pub reconnects: u64,
     /// The last error, `null` once a session succeeded after it.

@@ -156,6 +156,8 @@ pub struct PushOptions {
     pub scan: ScanOptions,
     /// Bandwidth cap on wire bytes per second (remote pushes).
     pub bwlimit: Option<u64>,
+    /// Use the scavenger congestion controller (`--bwlimit auto`, remote pushes).
+    pub scavenger: bool,
     /// Fixed zstd level (`0` = off); `None` adapts.
     pub compress_level: Option<i32>,
     /// Called with (raw bytes sent, chunks sent) four times a second, for progress display.
@@ -184,6 +186,7 @@ impl Default for PushOptions {
             dry_run: false,
             scan: ScanOptions::default(),
             bwlimit: None,
+            scavenger: false,
             compress_level: None,
             progress: None,
             itemize: false,
@@ -473,7 +476,7 @@ pub async fn push_remote_throttled(
         scan_source(src, home, &opts.scan),
         tokio::time::timeout(
             opts.connect_timeout,
-            transport::connect(&endpoint, identity, addr, peer_id)
+            transport::connect_with(&endpoint, identity, addr, peer_id, opts.scavenger)
         )
     );
     let conn = conn.map_err(|_| {

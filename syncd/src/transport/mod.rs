@@ -385,6 +385,18 @@ pub async fn connect(
     addr: SocketAddr,
     expected: &PeerId,
 ) -> Result<quinn::Connection, TransportError> {
+    connect_with(endpoint, identity, addr, expected, false).await
+}
+
+/// [`connect`], with the scavenger congestion controller ([`crate::ledbat`], for
+/// `--bwlimit auto`) instead of CUBIC when `scavenger` is set.
+pub async fn connect_with(
+    endpoint: &quinn::Endpoint,
+    identity: &Identity,
+    addr: SocketAddr,
+    expected: &PeerId,
+    scavenger: bool,
+) -> Result<quinn::Connection, TransportError> {
     let provider = provider();
     let verifier = Arc::new(PinnedServer {
         expected: *expected,
@@ -409,6 +421,9 @@ pub async fn connect(
     let mut transport = transport_config();
     if same_host(addr) {
         jumbo(&mut transport);
+    }
+    if scavenger {
+        transport.congestion_controller_factory(Arc::new(crate::ledbat::LedbatConfig::default()));
     }
     config.transport_config(Arc::new(transport));
 
