@@ -56,7 +56,7 @@ mod part;
 mod tests;
 
 pub use attrs::{Meta, attrs_after};
-pub use part::PartFile;
+pub use part::{PartFile, Sealed, flush_together};
 
 use attrs::apply_owner_xattrs;
 
@@ -344,15 +344,29 @@ impl Target {
         lock(&self.known_dirs).clear();
     }
 
-    /// Fsyncs every directory that received a rename since the last call, once each. Call
-    /// it before reporting a transfer complete: until then a crash may lose a rename (the
-    /// file is then absent or old, never torn: its data was fsynced before the rename).
+    /// Makes every rename since the last call durable. Call it before reporting a transfer
+    /// complete: until then a crash may lose a rename (the file is then absent or old, never
+    /// torn: its data was durable before the rename). One directory is fsynced; several
+    /// get one `syncfs(2)` per filesystem they are on (the journal commit that makes their
+    /// entries durable is the same for all of them), falling back to an fsync per
+    /// directory where `syncfs` fails.
     pub fn sync_dirs(&self) -> Result<(), ApplyError> {
         let dirs: Vec<Vec<u8>> = lock(&self.unsynced).drain().collect();
-        for dir in dirs {
-            open_dir(&self.abs(&dir))
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_err(&dir, "fsync directory", e))?;
+        let mut flushed: Vec<u64> = Vec::new();
+        for dir in &dirs {
+            let d = open_dir(&self.abs(dir)).map_err(|e| io_err(dir, "open directory", e))?;
+            if dirs.len() > 1 {
+                let dev = d.metadata().map_err(|e| io_err(dir, "inspect", e))?.dev();
+                if flushed.contains(&dev) {
+                    continue;
+                }
+                if rustix::fs::syncfs(&d).is_ok() {
+                    flushed.push(dev);
+                    continue;
+                }
+            }
+            d.sync_all()
+                .map_err(|e| io_err(dir, "fsync directory", e))?;
         }
         Ok(())
     }

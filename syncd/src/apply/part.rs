@@ -1,7 +1,8 @@
 //! Part files: a file is assembled next to its final path under a name only this receiver
 //! recognises ([`crate::partname`]), resumed if an interrupted attempt at the same content
 //! left one, written one verified chunk at a time (all-zero chunks left as holes), and
-//! finished with metadata, fsync and an atomic rename.
+//! finished with metadata, a flush (an fsync, or one `syncfs` for a batch) and an atomic
+//! rename.
 
 use super::*;
 
@@ -134,11 +135,22 @@ impl PartFile {
         Ok(())
     }
 
-    /// Completes the file: checks that every chunk is in place, applies owner (as root),
-    /// xattrs, mode and mtime, fsyncs, and renames the part file onto the final path
-    /// (removing a directory tree there first). The directory is fsynced later, once for
-    /// all its files, by [`Target::sync_dirs`]. Returns the file's final metadata.
+    /// Completes the file: [`PartFile::seal`], an fsync, and [`Sealed::place`]. A batch of
+    /// files is better sealed together, flushed with one [`flush_together`], and placed.
     pub fn finish(self, meta: &Meta) -> Result<fs::Metadata, ApplyError> {
+        let sealed = self.seal(meta)?;
+        sealed
+            .part
+            .file
+            .sync_all()
+            .map_err(|e| io_err(&sealed.part.rel, "fsync", e))?;
+        sealed.place()
+    }
+
+    /// Checks that every chunk is in place and applies owner (as root), xattrs, mode and
+    /// mtime: the part file is then exactly the file to be, but not yet durable nor at its
+    /// final path.
+    pub fn seal(self, meta: &Meta) -> Result<Sealed, ApplyError> {
         let missing = self.done.iter().filter(|d| !**d).count();
         if let Some(first) = self.done.iter().position(|d| !*d) {
             return Err(ApplyError::Incomplete {
@@ -162,20 +174,7 @@ impl PartFile {
         // Last: nothing below writes to the file again.
         filetime::set_file_handle_times(&self.file, None, Some(meta.mtime()))
             .map_err(|e| io_err(rel, "set mtime of", e))?;
-        self.file.sync_all().map_err(|e| io_err(rel, "fsync", e))?;
-        // The tree may have changed since `begin_file`.
-        if !self.target.ancestors(rel, false)? {
-            return Err(io_err(rel, "rename into place", not_found()));
-        }
-        // A directory at the destination (a type change) is removed first; renaming a file
-        // over one fails, so try the rename before looking.
-        if fs::rename(&self.part, &self.dest).is_err() {
-            clear_dir(&self.target, &self.dest, rel)?;
-            fs::rename(&self.part, &self.dest).map_err(|e| io_err(rel, "rename into place", e))?;
-        }
-        self.target.sync_dir(rel)?;
-        // The stat of the file now at its final path, for the receiver's stat cache.
-        self.file.metadata().map_err(|e| io_err(rel, "inspect", e))
+        Ok(Sealed { part: self })
     }
 
     /// Gives up on this file and removes its part file (for errors that make it useless,
@@ -269,4 +268,73 @@ impl Target {
             sized: resumed || node.size == 0,
         })
     }
+}
+
+/// A part file with its content and attributes complete ([`PartFile::seal`]), waiting to be
+/// made durable and renamed into place. Dropping it keeps the part file, as dropping a
+/// [`PartFile`] does.
+#[derive(Debug)]
+pub struct Sealed {
+    part: PartFile,
+}
+
+impl Sealed {
+    /// The final relative path.
+    pub fn rel(&self) -> &[u8] {
+        &self.part.rel
+    }
+
+    /// Renames the part file onto the final path (removing a directory tree there first).
+    /// Call it only once the file's data is durable (an fsync, or [`flush_together`]): a
+    /// crash then finds either the old file or the whole new one there, never a torn one.
+    /// The directory is made durable later, once for all its files, by
+    /// [`Target::sync_dirs`]. Returns the file's final metadata.
+    pub fn place(self) -> Result<fs::Metadata, ApplyError> {
+        let p = self.part;
+        let rel = &p.rel;
+        // The tree may have changed since `begin_file`.
+        if !p.target.ancestors(rel, false)? {
+            return Err(io_err(rel, "rename into place", not_found()));
+        }
+        // A directory at the destination (a type change) is removed first; renaming a file
+        // over one fails, so try the rename before looking.
+        if fs::rename(&p.part, &p.dest).is_err() {
+            clear_dir(&p.target, &p.dest, rel)?;
+            fs::rename(&p.part, &p.dest).map_err(|e| io_err(rel, "rename into place", e))?;
+        }
+        p.target.sync_dir(rel)?;
+        // The stat of the file now at its final path, for the receiver's stat cache.
+        p.file.metadata().map_err(|e| io_err(rel, "inspect", e))
+    }
+}
+
+/// Makes the data and attributes of every sealed file durable at once: one `syncfs(2)` per
+/// filesystem among them, instead of an fsync per file (44k fsyncs made a push onto ext4
+/// 3× slower than `rsync -a; sync`). `syncfs` returns once every dirty page and inode of
+/// that filesystem is on disk, and reports a writeback error that happened since the
+/// descriptor was opened (Linux ≥ 5.8), so a file whose write-back failed is never renamed
+/// into place. Where it fails, each file is fsynced on its own, which names the one that
+/// failed.
+pub fn flush_together(files: &[Sealed]) -> Vec<Result<(), ApplyError>> {
+    let mut flushed: Vec<(u64, bool)> = Vec::new();
+    files
+        .iter()
+        .map(|f| {
+            let p = &f.part;
+            let dev = p.file.metadata().map(|m| m.dev()).unwrap_or(u64::MAX);
+            let ok = match flushed.iter().find(|(d, _)| *d == dev) {
+                Some((_, ok)) => *ok,
+                None => {
+                    let ok = dev != u64::MAX && rustix::fs::syncfs(&p.file).is_ok();
+                    flushed.push((dev, ok));
+                    ok
+                }
+            };
+            if ok {
+                Ok(())
+            } else {
+                p.file.sync_all().map_err(|e| io_err(&p.rel, "fsync", e))
+            }
+        })
+        .collect()
 }

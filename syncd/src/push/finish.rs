@@ -1,5 +1,6 @@
-//! The receiver's finisher pool: complete part files are fsynced, given their metadata and
-//! renamed into place on the blocking pool, in batches, and recorded for the stat cache.
+//! The receiver's finisher pool: complete part files are given their metadata, made durable
+//! together and renamed into place on the blocking pool, in batches, and recorded for the
+//! stat cache.
 
 use std::sync::Arc;
 
@@ -50,15 +51,32 @@ pub(super) async fn dispatch_finishes(
         let tx = tx.clone();
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::with_capacity(batch.len());
+            // Durable by batch: every file sealed (content and attributes final), then one
+            // flush for all of them, then the renames. No file reaches its final path before
+            // its data is on disk, so a crash never leaves a torn file there.
+            let mut files = Vec::with_capacity(batch.len());
+            let mut rest = Vec::with_capacity(batch.len());
             for job in batch {
-                let path = job.part.rel().to_vec();
                 let dest = job.part.dest().to_path_buf();
-                let done = job.part.finish(&job.meta).and_then(|m| {
+                match job.part.seal(&job.meta) {
+                    Ok(s) => {
+                        files.push(s);
+                        rest.push((dest, job.key, job.node, job.meta, job.owners));
+                    }
+                    Err(e) => out.push((job.key, Err(PushError::from(e)))),
+                }
+            }
+            let flushed = apply::flush_together(&files);
+            for ((file, flush), (dest, key, node, meta, owners)) in
+                files.into_iter().zip(flushed).zip(rest)
+            {
+                let path = file.rel().to_vec();
+                let done = flush.and_then(|()| file.place()).and_then(|m| {
                     // Every chunk was verified as it was written: record the file for the
                     // final rescan's stat cache, so that the rescan need not read it again.
                     // Its attributes are what this side now has, not what the sender said.
-                    let mut f = job.node;
-                    f.attrs = apply::attrs_after(&dest, &path, &m, &job.meta, job.owners)?;
+                    let mut f = node;
+                    f.attrs = apply::attrs_after(&dest, &path, &m, &meta, owners)?;
                     let node = Node::File(f);
                     let rec = crate::manifest::store::Record {
                         hash: node.hash(),
@@ -67,7 +85,7 @@ pub(super) async fn dispatch_finishes(
                     };
                     Ok((path, rec.encode()))
                 });
-                out.push((job.key, done.map_err(PushError::from)));
+                out.push((key, done.map_err(PushError::from)));
             }
             drop(permit);
             let _ = tx.send(out);
