@@ -420,6 +420,16 @@ fn a_truncated_manifest_store_is_rebuilt_never_a_panic() {
             let o = env.syncd(&args);
             assert_eq!(code(&o), 0, "truncated to {size}: {}", stderr(&o));
             assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+            // Every command says so, push included (it used to rebuild silently); an empty
+            // file is a new store.
+            assert!(
+                size == 0
+                    || stderr(&o).contains("moved it to")
+                        && stderr(&o).contains("rebuilding the manifest"),
+                "{:?} with the store truncated to {size}: {}",
+                args[0].as_ref(),
+                stderr(&o)
+            );
         }
     }
     // The receiver's store of a serve.
@@ -436,6 +446,11 @@ fn a_truncated_manifest_store_is_rebuilt_never_a_panic() {
     write(src.path(), "new", b"new");
     server.push_ok(&sender, src.path(), &rid, &[]);
     assert!(!server.log().contains("panicked"), "{}", server.log());
+    assert!(
+        server.log().contains("rebuilding the manifest"),
+        "{}",
+        server.log()
+    );
     assert_trees_equal(src.path(), dst.path());
 }
 

@@ -179,6 +179,11 @@ pub(crate) fn cmd_push(
     mut args: PushArgs,
     table: Option<syncd::timetable::Timetable>,
 ) -> Result<Outcome> {
+    // A one-shot push shows the library's warnings (a store moved aside and rebuilt, say),
+    // not its session logs; -q shows neither. RUST_LOG overrides both.
+    if !args.quiet || std::env::var_os("RUST_LOG").is_some() {
+        syncd::logging::init(-1);
+    }
     let dest = syncd::dest::parse(dest)?;
     // A single file is pushed like rsync's `rsync FILE DIR/`: its directory is the tree,
     // and the filter lets only that file through (nothing else is sent or deleted).

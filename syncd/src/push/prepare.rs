@@ -37,7 +37,18 @@ pub(super) fn dest_scan_options(home: &Path, owners: bool, parts: PartKey) -> Sc
 
 pub(super) fn open_store(home: &Path, root: &Path, owners: bool) -> Result<Store, PushError> {
     Ok(match Store::open(home, root, owners)? {
-        Opened::Rebuilt { store, .. } => store,
+        Opened::Rebuilt {
+            store,
+            reason,
+            moved_to,
+        } => {
+            tracing::warn!(
+                "{reason}; moved it to {} and rebuilding the manifest of {}",
+                moved_to.display(),
+                root.display()
+            );
+            store
+        }
         other => other.into_store(),
     })
 }
