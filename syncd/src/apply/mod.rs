@@ -152,6 +152,14 @@ pub enum ApplyError {
     },
 }
 
+impl ApplyError {
+    /// The entry was not there (any more): a later change of the same session replaced or
+    /// removed it meanwhile.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ApplyError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
 fn io_err(path: &[u8], op: &'static str, source: io::Error) -> ApplyError {
     if source.raw_os_error() == Some(libc::ENOSPC) {
         ApplyError::NoSpace {

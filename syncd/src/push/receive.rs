@@ -417,7 +417,7 @@ impl<CW: AsyncWrite + Unpin> ReceiveSession<'_, CW> {
             }
             Action::HardLink { path, to } => t.hard_link(&path, &to)?,
             Action::SetDirMeta { path, mode, meta } => {
-                t.set_dir_meta(&path, &apply_meta(mode, &meta))?
+                gone_is_fine(&path, t.set_dir_meta(&path, &apply_meta(mode, &meta)))?
             }
             Action::Rescan {
                 dirs,
@@ -447,9 +447,11 @@ impl<CW: AsyncWrite + Unpin> ReceiveSession<'_, CW> {
     /// not account for ([`Target::set_file_meta`]).
     fn set_file_meta(&mut self, path: &[u8], mode: u32, meta: &Meta) -> Result<(), PushError> {
         let links = self.index()?.links_of(path);
-        Ok(self
-            .target
-            .set_file_meta(path, &apply_meta(mode, meta), links)?)
+        gone_is_fine(
+            path,
+            self.target
+                .set_file_meta(path, &apply_meta(mode, meta), links),
+        )
     }
 
     /// Opens (or reopens) the part file of `path` and tells the state machine which chunks
@@ -585,4 +587,23 @@ fn build_index(snap: &Snapshot) -> Result<Index, PushError> {
         Ok(())
     })?;
     Ok(Index { chunks, links })
+}
+
+/// A metadata change for an entry that is no longer there is not an error: a later change
+/// of the same session removed or replaced it (a file renamed over a directory by a
+/// finisher, while a change for something inside that directory was still queued; the
+/// source mutated during the push). The final rescan and root check decide whether the
+/// tree is what the sender has, so nothing is lost by going on; aborting made the whole
+/// push fail (exit 2) instead.
+fn gone_is_fine(path: &[u8], r: Result<(), apply::ApplyError>) -> Result<(), PushError> {
+    match r {
+        Err(e) if e.is_not_found() => {
+            tracing::debug!(
+                "{}: gone before its metadata was set ({e})",
+                crate::manifest::display_path(path)
+            );
+            Ok(())
+        }
+        r => Ok(r?),
+    }
 }
