@@ -9,6 +9,7 @@
 //!   when not root).
 //! - `watch_remote_converges_after_the_link_*`: the veth link between two network
 //!   namespaces (sender in one, `serve` in the other) goes down and up again.
+//! - `watch_log_levels_*`: `-v` logs each batch, `-q` only warnings and errors.
 //! - `watch_falls_back_*`: too few inotify watches (a user namespace with a low limit) turns
 //!   into rescans with a warning naming the sysctl, and changes still arrive.
 // Test code: a failed unwrap is a failed test.
@@ -568,6 +569,34 @@ fn watch_rescans_after_an_inotify_queue_overflow() {
     );
     // The first push, and at least one after the overflow.
     assert!(log.matches("(full rescan)").count() >= 2, "{log}");
+}
+
+#[test]
+fn watch_log_levels_follow_v_and_q() {
+    let env = Env::new();
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    sample(&src);
+    let mut logs = Vec::new();
+    for (i, flag) in ["-v", "-q"].into_iter().enumerate() {
+        let dst = t.path().join(format!("dst{i}"));
+        let w = Watcher::start(
+            &env,
+            &src,
+            dst.to_str().unwrap(),
+            &t.path().join(format!("c{i}.sock")),
+            &[flag],
+        );
+        w.wait_converged(&env, &src, &dst, Duration::from_secs(60));
+        write(&src, &format!("changed-{i}"), b"one batch");
+        w.wait_converged(&env, &src, &dst, Duration::from_secs(60));
+        logs.push(w.log());
+    }
+    // -v: each batch at debug; -q: not even the info lines (the watch being set).
+    assert!(logs[0].contains("batch of 1 paths"), "{}", logs[0]);
+    assert!(logs[0].contains("inotify watch set"), "{}", logs[0]);
+    assert!(!logs[1].contains("inotify watch set"), "{}", logs[1]);
+    assert!(!logs[1].contains("batch of"), "{}", logs[1]);
 }
 
 #[test]

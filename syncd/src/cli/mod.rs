@@ -221,7 +221,8 @@ pub(crate) enum Command {
         /// List what would change (like `syncd diff SRC DEST`), change nothing.
         #[arg(short = 'n', long)]
         dry_run: bool,
-        /// Print only errors (no summary, no warnings about skipped special files).
+        /// Print only errors (no summary, no warnings about skipped special files). With
+        /// --watch: log only warnings and errors.
         #[arg(short, long, conflicts_with_all = ["itemize_changes", "verbose"])]
         quiet: bool,
         /// List every path the push creates (`+`), changes (`M`), re-attributes (`m`, with
@@ -230,7 +231,7 @@ pub(crate) enum Command {
         /// carries them in `changes`.
         #[arg(short = 'i', long)]
         itemize_changes: bool,
-        /// Verbose: --itemize-changes.
+        /// Verbose: --itemize-changes. With --watch: log each batch (debug level).
         #[arg(short, long)]
         verbose: bool,
         /// With --dry-run or --itemize-changes, end each listed entry with NUL instead of a

@@ -478,8 +478,15 @@ pub(crate) fn cmd_watch(
     c: Continuous,
     table: Option<syncd::timetable::Timetable>,
 ) -> Result<Outcome> {
-    // Levels from RUST_LOG (push's -v/-q belong to its one-shot output).
-    syncd::logging::init(0);
+    // Levels from RUST_LOG, else -q (warnings and errors) or -v (each batch, at debug), as
+    // for serve.
+    syncd::logging::init(if args.quiet {
+        -1
+    } else if args.push.itemize {
+        1
+    } else {
+        0
+    });
     let rt = runtime()?;
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
