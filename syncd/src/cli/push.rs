@@ -253,9 +253,11 @@ pub(crate) fn cmd_push(
                     _ => String::new(),
                 };
                 let line = format!(
-                    "sent {} of at most {} ({} files scanned), {rate} on the wire{eta}",
+                    "sent {} of at most {}, {} of {} files (of {} scanned), {rate} on the wire{eta}",
                     human_bytes(s.raw),
                     human_bytes(s.scanned_bytes),
+                    s.files_sent,
+                    s.files_asked,
                     s.scanned_files,
                 );
                 match &b {

@@ -218,6 +218,11 @@ pub struct Sent {
     pub scanned_files: u64,
     /// See `scanned_files`.
     pub scanned_bytes: u64,
+    /// Files whose content is being sent: asked for so far (grows while the trees are
+    /// compared) ...
+    pub files_asked: u64,
+    /// ... and of those, sent in full.
+    pub files_sent: u64,
 }
 
 /// A progress callback.

@@ -66,7 +66,13 @@ pub(super) async fn observe(
         a.observe_link(sent, secs, (wait - last.2) as f64 / 1e9, senders, idle);
         drop(a);
         if let Some(Progress(p)) = &progress {
+            let (files_asked, files_sent) = {
+                let f = super::lock(&stats.files);
+                (f.asked, f.sent)
+            };
             p(&Sent {
+                files_asked,
+                files_sent,
                 raw: stats.raw.load(Ordering::Relaxed),
                 wire: stats.wire.load(Ordering::Relaxed),
                 chunks: stats.chunks.load(Ordering::Relaxed),

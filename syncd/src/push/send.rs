@@ -59,6 +59,44 @@ pub(super) struct SendStats {
     pub(super) encoded: AtomicU64,
     pub(super) wire: AtomicU64,
     pub(super) wait_ns: AtomicU64,
+    /// Files with chunks to send, for progress.
+    pub(super) files: Mutex<FilesSent>,
+}
+
+/// Which source files have chunks queued to be sent, and how many were sent in full (for
+/// progress: "N of M files"). A file counts once all the chunks asked of it went out;
+/// chunks the receiver already had are never asked, and a chunk shared by several files
+/// is sent from one of them.
+#[derive(Debug, Default)]
+pub(super) struct FilesSent {
+    /// Chunks queued but not yet sent, per file.
+    outstanding: HashMap<Vec<u8>, u32>,
+    /// Files that had chunks queued.
+    pub(super) asked: u64,
+    /// Files whose queued chunks were all sent.
+    pub(super) sent: u64,
+}
+
+impl FilesSent {
+    fn queued(&mut self, path: &[u8]) {
+        match self.outstanding.get_mut(path) {
+            Some(n) => *n += 1,
+            None => {
+                self.outstanding.insert(path.to_vec(), 1);
+                self.asked += 1;
+            }
+        }
+    }
+
+    fn sent_one(&mut self, path: &[u8]) {
+        if let Some(n) = self.outstanding.get_mut(path) {
+            *n -= 1;
+            if *n == 0 {
+                self.outstanding.remove(path);
+                self.sent += 1;
+            }
+        }
+    }
 }
 
 pub(super) struct Job {
@@ -246,6 +284,7 @@ where
                         .wait_ns
                         .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     stats.chunks.fetch_add(1, Ordering::Relaxed);
+                    lock(&stats.files).sent_one(&job.loc.path);
                     stats.raw.fetch_add(raw_len as u64, Ordering::Relaxed);
                     stats.encoded.fetch_add(enc_len as u64, Ordering::Relaxed);
                     stats
@@ -311,7 +350,10 @@ where
                     SenderEvent::Send(f) => {
                         control_wire += control_w.send(&f, peer).await?;
                     }
-                    SenderEvent::Read { id, loc, against } => jobs.push(Job { id, loc, against }),
+                    SenderEvent::Read { id, loc, against } => {
+                        lock(&stats.files).queued(&loc.path);
+                        jobs.push(Job { id, loc, against });
+                    }
                     SenderEvent::Report(m, a, p) => report.changes.push((m as char, a, p)),
                     SenderEvent::Finished { root, totals } => {
                         report.receiver_root = root;
