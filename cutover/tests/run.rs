@@ -380,26 +380,12 @@ fn happy_path_moves_traffic_dns_files_and_the_primary_to_the_destination() {
         ]
     );
     // The trees are equal: the final sync's root is the source's, and so are the bytes.
-    let final_sync = lines
-        .iter()
-        .find(|l| l["step"] == "final-sync" && l["action"] == "do")
-        .unwrap();
-    let manifest = Command::new(syncd_binary().unwrap())
-        .env("SYNCD_HOME", g.dir.path().join("syncd-home"))
-        .arg("manifest")
-        .arg(&src)
-        .arg("--json")
-        .output()
-        .unwrap();
-    let m: serde_json::Value = serde_json::from_slice(&manifest.stdout).unwrap();
-    assert_eq!(final_sync["observed"]["root"], m["root"], "{final_sync}");
-    let diff = Command::new("diff")
-        .arg("-r")
-        .arg(&src)
-        .arg(g.dir.path().join("dst"))
-        .output()
-        .unwrap();
-    assert!(diff.status.success(), "{}", text(&diff));
+    assert_final_sync_equal(
+        &lines,
+        &g.dir.path().join("syncd-home"),
+        &src,
+        &g.dir.path().join("dst"),
+    );
 
     wait_for(
         || served_by(&g) == "200 new",
@@ -746,6 +732,32 @@ fn syncd_binary() -> Option<PathBuf> {
 /// A running `syncd push SRC DEST --watch --control SOCK`, killed on drop.
 struct Push(std::process::Child);
 
+/// The run's `final-sync` step succeeded with the root of `src` as `syncd manifest` (home
+/// `home`) computes it, and `diff -r src dst` finds nothing.
+fn assert_final_sync_equal(lines: &[serde_json::Value], home: &Path, src: &Path, dst: &Path) {
+    let final_sync = lines
+        .iter()
+        .find(|l| l["step"] == "final-sync" && l["action"] == "do")
+        .unwrap();
+    assert_eq!(final_sync["ok"], true, "{final_sync}");
+    let manifest = Command::new(syncd_binary().unwrap())
+        .env("SYNCD_HOME", home)
+        .arg("manifest")
+        .arg(src)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&manifest.stdout).unwrap();
+    assert_eq!(final_sync["observed"]["root"], m["root"], "{final_sync}");
+    let diff = Command::new("diff")
+        .arg("-r")
+        .arg(src)
+        .arg(dst)
+        .output()
+        .unwrap();
+    assert!(diff.status.success(), "{}", text(&diff));
+}
+
 impl Push {
     /// `files` files in `DIR/src`, then `syncd push DIR/src DIR/dst --watch --control
     /// DIR/push.sock` with the home `DIR/HOME`; returns once the socket is up.
@@ -822,27 +834,7 @@ fn sync_steps_against_a_real_syncd_push_watch() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let final_sync = lines
-        .iter()
-        .find(|l| l["step"] == "final-sync" && l["action"] == "do")
-        .unwrap();
-    assert_eq!(final_sync["ok"], true, "{final_sync}");
-    let manifest = Command::new(&syncd)
-        .env("SYNCD_HOME", t.path().join("home"))
-        .arg("manifest")
-        .arg(&src)
-        .arg("--json")
-        .output()
-        .unwrap();
-    let m: serde_json::Value = serde_json::from_slice(&manifest.stdout).unwrap();
-    assert_eq!(final_sync["observed"]["root"], m["root"], "{final_sync}");
-    let diff = Command::new("diff")
-        .arg("-r")
-        .arg(&src)
-        .arg(&dst)
-        .output()
-        .unwrap();
-    assert!(diff.status.success(), "{}", text(&diff));
+    assert_final_sync_equal(&lines, &t.path().join("home"), &src, &dst);
 
     // Paused with a change pending: not converged within converge_timeout, the run stops
     // at the first step and changes nothing.
