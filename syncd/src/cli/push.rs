@@ -85,7 +85,7 @@ pub(crate) fn cmd_serve(
                 tracing::info!("{line}");
             }
         });
-        let (mut shared, _unlink) = start_control(control.as_deref(), "serve", 0)?;
+        let (mut shared, _unlink) = start_control(control.as_deref(), "serve", 0, |_| ())?;
         if let Some(addr) = metrics {
             let s = shared.get_or_insert_with(|| {
                 syncd::control::Shared::new("serve", syncd::transport::Throttle::new(0))
@@ -445,12 +445,15 @@ pub(crate) fn cmd_push(
     Ok(Outcome::Ok)
 }
 
-/// Binds and serves the control socket at `path` (if given) for a daemon of `role`; the
-/// socket file is removed when the returned guard drops. Needs a runtime.
+/// Binds and serves the control socket at `path` (if given) for a daemon of `role`, whose
+/// shared state `prepare` fills in before the socket answers (a status read at once must not
+/// see a default); the socket file is removed when the returned guard drops. Needs a
+/// runtime.
 pub(crate) fn start_control(
     path: Option<&Path>,
     role: &str,
     bwlimit: u64,
+    prepare: impl FnOnce(&mut syncd::control::Status),
 ) -> Result<(
     Option<std::sync::Arc<syncd::control::Shared>>,
     Option<syncd::control::Unlink>,
@@ -459,6 +462,7 @@ pub(crate) fn start_control(
         return Ok((None, None));
     };
     let shared = syncd::control::Shared::new(role, syncd::transport::Throttle::new(bwlimit));
+    shared.update(prepare);
     let listener = syncd::control::bind(path)?;
     tokio::spawn(syncd::control::serve(
         listener,
@@ -512,11 +516,21 @@ pub(crate) fn cmd_watch(
             syncd::watch::Dest::Remote { addr, peer_id, identity }
         };
         let bwlimit = args.push.bwlimit.unwrap_or(0);
-        let (shared, _unlink) = start_control(c.control.as_deref(), "push", bwlimit)?;
+        // What a status read at once must already say (`follow` below records later slots).
+        let scavenger = args.push.scavenger;
+        let slot = table
+            .as_ref()
+            .map(|t| t.slot_at(syncd::bwlimit::local_now()).text.clone());
+        let prepare = |s: &mut syncd::control::Status| {
+            s.scavenger = scavenger;
+            s.bwlimit_slot.clone_from(&slot);
+        };
+        let (shared, _unlink) = start_control(c.control.as_deref(), "push", bwlimit, prepare)?;
         let shared = shared.unwrap_or_else(|| {
-            syncd::control::Shared::new("push", syncd::transport::Throttle::new(bwlimit))
+            let s = syncd::control::Shared::new("push", syncd::transport::Throttle::new(bwlimit));
+            s.update(prepare);
+            s
         });
-        shared.update(|s| s.scavenger = args.push.scavenger);
         if let Some(t) = table {
             tokio::spawn(syncd::bwlimit::follow(t, shared.throttle().clone(), Some(shared.clone())));
         }
