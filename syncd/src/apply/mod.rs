@@ -160,6 +160,28 @@ impl ApplyError {
     }
 }
 
+/// The filesystems one pass has flushed with `syncfs(2)`, so that each gets one call
+/// ([`flush_together`], [`Target::sync_dirs`]).
+#[derive(Default)]
+struct Flushed(Vec<(u64, bool)>);
+
+impl Flushed {
+    /// Whether `file`'s filesystem is flushed: the first file of each filesystem makes the
+    /// `syncfs` call, the others share its outcome. `false` (the call failed, or the
+    /// filesystem is unknown) means the caller fsyncs `file` itself.
+    fn syncfs(&mut self, file: &File) -> bool {
+        let Ok(dev) = file.metadata().map(|m| m.dev()) else {
+            return false;
+        };
+        if let Some(&(_, ok)) = self.0.iter().find(|(d, _)| *d == dev) {
+            return ok;
+        }
+        let ok = rustix::fs::syncfs(file).is_ok();
+        self.0.push((dev, ok));
+        ok
+    }
+}
+
 fn io_err(path: &[u8], op: &'static str, source: io::Error) -> ApplyError {
     if source.raw_os_error() == Some(libc::ENOSPC) {
         ApplyError::NoSpace {
@@ -360,18 +382,11 @@ impl Target {
     /// directory where `syncfs` fails.
     pub fn sync_dirs(&self) -> Result<(), ApplyError> {
         let dirs: Vec<Vec<u8>> = lock(&self.unsynced).drain().collect();
-        let mut flushed: Vec<u64> = Vec::new();
+        let mut flushed = Flushed::default();
         for dir in &dirs {
             let d = open_dir(&self.abs(dir)).map_err(|e| io_err(dir, "open directory", e))?;
-            if dirs.len() > 1 {
-                let dev = d.metadata().map_err(|e| io_err(dir, "inspect", e))?.dev();
-                if flushed.contains(&dev) {
-                    continue;
-                }
-                if rustix::fs::syncfs(&d).is_ok() {
-                    flushed.push(dev);
-                    continue;
-                }
+            if dirs.len() > 1 && flushed.syncfs(&d) {
+                continue;
             }
             d.sync_all()
                 .map_err(|e| io_err(dir, "fsync directory", e))?;

@@ -316,21 +316,12 @@ impl Sealed {
 /// into place. Where it fails, each file is fsynced on its own, which names the one that
 /// failed.
 pub fn flush_together(files: &[Sealed]) -> Vec<Result<(), ApplyError>> {
-    let mut flushed: Vec<(u64, bool)> = Vec::new();
+    let mut flushed = Flushed::default();
     files
         .iter()
         .map(|f| {
             let p = &f.part;
-            let dev = p.file.metadata().map(|m| m.dev()).unwrap_or(u64::MAX);
-            let ok = match flushed.iter().find(|(d, _)| *d == dev) {
-                Some((_, ok)) => *ok,
-                None => {
-                    let ok = dev != u64::MAX && rustix::fs::syncfs(&p.file).is_ok();
-                    flushed.push((dev, ok));
-                    ok
-                }
-            };
-            if ok {
+            if flushed.syncfs(&p.file) {
                 Ok(())
             } else {
                 p.file.sync_all().map_err(|e| io_err(&p.rel, "fsync", e))
