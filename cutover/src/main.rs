@@ -240,6 +240,7 @@ Runbook example ([[health]] entries; one kind each; durations like \"5s\"):
   expect_status = 200                 # default 200
   body_contains = \"ok\"              # optional; or body_regex = \"^ok$\"
   header = \"X-Served-By: new\"       # optional, exact value
+  source = \"http://10.0.0.1:8080/health\"  # optional: preflight runs it against the source
   timeout = \"5s\"                    # per attempt, default 5s
   retries = 3                         # default 0
   interval = \"1s\"                   # between attempts, default 1s

@@ -3,9 +3,9 @@
 //!
 //! Each table present gets its checks; one failing never stops the others, so the table is
 //! whole. A check that cannot be made (a server that does not answer) is a failure that says
-//! so. The health checks are reported but do not fail the preflight (`warn`): they are
-//! written for the destination, which need not serve before go-time; the health gate is
-//! where they count. (`db status` writes its heartbeat row on the source, as it always does.)
+//! so. A health check with a `source` target runs against the source and must pass; one
+//! without is written only for the destination, which need not serve before go-time, so it is
+//! reported without failing the preflight (`warn`); the health gate is where it counts. (`db status` writes its heartbeat row on the source, as it always does.)
 
 use serde::Serialize;
 
@@ -278,21 +278,39 @@ pub async fn preflight(rb: &Runbook, before_run: bool) -> Report {
             Err(e) => t.add("service", "source services running", false, e.to_string()),
         }
     }
-    // One attempt each: they only warn here, and the gate has the retries.
-    let once: Vec<_> = rb
-        .health
-        .iter()
-        .map(|h| crate::runbook::Health {
+    // One attempt each (the gate has the retries). A check with a `source` target must pass
+    // against the source, which serves now; one without is written only for the destination,
+    // which need not serve before go-time, so it is reported without failing.
+    let once =
+        |check: crate::runbook::HealthCheck, h: &crate::runbook::Health| crate::runbook::Health {
             retries: 0,
+            check,
             ..h.clone()
-        })
+        };
+    let (on_source, on_destination): (Vec<_>, Vec<_>) =
+        rb.health.iter().partition(|h| h.source.is_some());
+    let on_source: Vec<_> = on_source
+        .into_iter()
+        .filter_map(|h| h.source.clone().map(|c| once(c, h)))
         .collect();
-    for c in health::run(&once).await.checks {
+    let on_destination: Vec<_> = on_destination
+        .into_iter()
+        .map(|h| once(h.check.clone(), h))
+        .collect();
+    for c in health::run(&on_source).await.checks {
+        t.add(
+            "health",
+            format!("{} on the source ({} {})", c.name, c.kind, c.target),
+            c.ok,
+            c.detail,
+        );
+    }
+    for c in health::run(&on_destination).await.checks {
         t.0.push(Check {
             area: "health",
             name: format!("{} ({} {})", c.name, c.kind, c.target),
             verdict: if c.ok { "pass" } else { "warn" },
-            detail: c.detail,
+            detail: format!("{} (no `source` target: reported only)", c.detail),
         });
     }
     let ok = t.0.iter().all(|c| c.verdict != "fail");

@@ -143,7 +143,8 @@ fn start(health_extra: &str) -> Option<GoTime> {
     start_with("", health_extra, false)
 }
 
-/// `db_extra` goes into `[database]`, `health_extra` into `[[health]]`; with `sync`, the
+/// `db_extra` goes into `[database]`, `health_extra` into `[[health]]` (`{oldport}` in it is
+/// the source HTTP server's port); with `sync`, the
 /// runbook has a `[sync]` whose control socket is a real `syncd push SRC DST --watch` of
 /// `DIR/src` into `DIR/dst`.
 fn start_with(db_extra: &str, health_extra: &str, sync: bool) -> Option<GoTime> {
@@ -198,6 +199,7 @@ fn start_with(db_extra: &str, health_extra: &str, sync: bool) -> Option<GoTime> 
         dns = bind.port,
         key = key.display().to_string(),
         newport = new.port,
+        health_extra = health_extra.replace("{oldport}", &old.port.to_string()),
         src_svc = service(dir.path(), "source"),
         dst_svc = service(dir.path(), "destination"),
         sync_table = match sync {
@@ -226,6 +228,18 @@ fn start_with(db_extra: &str, health_extra: &str, sync: bool) -> Option<GoTime> 
     assert_eq!(out.status.code(), Some(0), "setup: {}", text(&out));
     wait_for(|| lb_status(&g, "old") == "UP", "old to be UP");
     Some(g)
+}
+
+/// `runbook` with its health check's `source = ...` line aimed at `url`.
+fn with_health_source(runbook: &str, url: &str) -> String {
+    runbook
+        .lines()
+        .map(|l| match l.starts_with("source = \"http") {
+            true => format!("source = {url:?}"),
+            false => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// `status` of a server in HAProxy's `show stat`, read with the test's own client.
@@ -579,7 +593,9 @@ fn resume_after_a_kill_finishes_the_run() {
 
 #[test]
 fn refusals_dry_run_changes_nothing_and_no_tty_needs_yes() {
-    let Some(g) = start("") else { return };
+    let Some(g) = start("source = \"http://127.0.0.1:{oldport}/health\"") else {
+        return;
+    };
     let before = world(&g);
     let gtid = g.pair.source.sql("SELECT @@gtid_binlog_pos");
     let serial = g.bind.serial();
@@ -628,7 +644,7 @@ fn refusals_dry_run_changes_nothing_and_no_tty_needs_yes() {
     assert!(!md.contains("rootpw"), "{md}");
     assert_eq!(world(&g), before);
 
-    // Preflight: everything passes (the health check is only reported).
+    // Preflight: everything passes (the health check runs against the source).
     let out = cutover(&["preflight", "--json"], &g);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -643,12 +659,25 @@ fn refusals_dry_run_changes_nothing_and_no_tty_needs_yes() {
         "\"pass\" \"loadbalancer\" \"admin socket at level admin\"",
         "\"pass\" \"dns\" \"TSIG key",
         "\"pass\" \"service\" \"source service app-source running\"",
+        "\"pass\" \"health\" \"web on the source (http http://127.0.0.1:",
     ] {
         assert!(
             names.iter().any(|n| n.starts_with(want)),
             "{want}: {names:?}"
         );
     }
+    // A source that fails the health check fails the preflight.
+    let good = std::fs::read_to_string(&g.runbook).unwrap();
+    let dead = with_health_source(&good, "http://127.0.0.1:1/health");
+    std::fs::write(&g.runbook, &dead).unwrap();
+    let out = cutover(&["preflight"], &g);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("FAIL health") && text(&out).contains("127.0.0.1:1/health"),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(&g.runbook, &good).unwrap();
     // A TTL above low_ttl fails the preflight, and `run` then changes nothing.
     g.bind
         .nsupdate(

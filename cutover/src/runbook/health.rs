@@ -111,6 +111,9 @@ pub struct Health {
     pub retries: u32,
     /// The pause between attempts.
     pub interval: Duration,
+    /// The same check aimed at the source (`source = ...`), which `cutover preflight` runs
+    /// and requires to pass; `None` when the runbook gives no source target.
+    pub source: Option<HealthCheck>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +137,7 @@ pub(super) struct RawHealth {
     timeout: Option<String>,
     retries: Option<u32>,
     interval: Option<String>,
+    source: Option<String>,
 }
 
 pub(super) fn validate(
@@ -162,10 +166,16 @@ pub(super) fn validate(
             Ok(())
         }
     };
+    if h.sql.is_none() && h.sql_password_file.is_some() {
+        return Err(keys.err("sql_password_file", "applies only to a sql check"));
+    }
+    let password = h
+        .sql_password_file
+        .as_ref()
+        .map(|file| keys.secret_file("sql_password_file", file, read_file))
+        .transpose()?;
     let check = if let Some(url) = h.http {
-        if !url.starts_with("http://") && !url.starts_with("https://") {
-            return Err(keys.err("http", format!("{url:?} is not an http:// or https:// URL")));
-        }
+        http_url(keys, "http", &url)?;
         let ca_pem = match &h.ca_file {
             None => None,
             Some(_) if !url.starts_with("https://") => {
@@ -220,14 +230,8 @@ pub(super) fn validate(
         if let Some(tcp) = h.tcp {
             let (host, port) = keys.host_port("tcp", Some(&tcp))?.unwrap_or_default();
             HealthCheck::Tcp { host, port }
-        } else if let Some(mut url) = h.sql {
-            if !url.starts_with("mysql://") && !url.starts_with("mariadb://") {
-                return Err(keys.err("sql", format!("{url:?} is not a mysql:// URL")));
-            }
-            if let Some(file) = &h.sql_password_file {
-                let password = keys.secret_file("sql_password_file", file, read_file)?;
-                url = with_password(&url, &password);
-            }
+        } else if let Some(url) = h.sql {
+            let url = sql_url(keys, "sql", url, password.as_deref())?;
             HealthCheck::Sql {
                 url,
                 query: keys.non_empty(
@@ -254,13 +258,77 @@ pub(super) fn validate(
             }
         }
     };
+    let source = h
+        .source
+        .map(|target| aimed_at(&check, target, keys, password.as_deref()))
+        .transpose()?;
     Ok(Health {
         name,
+        source,
         check,
         timeout: keys.positive_duration("timeout", h.timeout.as_deref(), Duration::from_secs(5))?,
         retries: h.retries.unwrap_or(0),
         interval: keys.duration("interval", h.interval.as_deref(), Duration::from_secs(1))?,
     })
+}
+
+fn http_url(keys: &Keys<'_>, key: &str, url: &str) -> Result<(), RunbookError> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(keys.err(key, format!("{url:?} is not an http:// or https:// URL")))
+    }
+}
+
+fn sql_url(
+    keys: &Keys<'_>,
+    key: &str,
+    url: String,
+    password: Option<&str>,
+) -> Result<String, RunbookError> {
+    if !url.starts_with("mysql://") && !url.starts_with("mariadb://") {
+        return Err(keys.err(key, format!("{url:?} is not a mysql:// URL")));
+    }
+    Ok(match password {
+        Some(p) => with_password(&url, p),
+        None => url,
+    })
+}
+
+/// `check` with its target replaced by `target` (`source = ...`): a URL for http (of the same
+/// scheme, so that `ca_file` still applies), `HOST:PORT` for tcp, a `mysql://` URL for sql
+/// (`sql_password_file` applies to it too). disk and memory look at this host, so they have
+/// no other target.
+fn aimed_at(
+    check: &HealthCheck,
+    target: String,
+    keys: &Keys<'_>,
+    password: Option<&str>,
+) -> Result<HealthCheck, RunbookError> {
+    let mut aimed = check.clone();
+    match &mut aimed {
+        HealthCheck::Http { url, .. } => {
+            http_url(keys, "source", &target)?;
+            if url.starts_with("https://") != target.starts_with("https://") {
+                return Err(keys.err(
+                    "source",
+                    format!("{target:?} must use the same scheme as http = {url:?}"),
+                ));
+            }
+            *url = target;
+        }
+        HealthCheck::Tcp { host, port } => {
+            (*host, *port) = keys.host_port("source", Some(&target))?.unwrap_or_default();
+        }
+        HealthCheck::Sql { url, .. } => *url = sql_url(keys, "source", target, password)?,
+        HealthCheck::Disk { .. } | HealthCheck::Memory { .. } => {
+            return Err(keys.err(
+                "source",
+                "applies to http, tcp and sql checks (disk and memory look at this host)",
+            ));
+        }
+    }
+    Ok(aimed)
 }
 
 /// `mysql://user@host` with `password` put in (percent-encoding the characters a URL needs).

@@ -585,6 +585,70 @@ start = "systemctl start app"
     }
 
     #[test]
+    fn health_source_is_the_same_check_aimed_at_the_source() {
+        let health = |body: &str| parse(&format!("[[health]]\nname = \"h\"\n{body}\n"));
+        let rb = health(
+            "http = \"https://10.0.0.2/health\"\nbody_contains = \"ok\"\n\
+             source = \"https://10.0.0.1/health\"",
+        )
+        .unwrap();
+        let HealthCheck::Http {
+            url, body_contains, ..
+        } = rb.health[0].source.clone().unwrap()
+        else {
+            panic!("not http: {:?}", rb.health[0].source)
+        };
+        assert_eq!(url, "https://10.0.0.1/health");
+        assert_eq!(body_contains.as_deref(), Some("ok"));
+        let rb = health("tcp = \"10.0.0.2:443\"\nsource = \"10.0.0.1:443\"").unwrap();
+        assert_eq!(
+            rb.health[0].source,
+            Some(HealthCheck::Tcp {
+                host: "10.0.0.1".into(),
+                port: 443
+            })
+        );
+        let rb = health(
+            "sql = \"mysql://m@10.0.0.2\"\nsql_password_file = \"pw.txt\"\nquery = \"SELECT 1\"\n\
+             expect = \"1\"\nsource = \"mysql://m@10.0.0.1\"",
+        )
+        .unwrap();
+        let Some(HealthCheck::Sql { url, .. }) = rb.health[0].source.clone() else {
+            panic!("not sql")
+        };
+        assert_eq!(url, "mysql://m:s3cret@10.0.0.1");
+        assert_eq!(
+            health("tcp = \"10.0.0.2:443\"").unwrap().health[0].source,
+            None
+        );
+        for (body, says) in [
+            (
+                "http = \"https://10.0.0.2/\"\nsource = \"http://10.0.0.1/\"",
+                "the same scheme",
+            ),
+            (
+                "http = \"http://10.0.0.2/\"\nsource = \"10.0.0.1:80\"",
+                "not an http",
+            ),
+            (
+                "tcp = \"10.0.0.2:443\"\nsource = \"nohost\"",
+                "health[0].source",
+            ),
+            (
+                "disk = \"/\"\nmin_free = \"1%\"\nsource = \"/x\"",
+                "disk and memory",
+            ),
+            (
+                "tcp = \"10.0.0.2:443\"\nsql_password_file = \"pw.txt\"",
+                "applies only to a sql check",
+            ),
+        ] {
+            let err = health(body).unwrap_err();
+            assert!(err.contains(says), "{body}: {err}");
+        }
+    }
+
+    #[test]
     fn parse_errors_are_one_line_with_the_line_number() {
         let err = parse(&format!("{MINIMAL}extra = 1\n")).unwrap_err();
         assert_eq!(err.lines().count(), 1, "{err}");
