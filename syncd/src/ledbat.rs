@@ -207,6 +207,13 @@ pub struct LedbatController {
     initial_window: u64,
 }
 
+impl LedbatController {
+    /// The window state (what `quinn::Connection::congestion_state` shows of it).
+    pub fn core(&self) -> &Ledbat {
+        &self.core
+    }
+}
+
 impl Controller for LedbatController {
     fn on_ack(
         &mut self,

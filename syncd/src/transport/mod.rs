@@ -603,6 +603,53 @@ mod tests {
         assert_eq!(not_allowed_peer_in(&reason), Some(peer));
     }
 
+    /// `--bwlimit auto` really puts LEDBAT on the connection, and quinn feeds it delay
+    /// samples; without it the connection keeps quinn's default (CUBIC).
+    #[tokio::test]
+    async fn the_scavenger_controller_is_the_one_on_the_connection() {
+        const SIZE: usize = 8 << 20;
+        for scavenger in [true, false] {
+            let server_id = Identity::generate().unwrap();
+            let client_id = Identity::generate().unwrap();
+            let server = server_endpoint(
+                &server_id,
+                "127.0.0.1:0".parse().unwrap(),
+                vec![client_id.peer_id()],
+            )
+            .unwrap();
+            let addr = server.local_addr().unwrap();
+            let receiving = tokio::spawn(async move {
+                let (conn, _) = accept(server.accept().await.unwrap()).await.unwrap();
+                let mut rx = conn.accept_uni().await.unwrap();
+                let got = rx.read_to_end(SIZE).await.unwrap();
+                (got.len(), conn, server)
+            });
+            let client = client_endpoint().unwrap();
+            let conn = connect_with(&client, &client_id, addr, &server_id.peer_id(), scavenger)
+                .await
+                .unwrap();
+            let mut tx = conn.open_uni().await.unwrap();
+            tx.write_all(&vec![7u8; SIZE]).await.unwrap();
+            tx.finish().unwrap();
+            let (got, _conn, _server) = receiving.await.unwrap();
+            assert_eq!(got, SIZE);
+            match conn
+                .congestion_state()
+                .into_any()
+                .downcast::<crate::ledbat::LedbatController>()
+            {
+                Ok(ledbat) => {
+                    assert!(scavenger, "LEDBAT without --bwlimit auto");
+                    assert!(
+                        ledbat.core().base_delay().is_some(),
+                        "LEDBAT saw no delay sample in {SIZE} bytes"
+                    );
+                }
+                Err(_) => assert!(!scavenger, "--bwlimit auto left another controller"),
+            }
+        }
+    }
+
     /// A lower bound only, so a slow machine cannot make it fail.
     #[tokio::test]
     async fn throttle_makes_senders_wait() {
