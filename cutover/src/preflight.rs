@@ -48,6 +48,35 @@ impl Table {
     }
 }
 
+/// Whether the destination has room for the tree (`None`: not known yet, before the push's
+/// first full session), and what was seen. The destination holds the tree as of the last
+/// full push, so what it must still take is what is pending (whole files: a changed file is
+/// written next to the old copy before it replaces it); before that push, the whole tree.
+fn space(st: &syncd::control::Status) -> (Option<bool>, String) {
+    let gib = |b: u64| format!("{:.2} GiB", b as f64 / f64::from(1u32 << 30));
+    match (st.tree_bytes, st.destination_free_bytes) {
+        (Some(tree), Some(free)) => (
+            Some(free >= st.pending_bytes),
+            format!(
+                "tree {}, destination free {}, still to write {}",
+                gib(tree),
+                gib(free),
+                gib(st.pending_bytes)
+            ),
+        ),
+        (tree, _) => (
+            None,
+            format!(
+                "not known yet: {} (the push reports both after its first full session)",
+                match tree {
+                    None => "no full scan of the tree",
+                    Some(_) => "the receiver did not say its free space",
+                }
+            ),
+        ),
+    }
+}
+
 /// Runs every check of `rb`. `before_run`: as the first thing `cutover run` does, where a
 /// push that has not converged yet is only reported, since the run's first step waits for it.
 pub async fn preflight(rb: &Runbook, before_run: bool) -> Report {
@@ -79,6 +108,17 @@ pub async fn preflight(rb: &Runbook, before_run: bool) -> Report {
                         st.pending_bytes,
                         st.rate_bytes_per_sec
                     ),
+                });
+                let (verdict, detail) = space(&st);
+                t.0.push(Check {
+                    area: "sync",
+                    name: "destination free space for the tree".into(),
+                    verdict: match (verdict, before_run) {
+                        (Some(true), _) => "pass",
+                        (None, true) => "warn",
+                        (Some(false), _) | (None, false) => "fail",
+                    },
+                    detail,
                 });
             }
             Err(e) => t.add("sync", "control socket answers", false, e.to_string()),

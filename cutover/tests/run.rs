@@ -888,6 +888,92 @@ fn sync_steps_against_a_real_syncd_push_watch() {
     assert!(!dst.join("paused.txt").exists());
 }
 
+/// Unmounts the test's filesystem at drop (lazily: a process may still hold it).
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn preflight_compares_the_destination_free_space_with_what_is_still_to_write() {
+    let Some(syncd) = syncd_binary() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    std::fs::create_dir(&dst).unwrap();
+    // The destination is a 4 MiB filesystem of its own.
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&dst)
+        .status();
+    if !matches!(mounted, Ok(s) if s.success()) {
+        assert!(
+            !integration_tests::under_ci(),
+            "mounting a tmpfs needs root, which CI has"
+        );
+        eprintln!("skipped: cannot mount a tmpfs (not root)");
+        return;
+    }
+    let _mounted = Mounted(dst.clone());
+    let sock = t.path().join("push.sock");
+    let _push = Push::start(&syncd, t.path(), "home", 5);
+    let runbook = t.path().join("runbook.toml");
+    std::fs::write(
+        &runbook,
+        "[sync]\ncontrol = \"push.sock\"\nmax_lag = \"0s\"\nconverge_timeout = \"30s\"\n",
+    )
+    .unwrap();
+    let preflight = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .args(["preflight", "--json"])
+            .arg(&runbook)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        eprintln!("$ cutover preflight --json\n{}", text(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let space = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "destination free space for the tree")
+            .cloned()
+            .unwrap();
+        (out.status.code(), space)
+    };
+    wait_for(
+        || raw(&sock, "{\"cmd\":\"status\"}\n")["status"]["converged"] == true,
+        "the push to converge",
+    );
+    let status = raw(&sock, "{\"cmd\":\"status\"}\n")["status"].clone();
+    let free = status["destination_free_bytes"].as_u64().unwrap();
+    assert!(free > 3 << 20 && free <= 4 << 20, "{status}");
+    assert!(status["tree_bytes"].as_u64().unwrap() > 0, "{status}");
+    let (code, space) = preflight();
+    assert_eq!(code, Some(0), "{space}");
+    assert_eq!(space["verdict"], "pass", "{space}");
+
+    // 8 MiB more in the source, which the destination cannot hold: the preflight fails.
+    assert_eq!(raw(&sock, "{\"cmd\":\"pause\"}\n")["ok"], true);
+    std::fs::write(src.join("big"), vec![1u8; 8 << 20]).unwrap();
+    wait_for(
+        || raw(&sock, "{\"cmd\":\"status\"}\n")["status"]["pending_bytes"] == 8 << 20,
+        "the big file to be pending",
+    );
+    let (code, space) = preflight();
+    assert_eq!(code, Some(1), "{space}");
+    assert_eq!(space["verdict"], "fail", "{space}");
+    assert!(
+        space["detail"]
+            .as_str()
+            .unwrap()
+            .contains("still to write 0.01 GiB"),
+        "{space}"
+    );
+}
+
 fn ansible_available() -> bool {
     // Fails under CI=true when missing (scripts/test installs ansible-core).
     integration_tests::haproxy::require("ansible-playbook", "ansible-core")

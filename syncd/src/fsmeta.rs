@@ -1,5 +1,6 @@
 //! Reading a filesystem entry's metadata, written once: extended attributes, the
-//! stat-cache fields, nanosecond timestamps, and whether this process runs as root.
+//! stat-cache fields, nanosecond timestamps, a filesystem's free space, and whether this
+//! process runs as root.
 //!
 //! Every module that reads metadata ([`crate::scan`], [`crate::apply`], [`crate::push`])
 //! comes here; this module depends on none of them (only on the plain
@@ -70,6 +71,13 @@ fn collect_xattrs(
     }
     out.sort();
     Ok(out)
+}
+
+/// Bytes available to unprivileged users on the filesystem of `path` (`statvfs`:
+/// `f_bavail × f_frsize`), or `None` when it cannot be read.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let v = rustix::fs::statvfs(path).ok()?;
+    Some(v.f_bavail.saturating_mul(v.f_frsize))
 }
 
 /// Whether this process runs with effective uid 0 (read from `/proc/self/status`, since

@@ -591,6 +591,13 @@ pub(crate) fn cmd_status(path: &Path, json: bool) -> Result<Outcome> {
                 .map(|b| format!("{}/s", human_bytes(b)))
                 .unwrap_or_else(|| "none".into())
         )?;
+        let size = |b: Option<u64>| b.map_or("-".into(), human_bytes);
+        writeln!(
+            out,
+            "space       tree {}, destination free {}",
+            size(s.tree_bytes),
+            size(s.destination_free_bytes)
+        )?;
         if let Some(slot) = &s.bwlimit_slot {
             writeln!(out, "timetable   slot {slot} in force")?;
         }

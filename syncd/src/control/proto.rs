@@ -55,6 +55,13 @@ pub struct Status {
     pub pending_files: u64,
     /// Their bytes, as far as known.
     pub pending_bytes: u64,
+    /// The tree's bytes (regular files), as of the last full scan; `null` before one.
+    #[serde(default)]
+    pub tree_bytes: Option<u64>,
+    /// Bytes available on the destination's filesystem, as the receiver said at the last
+    /// session's start; `null` before one, or when it could not tell.
+    #[serde(default)]
+    pub destination_free_bytes: Option<u64>,
     /// Wire bytes per second of the last batch (0 when idle).
     pub rate_bytes_per_sec: f64,
     /// The cap in bytes per second, `null` when unlimited.

@@ -45,6 +45,8 @@ pub struct Sender {
     out: VecDeque<SenderEvent>,
     acked: bool,
     finished: bool,
+    /// What the receiver's `HelloAck` said of its free space.
+    receiver_free: Option<u64>,
 }
 
 impl Sender {
@@ -68,7 +70,14 @@ impl Sender {
             out,
             acked: false,
             finished: false,
+            receiver_free: None,
         }
+    }
+
+    /// The bytes available on the receiver's filesystem, as its `HelloAck` said (`None`
+    /// before it, or when the receiver could not tell).
+    pub fn receiver_free_bytes(&self) -> Option<u64> {
+        self.receiver_free
     }
 
     /// Asks the receiver to check its whole tree by a stat walk at the end, not only what
@@ -151,11 +160,12 @@ impl Sender {
         N::Error: std::fmt::Display,
     {
         match frame {
-            Frame::HelloAck { version, .. } => {
+            Frame::HelloAck { version, free, .. } => {
                 if version != VERSION {
                     return Err(ProtoError::Version { theirs: version });
                 }
                 self.acked = true;
+                self.receiver_free = free;
             }
             Frame::Refuse { reason } => return Err(ProtoError::Refused(reason)),
             Frame::GetNodes { paths } if self.acked => {

@@ -609,6 +609,12 @@ fn every_frame_round_trips() {
         Frame::HelloAck {
             version: VERSION,
             root: Hash([2; 32]),
+            free: Some(123_456),
+        },
+        Frame::HelloAck {
+            version: VERSION,
+            root: Hash([2; 32]),
+            free: None,
         },
         Frame::Refuse {
             reason: "no".into(),

@@ -270,6 +270,8 @@ pub struct PushReport {
     pub unsettled: Vec<(Vec<u8>, String)>,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// Bytes available on the receiver's filesystem when the session began, as it said.
+    pub receiver_free_bytes: Option<u64>,
 }
 
 impl PushReport {

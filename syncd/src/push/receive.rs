@@ -148,7 +148,7 @@ where
         snap,
         target,
         control_w: ControlTx::new(control_w, peer_packs),
-        r: Receiver::new(),
+        r: Receiver::new().with_free_bytes(crate::fsmeta::free_bytes(&root)),
         index: None,
         parts: HashMap::new(),
         bases: Arc::default(),

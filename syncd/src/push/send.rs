@@ -356,6 +356,7 @@ where
                     }
                     SenderEvent::Report(m, a, p) => report.changes.push((m as char, a, p)),
                     SenderEvent::Finished { root, totals } => {
+                        report.receiver_free_bytes = s.receiver_free_bytes();
                         report.receiver_root = root;
                         report.files_transferred = totals.files;
                         report.chunks_deduplicated = totals.chunks_reused;

@@ -234,6 +234,11 @@ impl Daemon {
                     s.peer_root = Some(report.receiver_root.to_hex());
                     s.rate_bytes_per_sec = report.wire_bytes as f64 / secs;
                     s.last_error = None;
+                    // Only a full scan counts the whole tree.
+                    if batch.full {
+                        s.tree_bytes = Some(report.bytes_scanned);
+                    }
+                    s.destination_free_bytes = report.receiver_free_bytes;
                 });
                 let line = format!(
                     "batch of {} paths{} to {}: {} files sent, {} bytes on the wire, {:.3}s",
@@ -312,6 +317,8 @@ impl Daemon {
                     s.local_root = report.root.to_hex();
                     s.peer_root = Some(report.receiver_root.to_hex());
                     s.last_error = None;
+                    s.tree_bytes = Some(report.bytes_scanned);
+                    s.destination_free_bytes = report.receiver_free_bytes;
                 });
                 if report.identical() && self.unsettled.is_empty() {
                     self.unapplied_since = None;

@@ -74,6 +74,7 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
         tag::HELLO_ACK => Frame::HelloAck {
             version: r.u32()?,
             root: Hash(r.array()?),
+            free: Some(r.u64()?).filter(|f| *f != u64::MAX),
         },
         tag::REFUSE => {
             let reason = r.bytes()?;

@@ -46,10 +46,15 @@ impl Frame {
                 out.push(u8::from(*delete_excluded));
                 out.extend_from_slice(&max_delete.to_le_bytes());
             }
-            Frame::HelloAck { version, root } => {
+            Frame::HelloAck {
+                version,
+                root,
+                free,
+            } => {
                 out.push(tag::HELLO_ACK);
                 out.extend_from_slice(&version.to_le_bytes());
                 out.extend_from_slice(&root.0);
+                out.extend_from_slice(&free.unwrap_or(u64::MAX).to_le_bytes());
             }
             Frame::Refuse { reason } => {
                 out.push(tag::REFUSE);

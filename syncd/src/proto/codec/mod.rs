@@ -27,8 +27,9 @@ use crate::wire::Reader;
 /// data stream's zstd stream ([`super::stream`]), not a zstd frame of its own. 3: directories
 /// travel as [`Offered::Dir`] listings with [`ShortHash`]es. 4: hard links are part of the
 /// file node ([`FileNode::link`]), not of [`Meta`]. 5: nodes cover owner, group and xattrs
-/// ([`crate::manifest::attrs_hash`]), and `Hello` says whether owners are preserved.
-pub const VERSION: u32 = 6;
+/// ([`crate::manifest::attrs_hash`]), and `Hello` says whether owners are preserved. 7:
+/// `HelloAck` carries the receiver's free space.
+pub const VERSION: u32 = 7;
 
 /// Largest frame (tag + payload) either side accepts: a directory node of ~1M entries.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -342,6 +343,9 @@ pub enum Frame {
         version: u32,
         /// The receiver's root before the push.
         root: Hash,
+        /// Bytes available to unprivileged users on the filesystem of the receiver's tree
+        /// (`statvfs`), when it could tell; `u64::MAX` on the wire when not.
+        free: Option<u64>,
     },
     /// Either side: the session is refused or aborted, with a reason for humans.
     Refuse {

@@ -207,6 +207,8 @@ pub struct Receiver {
     /// Paths the sender has but could not read ([`Frame::Unsettled`]), sorted: never
     /// deleted, nor anything below them.
     unsettled: Vec<Vec<u8>>,
+    /// The free space the driver measured on the tree's filesystem, for the `HelloAck`.
+    free: Option<u64>,
 }
 
 /// Records that chunk `index` of file `key` waits for chunk `id`. True for the first
@@ -261,7 +263,15 @@ impl Receiver {
             max_delete: 0,
             delete_count: 0,
             itemize: false,
+            free: None,
         }
+    }
+
+    /// Says `free` bytes are available on the tree's filesystem, in the `HelloAck` (what
+    /// `cutover preflight` compares with the tree's size).
+    pub fn with_free_bytes(mut self, free: Option<u64>) -> Receiver {
+        self.free = free;
+        self
     }
 
     /// True if `path` is, is inside or contains a path the sender could not read: its
@@ -404,6 +414,7 @@ impl Receiver {
                 self.out.push_back(Action::Send(Frame::HelloAck {
                     version: VERSION,
                     root,
+                    free: self.free,
                 }));
                 self.state = RState::Descending;
                 if theirs == root {
