@@ -135,15 +135,33 @@ fn sample(shared: &Shared) {
     counter!("syncd_reconnects_total").absolute(s.reconnects);
 }
 
+/// What one batch of a watching push sent (plain numbers, so that this module depends on
+/// no push type: `push` uses it, not the other way round).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchSent {
+    /// Estimated wire bytes.
+    pub wire_bytes: u64,
+    /// Raw bytes of the chunks sent.
+    pub logical_bytes: u64,
+    /// Chunks sent.
+    pub chunks: u64,
+    /// Chunks the receiver already had.
+    pub chunks_deduplicated: u64,
+    /// Bytes the receiver already had.
+    pub bytes_deduplicated: u64,
+    /// Files written on the receiver.
+    pub files: u64,
+}
+
 /// A watching push's batch finished.
-pub fn batch_pushed(r: &crate::push::PushReport) {
+pub fn batch_pushed(b: BatchSent) {
     counter!("syncd_batches_total").increment(1);
-    counter!("syncd_sent_bytes_total", "kind" => "wire").increment(r.wire_bytes);
-    counter!("syncd_sent_bytes_total", "kind" => "logical").increment(r.bytes_sent);
-    counter!("syncd_chunks_sent_total").increment(r.chunks_sent);
-    counter!("syncd_chunks_deduplicated_total").increment(r.chunks_deduplicated);
-    counter!("syncd_deduplicated_bytes_total").increment(r.bytes_deduplicated);
-    counter!("syncd_files_synced_total").increment(r.files_transferred);
+    counter!("syncd_sent_bytes_total", "kind" => "wire").increment(b.wire_bytes);
+    counter!("syncd_sent_bytes_total", "kind" => "logical").increment(b.logical_bytes);
+    counter!("syncd_chunks_sent_total").increment(b.chunks);
+    counter!("syncd_chunks_deduplicated_total").increment(b.chunks_deduplicated);
+    counter!("syncd_deduplicated_bytes_total").increment(b.bytes_deduplicated);
+    counter!("syncd_files_synced_total").increment(b.files);
 }
 
 /// A `serve` session finished: what it wrote and reused, and the wire bytes it received.

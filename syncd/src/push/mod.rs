@@ -279,6 +279,18 @@ impl PushReport {
     pub fn identical(&self) -> bool {
         self.root == self.receiver_root
     }
+
+    /// What the metrics count of it.
+    pub fn sent(&self) -> crate::metrics::BatchSent {
+        crate::metrics::BatchSent {
+            wire_bytes: self.wire_bytes,
+            logical_bytes: self.bytes_sent,
+            chunks: self.chunks_sent,
+            chunks_deduplicated: self.chunks_deduplicated,
+            bytes_deduplicated: self.bytes_deduplicated,
+            files: self.files_transferred,
+        }
+    }
 }
 
 /// Scans the source tree (refreshing its manifest) on the blocking pool and returns its

@@ -218,7 +218,7 @@ impl Daemon {
         let result = self.push(changed, false, false).await;
         match result {
             Ok((report, summary)) => {
-                crate::metrics::batch_pushed(&report);
+                crate::metrics::batch_pushed(report.sent());
                 self.failures = 0;
                 self.unsettled = self.unsettled_after(&report, &summary);
                 self.in_sync = report.identical();
@@ -309,7 +309,7 @@ impl Daemon {
                 Reply::Error(format!("final sync failed: {e}"))
             }
             Ok((report, summary)) => {
-                crate::metrics::batch_pushed(&report);
+                crate::metrics::batch_pushed(report.sent());
                 self.unsettled = self.unsettled_after(&report, &summary);
                 self.in_sync = report.identical();
                 self.failures = 0;
