@@ -223,8 +223,10 @@ fn a_file_changing_during_the_push_is_never_stored_torn() {
             }
         })
     };
+    let mut rereads = 0;
     for _ in 0..3 {
         let (rc, v, err) = push_json(&env, src.path(), &dst.path().join(""), &[]);
+        rereads += v["rereads"].as_u64().expect("the report counts re-reads");
         let unreadable = v["unreadable"].as_array().cloned().unwrap_or_default();
         let names_hot = unreadable
             .iter()
@@ -249,6 +251,10 @@ fn a_file_changing_during_the_push_is_never_stored_torn() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
+    // The change under the read was seen: the file was read again (by the scan, or by the
+    // sender when a chunk was no longer where the scan put it) in the three pushes of a file
+    // rewritten without pause, and what was stored above was whole.
+    assert!(rereads > 0, "no push read the changing file again");
     // Once the source is quiet, a push converges.
     let (rc, _, err) = push_json(&env, src.path(), &dst.path().join(""), &[]);
     assert_eq!(rc, 0, "{err}");

@@ -378,6 +378,7 @@ pub(crate) fn cmd_push(
             "bytes_deduplicated": report.bytes_deduplicated,
             "compression_ratio": ratio,
             "removed": report.removed,
+            "rereads": report.rereads,
             "changes": sorted_changes(&report.changes).iter().map(|(m, a, p)| change_json(*m, *a, p)).collect::<Vec<_>>(),
             "seconds": secs,
             "root": report.root.to_hex(),

@@ -272,6 +272,9 @@ pub struct PushReport {
     pub seconds: f64,
     /// Bytes available on the receiver's filesystem when the session began, as it said.
     pub receiver_free_bytes: Option<u64>,
+    /// Source files read again during the push because a chunk was not where the scan had
+    /// put it (the file changed under the read).
+    pub rereads: u64,
 }
 
 impl PushReport {
@@ -426,6 +429,7 @@ pub async fn push_local(
     let mut report = sent?;
     report.files_scanned = summary.files;
     report.bytes_scanned = summary.bytes;
+    report.rereads += summary.rereads;
     Ok((report, summary))
 }
 
@@ -552,5 +556,6 @@ pub async fn push_remote_throttled(
     let mut report = result?;
     report.files_scanned = summary.files;
     report.bytes_scanned = summary.bytes;
+    report.rereads += summary.rereads;
     Ok((report, summary))
 }

@@ -399,7 +399,9 @@ where
                         continue; // given up on already
                     }
                     let abs = root_path.join(std::ffi::OsStr::from_bytes(&path));
-                    let fresh = scan::read_file(&abs, None, opts.scan.params, opts.scan.owners);
+                    let retries = std::sync::atomic::AtomicU64::new(0);
+                    let fresh = scan::read_file(&abs, None, opts.scan.params, opts.scan.owners, &retries);
+                    report.rereads += 1 + retries.into_inner();
                     // Linked as scanned: the link is a property of the tree, not of content.
                     let link = match crate::manifest::Nodes::node(&snap, &path) {
                         Ok(Some(Node::File(f))) => f.link,

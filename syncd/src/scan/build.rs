@@ -113,6 +113,14 @@ pub(super) fn listed(
 }
 
 /// The leaf of walked entry `w`; `link` is its [`FileNode::link`].
+/// What every leaf of one scan shares: when it started, and how many re-reads it made.
+pub(super) struct Pass {
+    /// The wall clock at the start, in nanoseconds since the epoch.
+    pub(super) start_ns: i64,
+    /// [`Summary::rereads`], counted from the parallel reads.
+    pub(super) rereads: AtomicU64,
+}
+
 pub(super) fn leaf(
     root: &Path,
     w: &Walked,
@@ -120,7 +128,7 @@ pub(super) fn leaf(
     snap: &Snapshot,
     listings: &HashMap<Vec<u8>, Vec<Entry>>,
     opts: &ScanOptions,
-    scan_start_ns: i64,
+    pass: &Pass,
 ) -> Result<Leaf, StoreError> {
     if w.kept
         && let Some(hash) = listed(listings, &w.path, w.kind)
@@ -163,7 +171,7 @@ pub(super) fn leaf(
                         nlink: m.nlink(),
                         kept: false,
                     };
-                    return leaf(root, &fresh, None, snap, listings, opts, scan_start_ns);
+                    return leaf(root, &fresh, None, snap, listings, opts, pass);
                 }
                 Err(e) => skipped(e),
             },
@@ -233,9 +241,10 @@ pub(super) fn leaf(
                     }));
                 }
             }
-            match read_file(&abs, Some((w.dev, w.stat.ino)), opts.params, opts.owners) {
+            let expect = Some((w.dev, w.stat.ino));
+            match read_file(&abs, expect, opts.params, opts.owners, &pass.rereads) {
                 Ok((mut node, mut stat)) => {
-                    if stat.mtime_ns + RACY_NS >= scan_start_ns {
+                    if stat.mtime_ns + RACY_NS >= pass.start_ns {
                         stat.mtime_ns = i64::MIN; // never matches: re-read next time
                     }
                     node.link = link.map(<[u8]>::to_vec);

@@ -23,6 +23,7 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -45,7 +46,7 @@ mod walk;
 pub use read::{open_source, read_file};
 pub use verify::{Finding, Problem, verify};
 
-use build::{Leaf, OpenDir, TreeBuild, dir_attrs, leaf, now_ns};
+use build::{Leaf, OpenDir, Pass, TreeBuild, dir_attrs, leaf, now_ns};
 use walk::walk;
 
 /// Files up to this size are read whole; larger ones are streamed in windows.
@@ -176,6 +177,8 @@ pub struct Summary {
     pub warnings: Vec<Warning>,
     /// Part files found and left out ([`ScanOptions::parts`]), relative to the root.
     pub parts: Vec<Vec<u8>>,
+    /// Files read again because they changed while being read ([`read_file`]'s retries).
+    pub rereads: u64,
 }
 
 impl Summary {
@@ -221,10 +224,13 @@ pub fn canonical_root(root: &Path) -> Result<PathBuf, ScanError> {
 /// Builds or refreshes the manifest of `root` in `store`.
 pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary, ScanError> {
     let root = canonical_root(root)?;
-    let scan_start_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0);
+    let pass = Pass {
+        start_ns: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0),
+        rereads: AtomicU64::new(0),
+    };
     let (mut walked, mut warnings, root_meta, mut found_parts) = walk(&root, opts)?;
     walked.par_sort_unstable_by(|a, b| component_order(&a.path, &b.path));
     if opts.changed_only.is_some()
@@ -274,6 +280,7 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
             written: 0,
             warnings: Vec::new(),
             parts: Vec::new(),
+            rereads: 0,
         },
     };
     let root_attrs =
@@ -301,7 +308,7 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
                 .enumerate()
                 .map(|(k, w)| {
                     let link = links.get(&(i + k)).map(Vec::as_slice);
-                    leaf(&root, w, link, &snap, &listings, opts, scan_start_ns)
+                    leaf(&root, w, link, &snap, &listings, opts, &pass)
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
             batch_leaves.reverse(); // popped from the end, in order
@@ -379,6 +386,7 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
     }
     summary.written = puts.len() as u64;
     summary.root = root_hash;
+    summary.rereads = pass.rereads.into_inner();
     warnings.sort_by(|a, b| a.path.cmp(&b.path));
     summary.warnings = warnings;
     found_parts.sort();

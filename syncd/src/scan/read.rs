@@ -44,14 +44,19 @@ pub fn open_source(
 /// Reads and chunks one file, with its attributes digest in mode `owners`
 /// ([`ScanOptions::owners`]), checking with `fstat` before and after that it did not change
 /// meanwhile. The file is opened with [`open_source`] (`expect` is the walk's device and
-/// inode). Retries a few times, then fails with the path in the error.
+/// inode). Retries a few times, then fails with the path in the error; each attempt after
+/// the first adds one to `rereads`.
 pub fn read_file(
     path: &Path,
     expect: Option<(u64, u64)>,
     params: ChunkParams,
     owners: bool,
+    rereads: &AtomicU64,
 ) -> std::io::Result<(FileNode, Stat)> {
-    for _ in 0..READ_RETRIES {
+    for attempt in 0..READ_RETRIES {
+        if attempt > 0 {
+            rereads.fetch_add(1, Ordering::Relaxed);
+        }
         let (mut f, before) = open_source(path, expect)?;
         let chunks = read_chunks(&mut f, before.size(), params)?;
         let after = f.metadata()?;

@@ -50,18 +50,22 @@ pub fn verify(
                     Ok(_) => Some(Problem::Modified),
                     Err(e) => Some(io_problem(e)),
                 },
-                Node::File(old) => match read_file(&path, None, params, false) {
-                    Ok((new, stat)) => {
-                        if new.chunks == old.chunks {
-                            None
-                        } else if stat.size == rec.stat.size && stat.mtime_ns == rec.stat.mtime_ns {
-                            Some(Problem::BitRot)
-                        } else {
-                            Some(Problem::Modified)
+                Node::File(old) => {
+                    match read_file(&path, None, params, false, &AtomicU64::new(0)) {
+                        Ok((new, stat)) => {
+                            if new.chunks == old.chunks {
+                                None
+                            } else if stat.size == rec.stat.size
+                                && stat.mtime_ns == rec.stat.mtime_ns
+                            {
+                                Some(Problem::BitRot)
+                            } else {
+                                Some(Problem::Modified)
+                            }
                         }
+                        Err(e) => Some(io_problem(e)),
                     }
-                    Err(e) => Some(io_problem(e)),
-                },
+                }
                 Node::Dir { .. } => None,
             };
             problem.map(|problem| Finding { path, problem })
