@@ -33,6 +33,48 @@ impl Nodes for Tree {
     }
 }
 
+/// What of an entry [`change_of`] compares: a directory's metadata (its children are compared
+/// one by one), a file's chunks, a symlink's target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape<'a> {
+    /// A directory's mode and attributes digest.
+    Dir(u32, Option<&'a Hash>),
+    /// A file's chunks.
+    File(&'a [ChunkRef]),
+    /// A symlink's target.
+    Symlink(&'a [u8]),
+}
+
+impl<'a> Shape<'a> {
+    /// The shape of `node`.
+    pub fn of(node: &'a Node) -> Shape<'a> {
+        match node {
+            Node::Dir { mode, attrs, .. } => Shape::Dir(*mode, attrs.as_ref()),
+            Node::File(f) => Shape::File(&f.chunks),
+            Node::Symlink { target, .. } => Shape::Symlink(target),
+        }
+    }
+}
+
+/// How an entry that differs from its old version at the same path changed, the one rule
+/// of the `+ - M m T` classification for an entry in both trees (`syncd diff`, and the
+/// receiver's dry run and `--itemize-changes`): `T` for another kind; `M` for other content
+/// (a file's chunks, a symlink's target); `m` when only metadata differs. A directory's
+/// content is its children, so it is `m` when its mode or attributes differ, else nothing.
+pub fn change_of(old: Shape<'_>, new: Shape<'_>) -> Option<ChangeKind> {
+    match (old, new) {
+        (Shape::Dir(ma, aa), Shape::Dir(mb, ab)) => {
+            ((ma, aa) != (mb, ab)).then_some(ChangeKind::Metadata)
+        }
+        (Shape::File(a), Shape::File(b)) if a == b => Some(ChangeKind::Metadata),
+        (Shape::Symlink(a), Shape::Symlink(b)) if a == b => Some(ChangeKind::Metadata),
+        (Shape::File(_), Shape::File(_)) | (Shape::Symlink(_), Shape::Symlink(_)) => {
+            Some(ChangeKind::Modified)
+        }
+        _ => Some(ChangeKind::TypeChanged),
+    }
+}
+
 /// How an entry differs between two trees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
@@ -145,7 +187,7 @@ where
     else {
         return Ok(());
     };
-    if ma != mb || aa != ab {
+    if change_of(Shape::Dir(*ma, aa.as_ref()), Shape::Dir(*mb, ab.as_ref())).is_some() {
         out.push(Change {
             path: path.clone(),
             kind: ChangeKind::Metadata,
@@ -200,22 +242,12 @@ where
                 }
                 let cx = fetch(a, &child)?;
                 let cy = fetch(b, &child)?;
-                let kind = match (&cx, &cy) {
-                    (Node::Dir { .. }, Node::Dir { .. }) => {
-                        diff_dirs(a, b, child, &cx, &cy, out)?;
-                        continue;
-                    }
-                    (Node::File(fx), Node::File(fy))
-                        if fx.size == fy.size && fx.chunks == fy.chunks =>
-                    {
-                        ChangeKind::Metadata
-                    }
-                    (Node::Symlink { target: tx, .. }, Node::Symlink { target: ty, .. })
-                        if tx == ty =>
-                    {
-                        ChangeKind::Metadata
-                    }
-                    _ => ChangeKind::Modified,
+                if let (Node::Dir { .. }, Node::Dir { .. }) = (&cx, &cy) {
+                    diff_dirs(a, b, child, &cx, &cy, out)?;
+                    continue;
+                }
+                let Some(kind) = change_of(Shape::of(&cx), Shape::of(&cy)) else {
+                    continue;
                 };
                 out.push(Change {
                     path: child,

@@ -39,7 +39,7 @@ mod encode;
 mod path;
 
 pub use attrs::{attrs_hash, hashed_xattr};
-pub use diff::{Change, ChangeKind, DiffError, Nodes, Tree, diff};
+pub use diff::{Change, ChangeKind, DiffError, Nodes, Shape, Tree, change_of, diff};
 pub(crate) use encode::{ATTRS_FLAG, encode_attrs};
 pub use encode::{decode_listing, encode_symlink, read_attrs};
 pub use path::{check_name, check_path, component_order, display_path, file_name, join, parent};

@@ -12,41 +12,57 @@ pub(super) fn unchanged(old: &[crate::manifest::Entry], e: &Listed) -> bool {
 }
 
 /// What a push changes at a path where the receiver has `mine` and the sender offers
-/// `theirs` (`retyped`: of another kind): the marker, as in `syncd diff`, and for a
-/// metadata-only change which attributes ([`codec::attr`] bits). `None` if nothing
-/// changes there (a directory whose children may still differ).
+/// `theirs` (`retyped`: of another kind): the marker, as [`crate::manifest::change_of`]
+/// decides it for `syncd diff`, and for a metadata-only change which attributes
+/// ([`codec::attr`] bits). `None` if nothing changes there (a directory whose children may
+/// still differ).
 pub fn classify(mine: Option<&Node>, theirs: &Offered, retyped: bool) -> Option<(ChangeKind, u8)> {
+    let Some(m) = mine else {
+        return Some((ChangeKind::Added, 0));
+    };
+    if retyped {
+        return Some((ChangeKind::TypeChanged, 0));
+    }
+    if theirs.matches(m) {
+        return None;
+    }
+    let kind = crate::manifest::change_of(crate::manifest::Shape::of(m), shape(theirs))?;
+    let bits = match kind {
+        ChangeKind::Metadata => metadata_bits(m, theirs),
+        _ => 0,
+    };
+    Some((kind, bits))
+}
+
+/// [`crate::manifest::Shape`] of an offered node.
+fn shape(o: &Offered) -> crate::manifest::Shape<'_> {
+    use crate::manifest::Shape;
+    match o {
+        Offered::Dir { mode, attrs, .. } => Shape::Dir(*mode, attrs.as_ref()),
+        Offered::File(f) => Shape::File(&f.chunks),
+        Offered::Symlink { target, .. } => Shape::Symlink(target),
+    }
+}
+
+/// Which attributes ([`codec::attr`] bits) differ between `mine` and `theirs`, two nodes of
+/// one kind with the same content.
+fn metadata_bits(mine: &Node, theirs: &Offered) -> u8 {
     use codec::attr;
     let bit = |differs: bool, b: u8| if differs { b } else { 0 };
-    match mine {
-        None => Some((ChangeKind::Added, 0)),
-        Some(_) if retyped => Some((ChangeKind::TypeChanged, 0)),
-        Some(m) if theirs.matches(m) => None,
-        Some(Node::Dir { mode, attrs, .. }) => match theirs {
+    match (mine, theirs) {
+        (
+            Node::Dir { mode, attrs, .. },
             Offered::Dir {
                 mode: m, attrs: a, ..
-            } if (m, a) != (mode, attrs) => Some((
-                ChangeKind::Metadata,
-                bit(m != mode, attr::MODE) | bit(a != attrs, attr::OWNER_XATTRS),
-            )),
-            _ => None,
-        },
-        Some(Node::File(a)) => match theirs {
-            Offered::File(b) if a.chunks == b.chunks => Some((
-                ChangeKind::Metadata,
-                bit(a.mode != b.mode, attr::MODE)
-                    | bit(a.mtime_ns != b.mtime_ns, attr::MTIME)
-                    | bit(a.attrs != b.attrs, attr::OWNER_XATTRS)
-                    | bit(a.link != b.link, attr::LINK),
-            )),
-            _ => Some((ChangeKind::Modified, 0)),
-        },
-        Some(Node::Symlink { target: a, .. }) => match theirs {
-            Offered::Symlink { target: b, .. } if a == b => {
-                Some((ChangeKind::Metadata, attr::OWNER_XATTRS))
-            }
-            _ => Some((ChangeKind::Modified, 0)),
-        },
+            },
+        ) => bit(m != mode, attr::MODE) | bit(a != attrs, attr::OWNER_XATTRS),
+        (Node::File(a), Offered::File(b)) => {
+            bit(a.mode != b.mode, attr::MODE)
+                | bit(a.mtime_ns != b.mtime_ns, attr::MTIME)
+                | bit(a.attrs != b.attrs, attr::OWNER_XATTRS)
+                | bit(a.link != b.link, attr::LINK)
+        }
+        _ => attr::OWNER_XATTRS,
     }
 }
 
