@@ -21,8 +21,9 @@ use crate::chunk::ChunkId;
 use crate::fsmeta;
 use crate::manifest::store::Snapshot;
 use crate::manifest::{Hash, Node};
+use crate::proto::ProtoError;
 use crate::proto::adapt::Adapt;
-use crate::proto::codec::{ChunkHead, Codec, Frame};
+use crate::proto::codec::{ChunkHead, Codec};
 use crate::proto::delta::{self, Signature};
 use crate::proto::stream::StreamEncoder;
 use crate::proto::{ChunkLoc, Meta, Sender, SenderEvent};
@@ -374,13 +375,11 @@ where
                     let Some(frame) = frame.unwrap_or(Ok(None))? else {
                         return Err(PushError::Closed { peer: peer.to_string() });
                     };
-                    if let Frame::Refuse { reason } = &frame {
-                        return Err(PushError::Remote { peer: peer.to_string(), reason: reason.clone() });
-                    }
                     let mut meta = |p: &[u8], n: &Node| source_meta(root_path, p, n);
-                    s.handle(frame, &snap, &mut meta).map_err(|source| PushError::Proto {
-                        peer: peer.to_string(),
-                        source,
+                    // The machine decides what a frame means, a refusal included.
+                    s.handle(frame, &snap, &mut meta).map_err(|source| match source {
+                        ProtoError::Refused(reason) => PushError::Remote { peer: peer.to_string(), reason },
+                        source => PushError::Proto { peer: peer.to_string(), source },
                     })?;
                 }
                 Some(Job { id, loc, against }) = changed_rx.recv() => {
