@@ -39,7 +39,7 @@ pub use codec::{
     Codec, Frame, FrameError, Listed, MAX_FRAME, Meta, NodeItem, Offered, Totals, VERSION,
 };
 
-pub use receiver::{Action, MAX_OPEN_FILES, Receiver, classify};
+pub use receiver::{Action, MAX_OPEN_FILES, Receiver, classify, rescan_for};
 pub use sender::{Sender, SenderEvent};
 
 use crate::chunk::{ChunkId, Verified};
@@ -59,6 +59,13 @@ pub struct ChunkLoc {
 /// Protocol-level failures (the peer misbehaved or is incompatible).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtoError {
+    /// The sender compares owners, which this receiver cannot set.
+    #[error(
+        "the sender pushes with owners, ACLs and xattrs (it runs as root), but this receiver \
+         does not run as root and cannot set them: run the receiver as root, or push with \
+         --no-owner"
+    )]
+    CannotOwn,
     /// The peer speaks another protocol version.
     #[error("peer speaks protocol version {theirs}, this build speaks {VERSION}")]
     Version {

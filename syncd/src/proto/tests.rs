@@ -572,6 +572,65 @@ fn unknown_version_is_refused_cleanly() {
     assert!(matches!(r.poll(), Some(Action::Send(Frame::Refuse { .. }))));
 }
 
+/// The owners negotiation, both ways: a sender that compares owners is answered with a
+/// `HelloAck` by a receiver that can set them, and refused (with the reason, which the
+/// sender's machine turns into its error) by one that cannot.
+#[test]
+fn owners_are_accepted_only_by_a_receiver_that_can_set_them() {
+    let t = Tree::default();
+    for can_own in [true, false] {
+        let mut s = Sender::new(Hash([1; 32]), false, false, true);
+        let mut r = Receiver::new().with_can_own(can_own);
+        let Some(SenderEvent::Send(hello)) = s.poll() else {
+            panic!("the sender does not start with a frame")
+        };
+        assert!(
+            matches!(hello, Frame::Hello { owners: true, .. }),
+            "{hello:?}"
+        );
+        let handled = r.handle(roundtrip(&hello), &t, Hash([2; 32]));
+        let Some(Action::Send(reply)) = r.poll() else {
+            panic!("the receiver does not answer the Hello")
+        };
+        let answered = s.handle(roundtrip(&reply), &t, &mut |_, _| None);
+        if can_own {
+            assert_eq!(handled, Ok(()));
+            assert!(matches!(reply, Frame::HelloAck { .. }), "{reply:?}");
+            assert_eq!(answered, Ok(()));
+        } else {
+            assert_eq!(handled, Err(ProtoError::CannotOwn));
+            let why = ProtoError::CannotOwn.to_string();
+            assert_eq!(
+                reply,
+                Frame::Refuse {
+                    reason: why.clone()
+                }
+            );
+            assert_eq!(answered, Err(ProtoError::Refused(why)));
+        }
+    }
+}
+
+/// Which scan a `Hello` needs: again in the sender's owners mode when it differs, or with
+/// the sender's filter rules; none when the session will be refused.
+#[test]
+fn the_scan_a_hello_needs() {
+    use crate::proto::rescan_for;
+    // (hello owners, scanned owners, filtered, can own) -> rescan
+    for (case, want) in [
+        ((false, false, false, false), None),
+        ((true, true, false, true), None),
+        ((false, true, false, true), Some(false)),
+        ((true, false, false, true), Some(true)),
+        ((false, false, true, false), Some(false)),
+        ((true, true, true, true), Some(true)),
+        ((true, false, false, false), None),
+        ((true, false, true, false), None),
+    ] {
+        assert_eq!(rescan_for(case.0, case.1, case.2, case.3), want, "{case:?}");
+    }
+}
+
 #[test]
 fn frames_out_of_order_are_errors_not_panics() {
     let mut r = Receiver::new();

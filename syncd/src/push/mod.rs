@@ -114,13 +114,6 @@ pub enum PushError {
         /// Why.
         reason: String,
     },
-    /// The sender compares owners, which this receiver cannot set.
-    #[error(
-        "the sender pushes with owners, ACLs and xattrs (it runs as root), but this receiver \
-         does not run as root and cannot set them: run the receiver as root, or push with \
-         --no-owner"
-    )]
-    CannotOwn,
     /// The receiver stopped the session before a step it must not take (`--max-delete`).
     #[error("{reason}")]
     Stopped {

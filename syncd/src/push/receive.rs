@@ -108,17 +108,18 @@ where
         _ => (None, None),
     };
     let mut opts = opts.clone();
-    let prepared = match (&first, prepared) {
-        (Frame::Hello { owners, .. }, Ok(p)) if *owners != opts.owners || !filter.is_empty() => {
-            if *owners && !fsmeta::running_as_root() {
-                Err(PushError::CannotOwn)
-            } else {
-                opts.owners = *owners;
-                opts.filter = filter;
-                let root = p.root.clone();
-                drop(p);
-                prepare_receiver(&root, &opts).await
-            }
+    let can_own = fsmeta::running_as_root();
+    // The machine decides which scan the `Hello` needs (and refuses what it cannot do).
+    let rescan = sender_owners.and_then(|owners| {
+        crate::proto::rescan_for(owners, opts.owners, !filter.is_empty(), can_own)
+    });
+    let prepared = match (rescan, prepared) {
+        (Some(owners), Ok(p)) => {
+            opts.owners = owners;
+            opts.filter = filter;
+            let root = p.root.clone();
+            drop(p);
+            prepare_receiver(&root, &opts).await
         }
         (_, prepared) => prepared,
     };
@@ -148,7 +149,9 @@ where
         snap,
         target,
         control_w: ControlTx::new(control_w, peer_packs),
-        r: Receiver::new().with_free_bytes(crate::fsmeta::free_bytes(&root)),
+        r: Receiver::new()
+            .with_free_bytes(crate::fsmeta::free_bytes(&root))
+            .with_can_own(can_own),
         index: None,
         parts: HashMap::new(),
         bases: Arc::default(),

@@ -209,6 +209,9 @@ pub struct Receiver {
     unsettled: Vec<Vec<u8>>,
     /// The free space the driver measured on the tree's filesystem, for the `HelloAck`.
     free: Option<u64>,
+    /// This receiver can set owners (it runs as root): a `Hello` with `owners` is refused
+    /// otherwise.
+    can_own: bool,
 }
 
 /// Records that chunk `index` of file `key` waits for chunk `id`. True for the first
@@ -233,6 +236,22 @@ impl Default for Receiver {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The scan of its tree a receiver needs before it answers a `Hello`: `Some(owners)` when the
+/// tree must be scanned again, in that mode (the sender compares in the other mode, or sent
+/// filter rules, `filtered`); `None` when the scan it has stands, or when the `Hello` will
+/// be refused anyway (owners asked of a receiver that cannot set them).
+pub fn rescan_for(
+    hello_owners: bool,
+    scanned_owners: bool,
+    filtered: bool,
+    can_own: bool,
+) -> Option<bool> {
+    if hello_owners && !can_own {
+        return None;
+    }
+    (hello_owners != scanned_owners || filtered).then_some(hello_owners)
 }
 
 impl Receiver {
@@ -264,7 +283,15 @@ impl Receiver {
             delete_count: 0,
             itemize: false,
             free: None,
+            can_own: false,
         }
+    }
+
+    /// Says whether this receiver can set owners, groups and xattrs (it runs as root): only
+    /// then does it accept a `Hello` with `owners` (the default is that it cannot).
+    pub fn with_can_own(mut self, can_own: bool) -> Receiver {
+        self.can_own = can_own;
+        self
     }
 
     /// Says `free` bytes are available on the tree's filesystem, in the `HelloAck` (what
@@ -396,6 +423,7 @@ impl Receiver {
                     dry_run,
                     verify_dest,
                     itemize,
+                    owners,
                     ..
                 },
             ) => {
@@ -408,6 +436,12 @@ impl Receiver {
                         ),
                     }));
                     return Err(ProtoError::Version { theirs: version });
+                }
+                if owners && !self.can_own {
+                    self.out.push_back(Action::Send(Frame::Refuse {
+                        reason: ProtoError::CannotOwn.to_string(),
+                    }));
+                    return Err(ProtoError::CannotOwn);
                 }
                 self.delete = delete;
                 self.dry_run = dry_run;
