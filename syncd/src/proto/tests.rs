@@ -18,7 +18,17 @@ fn contents() -> HashMap<ChunkId, Vec<u8>> {
             m.insert(ChunkId::of(&[c, i]), vec![c, i]);
         }
     }
+    for v in [big(0), big(1)] {
+        m.insert(ChunkId::of(&v), v);
+    }
     m
+}
+
+/// A 64 KiB chunk, large enough for a delta; `version` 1 differs from 0 in one byte.
+fn big(version: u8) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..65_536u32).map(|i| (i * 7 % 251) as u8).collect();
+    v[30_000] ^= version;
+    v
 }
 
 /// The metadata the sender reads for `node`. Its attributes digest travels as an xattr,
@@ -66,6 +76,8 @@ struct Outcome {
     receiver_root: Hash,
     totals: Totals,
     report: Vec<(u8, Vec<u8>)>,
+    /// `WantDelta` frames the receiver sent.
+    deltas_asked: usize,
 }
 
 /// Runs one session: `a` is the sender's tree, `b` the receiver's starting tree.
@@ -114,6 +126,7 @@ fn run_with(
     let mut to_s: Vec<Frame> = Vec::new();
     let mut report = Vec::new();
     let mut finished = None;
+    let mut deltas_asked = 0;
 
     for _round in 0..100_000 {
         while let Some(ev) = s.poll() {
@@ -215,7 +228,7 @@ fn run_with(
                     assert!(b.nodes.contains_key(&from.path));
                     let sig = delta::Signature::of(&content[&base]);
                     bases.insert(id, content[&base].clone());
-                    to_s.push(roundtrip(&Frame::WantDelta { id, base, sig }));
+                    r.base_read(id, base, sig);
                 }
                 Action::Write {
                     key,
@@ -272,6 +285,7 @@ fn run_with(
             r.handle(f, b, b_root).unwrap();
         } else if pick <= 1 && !to_s.is_empty() {
             let f = to_s.remove(0);
+            deltas_asked += usize::from(matches!(f, Frame::WantDelta { .. }));
             s.handle(f, a, &mut |_, n| Some(meta_of(n))).unwrap();
         } else {
             let i = pick
@@ -299,6 +313,7 @@ fn run_with(
         receiver_root,
         totals,
         report,
+        deltas_asked,
     }
 }
 
@@ -450,6 +465,33 @@ fn files_tree(files: &[(&str, u8, Option<&str>)]) -> Tree {
     }
     rehash(&mut t);
     t
+}
+
+/// A file the receiver has in another version is asked for as a delta against the old
+/// version's chunk at the same offset (`WantDelta`, produced by the receiver's machine once
+/// the driver says the base was read), and ends equal.
+#[test]
+fn a_changed_file_is_asked_for_as_a_delta_against_its_old_version() {
+    let with_big = |version: u8| {
+        let mut t = files_tree(&[("f", 0, None), ("same", 3, None)]);
+        if let Some(Node::File(f)) = t.nodes.get_mut(&b"f"[..]) {
+            let bytes = big(version);
+            f.chunks = vec![crate::manifest::ChunkRef {
+                id: ChunkId::of(&bytes),
+                len: bytes.len() as u32,
+            }];
+            f.size = bytes.len() as u64;
+        }
+        rehash(&mut t);
+        t
+    };
+    let (a, b) = (with_big(1), with_big(0));
+    for seed in 0..20 {
+        let out = run(&a, &b, true, false, lcg(seed));
+        assert_eq!(out.receiver_root, out.sender_root);
+        assert_eq!(out.receiver_tree, a);
+        assert_eq!(out.deltas_asked, 1, "seed {seed}");
+    }
 }
 
 /// Links are made where the receiver has separate copies, also when the first path of the

@@ -507,9 +507,7 @@ impl<CW: AsyncWrite + Unpin> ReceiveSession<'_, CW> {
             Some(v) => {
                 let sig = Signature::of(v.bytes());
                 lock(&self.bases).insert(id, v.into_bytes());
-                self.control_w
-                    .send(&Frame::WantDelta { id, base, sig }, self.peer)
-                    .await?;
+                self.r.base_read(id, base, sig);
             }
             None => self.r.base_failed(id),
         }

@@ -98,6 +98,13 @@ impl Receiver {
         self.maybe_finish(key);
     }
 
+    /// The base `base` for a delta of chunk `id` was read and kept: ask for the delta against
+    /// its signature `sig`.
+    pub fn base_read(&mut self, id: ChunkId, base: ChunkId, sig: crate::proto::delta::Signature) {
+        self.out
+            .push_back(Action::Send(Frame::WantDelta { id, base, sig }));
+    }
+
     /// The base for a delta of chunk `id` could not be read: ask for the whole chunk.
     pub fn base_failed(&mut self, id: ChunkId) {
         if self.waiters.get(&id).is_some_and(|w| !w.is_empty()) {

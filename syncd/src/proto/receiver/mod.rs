@@ -68,9 +68,9 @@ pub enum Action {
         from: ChunkLoc,
     },
     /// Read `from`, the receiver's chunk `base` (of the old version of the file being
-    /// replaced), check it, keep it, and ask for chunk `id` as a delta against it
-    /// ([`Frame::WantDelta`]). If it cannot be read or does not match, call
-    /// [`Receiver::base_failed`].
+    /// replaced), check it, keep it for the delta, and call [`Receiver::base_read`] with its
+    /// signature, which asks for chunk `id` as a delta against it ([`Frame::WantDelta`]). If
+    /// it cannot be read or does not match, call [`Receiver::base_failed`].
     ReadBase {
         /// The chunk wanted.
         id: ChunkId,
