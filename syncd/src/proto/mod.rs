@@ -29,6 +29,7 @@
 pub mod adapt;
 pub mod codec;
 pub mod delta;
+pub mod encode;
 mod receiver;
 mod sender;
 pub mod stream;

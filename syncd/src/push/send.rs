@@ -23,8 +23,8 @@ use crate::manifest::store::Snapshot;
 use crate::manifest::{Hash, Node};
 use crate::proto::ProtoError;
 use crate::proto::adapt::Adapt;
-use crate::proto::codec::{ChunkHead, Codec};
-use crate::proto::delta::{self, Signature};
+use crate::proto::delta::Signature;
+use crate::proto::encode::{Policy, encode_chunk};
 use crate::proto::stream::StreamEncoder;
 use crate::proto::{ChunkLoc, Meta, Sender, SenderEvent};
 use crate::scan;
@@ -115,45 +115,6 @@ pub(super) fn read_chunk(root: &Path, id: &ChunkId, loc: &ChunkLoc) -> Option<Ve
     let mut buf = vec![0u8; loc.len as usize];
     f.read_exact_at(&mut buf, loc.offset).ok()?;
     (ChunkId::of(&buf) == *id).then_some(buf)
-}
-
-/// Encodes a chunk for the data stream that `stream` compresses: as delta ops `against` the
-/// receiver's base if those are smaller than the chunk, else raw or (at the level `adapt`
-/// picks) as the next part of that stream. Returns the frame's head and its data, written
-/// one after the other (the data is not copied into a frame).
-pub(super) fn encode_chunk(
-    adapt: &Mutex<Adapt>,
-    stream: &mut StreamEncoder,
-    id: ChunkId,
-    raw: Vec<u8>,
-    against: Option<&Signature>,
-) -> (ChunkHead, Vec<u8>) {
-    let raw_len = raw.len() as u32;
-    let head = |codec, data: &Vec<u8>| ChunkHead {
-        id,
-        raw_len,
-        codec,
-        data_len: data.len(),
-    };
-    if let Some(ops) = against.map(|sig| delta::delta(sig, &raw))
-        && ops.len() < raw.len()
-    {
-        return (head(Codec::Delta, &ops), ops);
-    }
-    let level = lock(adapt).next_level();
-    if level > 0 {
-        // CPU time, not wall time: on a busy machine a wall clock also counts the time this
-        // thread was preempted, which made level 1 look ten times slower than it is.
-        let t = thread_cpu_secs();
-        if let Ok(z) = stream.compress(&raw, level) {
-            let secs = thread_cpu_secs() - t;
-            lock(adapt).observe_compress(level, raw.len(), secs);
-            // Sent even if it did not shrink: the receiver's context must see it (zstd
-            // stores incompressible blocks raw, so it costs a few bytes at most).
-            return (head(Codec::Zstd, &z), z);
-        }
-    }
-    (head(Codec::Raw, &raw), raw)
 }
 
 /// CPU seconds this thread has used.
@@ -260,7 +221,19 @@ where
                         let against = job.against.as_ref();
                         (
                             raw_len,
-                            encode_chunk(&adapt, &mut stream, job.id, raw, against),
+                            encode_chunk(
+                                &mut stream,
+                                job.id,
+                                raw,
+                                against,
+                                Policy {
+                                    next_level: &mut || lock(&adapt).next_level(),
+                                    cpu_secs: &thread_cpu_secs,
+                                    observe: &mut |level, n, secs| {
+                                        lock(&adapt).observe_compress(level, n, secs)
+                                    },
+                                },
+                            ),
                         )
                     });
                     let Some((raw_len, (head, data))) = encoded else {
