@@ -9,10 +9,12 @@ use clap::{Args, Parser, Subcommand};
 mod output;
 mod push;
 mod tree;
+mod watch;
 
 pub(crate) use output::*;
 pub(crate) use push::*;
 pub(crate) use tree::*;
+pub(crate) use watch::*;
 
 #[derive(Parser, Debug)]
 #[command(
