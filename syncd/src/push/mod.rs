@@ -37,6 +37,7 @@ use crate::transport::{self, Throttle};
 
 mod finish;
 mod frames;
+mod index;
 mod observe;
 mod prepare;
 mod receive;

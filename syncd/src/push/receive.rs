@@ -12,13 +12,13 @@ use tokio::sync::mpsc;
 
 use super::finish::{FINISHERS, FinishJob, Finished, dispatch_finishes};
 use super::frames::{ControlTx, read_chunk_frame, refuse, spawn_control_reader};
+use super::index::{Index, build_index, read_checked};
 use super::prepare::{Prepared, ReceiveOptions, prepare_receiver, refresh_blocking};
 use super::{PushError, join_err, lock};
 use crate::apply::{self, Target};
 use crate::chunk::{ChunkId, Verified};
 use crate::fsmeta;
 use crate::manifest::Hash;
-use crate::manifest::Node;
 use crate::manifest::store::{Snapshot, Store};
 use crate::proto::codec::{self, ChunkHead, Codec, Frame};
 use crate::proto::delta::{self, Signature};
@@ -405,7 +405,7 @@ impl<CW: AsyncWrite + Unpin> ReceiveSession<'_, CW> {
             Action::SetFileMeta { path, mode, meta } => self.set_file_meta(&path, mode, &meta)?,
             Action::StartFile { key, path, node } => self.start_file(key, &path, &node)?,
             Action::CopyLocal { key, index, from } => self.copy_local(key, index, &from)?,
-            Action::ReadBase { id, base, from } => self.read_base(id, base, &from).await?,
+            Action::ReadBase { id, base, from } => self.read_base(id, base, &from),
             Action::Write { key, index, data } => {
                 if let Some(part) = self.parts.get_mut(&key) {
                     part.write_chunk(index, &data)?;
@@ -495,14 +495,9 @@ impl<CW: AsyncWrite + Unpin> ReceiveSession<'_, CW> {
         Ok(())
     }
 
-    /// Reads the base of a chunk to be asked for as a delta, keeps it for the data streams
-    /// and asks for the delta against its signature.
-    async fn read_base(
-        &mut self,
-        id: ChunkId,
-        base: ChunkId,
-        from: &ChunkLoc,
-    ) -> Result<(), PushError> {
+    /// Reads the base of a chunk to be asked for as a delta and keeps it for the data
+    /// streams; the machine then asks for the delta against its signature.
+    fn read_base(&mut self, id: ChunkId, base: ChunkId, from: &ChunkLoc) {
         match read_checked(&self.target, from, &base) {
             Some(v) => {
                 let sig = Signature::of(v.bytes());
@@ -511,7 +506,6 @@ impl<CW: AsyncWrite + Unpin> ReceiveSession<'_, CW> {
             }
             None => self.r.base_failed(id),
         }
-        Ok(())
     }
 
     /// Queues a complete part file for a finisher.
@@ -548,46 +542,6 @@ impl<CW: AsyncWrite + Unpin> ReceiveSession<'_, CW> {
         self.r.rescanned(summary.root);
         Ok(())
     }
-}
-
-/// Reads chunk `id` from where the receiver's tree has it; `None` if it cannot be read or
-/// is no longer that chunk (the file changed).
-fn read_checked(target: &Target, from: &ChunkLoc, id: &ChunkId) -> Option<Verified> {
-    let bytes = target.read_span(&from.path, from.offset, from.len).ok()?;
-    Verified::check(id, bytes).ok()
-}
-
-/// What the receiver's manifest says about its own tree, built once per session when
-/// first needed.
-struct Index {
-    /// Every chunk of the tree, by id: the basis for reusing data it already has.
-    chunks: HashMap<ChunkId, ChunkLoc>,
-    /// For each first path of a hard-linked inode, how many other paths link to it.
-    links: HashMap<Vec<u8>, u64>,
-}
-
-impl Index {
-    /// How many paths of the tree are the inode at `path`, as far as the manifest knows.
-    fn links_of(&self, path: &[u8]) -> u64 {
-        1 + self.links.get(path).copied().unwrap_or(0)
-    }
-}
-
-fn build_index(snap: &Snapshot) -> Result<Index, PushError> {
-    let mut chunks = HashMap::new();
-    let mut links: HashMap<Vec<u8>, u64> = HashMap::new();
-    snap.for_each(|path, rec| {
-        if let Node::File(f) = &rec.node {
-            for (id, loc) in crate::proto::chunk_locs(path, f) {
-                chunks.entry(id).or_insert(loc);
-            }
-            if let Some(first) = &f.link {
-                *links.entry(first.clone()).or_default() += 1;
-            }
-        }
-        Ok(())
-    })?;
-    Ok(Index { chunks, links })
 }
 
 /// A metadata change for an entry that is no longer there is not an error: a later change
