@@ -173,7 +173,7 @@ fn run_with(
         }
         while let Some(act) = r.poll() {
             match act {
-                Action::Send(f) => to_s.push(roundtrip(&f)),
+                Action::Send(f) | Action::Finish(f) => to_s.push(roundtrip(&f)),
                 Action::Remove { path } => {
                     fs.nodes.retain(|k, _| {
                         !(k == &path || (k.starts_with(&path) && k.get(path.len()) == Some(&b'/')))

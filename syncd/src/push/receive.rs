@@ -158,6 +158,7 @@ where
         written: Vec::new(),
         finishing: Vec::new(),
         session_parts: Vec::new(),
+        last: None,
     };
     // Files are finished (fsync, metadata, rename) in parallel on the blocking pool: an
     // fsync waits on the disk, and one at a time made a 44k-file push take a minute.
@@ -207,10 +208,10 @@ where
         }
         loop {
             while let Some(act) = s.r.poll() {
-                if let Action::Send(done @ Frame::Done { .. }) = act {
-                    return Ok(done);
-                }
                 s.execute(act).await?;
+                if let Some(last) = s.last.take() {
+                    return Ok(last);
+                }
             }
             dispatch_finishes(&mut s.finishing, &fin_tx, &finishers).await;
             tokio::select! {
@@ -384,6 +385,8 @@ struct ReceiveSession<'a, CW> {
     finishing: Vec<FinishJob>,
     /// Every part file this session opened (removed when the disk is full).
     session_parts: Vec<PathBuf>,
+    /// The machine's last frame ([`Action::Finish`]), sent once the store is closed.
+    last: Option<Frame>,
 }
 
 impl<CW: AsyncWrite + Unpin> ReceiveSession<'_, CW> {
@@ -394,6 +397,7 @@ impl<CW: AsyncWrite + Unpin> ReceiveSession<'_, CW> {
             Action::Send(f) => {
                 self.control_w.send(&f, self.peer).await?;
             }
+            Action::Finish(f) => self.last = Some(f),
             Action::Fail { reason } => return Err(PushError::Stopped { reason }),
             Action::Remove { path } => t.remove(&path)?,
             Action::MakeDir { path, mode, meta } => t.mkdir(&path, &apply_meta(mode, &meta))?,

@@ -251,7 +251,7 @@ impl Receiver {
     pub fn rescanned(&mut self, root: Hash) {
         if self.state == RState::Rescanning {
             self.state = RState::Done;
-            self.out.push_back(Action::Send(Frame::Done {
+            self.out.push_back(Action::Finish(Frame::Done {
                 root,
                 totals: self.totals,
             }));

@@ -14,6 +14,9 @@ pub use descent::classify;
 pub enum Action {
     /// Send this frame on the control stream.
     Send(Frame),
+    /// The session is over: close the manifest store (a `syncd diff` run as soon as the
+    /// sender exits must be able to open it), then send this last frame (`Done`).
+    Finish(Frame),
     /// Remove whatever is at `path` (file, symlink or whole directory), never following
     /// symlinks.
     Remove {
@@ -453,7 +456,7 @@ impl Receiver {
                 self.state = RState::Descending;
                 if theirs == root {
                     self.state = RState::Done;
-                    self.out.push_back(Action::Send(Frame::Done {
+                    self.out.push_back(Action::Finish(Frame::Done {
                         root,
                         totals: Totals::default(),
                     }));
