@@ -22,6 +22,14 @@ pub enum SenderEvent {
     },
     /// A dry-run report line from the receiver.
     Report(u8, u8, Vec<u8>),
+    /// The file at `path` kept changing (or could not be read again): it is not sent, and
+    /// the receiver keeps its copy.
+    GaveUp {
+        /// The relative path.
+        path: Vec<u8>,
+        /// Why, for humans.
+        reason: String,
+    },
     /// The receiver finished: its root and totals.
     Finished {
         /// The receiver's root after the push.
@@ -30,6 +38,10 @@ pub enum SenderEvent {
         totals: Totals,
     },
 }
+
+/// How many times a source file whose chunks keep moving under the reads is read again
+/// before the push gives up on it.
+pub const MAX_REREADS: u32 = 5;
 
 /// The sending side of one session.
 ///
@@ -47,6 +59,9 @@ pub struct Sender {
     finished: bool,
     /// What the receiver's `HelloAck` said of its free space.
     receiver_free: Option<u64>,
+    /// Per source path one of whose chunks was not where it was offered: the hash of the
+    /// node last offered for it, and how many times it was read again.
+    rereads: HashMap<Vec<u8>, (Option<Hash>, u32)>,
 }
 
 impl Sender {
@@ -71,7 +86,69 @@ impl Sender {
             acked: false,
             finished: false,
             receiver_free: None,
+            rereads: HashMap::new(),
         }
+    }
+
+    /// Whether the file at `path`, one of whose chunks was not where it was offered, is to
+    /// be read again ([`Sender::reread`]): until it has been given up on, and never for a
+    /// later path of a hard-linked inode (its scanned node has a `link`): its content is the
+    /// first path's, which is read again itself, and the receiver makes it a link to that
+    /// path. (Offering it anew raced the receiver, which could have finished already.)
+    pub fn wants_reread<N: Nodes>(&mut self, path: &[u8], nodes: &N) -> bool {
+        let scanned = nodes.node(path).ok().flatten();
+        if let Some(Node::File(FileNode { link: Some(_), .. })) = &scanned {
+            return false;
+        }
+        let (_, tries) = self
+            .rereads
+            .entry(path.to_vec())
+            .or_insert_with(|| (scanned.map(|n| n.hash()), 0));
+        *tries <= MAX_REREADS
+    }
+
+    /// What reading the file at `path` again found (`Err`: why it could not be), after the
+    /// read of its chunk `id` failed ([`Sender::wants_reread`] said to). As last offered:
+    /// chunk `id` is read at its place in it (a read that met the file between two changes
+    /// counts as a try). Changed: offered anew. After [`MAX_REREADS`] tries, or when it
+    /// cannot be read: given up on ([`SenderEvent::GaveUp`]), and dropped from the session
+    /// so that the receiver keeps its copy.
+    pub fn reread(
+        &mut self,
+        path: Vec<u8>,
+        id: ChunkId,
+        against: Option<delta::Signature>,
+        found: Result<(FileNode, Meta), String>,
+    ) {
+        let (mut offered, mut tries) = self.rereads.get(&path).copied().unwrap_or((None, 0));
+        let give_up = match found {
+            Ok((node, meta)) => {
+                let hash = Node::File(node.clone()).hash();
+                if offered == Some(hash) {
+                    if node.chunks.iter().any(|c| c.id == id) {
+                        tries += 1;
+                    }
+                    self.retry(&path, &node, id, against);
+                } else {
+                    tries += 1;
+                    offered = Some(hash);
+                    self.source_changed(path.clone(), Some((node, meta)));
+                }
+                (tries > MAX_REREADS).then(|| {
+                    format!("changed each of the {MAX_REREADS} times it was read during the push")
+                })
+            }
+            Err(why) => Some(why),
+        };
+        if let Some(why) = give_up {
+            tries = MAX_REREADS + 1;
+            self.out.push_back(SenderEvent::GaveUp {
+                path: path.clone(),
+                reason: format!("{why}; not sent, the receiver keeps its copy"),
+            });
+            self.source_changed(path.clone(), None);
+        }
+        self.rereads.insert(path, (offered, tries));
     }
 
     /// The bytes available on the receiver's filesystem, as its `HelloAck` said (`None`

@@ -152,10 +152,6 @@ pub(super) struct Link {
     pub(super) scanned: (u64, u64),
 }
 
-/// How many times the sender reads a file again whose chunk reads fail (it keeps
-/// changing) before it gives up on it for this push.
-pub(super) const MAX_REREADS: u32 = 5;
-
 /// Runs the sending side of one session over the given streams. `unsettled` are the
 /// source paths the scan could not read (relative): the receiver keeps its copies.
 #[allow(clippy::too_many_arguments)]
@@ -313,9 +309,6 @@ where
         ..PushReport::default()
     };
     let mut control_wire = 0u64;
-    // Per source path that failed a chunk read: the node last offered for it, and how many
-    // times it was read again.
-    let mut rereads: HashMap<Vec<u8>, (Option<Hash>, u32)> = HashMap::new();
     let result: Result<(), PushError> = async {
         let mut jobs = Vec::new();
         loop {
@@ -329,6 +322,7 @@ where
                         jobs.push(Job { id, loc, against });
                     }
                     SenderEvent::Report(m, a, p) => report.changes.push((m as char, a, p)),
+                    SenderEvent::GaveUp { path, reason } => report.unsettled.push((path, reason)),
                     SenderEvent::Finished { root, totals } => {
                         report.receiver_free_bytes = s.receiver_free_bytes();
                         report.receiver_root = root;
@@ -356,61 +350,22 @@ where
                     })?;
                 }
                 Some(Job { id, loc, against }) = changed_rx.recv() => {
-                    // The chunk was not where it was offered: try its other places, and
-                    // read that file again.
+                    // The chunk was not where it was offered: the machine tries its other
+                    // places, and decides what reading that file again means.
                     s.read_failed(id, &loc, against.clone());
                     let path = loc.path;
-                    let (offered, tries) = rereads.entry(path.clone()).or_insert_with(|| {
-                        let h = match crate::manifest::Nodes::node(&snap, &path) {
-                            Ok(Some(n)) => Some(n.hash()),
-                            _ => None,
-                        };
-                        (h, 0)
-                    });
-                    if *tries > MAX_REREADS {
+                    if !s.wants_reread(&path, &snap) {
                         continue; // given up on already
                     }
                     let abs = root_path.join(std::ffi::OsStr::from_bytes(&path));
                     let retries = std::sync::atomic::AtomicU64::new(0);
                     let fresh = scan::read_file(&abs, None, opts.scan.params, opts.scan.owners, &retries);
                     report.rereads += 1 + retries.into_inner();
-                    // Linked as scanned: the link is a property of the tree, not of content.
-                    let link = match crate::manifest::Nodes::node(&snap, &path) {
-                        Ok(Some(Node::File(f))) => f.link,
-                        _ => None,
-                    };
-                    let update = fresh.map_err(|e| e.to_string()).and_then(|(mut node, _)| {
-                        node.link = link;
-                        let n = Node::File(node.clone());
-                        let meta = source_meta(root_path, &path, &n).ok_or("vanished")?;
-                        Ok((node, meta, n.hash()))
+                    let found = fresh.map_err(|e| e.to_string()).and_then(|(node, _)| {
+                        let meta = source_meta(root_path, &path, &Node::File(node.clone()));
+                        Ok((node, meta.ok_or("vanished")?))
                     });
-                    let give_up = match update {
-                        // As last offered: a read of an older version's chunk (nothing to
-                        // count), or one that met the file between two changes.
-                        Ok((node, _, h)) if *offered == Some(h) => {
-                            if node.chunks.iter().any(|c| c.id == id) {
-                                *tries += 1;
-                            }
-                            s.retry(&path, &node, id, against);
-                            None
-                        }
-                        Ok((node, meta, h)) => {
-                            *tries += 1;
-                            *offered = Some(h);
-                            s.source_changed(path.clone(), Some((node, meta)));
-                            None
-                        }
-                        Err(why) => Some(why),
-                    };
-                    let give_up = give_up.or_else(|| (*tries > MAX_REREADS).then(|| {
-                        format!("changed each of the {MAX_REREADS} times it was read during the push")
-                    }));
-                    if let Some(why) = give_up {
-                        *tries = MAX_REREADS + 1;
-                        report.unsettled.push((path.clone(), format!("{why}; not sent, the receiver keeps its copy")));
-                        s.source_changed(path, None);
-                    }
+                    s.reread(path, id, against, found);
                 }
             }
         }
