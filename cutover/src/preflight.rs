@@ -4,8 +4,9 @@
 //! Each table present gets its checks; one failing never stops the others, so the table is
 //! whole. A check that cannot be made (a server that does not answer) is a failure that says
 //! so. A health check with a `source` target runs against the source and must pass; one
-//! without is written only for the destination, which need not serve before go-time, so it is
-//! reported without failing the preflight (`warn`); the health gate is where it counts. (`db status` writes its heartbeat row on the source, as it always does.)
+//! without is written only for the destination, which need not serve before go-time, so it
+//! is reported without failing the preflight (`warn`); the health gate is where it counts.
+//! (`db status` writes its heartbeat row on the source, as it always does.)
 
 use serde::Serialize;
 
@@ -327,14 +328,15 @@ pub async fn preflight(rb: &Runbook, before_run: bool) -> Report {
             check,
             ..h.clone()
         };
-    let (on_source, on_destination): (Vec<_>, Vec<_>) =
-        rb.health.iter().partition(|h| h.source.is_some());
-    let on_source: Vec<_> = on_source
-        .into_iter()
+    let on_source: Vec<_> = rb
+        .health
+        .iter()
         .filter_map(|h| h.source.clone().map(|c| once(c, h)))
         .collect();
-    let on_destination: Vec<_> = on_destination
-        .into_iter()
+    let on_destination: Vec<_> = rb
+        .health
+        .iter()
+        .filter(|h| h.source.is_none())
         .map(|h| once(h.check.clone(), h))
         .collect();
     for c in health::run(&on_source).await.checks {

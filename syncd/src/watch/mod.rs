@@ -152,6 +152,18 @@ struct Daemon {
     endpoint: Option<quinn::Endpoint>,
 }
 
+/// What a successful push tells the status: both roots, no error, the destination's free
+/// space, and (only a `full` scan counts the whole tree) the tree's bytes.
+fn pushed(s: &mut crate::control::Status, report: &PushReport, full: bool) {
+    s.local_root = report.root.to_hex();
+    s.peer_root = Some(report.receiver_root.to_hex());
+    s.last_error = None;
+    if full {
+        s.tree_bytes = Some(report.bytes_scanned);
+    }
+    s.destination_free_bytes = report.receiver_free_bytes;
+}
+
 impl Daemon {
     /// One push of `changed` (all of the tree if `None`).
     async fn push(
@@ -230,15 +242,8 @@ impl Daemon {
                     self.unapplied_since
                 };
                 self.shared.update(|s| {
-                    s.local_root = report.root.to_hex();
-                    s.peer_root = Some(report.receiver_root.to_hex());
+                    pushed(s, &report, batch.full);
                     s.rate_bytes_per_sec = report.wire_bytes as f64 / secs;
-                    s.last_error = None;
-                    // Only a full scan counts the whole tree.
-                    if batch.full {
-                        s.tree_bytes = Some(report.bytes_scanned);
-                    }
-                    s.destination_free_bytes = report.receiver_free_bytes;
                 });
                 let line = format!(
                     "batch of {} paths{} to {}: {} files sent, {} bytes on the wire, {:.3}s",
@@ -313,13 +318,7 @@ impl Daemon {
                 self.unsettled = self.unsettled_after(&report, &summary);
                 self.in_sync = report.identical();
                 self.failures = 0;
-                self.shared.update(|s| {
-                    s.local_root = report.root.to_hex();
-                    s.peer_root = Some(report.receiver_root.to_hex());
-                    s.last_error = None;
-                    s.tree_bytes = Some(report.bytes_scanned);
-                    s.destination_free_bytes = report.receiver_free_bytes;
-                });
+                self.shared.update(|s| pushed(s, &report, true));
                 if report.identical() && self.unsettled.is_empty() {
                     self.unapplied_since = None;
                     return Reply::FinalSync(FinalSync::Converged {
