@@ -158,6 +158,44 @@ impl Verified {
     }
 }
 
+/// A whole file's bytes with the chunks they were cut into and hashed as: made only by
+/// [`Chunked::of`], which runs the chunker over them, so a writer holding one writes nothing
+/// unhashed ([`Verified`]'s rule, for a file at once). The scan hands these to the first
+/// local copy, which then need not read or hash the file again.
+pub struct Chunked {
+    bytes: Vec<u8>,
+    chunks: Vec<Chunk>,
+}
+
+impl Chunked {
+    /// Chunks and hashes `bytes`.
+    pub fn of(bytes: Vec<u8>, params: ChunkParams) -> Chunked {
+        let chunks = chunk(&bytes, params);
+        Chunked { bytes, chunks }
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Their chunks, in order.
+    pub fn chunks(&self) -> &[Chunk] {
+        &self.chunks
+    }
+}
+
+impl fmt::Debug for Chunked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Chunked({} bytes, {} chunks)",
+            self.bytes.len(),
+            self.chunks.len()
+        )
+    }
+}
+
 impl fmt::Debug for Verified {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Verified({:?}, {} bytes)", self.id, self.bytes.len())

@@ -56,6 +56,8 @@ fn local_push_copies_everything_and_checks_the_root() {
     let (rc, v, err) = push_json(&env, src.path(), &dest, &[]);
     assert_eq!(rc, 0, "{err}");
     assert_eq!(v["identical"], true, "{v}");
+    // Into nothing: the first copy finished without the protocol session.
+    assert_eq!(v["direct_copy"], true, "{v}");
     assert_trees_equal(src.path(), &dest);
     for rel in [
         "exec.sh",
@@ -85,6 +87,64 @@ fn local_push_copies_everything_and_checks_the_root() {
         (Some(0), Some(0)),
         "{v}"
     );
+    assert_eq!(v["direct_copy"], false, "{v}");
+}
+
+/// The first copy into an empty DEST when the source's manifest is current already: the
+/// scan reads nothing, so every file is read again (and each chunk checked against its id)
+/// by the copy itself, large and small, sparse and linked.
+#[test]
+fn a_first_copy_from_a_current_source_manifest_reads_the_files_again() {
+    let env = Env::new();
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    rich(src.path());
+    write(src.path(), "large", &noise(20 << 20, 3)); // over the 16 MiB a scan reads whole
+    fs::hard_link(src.path().join("exec.sh"), src.path().join("dir/exec-link")).unwrap();
+    xattr::set(src.path().join("a.txt"), "user.note", b"file").unwrap();
+    xattr::set(src.path().join("dir"), "user.note", b"dir").unwrap();
+    if is_root() {
+        std::os::unix::fs::chown(src.path().join("private/key"), Some(1234), Some(5678)).unwrap();
+    }
+    let o = env.syncd(&[&"manifest", &src.path()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let (rc, v, err) = push_json(&env, src.path(), &dst.path().join(""), &[]);
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(
+        (&v["identical"], &v["direct_copy"]),
+        (&true.into(), &true.into()),
+        "{v}"
+    );
+    assert_trees_equal(src.path(), dst.path());
+    for rel in ["exec.sh", "private", "private/key", "link", "large", "."] {
+        assert_eq!(
+            mtime_mode(&src.path().join(rel)),
+            mtime_mode(&dst.path().join(rel)),
+            "mtime/mode of {rel}"
+        );
+    }
+    for rel in ["a.txt", "dir"] {
+        assert_eq!(
+            xattr::get(dst.path().join(rel), "user.note").unwrap(),
+            xattr::get(src.path().join(rel), "user.note").unwrap(),
+            "xattr of {rel}"
+        );
+    }
+    let owner = |root: &Path| {
+        let m = fs::metadata(root.join("private/key")).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner(dst.path()), owner(src.path()));
+    let ino = |p: &str| fs::metadata(dst.path().join(p)).unwrap().ino();
+    assert_eq!(ino("exec.sh"), ino("dir/exec-link"));
+    assert!(fs::metadata(dst.path().join("sparse")).unwrap().blocks() * 512 < (1 << 20));
+    let leftovers = Command::new("find")
+        .arg(dst.path())
+        .args(["-name", ".syncd-*"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&leftovers), "", "part files left behind");
+    let o = env.syncd(&[&"diff", &src.path(), &dst.path()]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
 }
 
 #[test]
@@ -690,6 +750,7 @@ fn hard_links_within_the_tree_are_preserved() {
     write(src.path(), "lonely", b"single");
     let (rc, v, err) = push_json(&env, src.path(), &dst.path().join(""), &[]);
     assert_eq!(rc, 0, "{v} {err}");
+    assert_eq!(v["direct_copy"], true, "{v}");
     assert_trees_equal(src.path(), dst.path());
     let ino = |p: &str| fs::metadata(dst.path().join(p)).unwrap().ino();
     assert_eq!(ino("a/original"), ino("b-link"));

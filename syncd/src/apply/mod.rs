@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use filetime::FileTime;
 use xattr::FileExt as _;
 
-use crate::chunk::{ChunkId, Verified};
+use crate::chunk::{ChunkId, Chunked, Verified};
 use crate::fsmeta;
 use crate::lock::lock;
 use crate::manifest::{

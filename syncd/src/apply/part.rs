@@ -135,6 +135,50 @@ impl PartFile {
         Ok(())
     }
 
+    /// Writes a whole file's worth of chunks at once, if they are exactly the node's (by id
+    /// and length); nothing is written otherwise. Runs of chunks that are not all zeros go
+    /// in one write each, and zero chunks stay holes (a resumed part file is written
+    /// whole: its holes may hold an earlier attempt's bytes). For the first local copy
+    /// ([`crate::push`]), which has the file in memory from the scan.
+    pub fn write_chunked(&mut self, data: &Chunked) -> Result<(), ApplyError> {
+        let chunks = data.chunks();
+        let n = chunks.len().max(self.node.chunks.len());
+        if let Some(index) = (0..n).find(|&i| {
+            let (a, b) = (chunks.get(i), self.node.chunks.get(i));
+            !matches!((a, b), (Some(a), Some(b)) if a.id == b.id && a.len == b.len)
+        }) {
+            let (a, b) = (chunks.get(index), self.node.chunks.get(index));
+            return Err(ApplyError::ChunkMismatch {
+                path: self.rel.clone(),
+                index,
+                expected: b.map_or(ChunkId([0; 32]), |c| c.id),
+                expected_len: b.map_or(0, |c| c.len),
+                actual: a.map_or(ChunkId([0; 32]), |c| c.id),
+                actual_len: a.map_or(0, |c| c.len as usize),
+            });
+        }
+        let bytes = data.bytes();
+        let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+        for c in chunks {
+            let r = c.offset as usize..c.offset as usize + c.len as usize;
+            if !self.resumed && bytes[r.clone()].iter().all(|&b| b == 0) {
+                continue;
+            }
+            match runs.last_mut() {
+                Some(last) if last.end == r.start => last.end = r.end,
+                _ => runs.push(r),
+            }
+        }
+        for r in runs {
+            self.file
+                .write_all_at(&bytes[r.clone()], r.start as u64)
+                .map_err(|e| io_err(&self.rel, "write", e))?;
+            self.sized |= r.end as u64 == self.node.size;
+        }
+        self.done.iter_mut().for_each(|d| *d = true);
+        Ok(())
+    }
+
     /// Completes the file: [`PartFile::seal`], an fsync, and [`Sealed::place`]. A batch of
     /// files is better sealed together, flushed with one [`flush_together`], and placed.
     pub fn finish(self, meta: &Meta) -> Result<fs::Metadata, ApplyError> {

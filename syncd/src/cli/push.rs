@@ -252,14 +252,24 @@ pub(crate) fn cmd_push(
                     ),
                     _ => String::new(),
                 };
-                let line = format!(
-                    "sent {} of at most {}, {} of {} files (of {} scanned), {rate} on the wire{eta}",
-                    human_bytes(s.raw),
-                    human_bytes(s.scanned_bytes),
-                    s.files_sent,
-                    s.files_asked,
-                    s.scanned_files,
-                );
+                let line = if s.scanned_files == 0 && s.files_sent > 0 {
+                    // The first copy into an empty local DEST writes while the source is
+                    // still being scanned: no total yet.
+                    format!(
+                        "copied {} in {} files, still scanning the source",
+                        human_bytes(s.raw),
+                        s.files_sent
+                    )
+                } else {
+                    format!(
+                        "sent {} of at most {}, {} of {} files (of {} scanned), {rate} on the wire{eta}",
+                        human_bytes(s.raw),
+                        human_bytes(s.scanned_bytes),
+                        s.files_sent,
+                        s.files_asked,
+                        s.scanned_files,
+                    )
+                };
                 match &b {
                     Some(b) => {
                         b.set_length(s.scanned_bytes.max(s.raw));
@@ -386,6 +396,7 @@ pub(crate) fn cmd_push(
             "identical": report.identical() && unreadable == 0,
             "unreadable": summary.errors().map(|w| w.path.display().to_string()).chain(report.unsettled.iter().map(|(p, _)| display_path(p))).collect::<Vec<_>>(),
             "owners": args.push.scan.owners,
+            "direct_copy": report.direct,
         });
         writeln!(out, "{v}")?;
     } else {

@@ -26,6 +26,8 @@ pub(crate) fn options(home: &Path, filters: &Filters) -> ScanOptions {
         parts: syncd::partname::PartKey::load(home).ok(),
         changed_only: None,
         owners: filters.owners(),
+        sink: None,
+        known: None,
     }
 }
 

@@ -41,6 +41,7 @@ mod index;
 mod observe;
 mod prepare;
 mod receive;
+mod seed;
 mod send;
 mod serve;
 
@@ -269,6 +270,9 @@ pub struct PushReport {
     /// Source files read again during the push because a chunk was not where the scan had
     /// put it (the file changed under the read).
     pub rereads: u64,
+    /// A local push into an empty DEST that the first copy ([`push_local`]) finished alone,
+    /// without the protocol session.
+    pub direct: bool,
 }
 
 impl PushReport {
@@ -340,22 +344,157 @@ fn join_err(e: tokio::task::JoinError) -> PushError {
 }
 
 /// Pushes `src` into the local directory `dest` (created if missing): the same pipeline as
-/// a remote push, over in-memory pipes instead of QUIC.
+/// a remote push, over in-memory pipes instead of QUIC. Into an empty `dest`, the first
+/// copy is made without the protocol ([`seed`]); the session then runs only if that copy
+/// did not end with the source's root.
 pub async fn push_local(
     src: &Path,
     dest: &Path,
     home: &Path,
     opts: &PushOptions,
 ) -> Result<(PushReport, Summary), PushError> {
+    let io_err = |source| PushError::Io {
+        peer: dest.display().to_string(),
+        source,
+    };
     if !dest.exists() {
         if opts.dry_run {
             return dry_run_into_nothing(src, home, opts).await;
         }
-        std::fs::create_dir_all(dest).map_err(|source| PushError::Io {
-            peer: dest.display().to_string(),
-            source,
-        })?;
+        std::fs::create_dir_all(dest).map_err(io_err)?;
     }
+    // Itemized output and dry runs come from the session's comparison.
+    let empty = std::fs::read_dir(dest).map_err(io_err)?.next().is_none();
+    if !(empty && !opts.dry_run && !opts.itemize) {
+        return session_local(src, dest, home, opts).await;
+    }
+    let started = std::time::Instant::now();
+    let (seeded, summary, done) = seed_local(src, dest, home, opts).await?;
+    if done {
+        let mut report = seeded;
+        report.seconds = started.elapsed().as_secs_f64();
+        report.direct = true;
+        return Ok((report, summary));
+    }
+    let (mut report, summary) = session_local(src, dest, home, opts).await?;
+    report.files_transferred += seeded.files_transferred;
+    report.chunks_sent += seeded.chunks_sent;
+    report.bytes_sent += seeded.bytes_sent;
+    report.bytes_encoded += seeded.bytes_encoded;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok((report, summary))
+}
+
+/// The first copy into the empty local directory `dest` ([`seed`]), then a refresh of its
+/// manifest (a stat walk: the files copied are in its stat cache) for the root it ended
+/// with, the report's `receiver_root`. Done (`true`) when that is the source's root, with
+/// nothing left behind; otherwise something was not copied exactly, and [`push_local`]
+/// runs the session.
+async fn seed_local(
+    src: &Path,
+    dest: &Path,
+    home: &Path,
+    opts: &PushOptions,
+) -> Result<(PushReport, Summary, bool), PushError> {
+    let counters = Arc::new(seed::Counters::default());
+    let parts = part_key(home)?;
+    let target = apply::Target::open(dest, parts.clone())?;
+    let copier = Arc::new(seed::Copier::new(
+        target.clone(),
+        opts.scan.owners,
+        counters.clone(),
+    ));
+    let scan = ScanOptions {
+        sink: Some(scan::ReadSink(copier.clone())),
+        ..opts.scan.clone()
+    };
+    let ticker = opts.progress.clone().map(|Progress(p)| {
+        let c = counters.clone();
+        tokio::spawn(async move {
+            let period = Duration::from_millis(250);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            loop {
+                tick.tick().await;
+                let ordering = std::sync::atomic::Ordering::Relaxed;
+                let files = c.files.load(ordering);
+                let raw = c.bytes.load(ordering);
+                let scanned = (c.scanned.0.load(ordering), c.scanned.1.load(ordering));
+                p(&Sent {
+                    raw,
+                    wire: 0,
+                    chunks: c.chunks.load(ordering),
+                    scanned_files: scanned.0,
+                    scanned_bytes: scanned.1,
+                    files_asked: scanned.0,
+                    files_sent: files,
+                });
+            }
+        })
+    });
+    let scanned = scan_source(src, home, &scan).await;
+    let scanned_by_copier = copier.finish();
+    let (src_root, store, summary) = match scanned {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(t) = ticker {
+                t.abort();
+            }
+            return Err(e);
+        }
+    };
+    let ordering = std::sync::atomic::Ordering::Relaxed;
+    counters.scanned.0.store(summary.files, ordering);
+    counters.scanned.1.store(summary.bytes, ordering);
+    let (home, owners) = (home.to_path_buf(), opts.scan.owners);
+    let filter = opts.scan.filter.clone();
+    let c = counters.clone();
+    let copied = tokio::task::spawn_blocking(move || {
+        let snap = store.snapshot()?;
+        let seeded = seed::seed(&src_root, &snap, &target, owners, &c, scanned_by_copier)?;
+        let root = target.root().to_path_buf();
+        let dstore = open_store(&home, &root, owners)?;
+        let scan = ScanOptions {
+            filter,
+            known: Some(Arc::new(seeded.records.into_iter().collect())),
+            ..prepare::dest_scan_options(&home, owners, parts)
+        };
+        let dest_summary = scan::refresh(&root, &dstore, &scan)?;
+        Ok::<_, PushError>((seeded.stopped, dest_summary, root))
+    })
+    .await
+    .map_err(join_err);
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    let (stopped, dest_summary, root) = copied??;
+    let bytes = counters.bytes.load(ordering);
+    let report = PushReport {
+        files_scanned: summary.files,
+        bytes_scanned: summary.bytes,
+        root: summary.root,
+        receiver_root: dest_summary.root,
+        files_transferred: counters.files.load(ordering),
+        chunks_sent: counters.chunks.load(ordering),
+        bytes_sent: bytes,
+        bytes_encoded: bytes,
+        receiver_free_bytes: crate::fsmeta::free_bytes(&root),
+        rereads: summary.rereads,
+        ..PushReport::default()
+    };
+    if let Some(e) = &stopped {
+        tracing::debug!("the first copy stopped ({e}); the session goes on from there");
+    }
+    let done = report.identical() && stopped.is_none() && dest_summary.parts.is_empty();
+    Ok((report, summary, done))
+}
+
+/// [`push_local`] through the protocol session.
+async fn session_local(
+    src: &Path,
+    dest: &Path,
+    home: &Path,
+    opts: &PushOptions,
+) -> Result<(PushReport, Summary), PushError> {
     let peer = dest.display().to_string();
     const PIPE: usize = 4 << 20;
     let (c1, c2) = tokio::io::duplex(PIPE);

@@ -207,6 +207,12 @@ pub(super) fn leaf(
             Err(e) => skipped(e),
         },
         Kind::File => {
+            if let Some(rec) = opts.known.as_ref().and_then(|k| k.get(&w.path))
+                && rec.stat == w.stat
+                && w.nlink < 2
+            {
+                return Ok(Leaf::New(rec.clone()));
+            }
             if let Some((hash, stat)) = snap.header(&w.path)?
                 && stat == w.stat
             {
@@ -242,7 +248,14 @@ pub(super) fn leaf(
                 }
             }
             let expect = Some((w.dev, w.stat.ino));
-            match read_file(&abs, expect, opts.params, opts.owners, &pass.rereads) {
+            let give = |node: &FileNode, data: &chunk::Chunked, owner, xattrs: &[_]| {
+                if let Some(ReadSink(sink)) = &opts.sink {
+                    sink.file(&w.path, node, data, owner, xattrs);
+                }
+            };
+            // A later path of a linked inode is linked, not written.
+            let give: read::Give<'_> = (opts.sink.is_some() && link.is_none()).then_some(&give);
+            match read::read_file_to(&abs, expect, opts.params, opts.owners, &pass.rereads, give) {
                 Ok((mut node, mut stat)) => {
                     if stat.mtime_ns + RACY_NS >= pass.start_ns {
                         stat.mtime_ns = i64::MIN; // never matches: re-read next time

@@ -133,6 +133,40 @@ pub struct ScanOptions {
     /// (the default when running as root); otherwise only `user.*` xattrs are covered. See
     /// [`crate::manifest::attrs_hash`]. A store holds the manifest of one mode.
     pub owners: bool,
+    /// Given every file this refresh reads whole (up to 16 MiB) and records, with the
+    /// bytes it read: the first local copy writes them out instead of reading them again.
+    pub sink: Option<ReadSink>,
+    /// Records of files just written, not yet stored: a file whose stat is its record's is
+    /// taken as that record (and stored), as if the stat cache had it. The first local copy
+    /// passes what it wrote, so the destination's refresh neither reads those files nor
+    /// needs a commit of its own before it.
+    pub known: Option<Arc<HashMap<Vec<u8>, Record>>>,
+}
+
+/// Receives the files a refresh reads ([`ScanOptions::sink`]), each once its read is known
+/// to be one consistent version of the file (the `fstat` before and after agree), from the
+/// scan's worker threads. A later path of a hard-linked inode is not given.
+pub trait Sink: Send + Sync {
+    /// `rel` is recorded as `node`, whose content is `data`; `owner` and `xattrs` are what
+    /// its attributes digest covers.
+    fn file(
+        &self,
+        rel: &[u8],
+        node: &FileNode,
+        data: &chunk::Chunked,
+        owner: (u32, u32),
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+    );
+}
+
+/// A shared [`Sink`].
+#[derive(Clone)]
+pub struct ReadSink(pub Arc<dyn Sink>);
+
+impl std::fmt::Debug for ReadSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadSink(..)")
+    }
 }
 
 /// What a receiver changed in its tree since its manifest was last refreshed

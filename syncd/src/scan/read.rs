@@ -53,12 +53,28 @@ pub fn read_file(
     owners: bool,
     rereads: &AtomicU64,
 ) -> std::io::Result<(FileNode, Stat)> {
+    read_file_to(path, expect, params, owners, rereads, None)
+}
+
+/// What [`read_file_to`] gives its sink: the node, the bytes, the owner and the xattrs.
+pub(super) type Give<'a> =
+    Option<&'a dyn Fn(&FileNode, &chunk::Chunked, (u32, u32), &[(Vec<u8>, Vec<u8>)])>;
+
+/// [`read_file`], handing a file read whole to `give` once the read is known consistent.
+pub(super) fn read_file_to(
+    path: &Path,
+    expect: Option<(u64, u64)>,
+    params: ChunkParams,
+    owners: bool,
+    rereads: &AtomicU64,
+    give: Give<'_>,
+) -> std::io::Result<(FileNode, Stat)> {
     for attempt in 0..READ_RETRIES {
         if attempt > 0 {
             rereads.fetch_add(1, Ordering::Relaxed);
         }
         let (mut f, before) = open_source(path, expect)?;
-        let chunks = read_chunks(&mut f, before.size(), params)?;
+        let (chunks, whole) = read_chunks(&mut f, before.size(), params)?;
         let after = f.metadata()?;
         let (s0, s1) = (stat_of(&before), stat_of(&after));
         let read: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
@@ -69,23 +85,25 @@ pub fn read_file(
         let stable = !racy || {
             use std::io::Seek;
             f.rewind()?;
-            read_chunks(&mut f, before.size(), params)? == chunks && stat_of(&f.metadata()?) == s1
+            read_chunks(&mut f, before.size(), params)?.0 == chunks && stat_of(&f.metadata()?) == s1
         };
         if s0 == s1 && read == s0.size && stable {
             // The owner is the one the returned stat saw, and the xattrs are read after it:
             // a change after the stat moves the ctime, so the next scan looks again.
             let owner = (before.uid(), before.gid());
-            return Ok((
-                FileNode {
-                    size: s0.size,
-                    mode: before.mode() & 0o7777,
-                    mtime_ns: s0.mtime_ns,
-                    chunks,
-                    link: None,
-                    attrs: attrs_hash(owners.then_some(owner), &file_xattrs(&f)?),
-                },
-                s0,
-            ));
+            let xattrs = file_xattrs(&f)?;
+            let node = FileNode {
+                size: s0.size,
+                mode: before.mode() & 0o7777,
+                mtime_ns: s0.mtime_ns,
+                chunks,
+                link: None,
+                attrs: attrs_hash(owners.then_some(owner), &xattrs),
+            };
+            if let (Some(give), Some(whole)) = (give, &whole) {
+                give(&node, whole, owner, &xattrs);
+            }
+            return Ok((node, s0));
         }
     }
     Err(std::io::Error::other(format!(
@@ -93,24 +111,35 @@ pub fn read_file(
     )))
 }
 
+/// The chunks of the open file `f` of `size` bytes, and for a file read whole (up to
+/// [`WHOLE_FILE`]) its bytes with them.
 pub(super) fn read_chunks(
     f: &mut File,
     size: u64,
     params: ChunkParams,
-) -> std::io::Result<Vec<ChunkRef>> {
-    let to_refs = |cs: Vec<chunk::Chunk>| {
-        cs.into_iter().map(|c| ChunkRef {
-            id: c.id,
-            len: c.len,
-        })
+) -> std::io::Result<(Vec<ChunkRef>, Option<chunk::Chunked>)> {
+    let to_ref = |c: &chunk::Chunk| ChunkRef {
+        id: c.id,
+        len: c.len,
     };
     if size <= WHOLE_FILE {
-        // One byte more than the stat said shows a file that grew. Through `take`, not
-        // `File::read_to_end`, which asks the file for its size and position again (a
-        // statx and an lseek per file that the caller's fstat already answered).
-        let mut buf = Vec::with_capacity(size as usize + 1);
-        f.take(size + 1).read_to_end(&mut buf)?;
-        return Ok(to_refs(chunk::chunk(&buf, params)).collect());
+        // Exactly the size the stat said, in one read for most files: a file that grew
+        // or shrank meanwhile has another stat afterwards (or reads short), and the caller
+        // compares both. (Not `read_to_end`, which asks the file for its size and position
+        // again, and reads once more to find the end.)
+        let mut buf = vec![0; size as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match f.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(filled);
+        let whole = chunk::Chunked::of(buf, params);
+        return Ok((whole.chunks().iter().map(to_ref).collect(), Some(whole)));
     }
     let mut out = Vec::with_capacity((size / u64::from(params.avg())) as usize + 1);
     let mut buf = vec![0u8; WINDOW];
@@ -124,7 +153,7 @@ pub(super) fn read_chunks(
             filled += n;
         }
         let (chunks, consumed) = chunk::chunk_window(&buf[..filled], base, eof, params);
-        out.extend(to_refs(chunks));
+        out.extend(chunks.iter().map(to_ref));
         buf.copy_within(consumed..filled, 0);
         filled -= consumed;
         base += consumed as u64;
@@ -132,5 +161,5 @@ pub(super) fn read_chunks(
             break;
         }
     }
-    Ok(out)
+    Ok((out, None))
 }
