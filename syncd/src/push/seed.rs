@@ -18,7 +18,7 @@
 //!    receiver's own rule: nothing unhashed is written), then sealed;
 //! 3. sealed files go in batches: one `syncfs`, and only then the renames, as the
 //!    receiver's finisher does (for the scan's files, on a thread of their own, so that
-//!    the scan never waits on a flush);
+//!    the scan waits on a flush only when two batches are queued already);
 //! 4. hard links, then directory metadata deepest first, then the renames made durable.
 //!
 //! Whatever the seed could not copy exactly (a source file that changed since the scan, a
