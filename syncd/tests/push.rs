@@ -688,6 +688,86 @@ fn complete_files(src: &Path, dst: &Path) -> usize {
     complete
 }
 
+/// A first local copy killed (SIGKILL) at points through its run: whatever is at a final
+/// path is whole, and the next push, into the now non-empty DEST, goes through the session,
+/// converges and leaves no part file.
+#[test]
+fn a_first_local_copy_killed_mid_way_leaves_whole_files_and_the_next_push_converges() {
+    let env = Env::new();
+    let src = tempfile::tempdir().unwrap();
+    for d in 0..20 {
+        for f in 0..100 {
+            write(
+                src.path(),
+                &format!("d{d}/f{f}"),
+                &noise(20_000 + f * 300, d * 1000 + f as u64),
+            );
+        }
+    }
+    big_source(&src.path().join("big"), 40);
+    // A full copy's time, then kills at fractions of it.
+    let dst0 = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let o = env.syncd(&[&"push", &"-q", &src.path(), &dst0.path().join("d/")]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let full = t.elapsed();
+    let mut cut_mid_copy = 0;
+    // The copy itself is the first third or so; the rest is the scan's commit and the
+    // destination's refresh.
+    let files = 20 * 100 + 8;
+    for fraction in [0.08, 0.12, 0.16, 0.2, 0.25, 0.3, 0.4, 0.6] {
+        let dst = tempfile::tempdir().unwrap();
+        let dest = dst.path().join("d");
+        let mut child = env
+            .cmd()
+            .args(["push", "-q"])
+            .arg(src.path())
+            .arg(dest.join(""))
+            .spawn()
+            .unwrap();
+        std::thread::sleep(full.mul_f64(fraction));
+        let _ = child.kill();
+        let _ = child.wait();
+        // Whole or absent, never torn.
+        let mut placed = 0;
+        let walk = Command::new("find")
+            .arg(&dest)
+            .args(["-type", "f"])
+            .output()
+            .unwrap();
+        for path in stdout(&walk).lines() {
+            let rel = Path::new(path).strip_prefix(&dest).unwrap();
+            if rel.file_name().unwrap().as_bytes().starts_with(b".syncd-") {
+                continue;
+            }
+            assert_eq!(
+                fs::read(path).unwrap(),
+                fs::read(src.path().join(rel)).unwrap(),
+                "{rel:?} is torn after a kill at {fraction}"
+            );
+            placed += 1;
+        }
+        eprintln!("kill at {fraction} of {full:?}: {placed} files placed");
+        if placed > 0 && placed < files {
+            cut_mid_copy += 1;
+        }
+        let (rc, v, err) = push_json(&env, src.path(), &dest.join(""), &[]);
+        assert_eq!(rc, 0, "{err}");
+        assert_eq!(v["identical"], true, "{v}");
+        assert_trees_equal(src.path(), &dest);
+        let parts = Command::new("find")
+            .arg(&dest)
+            .args(["-name", ".syncd-*"])
+            .output()
+            .unwrap();
+        assert_eq!(stdout(&parts), "", "part files left after the next push");
+    }
+    assert!(
+        cut_mid_copy > 0,
+        "no kill landed while files were being placed"
+    );
+}
+
 #[test]
 fn network_cut_mid_push_fails_cleanly_and_the_next_push_resumes() {
     let (sender, receiver) = (Env::new(), Env::new());
