@@ -554,25 +554,31 @@ mod tests {
     use crate::partname::PartKey;
     use crate::scan::{self, ScanOptions};
 
+    /// Source, destination and home directories.
+    fn dirs() -> [tempfile::TempDir; 3] {
+        std::array::from_fn(|_| tempfile::tempdir().unwrap())
+    }
+
+    /// The source's manifest, scanned into a store under `home`, and the target `dst`.
+    fn scanned(src: &Path, dst: &Path, home: &Path) -> (std::path::PathBuf, Store, Target) {
+        let root = scan::canonical_root(src).unwrap();
+        let store = Store::open(home, &root, false).unwrap().into_store();
+        scan::refresh(&root, &store, &ScanOptions::default()).unwrap();
+        let target = Target::open(dst, PartKey::load(home).unwrap()).unwrap();
+        (root, store, target)
+    }
+
     /// A source file that changed after the scan (same size, other bytes) does not match
     /// its chunk ids: the copy skips it and removes its part file, and copies the rest.
     #[test]
     fn a_file_changed_since_the_scan_is_skipped_whole() {
-        let (src, dst, home) = (
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-        );
+        let [src, dst, home] = dirs();
         std::fs::create_dir(src.path().join("d")).unwrap();
         std::fs::write(src.path().join("d/same"), b"unchanged").unwrap();
         std::fs::write(src.path().join("d/edited"), vec![1u8; 100_000]).unwrap();
         std::os::unix::fs::symlink("same", src.path().join("d/link")).unwrap();
-        let root = scan::canonical_root(src.path()).unwrap();
-        let store = Store::open(home.path(), &root, false).unwrap().into_store();
-        scan::refresh(&root, &store, &ScanOptions::default()).unwrap();
+        let (root, store, target) = scanned(src.path(), dst.path(), home.path());
         std::fs::write(src.path().join("d/edited"), vec![2u8; 100_000]).unwrap();
-
-        let target = Target::open(dst.path(), PartKey::load(home.path()).unwrap()).unwrap();
         let counters = Counters::default();
         let snap = store.snapshot().unwrap();
         let seeded = seed(&root, &snap, &target, false, &counters, Seeded::default()).unwrap();
@@ -600,11 +606,7 @@ mod tests {
     /// its hash, so the session that goes on from there would not.
     #[test]
     fn a_stopped_copy_still_sets_the_directories_metadata() {
-        let (src, dst, home) = (
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-        );
+        let [src, dst, home] = dirs();
         std::fs::create_dir_all(src.path().join("a/b")).unwrap();
         std::fs::write(src.path().join("a/b/f"), b"x").unwrap();
         for (dir, secs) in [
@@ -620,10 +622,7 @@ mod tests {
             std::os::unix::fs::PermissionsExt::from_mode(0o750),
         )
         .unwrap();
-        let root = scan::canonical_root(src.path()).unwrap();
-        let store = Store::open(home.path(), &root, false).unwrap().into_store();
-        scan::refresh(&root, &store, &ScanOptions::default()).unwrap();
-        let target = Target::open(dst.path(), PartKey::load(home.path()).unwrap()).unwrap();
+        let (root, store, target) = scanned(src.path(), dst.path(), home.path());
         // What the scan's copier had done: "a/b" made for its file, then a full disk.
         std::fs::create_dir_all(dst.path().join("a/b")).unwrap();
         let full = ApplyError::Io {
