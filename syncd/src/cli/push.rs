@@ -260,6 +260,13 @@ pub(crate) fn cmd_push(
                         human_bytes(s.raw),
                         s.files_sent
                     )
+                } else if s.files_sent == s.scanned_files && s.scanned_files > 0 && s.wire == 0 {
+                    // Locally, everything is written: what remains is the root's proof.
+                    format!(
+                        "copied all {} files ({}), checking DEST's root",
+                        s.files_sent,
+                        human_bytes(s.raw)
+                    )
                 } else {
                     format!(
                         "sent {} of at most {}, {} of {} files (of {} scanned), {rate} on the wire{eta}",
