@@ -399,10 +399,12 @@ async fn seed_local(
     let counters = Arc::new(seed::Counters::default());
     let parts = part_key(home)?;
     let target = apply::Target::open(dest, parts.clone())?;
+    let dstore = Arc::new(open_store(home, target.root(), opts.scan.owners)?);
     let copier = Arc::new(seed::Copier::new(
         target.clone(),
         opts.scan.owners,
         counters.clone(),
+        dstore.clone(),
     ));
     let scan = ScanOptions {
         sink: Some(scan::ReadSink(copier.clone())),
@@ -452,7 +454,6 @@ async fn seed_local(
         let snap = store.snapshot()?;
         let seeded = seed::seed(&src_root, &snap, &target, owners, &c, scanned_by_copier)?;
         let root = target.root().to_path_buf();
-        let dstore = open_store(&home, &root, owners)?;
         let scan = ScanOptions {
             filter,
             known: Some(Arc::new(seeded.records.into_iter().collect())),

@@ -42,7 +42,7 @@ use crate::apply::{self, ApplyError, Meta, Target};
 use crate::chunk::{Chunked, Verified};
 use crate::fsmeta;
 use crate::lock::lock;
-use crate::manifest::store::{Record, Snapshot};
+use crate::manifest::store::{Record, Snapshot, Store};
 use crate::manifest::{FileNode, Node};
 
 /// A batch is flushed together once it has [`batch_files`] files or this many bytes.
@@ -92,7 +92,8 @@ pub(super) struct Counters {
 /// What the copy leaves to its caller.
 #[derive(Default)]
 pub(super) struct Seeded {
-    /// Stat-cache records of the files it placed, for the destination's manifest.
+    /// Stat-cache records of the files it placed and did not store yet, for the
+    /// destination's refresh.
     pub(super) records: Records,
     /// The files written (placed, or sealed and waiting for a flush).
     copied: HashSet<Vec<u8>>,
@@ -136,7 +137,9 @@ impl Stop {
 
 /// The scan's [`crate::scan::Sink`] for the first copy into an empty `target`: each file
 /// the source's scan reads whole is written into a part file and sealed on the scan's own
-/// thread; batches of them are flushed and renamed on a thread of their own.
+/// thread; batches of them are flushed and renamed on a thread of their own, which also
+/// commits their stat-cache records to the destination's store as it goes (off the
+/// critical path: the final refresh then finds them stored, and writes only directories).
 pub(super) struct Copier {
     target: Target,
     batch: usize,
@@ -148,8 +151,14 @@ pub(super) struct Copier {
 }
 
 impl Copier {
-    /// A copier into `target` in mode `owners`.
-    pub(super) fn new(target: Target, owners: bool, counters: Arc<Counters>) -> Copier {
+    /// A copier into `target` in mode `owners`, recording what it placed in `store` (the
+    /// destination's manifest).
+    pub(super) fn new(
+        target: Target,
+        owners: bool,
+        counters: Arc<Counters>,
+        store: Arc<Store>,
+    ) -> Copier {
         // Each sealed file holds its descriptor until it is placed: at most two batches
         // wait for the flusher (which may be slow, a `syncfs` on a disk), so that the scan
         // waits rather than run out of descriptors ([`batch_files`]).
@@ -163,7 +172,18 @@ impl Copier {
                     continue;
                 }
                 match place_batch(&t, batch, owners, &HashSet::new(), &c) {
-                    Ok(r) => records.extend(r),
+                    Ok(placed) => {
+                        let encoded: Vec<_> = placed
+                            .iter()
+                            .map(|(p, r)| (p.clone(), r.encode()))
+                            .collect();
+                        // Stored, or else kept for the final refresh: either way the files
+                        // are not read again.
+                        if let Err(e) = store.commit(&encoded, &[]) {
+                            tracing::debug!("{e}; the records go with the final refresh");
+                            records.extend(placed);
+                        }
+                    }
                     Err(e) => st.set(e),
                 }
             }
