@@ -224,16 +224,8 @@ impl Copier {
         rel: &[u8],
         node: &FileNode,
         data: &Chunked,
-        owner: (u32, u32),
-        xattrs: &[(Vec<u8>, Vec<u8>)],
+        meta: Meta,
     ) -> Result<(), ApplyError> {
-        let meta = Meta {
-            mode: node.mode,
-            mtime_ns: node.mtime_ns,
-            uid: Some(owner.0),
-            gid: Some(owner.1),
-            xattrs: xattrs.to_vec(),
-        };
         let mut part = self.target.begin_file(rel, node)?;
         part.write_chunked(data)?;
         let sealed = part.seal(&meta)?;
@@ -272,7 +264,8 @@ impl crate::scan::Sink for Copier {
         if self.stop.is_set() {
             return;
         }
-        if let Err(e) = self.write(rel, node, data, owner, xattrs) {
+        let meta = file_meta(node, owner, xattrs.to_vec());
+        if let Err(e) = self.write(rel, node, data, meta) {
             self.stop.set(e);
         }
     }
@@ -437,6 +430,18 @@ fn source_meta(src: &Path, rel: &[u8], mode: Option<u32>) -> Option<Meta> {
     })
 }
 
+/// A file's metadata: mode and mtime as the manifest has them, the owner and xattrs its
+/// source has.
+fn file_meta(node: &FileNode, owner: (u32, u32), xattrs: Vec<(Vec<u8>, Vec<u8>)>) -> Meta {
+    Meta {
+        mode: node.mode,
+        mtime_ns: node.mtime_ns,
+        uid: Some(owner.0),
+        gid: Some(owner.1),
+        xattrs,
+    }
+}
+
 /// Copies one batch: every file written and sealed, one flush, then the renames. Returns
 /// the stat-cache records of the files placed; a destination error stops the batch.
 fn copy_batch(
@@ -448,8 +453,7 @@ fn copy_batch(
     counters: &Counters,
 ) -> Result<Records, ApplyError> {
     let mut buf = Vec::new();
-    let mut files = Vec::with_capacity(batch.len());
-    let mut done = Vec::with_capacity(batch.len());
+    let mut sealed = Vec::with_capacity(batch.len());
     for item in batch {
         match item {
             Item::Symlink(rel) => {
@@ -461,19 +465,13 @@ fn copy_batch(
                 target.symlink(&rel, to.as_os_str().as_bytes(), &meta)?;
             }
             Item::File(rel, node) => {
-                if let Some((sealed, meta)) = write_file(src, target, &rel, &node, &mut buf)? {
-                    files.push(sealed);
-                    done.push((rel, node, meta));
+                if let Some((file, meta)) = write_file(src, target, &rel, &node, &mut buf)? {
+                    sealed.push((file, rel, node, meta));
                 }
             }
         }
     }
-    let batch = files
-        .into_iter()
-        .zip(done)
-        .map(|(s, (rel, node, meta))| (s, rel, node, meta))
-        .collect();
-    place_batch(target, batch, owners, linked, counters)
+    place_batch(target, sealed, owners, linked, counters)
 }
 
 /// Flushes a batch of sealed files with one `syncfs` and then renames them into place.
@@ -535,13 +533,7 @@ fn write_file(
     let Ok(xattrs) = fsmeta::file_xattrs(&f) else {
         return Ok(None);
     };
-    let meta = Meta {
-        mode: node.mode,
-        mtime_ns: node.mtime_ns,
-        uid: Some(m.uid()),
-        gid: Some(m.gid()),
-        xattrs,
-    };
+    let meta = file_meta(node, (m.uid(), m.gid()), xattrs);
     let mut part = target.begin_file(rel, node)?;
     for (i, c) in node.chunks.iter().enumerate() {
         buf.resize(c.len as usize, 0);

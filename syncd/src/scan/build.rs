@@ -112,7 +112,6 @@ pub(super) fn listed(
     (entries[i].kind == kind).then_some(entries[i].hash)
 }
 
-/// The leaf of walked entry `w`; `link` is its [`FileNode::link`].
 /// What every leaf of one scan shares: when it started, and how many re-reads it made.
 pub(super) struct Pass {
     /// The wall clock at the start, in nanoseconds since the epoch.
@@ -121,6 +120,7 @@ pub(super) struct Pass {
     pub(super) rereads: AtomicU64,
 }
 
+/// The leaf of walked entry `w`; `link` is its [`FileNode::link`].
 pub(super) fn leaf(
     root: &Path,
     w: &Walked,
@@ -248,13 +248,11 @@ pub(super) fn leaf(
                 }
             }
             let expect = Some((w.dev, w.stat.ino));
-            let give = |node: &FileNode, data: &chunk::Chunked, owner, xattrs: &[_]| {
-                if let Some(ReadSink(sink)) = &opts.sink {
-                    sink.file(&w.path, node, data, owner, xattrs);
-                }
-            };
             // A later path of a linked inode is linked, not written.
-            let give: read::Give<'_> = (opts.sink.is_some() && link.is_none()).then_some(&give);
+            let give = match (&opts.sink, link) {
+                (Some(ReadSink(sink)), None) => Some((&**sink, w.path.as_slice())),
+                _ => None,
+            };
             match read::read_file_to(&abs, expect, opts.params, opts.owners, &pass.rereads, give) {
                 Ok((mut node, mut stat)) => {
                     if stat.mtime_ns + RACY_NS >= pass.start_ns {

@@ -56,9 +56,9 @@ pub fn read_file(
     read_file_to(path, expect, params, owners, rereads, None)
 }
 
-/// What [`read_file_to`] gives its sink: the node, the bytes, the owner and the xattrs.
-pub(super) type Give<'a> =
-    Option<&'a dyn Fn(&FileNode, &chunk::Chunked, (u32, u32), &[(Vec<u8>, Vec<u8>)])>;
+/// Where [`read_file_to`] gives a file it read whole: a [`Sink`] and the file's path
+/// relative to the tree.
+pub(super) type Give<'a> = Option<(&'a dyn Sink, &'a [u8])>;
 
 /// [`read_file`], handing a file read whole to `give` once the read is known consistent.
 pub(super) fn read_file_to(
@@ -100,8 +100,8 @@ pub(super) fn read_file_to(
                 link: None,
                 attrs: attrs_hash(owners.then_some(owner), &xattrs),
             };
-            if let (Some(give), Some(whole)) = (give, &whole) {
-                give(&node, whole, owner, &xattrs);
+            if let (Some((sink, rel)), Some(whole)) = (give, &whole) {
+                sink.file(rel, &node, whole, owner, &xattrs);
             }
             return Ok((node, s0));
         }
