@@ -27,6 +27,7 @@
 //! driver checks, and [`crate::apply`] checks again).
 
 pub mod adapt;
+pub mod bulk;
 pub mod codec;
 pub mod delta;
 pub mod encode;
@@ -37,7 +38,7 @@ pub mod stream;
 use std::collections::{HashMap, VecDeque};
 
 pub use codec::{
-    Codec, Frame, FrameError, Listed, MAX_FRAME, Meta, NodeItem, Offered, Totals, VERSION,
+    Codec, DirItem, Frame, FrameError, Listed, MAX_FRAME, Meta, NodeItem, Offered, Totals, VERSION,
 };
 
 pub use receiver::{Action, MAX_OPEN_FILES, Receiver, classify, rescan_for};

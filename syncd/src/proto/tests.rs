@@ -840,6 +840,57 @@ fn every_frame_round_trips() {
             raw_len: 40,
             data: vec![7, 8],
         },
+        Frame::Probe {
+            version: VERSION,
+            owners: true,
+            streams: 4,
+        },
+        Frame::ProbeAck {
+            version: VERSION,
+            bulk: true,
+        },
+        Frame::File {
+            item: NodeItem {
+                path: b"d/f".to_vec(),
+                node: Offered::File(FileNode {
+                    size: 3,
+                    mode: 0o600,
+                    mtime_ns: 9,
+                    chunks: vec![crate::manifest::ChunkRef {
+                        id: ChunkId([4; 32]),
+                        len: 3,
+                    }],
+                    link: None,
+                    attrs: Some(Hash([8; 32])),
+                }),
+                meta: Meta {
+                    mtime_ns: 9,
+                    uid: 3,
+                    gid: 4,
+                    xattrs: vec![(b"user.a".to_vec(), Vec::new())],
+                },
+            },
+        },
+        Frame::Dirs {
+            items: vec![
+                DirItem {
+                    path: Vec::new(),
+                    mode: 0o755,
+                    meta: Meta::default(),
+                },
+                DirItem {
+                    path: b"d".to_vec(),
+                    mode: 0o1777,
+                    meta: Meta {
+                        mtime_ns: -1,
+                        uid: 0,
+                        gid: 0,
+                        xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
+                    },
+                },
+            ],
+        },
+        Frame::BulkDone { files: 12 },
     ];
     let mut stream = Vec::new();
     for f in &frames {

@@ -49,6 +49,11 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
         tag::REPORT => "report",
         tag::DONE => "done",
         tag::PACKED => "packed",
+        tag::PROBE => "probe",
+        tag::PROBE_ACK => "probe-ack",
+        tag::FILE => "file",
+        tag::DIRS => "dirs",
+        tag::BULK_DONE => "bulk-done",
         other => return Err(FrameError::UnknownTag(other)),
     };
     let mut r = R::new(payload, name);
@@ -96,31 +101,44 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
             let n = r.count(4 + 4 + 8 + 4 + 4 + 4)?;
             let mut items = Vec::with_capacity(n);
             for _ in 0..n {
-                let path = r.path()?;
-                let node = Offered::decode(r.bytes()?, &path)?;
-                let mtime_ns = r.u64()? as i64;
-                let uid = r.u32()?;
-                let gid = r.u32()?;
-                let nx = r.count(8)?;
-                let mut xattrs = Vec::with_capacity(nx);
-                for _ in 0..nx {
-                    let k = r.bytes()?.to_vec();
-                    let v = r.bytes()?.to_vec();
-                    xattrs.push((k, v));
-                }
-                items.push(NodeItem {
-                    path,
-                    node,
-                    meta: Meta {
-                        mtime_ns,
-                        uid,
-                        gid,
-                        xattrs,
-                    },
-                });
+                items.push(r.item()?);
             }
             Frame::Nodes { items }
         }
+        tag::PROBE => Frame::Probe {
+            version: r.u32()?,
+            owners: r.flag()?,
+            streams: r.u32()?,
+        },
+        tag::PROBE_ACK => Frame::ProbeAck {
+            version: r.u32()?,
+            bulk: r.flag()?,
+        },
+        tag::FILE => {
+            let item = r.item()?;
+            if !matches!(item.node, Offered::File(_)) || item.path.is_empty() {
+                return Err(r.bad("not a file below the root".into()));
+            }
+            Frame::File { item }
+        }
+        tag::DIRS => {
+            let n = r.count(4 + 4 + 8 + 4 + 4 + 4)?;
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                let path = r.path()?;
+                let mode = r.u32()?;
+                if mode & !0o7777 != 0 {
+                    return Err(r.bad(format!("mode {mode:#o}")));
+                }
+                items.push(DirItem {
+                    path,
+                    mode,
+                    meta: r.meta()?,
+                });
+            }
+            Frame::Dirs { items }
+        }
+        tag::BULK_DONE => Frame::BulkDone { files: r.u64()? },
         tag::VANISHED => Frame::Vanished { path: r.path()? },
         tag::OPTIONS => {
             let rules = r.bytes()?.to_vec();
@@ -285,6 +303,42 @@ impl<'a> R<'a> {
     }
     pub(super) fn bytes(&mut self) -> Result<&'a [u8], FrameError> {
         self.w.bytes().map_err(|e| self.short(e))
+    }
+    /// A one-byte boolean, 0 or 1 (canonical).
+    fn flag(&mut self) -> Result<bool, FrameError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(self.bad(format!("bad flag {other}"))),
+        }
+    }
+    /// A node item (`put_item`'s encoding).
+    fn item(&mut self) -> Result<NodeItem, FrameError> {
+        let path = self.path()?;
+        let node = Offered::decode(self.bytes()?, &path)?;
+        Ok(NodeItem {
+            path,
+            node,
+            meta: self.meta()?,
+        })
+    }
+    fn meta(&mut self) -> Result<Meta, FrameError> {
+        let mtime_ns = self.u64()? as i64;
+        let uid = self.u32()?;
+        let gid = self.u32()?;
+        let nx = self.count(8)?;
+        let mut xattrs = Vec::with_capacity(nx);
+        for _ in 0..nx {
+            let k = self.bytes()?.to_vec();
+            let v = self.bytes()?.to_vec();
+            xattrs.push((k, v));
+        }
+        Ok(Meta {
+            mtime_ns,
+            uid,
+            gid,
+            xattrs,
+        })
     }
     /// A relative path: empty (the root) or `/`-separated valid names. Anything that could
     /// escape the root (`..`, absolute, empty components, NUL) is refused here, at the edge.

@@ -8,6 +8,24 @@ pub(super) fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+/// A node item: its path, the node, its metadata.
+fn put_item(out: &mut Vec<u8>, it: &NodeItem) {
+    put_bytes(out, &it.path);
+    it.node.encode(out);
+    put_meta(out, &it.meta);
+}
+
+fn put_meta(out: &mut Vec<u8>, meta: &Meta) {
+    out.extend_from_slice(&meta.mtime_ns.to_le_bytes());
+    out.extend_from_slice(&meta.uid.to_le_bytes());
+    out.extend_from_slice(&meta.gid.to_le_bytes());
+    out.extend_from_slice(&(meta.xattrs.len() as u32).to_le_bytes());
+    for (k, v) in &meta.xattrs {
+        put_bytes(out, k);
+        put_bytes(out, v);
+    }
+}
+
 impl Frame {
     /// Appends the frame, with its length prefix, to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -71,17 +89,40 @@ impl Frame {
                 out.push(tag::NODES);
                 out.extend_from_slice(&(items.len() as u32).to_le_bytes());
                 for it in items {
-                    put_bytes(out, &it.path);
-                    it.node.encode(out);
-                    out.extend_from_slice(&it.meta.mtime_ns.to_le_bytes());
-                    out.extend_from_slice(&it.meta.uid.to_le_bytes());
-                    out.extend_from_slice(&it.meta.gid.to_le_bytes());
-                    out.extend_from_slice(&(it.meta.xattrs.len() as u32).to_le_bytes());
-                    for (k, v) in &it.meta.xattrs {
-                        put_bytes(out, k);
-                        put_bytes(out, v);
-                    }
+                    put_item(out, it);
                 }
+            }
+            Frame::Probe {
+                version,
+                owners,
+                streams,
+            } => {
+                out.push(tag::PROBE);
+                out.extend_from_slice(&version.to_le_bytes());
+                out.push(u8::from(*owners));
+                out.extend_from_slice(&streams.to_le_bytes());
+            }
+            Frame::ProbeAck { version, bulk } => {
+                out.push(tag::PROBE_ACK);
+                out.extend_from_slice(&version.to_le_bytes());
+                out.push(u8::from(*bulk));
+            }
+            Frame::File { item } => {
+                out.push(tag::FILE);
+                put_item(out, item);
+            }
+            Frame::Dirs { items } => {
+                out.push(tag::DIRS);
+                out.extend_from_slice(&(items.len() as u32).to_le_bytes());
+                for d in items {
+                    put_bytes(out, &d.path);
+                    out.extend_from_slice(&d.mode.to_le_bytes());
+                    put_meta(out, &d.meta);
+                }
+            }
+            Frame::BulkDone { files } => {
+                out.push(tag::BULK_DONE);
+                out.extend_from_slice(&files.to_le_bytes());
             }
             Frame::Unsettled { paths } => {
                 out.push(tag::UNSETTLED);
@@ -183,6 +224,11 @@ impl Frame {
             Frame::Report { .. } => "report",
             Frame::Done { .. } => "done",
             Frame::Packed { .. } => "packed",
+            Frame::Probe { .. } => "probe",
+            Frame::ProbeAck { .. } => "probe-ack",
+            Frame::File { .. } => "file",
+            Frame::Dirs { .. } => "dirs",
+            Frame::BulkDone { .. } => "bulk-done",
         }
     }
 }

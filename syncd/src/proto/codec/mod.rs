@@ -28,8 +28,9 @@ use crate::wire::Reader;
 /// travel as [`Offered::Dir`] listings with [`ShortHash`]es. 4: hard links are part of the
 /// file node ([`FileNode::link`]), not of [`Meta`]. 5: nodes cover owner, group and xattrs
 /// ([`crate::manifest::attrs_hash`]), and `Hello` says whether owners are preserved. 7:
-/// `HelloAck` carries the receiver's free space.
-pub const VERSION: u32 = 7;
+/// `HelloAck` carries the receiver's free space. 8: a session may begin with a bulk copy
+/// into an empty receiver ([`Frame::Probe`], [`crate::proto::bulk`]).
+pub const VERSION: u32 = 8;
 
 /// Largest frame (tag + payload) either side accepts: a directory node of ~1M entries.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -255,6 +256,17 @@ pub struct NodeItem {
     pub meta: Meta,
 }
 
+/// A directory and its metadata, as a bulk copy sends it ([`Frame::Dirs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirItem {
+    /// Relative path (the root is empty).
+    pub path: Vec<u8>,
+    /// Permission bits.
+    pub mode: u32,
+    /// Metadata.
+    pub meta: Meta,
+}
+
 /// Summary the receiver sends when it is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Totals {
@@ -414,6 +426,42 @@ pub enum Frame {
         /// What was done.
         totals: Totals,
     },
+    /// Sender → receiver, the first frame of a session that may begin with a bulk copy
+    /// ([`crate::proto::bulk`]): the receiver answers [`Frame::ProbeAck`], and `Hello`
+    /// comes once the sender's scan is over.
+    Probe {
+        /// Protocol version.
+        version: u32,
+        /// The session compares owners (as `Hello`'s `owners` will say).
+        owners: bool,
+        /// Bulk streams the sender opens if the receiver takes the copy.
+        streams: u32,
+    },
+    /// Receiver → sender: whether it takes a bulk copy (its tree is empty).
+    ProbeAck {
+        /// Protocol version.
+        version: u32,
+        /// The receiver takes the copy: the next `streams` unidirectional streams are bulk
+        /// streams.
+        bulk: bool,
+    },
+    /// Sender → receiver, on a bulk stream: a whole file, whose chunks follow on the same
+    /// stream in order, one `Chunk` frame each.
+    File {
+        /// The file (never the root), its node and metadata.
+        item: NodeItem,
+    },
+    /// Sender → receiver, after its bulk streams ended: the source's directories with
+    /// their metadata, parents before children.
+    Dirs {
+        /// The directories.
+        items: Vec<DirItem>,
+    },
+    /// Sender → receiver: the bulk copy is over; `Hello` follows.
+    BulkDone {
+        /// Files sent on the bulk streams.
+        files: u64,
+    },
     /// Either side, on the control stream: one other frame, compressed as the next part of
     /// that direction's zstd stream ([`super::stream::pack`]). Never nested.
     Packed {
@@ -469,4 +517,9 @@ mod tag {
     pub const WANT_DELTA: u8 = 12;
     pub const UNSETTLED: u8 = 13;
     pub const OPTIONS: u8 = 14;
+    pub const PROBE: u8 = 15;
+    pub const PROBE_ACK: u8 = 16;
+    pub const FILE: u8 = 17;
+    pub const DIRS: u8 = 18;
+    pub const BULK_DONE: u8 = 19;
 }
