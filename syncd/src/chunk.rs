@@ -183,6 +183,11 @@ impl Chunked {
     pub fn chunks(&self) -> &[Chunk] {
         &self.chunks
     }
+
+    /// The bytes and their chunks.
+    pub fn into_parts(self) -> (Vec<u8>, Vec<Chunk>) {
+        (self.bytes, self.chunks)
+    }
 }
 
 impl fmt::Debug for Chunked {

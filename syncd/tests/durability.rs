@@ -134,22 +134,41 @@ fn materialize(root: &Path, tree: &BTreeMap<String, Vec<u8>>) {
 
 #[test]
 fn a_filesystem_crash_mid_push_leaves_old_or_new_files_never_torn_and_exit_0_is_durable() {
-    crash_rounds(false);
+    crash_rounds(Mode::Session);
 }
 
 /// The same cuts during the first copy into an empty DEST, which goes without the protocol
 /// session (`push::seed`): a file at its final path is whole, and after exit 0 all are there.
 #[test]
 fn a_filesystem_crash_mid_first_copy_leaves_no_torn_file_and_exit_0_is_durable() {
-    crash_rounds(true);
+    crash_rounds(Mode::FirstCopy);
 }
 
-/// Pushes `version(2)` over `version(1)` (or, for a `first_copy`, into nothing) and cuts
-/// power at fractions of the push's time.
-fn crash_rounds(first_copy: bool) {
+/// The same cuts under a `syncd serve` during a first remote sync, which goes as a bulk
+/// copy (`push::bulk`): a file at its final path is whole, and after exit 0 all are there.
+#[test]
+fn a_filesystem_crash_mid_bulk_copy_leaves_no_torn_file_and_exit_0_is_durable() {
+    crash_rounds(Mode::Bulk);
+}
+
+/// What is pushed when the power is cut.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// A local push of version 2 over version 1: the protocol session.
+    Session,
+    /// A local push into nothing: the first copy.
+    FirstCopy,
+    /// A remote push into an empty `serve` root: the bulk copy, then the session.
+    Bulk,
+}
+
+/// Pushes `version(2)` over `version(1)` (or, for a first copy or a bulk one, into
+/// nothing) and cuts power at fractions of the push's time.
+fn crash_rounds(mode: Mode) {
     if !available() {
         return;
     }
+    let first_copy = mode != Mode::Session;
     let (old, new) = match first_copy {
         true => (BTreeMap::new(), version(2)),
         false => (version(1), version(2)),
@@ -157,10 +176,12 @@ fn crash_rounds(first_copy: bool) {
     // The first round cuts after the push exited and times it; the others cut at fractions
     // of that time, where the files are being finished and renamed.
     let mut full = Duration::ZERO;
-    let fractions = match first_copy {
+    let fractions = match mode {
         // Most of a first copy's time is the scan and the final refresh around the writes.
-        true => [0.2, 0.28, 0.31, 0.33, 0.35, 0.37, 0.4, 0.5],
-        false => [0.35, 0.45, 0.55, 0.62, 0.7, 0.77, 0.85, 0.92],
+        Mode::FirstCopy => [0.2, 0.28, 0.31, 0.33, 0.35, 0.37, 0.4, 0.5],
+        Mode::Session => [0.35, 0.45, 0.55, 0.62, 0.7, 0.77, 0.85, 0.92],
+        // A bulk copy writes while the source is scanned, then the session completes it.
+        Mode::Bulk => [0.2, 0.25, 0.3, 0.33, 0.36, 0.4, 0.5, 0.7],
     };
     for round in 0..=fractions.len() {
         let cut_after = match round {
@@ -180,6 +201,13 @@ fn crash_rounds(first_copy: bool) {
             fs::remove_dir_all(&src).unwrap();
         }
         materialize(&src, &new);
+        // The receiver of a bulk copy: a `serve` into the (empty) root on the image.
+        let sender = Env::new();
+        let server = (mode == Mode::Bulk).then(|| {
+            let (sid, rid) = (init(&sender), init(&env));
+            fs::create_dir(&dst).unwrap();
+            (Server::start(&env, &dst, &sid), rid)
+        });
 
         // A neighbour on the same filesystem fsyncs a file of its own every 10 ms, as a
         // database would: each fsync commits the journal, and with it whatever renames
@@ -206,18 +234,37 @@ fn crash_rounds(first_copy: bool) {
             })
         };
         let started = Instant::now();
-        let mut push = env
-            .cmd()
-            .args(["push", "-q"])
-            .arg(&src)
-            .arg(&dst)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut push = match &server {
+            None => env
+                .cmd()
+                .args(["push", "-q"])
+                .arg(&src)
+                .arg(&dst)
+                .stderr(Stdio::piped())
+                .spawn(),
+            Some((server, rid)) => sender
+                .cmd()
+                .arg("push")
+                .arg(&src)
+                .arg(&server.addr)
+                .args(["--peer-id", rid, "--json"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn(),
+        }
+        .unwrap();
         let exited_ok_before_cut = match cut_after {
             None => {
                 let st = push.wait().unwrap();
                 assert!(st.success(), "round {round}: the push without a cut failed");
+                if let Some(mut out) = push.stdout.take() {
+                    let mut json = String::new();
+                    std::io::Read::read_to_string(&mut out, &mut json).unwrap();
+                    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+                    // All but the duplicates (the session copies those on the receiver).
+                    let bulk = v["bulk_files"].as_u64().unwrap();
+                    assert!(bulk > 600, "the first sync went in bulk: {v}");
+                }
                 full = started.elapsed();
                 true
             }
@@ -238,6 +285,8 @@ fn crash_rounds(first_copy: bool) {
             "round {round}: cut after {:?}, push had exited 0: {exited_ok_before_cut}",
             started.elapsed()
         );
+        // The receiver dies with the power, and lets go of the image.
+        drop(server);
         fs_.umount();
         fs_.mount();
 

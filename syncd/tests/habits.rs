@@ -592,6 +592,10 @@ fn progress_off_a_terminal_prints_plain_lines() {
     for i in 0..4 {
         write(src.path(), &format!("f{i}"), &noise(8 << 20, 90 + i));
     }
+    // Not empty: the session, whose lines have totals (a bulk copy's come below).
+    for root in [src.path(), dst.path()] {
+        write(root, "same", b"in both");
+    }
     let server = Server::start(&receiver, dst.path(), &sid);
     let o = sender
         .cmd()
@@ -609,7 +613,7 @@ fn progress_off_a_terminal_prints_plain_lines() {
         .unwrap_or_else(|| panic!("{err}"));
     assert!(
         line.contains("of at most 32.0 MiB")
-            && line.contains("files (of 4 scanned)")
+            && line.contains("files (of 5 scanned)")
             && line.contains("bit/s on the wire")
             && line.contains("ETA"),
         "{line}"

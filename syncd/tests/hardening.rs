@@ -239,6 +239,11 @@ fn no_push_stalls_on_shared_chunks_or_fifos_swapped_in() {
         write(src.path(), &format!("b{i:02}"), &data);
         write(src.path(), &format!("c{i:02}"), &noise(64 << 10, 1000 + i));
     }
+    // DEST holds a file already, so that the push is the session (whose chunk reads meet
+    // the swapped files), not a bulk copy sent while the source is scanned.
+    for root in [src.path(), dst.path()] {
+        write(root, "same", b"in both");
+    }
     let (_receiver, server, rid, sender) = remote(dst.path());
     let mut cmd = sender.cmd();
     cmd.arg("push")
@@ -486,6 +491,11 @@ fn part_files_never_outlive_the_next_completed_session() {
         write(src.path(), &format!("f{i}"), &noise(8 << 20, 40 + i));
     }
     write(other.path(), "only", b"other source");
+    // Not empty, so that the push is the session, which leaves part files mid-file (a bulk
+    // copy writes each file whole).
+    for root in [src.path(), dst.path()] {
+        write(root, "same", b"in both");
+    }
     let (receiver, mut server, rid, sender) = remote(dst.path());
     let mut push = sender
         .cmd()

@@ -45,7 +45,7 @@ pub(crate) const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (protocol ",
     // Checked against `syncd::proto::VERSION` by the test `version_names_the_protocol`.
-    "7",
+    "8",
     ")"
 );
 

@@ -252,7 +252,15 @@ pub(crate) fn cmd_push(
                     ),
                     _ => String::new(),
                 };
-                let line = if s.scanned_files == 0 && s.files_sent > 0 {
+                let line = if s.scanned_files == 0 && s.wire > 0 {
+                    // A bulk copy into an empty remote root sends while the source is still
+                    // being scanned: no total yet.
+                    format!(
+                        "sent {} in {} files, {rate} on the wire, still scanning the source",
+                        human_bytes(s.raw),
+                        s.files_sent
+                    )
+                } else if s.scanned_files == 0 && s.files_sent > 0 {
                     // The first copy into an empty local DEST writes while the source is
                     // still being scanned: no total yet.
                     format!(
@@ -404,6 +412,7 @@ pub(crate) fn cmd_push(
             "unreadable": summary.errors().map(|w| w.path.display().to_string()).chain(report.unsettled.iter().map(|(p, _)| display_path(p))).collect::<Vec<_>>(),
             "owners": args.push.scan.owners,
             "direct_copy": report.direct,
+            "bulk_files": report.bulk_files,
         });
         writeln!(out, "{v}")?;
     } else {

@@ -55,6 +55,20 @@ pub fn takes_bulk(
     Ok(empty && (can_own || !owners) && (1..=MAX_STREAMS).contains(&streams))
 }
 
+/// What the receiver's answer to `Probe` means for the sender: take the bulk copy or not;
+/// another version, a refusal or another frame is an error.
+pub fn answered(f: Frame) -> Result<bool, ProtoError> {
+    match f {
+        Frame::ProbeAck { version, bulk } if version == VERSION => Ok(bulk),
+        Frame::ProbeAck { version, .. } => Err(ProtoError::Version { theirs: version }),
+        Frame::Refuse { reason } => Err(ProtoError::Refused(reason)),
+        f => Err(ProtoError::Unexpected {
+            frame: f.name(),
+            state: "in answer to probe",
+        }),
+    }
+}
+
 /// `BulkDone{files}` against the files the receiver's bulk streams carried.
 pub fn check_done(said: u64, received: u64) -> Result<(), ProtoError> {
     if said == received {
@@ -280,6 +294,15 @@ mod tests {
             takes_bulk(VERSION - 1, false, 4, true, true),
             Err(ProtoError::Version { .. })
         ));
+        let ack = |version, bulk| Frame::ProbeAck { version, bulk };
+        assert_eq!(answered(ack(VERSION, true)), Ok(true));
+        assert_eq!(answered(ack(VERSION, false)), Ok(false));
+        assert!(answered(ack(VERSION + 1, true)).is_err());
+        let refused = answered(Frame::Refuse {
+            reason: "no".into(),
+        });
+        assert_eq!(refused, Err(ProtoError::Refused("no".into())));
+        assert!(answered(Frame::BulkDone { files: 0 }).is_err());
         assert!(check_done(3, 3).is_ok());
         assert!(check_done(3, 2).is_err());
         assert!(probes(false, false, false));

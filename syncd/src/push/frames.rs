@@ -59,12 +59,19 @@ pub(super) async fn read_frame<R: AsyncRead + Unpin>(
         })
 }
 
-/// Reads one chunk frame from a data stream, its data straight into a buffer of its own;
+/// A frame on a data stream: a chunk (its data in a buffer of its own), or another frame
+/// (on a bulk stream: a file, perhaps packed).
+pub(super) enum DataFrame {
+    Chunk(ChunkHead, Vec<u8>),
+    Other(Frame),
+}
+
+/// Reads one frame from a data stream, a chunk's data straight into a buffer of its own;
 /// `None` at the end of the stream.
-pub(super) async fn read_chunk_frame<R: AsyncRead + Unpin>(
+pub(super) async fn read_data_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     peer: &str,
-) -> Result<Option<(ChunkHead, Vec<u8>)>, PushError> {
+) -> Result<Option<DataFrame>, PushError> {
     let io = |source| PushError::Io {
         peer: peer.to_string(),
         source,
@@ -77,17 +84,45 @@ pub(super) async fn read_chunk_frame<R: AsyncRead + Unpin>(
         return Ok(None);
     };
     let mut head = [0u8; codec::CHUNK_HEAD];
+    r.read_exact(&mut head[..1]).await.map_err(io)?;
+    if head[0] != codec::CHUNK_TAG {
+        let mut body = vec![0u8; len];
+        body[0] = head[0];
+        r.read_exact(&mut body[1..]).await.map_err(io)?;
+        return codec::decode_body(&body)
+            .map(|f| Some(DataFrame::Other(f)))
+            .map_err(frame);
+    }
     if len < head.len() {
         return Err(frame(FrameError::Malformed {
             frame: "chunk",
             reason: format!("frame of {len} bytes on a data stream"),
         }));
     }
-    r.read_exact(&mut head).await.map_err(io)?;
+    r.read_exact(&mut head[1..]).await.map_err(io)?;
     let head = ChunkHead::decode(len, &head).map_err(frame)?;
     let mut data = vec![0u8; head.data_len];
     r.read_exact(&mut data).await.map_err(io)?;
-    Ok(Some((head, data)))
+    Ok(Some(DataFrame::Chunk(head, data)))
+}
+
+/// Reads one chunk frame from a session's data stream (nothing else belongs there);
+/// `None` at the end of the stream.
+pub(super) async fn read_chunk_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    peer: &str,
+) -> Result<Option<(ChunkHead, Vec<u8>)>, PushError> {
+    match read_data_frame(r, peer).await? {
+        None => Ok(None),
+        Some(DataFrame::Chunk(h, data)) => Ok(Some((h, data))),
+        Some(DataFrame::Other(f)) => Err(PushError::Frame {
+            peer: peer.to_string(),
+            source: FrameError::Malformed {
+                frame: "chunk",
+                reason: format!("{} frame on a data stream", f.name()),
+            },
+        }),
+    }
 }
 
 /// Reads control frames on a task of their own and hands them over a channel.

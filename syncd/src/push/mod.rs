@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -35,6 +36,7 @@ use crate::proto::codec::FrameError;
 use crate::scan::{self, ScanOptions, Summary};
 use crate::transport::{self, Throttle};
 
+mod bulk;
 mod finish;
 mod frames;
 mod index;
@@ -273,6 +275,9 @@ pub struct PushReport {
     /// A local push into an empty DEST that the first copy ([`push_local`]) finished alone,
     /// without the protocol session.
     pub direct: bool,
+    /// Files a remote push sent as a bulk copy into an empty receiver, before the session
+    /// ([`crate::proto::bulk`]).
+    pub bulk_files: u64,
 }
 
 impl PushReport {
@@ -627,21 +632,73 @@ pub async fn push_remote_throttled(
         Some(e) => e.clone(),
         None => transport::client_endpoint()?,
     };
+    // A first sync into an empty receiver goes as a bulk copy while the source is scanned
+    // (`bulk`), unless the push reports per file or filters: the sink holds the scan's
+    // first file until the receiver has answered the probe.
+    let filtered = !opts.scan.filter.is_empty() || opts.delete_excluded;
+    let sink = (crate::proto::bulk::probes(opts.dry_run, opts.itemize, filtered)
+        && opts.scan.changed_only.is_none()
+        && opts.scan.sink.is_none())
+    .then(bulk::BulkSink::new);
+    let mut scan_opts = opts.scan.clone();
+    if let Some(s) = &sink {
+        scan_opts.sink = Some(scan::ReadSink(s.clone()));
+    }
+    let totals = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let scan = async {
+        let scanned = scan_source(src, home, &scan_opts).await;
+        if let Some(s) = &sink {
+            s.off();
+        }
+        if let Ok((_, _, summary)) = &scanned {
+            totals.0.store(summary.files, Ordering::Relaxed);
+            totals.1.store(summary.bytes, Ordering::Relaxed);
+        }
+        scanned
+    };
+    let conn_err = |e: quinn::ConnectionError| PushError::Io {
+        peer: peer.clone(),
+        source: std::io::Error::other(e),
+    };
     // Connect while the source is scanned: the receiver refreshes its own manifest as soon
     // as the session starts, so both scans run at once.
-    let (scanned, conn) = tokio::join!(
-        scan_source(src, home, &opts.scan),
-        tokio::time::timeout(
+    let net = async {
+        let conn = tokio::time::timeout(
             opts.connect_timeout,
-            transport::connect_with(&endpoint, identity, addr, peer_id, opts.scavenger)
+            transport::connect_with(&endpoint, identity, addr, peer_id, opts.scavenger),
         )
-    );
-    let conn = conn.map_err(|_| {
-        PushError::Transport(transport::TransportError::NoAnswer {
-            addr,
-            after: opts.connect_timeout,
-        })
-    })??;
+        .await
+        .map_err(|_| {
+            PushError::Transport(transport::TransportError::NoAnswer {
+                addr,
+                after: opts.connect_timeout,
+            })
+        })??;
+        let Some(sink) = &sink else {
+            return Ok((conn, None));
+        };
+        let (mut cw, mut cr) = conn.open_bi().await.map_err(conn_err)?;
+        let (tx, rx) = mpsc::channel(64);
+        let owners = opts.scan.owners;
+        let sent = match bulk::probe(&mut cw, &mut cr, owners, sink, tx, &peer).await? {
+            true => {
+                let (th, totals) = (throttle.clone(), totals.clone());
+                let sent = bulk::send_files(&conn, rx, sink.clone(), opts, th, totals, &peer);
+                Some(sent.await?)
+            }
+            false => None,
+        };
+        Ok::<_, PushError>((conn, Some((cw, cr, sent))))
+    };
+    let net = async {
+        let r = net.await;
+        if let (Err(_), Some(s)) = (&r, &sink) {
+            s.off();
+        }
+        r
+    };
+    let (scanned, connected) = tokio::join!(scan, net);
+    let (conn, probed) = connected?;
     let (src_root, store, summary) = match scanned {
         Ok(s) => s,
         Err(e) => {
@@ -653,11 +710,17 @@ pub async fn push_remote_throttled(
         }
     };
     let snap = store.snapshot()?;
-    let conn_err = |e: quinn::ConnectionError| PushError::Io {
-        peer: peer.clone(),
-        source: std::io::Error::other(e),
+    let (mut cw, cr, bulk_sent) = match probed {
+        Some(p) => p,
+        None => {
+            let (cw, cr) = conn.open_bi().await.map_err(conn_err)?;
+            (cw, cr, None)
+        }
     };
-    let (cw, cr) = conn.open_bi().await.map_err(conn_err)?;
+    let mut bulk_wire = 0;
+    if let Some(sent) = &bulk_sent {
+        bulk_wire = bulk::send_dirs(&mut cw, &src_root, &snap, sent.files, &peer).await?;
+    }
     let mut data = Vec::new();
     for _ in 0..DATA_STREAMS {
         data.push(conn.open_uni().await.map_err(conn_err)?);
@@ -688,6 +751,13 @@ pub async fn push_remote_throttled(
         let _ = tokio::time::timeout(Duration::from_millis(20), endpoint.wait_idle()).await;
     }
     let mut report = result?;
+    if let Some(b) = bulk_sent {
+        report.bulk_files = b.files;
+        report.chunks_sent += b.chunks;
+        report.bytes_sent += b.raw;
+        report.bytes_encoded += b.encoded;
+        report.wire_bytes += b.wire + transport::wire_bytes(bulk_wire);
+    }
     report.files_scanned = summary.files;
     report.bytes_scanned = summary.bytes;
     report.rereads += summary.rereads;

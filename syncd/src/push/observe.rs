@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::send::SendStats;
@@ -14,13 +14,13 @@ use crate::proto::adapt::Adapt;
 /// Observes the link four times a second until aborted: what the transport sent (QUIC's
 /// UDP bytes, else what the `senders` data workers wrote), how long they waited, the
 /// round-trip time and the machine's idle CPU share go to `adapt`; `progress` is called
-/// with the counters and the `scanned` (files, bytes).
+/// with the counters and the `scanned` (files, bytes; zero while the scan runs).
 pub(super) async fn observe(
     stats: Arc<SendStats>,
     adapt: Arc<Mutex<Adapt>>,
     progress: Option<Progress>,
     conn: Option<quinn::Connection>,
-    scanned: (u64, u64),
+    scanned: Arc<(AtomicU64, AtomicU64)>,
     senders: usize,
 ) {
     let mut last = (Instant::now(), 0u64, 0u64);
@@ -76,8 +76,8 @@ pub(super) async fn observe(
                 raw: stats.raw.load(Ordering::Relaxed),
                 wire: stats.wire.load(Ordering::Relaxed),
                 chunks: stats.chunks.load(Ordering::Relaxed),
-                scanned_files: scanned.0,
-                scanned_bytes: scanned.1,
+                scanned_files: scanned.0.load(Ordering::Relaxed),
+                scanned_bytes: scanned.1.load(Ordering::Relaxed),
             });
         }
         last = (now, wire, wait);

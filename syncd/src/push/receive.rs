@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::bulk::{self, BulkReceived};
 use super::finish::{FINISHERS, FinishJob, Finished, dispatch_finishes};
 use super::frames::{ControlTx, read_chunk_frame, refuse, spawn_control_reader};
 use super::index::{Index, build_index, read_checked};
@@ -26,7 +27,7 @@ use crate::proto::stream::StreamDecoder;
 use crate::proto::{Action, ChunkLoc, FileKey, Meta, ProtoError, Receiver};
 use crate::scan;
 
-fn apply_meta(mode: u32, meta: &Meta) -> apply::Meta {
+pub(super) fn apply_meta(mode: u32, meta: &Meta) -> apply::Meta {
     apply::Meta {
         mode,
         mtime_ns: meta.mtime_ns,
@@ -55,18 +56,36 @@ where
     let mut control = spawn_control_reader(control_r, peer, peer_packs.clone());
     // `Hello` says whether the sender's manifest covers owners: one prepared in the other
     // mode is refreshed again in the sender's (a receiver that cannot set owners refuses).
-    let first = match control.recv().await {
-        Some(Ok(Some(frame))) => frame,
-        Some(Err(e)) => {
-            refuse(&mut control_w, &e, peer).await;
-            return Err(e);
-        }
-        Some(Ok(None)) | None => {
-            return Err(PushError::Closed {
-                peer: peer.to_string(),
-            });
-        }
-    };
+    let mut first = first_frame(&mut control, &mut control_w, peer).await?;
+    let mut opts = opts.clone();
+    let mut prepared = prepared;
+    let mut bulk_done = BulkReceived::default();
+    // A sender that may begin with a bulk copy probes first; `Hello` comes after it.
+    if let Frame::Probe {
+        version,
+        owners,
+        streams,
+    } = first
+    {
+        let received = match prepared {
+            Ok(p) => {
+                let probe = (version, owners, streams);
+                let cw = &mut control_w;
+                bulk::receive(probe, p, &mut opts, &mut control, cw, &mut data, peer).await
+            }
+            Err(e) => Err(e),
+        };
+        let (p, done) = match received {
+            Ok(r) => r,
+            Err(e) => {
+                refuse(&mut control_w, &e, peer).await;
+                let _ = control_w.shutdown().await;
+                return Err(e);
+            }
+        };
+        (prepared, bulk_done) = (Ok(p), done);
+        first = first_frame(&mut control, &mut control_w, peer).await?;
+    }
     // The sender's filter rules, if `Hello` says they follow: the receiver's tree is
     // compared under the same rules, so what they exclude is neither sent nor deleted
     // (unless --delete-excluded, which compares the whole tree).
@@ -107,7 +126,6 @@ where
         Frame::Hello { root, owners, .. } => (Some(*root), Some(*owners)),
         _ => (None, None),
     };
-    let mut opts = opts.clone();
     let can_own = fsmeta::running_as_root();
     // The machine decides which scan the `Hello` needs (and refuses what it cannot do).
     let rescan = sender_owners.and_then(|owners| {
@@ -257,7 +275,11 @@ where
         ..
     } = s;
     let result = match result {
-        Ok(done) => {
+        Ok(mut done) => {
+            if let Frame::Done { totals, .. } = &mut done {
+                totals.files += bulk_done.files;
+                totals.chunks_received += bulk_done.chunks;
+            }
             drop((snap, index));
             drop(store);
             // Everything is applied, so what is left of earlier sessions' part files is
@@ -308,6 +330,25 @@ where
     result
 }
 
+/// The session's first control frame (or the first after a bulk copy); a failure to read
+/// one is told to the sender.
+async fn first_frame<CW: AsyncWrite + Unpin>(
+    control: &mut mpsc::Receiver<Result<Option<Frame>, PushError>>,
+    control_w: &mut CW,
+    peer: &str,
+) -> Result<Frame, PushError> {
+    match control.recv().await {
+        Some(Ok(Some(frame))) => Ok(frame),
+        Some(Err(e)) => {
+            refuse(control_w, &e, peer).await;
+            Err(e)
+        }
+        Some(Ok(None)) | None => Err(PushError::Closed {
+            peer: peer.to_string(),
+        }),
+    }
+}
+
 /// What a receiver's session ended with.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Received {
@@ -321,9 +362,9 @@ pub(super) struct Received {
 }
 
 /// Base chunks kept for the deltas asked for, by the id of the chunk asked for.
-type Bases = Arc<Mutex<HashMap<ChunkId, Vec<u8>>>>;
+pub(super) type Bases = Arc<Mutex<HashMap<ChunkId, Vec<u8>>>>;
 
-fn decode_chunk(
+pub(super) fn decode_chunk(
     peer: &str,
     stream: &mut StreamDecoder,
     bases: &Bases,

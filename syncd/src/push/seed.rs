@@ -200,7 +200,14 @@ impl Copier {
         }
     }
 
-    /// Flushes and places what is still pending, and waits for the flusher.
+    /// Writes and places nothing more: what is sealed and not placed yet stays as part
+    /// files (a failed session's, for a resume).
+    pub(super) fn halt(&self) {
+        self.stop.flag.store(true, Ordering::Relaxed);
+    }
+
+    /// Flushes and places what is still pending (unless halted), and waits for the
+    /// flusher.
     pub(super) fn finish(&self) -> Seeded {
         let rest = std::mem::take(&mut lock(&self.pending).0);
         if let Some(tx) = lock(&self.tx).take()
@@ -229,6 +236,38 @@ impl Copier {
         let mut part = self.target.begin_file(rel, node)?;
         part.write_chunked(data)?;
         let sealed = part.seal(&meta)?;
+        self.queue(sealed, rel, node, meta);
+        Ok(())
+    }
+
+    /// Writes the file `rel` of `node` from its verified `chunks` (in order) and queues it
+    /// for its batch, as the scan's files are (a bulk copy's receiver). A destination error
+    /// stops the copy; a chunk that is not the node's is an error too.
+    pub(super) fn write_verified(
+        &self,
+        rel: &[u8],
+        node: &FileNode,
+        chunks: &[Verified],
+        meta: Meta,
+    ) {
+        if self.stop.is_set() {
+            return;
+        }
+        let written = (|| {
+            let mut part = self.target.begin_file(rel, node)?;
+            for (i, v) in chunks.iter().enumerate() {
+                part.write_chunk(i, v)?;
+            }
+            part.seal(&meta)
+        })();
+        match written {
+            Ok(sealed) => self.queue(sealed, rel, node, meta),
+            Err(e) => self.stop.set(e),
+        }
+    }
+
+    /// Queues a sealed file for its batch's flush, and hands a full batch to the flusher.
+    fn queue(&self, sealed: apply::Sealed, rel: &[u8], node: &FileNode, meta: Meta) {
         lock(&self.copied).insert(rel.to_vec());
         let full = {
             let mut p = lock(&self.pending);
@@ -248,7 +287,6 @@ impl Copier {
                 let _ = tx.send(batch);
             }
         }
-        Ok(())
     }
 }
 
@@ -257,7 +295,7 @@ impl crate::scan::Sink for Copier {
         &self,
         rel: &[u8],
         node: &FileNode,
-        data: &Chunked,
+        data: Chunked,
         owner: (u32, u32),
         xattrs: &[(Vec<u8>, Vec<u8>)],
     ) {
@@ -265,7 +303,7 @@ impl crate::scan::Sink for Copier {
             return;
         }
         let meta = file_meta(node, owner, xattrs.to_vec());
-        if let Err(e) = self.write(rel, node, data, meta) {
+        if let Err(e) = self.write(rel, node, &data, meta) {
             self.stop.set(e);
         }
     }
@@ -327,18 +365,12 @@ pub(super) fn seed(
     }
 
     // The store's byte order puts every directory before what is inside it.
-    for (rel, mode) in &dirs {
-        // Made already by the scan's files inside it; its metadata is set below.
-        if rel.is_empty() || target.root().join(OsStr::from_bytes(rel)).is_dir() {
-            continue;
-        }
-        let Some(meta) = source_meta(src, rel, Some(*mode)) else {
-            continue;
-        };
-        if let Err(e) = target.mkdir(rel, &meta) {
-            fail(e);
-            break;
-        }
+    let dirs: Vec<_> = dirs
+        .into_iter()
+        .filter_map(|(rel, mode)| source_meta(src, &rel, Some(mode)).map(|m| (rel, m)))
+        .collect();
+    if let Err(e) = make_dirs(target, &dirs) {
+        fail(e);
     }
 
     let batches = batches(items, batch_files());
@@ -369,17 +401,8 @@ pub(super) fn seed(
             }
         }
     }
-    // Every directory's metadata, even when the copy stopped: a directory's mtime is not
-    // in its hash, so the session that goes on from here sets it only on the directories
-    // it changes, and the others must already have theirs. Reverse byte order: children
-    // before their parents, the root last.
-    for (rel, mode) in dirs.iter().rev() {
-        let exists = rel.is_empty() || target.root().join(OsStr::from_bytes(rel)).is_dir();
-        if let (true, Some(meta)) = (exists, source_meta(src, rel, Some(*mode)))
-            && let Err(e) = target.set_dir_meta(rel, &meta)
-        {
-            fail(e);
-        }
+    if let Some(e) = set_dirs_meta(target, &dirs) {
+        fail(e);
     }
     // Whatever was renamed is made durable, also when the seed stopped early.
     if let Err(e) = target.sync_dirs() {
@@ -390,6 +413,35 @@ pub(super) fn seed(
         copied: HashSet::new(),
         stopped: stop.take(),
     })
+}
+
+/// Makes the directories of `dirs` that `target` lacks (those the copy's files needed are
+/// there already), in the order given, which must put parents first. Their mode and mtime
+/// are set by [`set_dirs_meta`], once the files are in.
+pub(super) fn make_dirs(target: &Target, dirs: &[(Vec<u8>, Meta)]) -> Result<(), ApplyError> {
+    for (rel, meta) in dirs {
+        if rel.is_empty() || target.root().join(OsStr::from_bytes(rel)).is_dir() {
+            continue;
+        }
+        target.mkdir(rel, meta)?;
+    }
+    Ok(())
+}
+
+/// Gives every directory of `dirs` that exists its metadata, children before their
+/// parents (the reverse of `dirs`' order), even after an error, which is returned (the
+/// first). Also when the copy stopped: a directory's mtime is not in its hash, so the
+/// session that goes on from there sets it only on the directories it changes, and the
+/// others must already have theirs.
+pub(super) fn set_dirs_meta(target: &Target, dirs: &[(Vec<u8>, Meta)]) -> Option<ApplyError> {
+    let mut first = None;
+    for (rel, meta) in dirs.iter().rev() {
+        let exists = rel.is_empty() || target.root().join(OsStr::from_bytes(rel)).is_dir();
+        if exists && let Err(e) = target.set_dir_meta(rel, meta) {
+            first.get_or_insert(e);
+        }
+    }
+    first
 }
 
 /// The items in batches of `size` files or [`BATCH_BYTES`], in path order.

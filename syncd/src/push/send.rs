@@ -14,7 +14,7 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::frames::{ControlTx, spawn_control_reader};
+use super::frames::{CONTROL_LEVEL, ControlTx, spawn_control_reader};
 use super::observe;
 use super::{PushError, PushOptions, PushReport, lock};
 use crate::chunk::ChunkId;
@@ -23,9 +23,10 @@ use crate::manifest::store::Snapshot;
 use crate::manifest::{Hash, Node};
 use crate::proto::ProtoError;
 use crate::proto::adapt::Adapt;
+use crate::proto::codec::Frame;
 use crate::proto::delta::Signature;
 use crate::proto::encode::{Policy, encode_chunk};
-use crate::proto::stream::StreamEncoder;
+use crate::proto::stream::{self, StreamEncoder};
 use crate::proto::{ChunkLoc, Meta, Sender, SenderEvent};
 use crate::scan;
 use crate::transport::{self, Throttle};
@@ -79,7 +80,7 @@ pub(super) struct FilesSent {
 }
 
 impl FilesSent {
-    fn queued(&mut self, path: &[u8]) {
+    pub(super) fn queued(&mut self, path: &[u8]) {
         match self.outstanding.get_mut(path) {
             Some(n) => *n += 1,
             None => {
@@ -89,7 +90,7 @@ impl FilesSent {
         }
     }
 
-    fn sent_one(&mut self, path: &[u8]) {
+    pub(super) fn sent_one(&mut self, path: &[u8]) {
         if let Some(n) = self.outstanding.get_mut(path) {
             *n -= 1;
             if *n == 0 {
@@ -152,6 +153,126 @@ pub(super) struct Link {
     pub(super) scanned: (u64, u64),
 }
 
+/// The compression policy of a push over `wire`, to a receiver on this host or not.
+pub(super) fn policy(opts: &PushOptions, wire: Wire, same_host: bool) -> Adapt {
+    match (opts.compress_level, wire) {
+        (Some(l), _) => Adapt::fixed(l),
+        (None, Wire::Local) => Adapt::fixed(0),
+        // A receiver on this machine has no link to save: compressing only moves the work
+        // of a memory copy onto the CPUs both sides share. (With --bwlimit the cap is a
+        // link, and the policy decides as usual.)
+        (None, Wire::Quic) if same_host && opts.bwlimit.is_none() => Adapt::fixed(0),
+        (None, Wire::Quic) => Adapt::new(opts.bwlimit)
+            .with_cpus(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
+}
+
+/// One data stream's writer: encodes each chunk as the compression policy says (the
+/// stream's zstd stream), writes it through the `--bwlimit` throttle, and counts it.
+pub(super) struct DataTx<W> {
+    w: W,
+    stream: StreamEncoder,
+    adapt: Arc<Mutex<Adapt>>,
+    throttle: Option<Throttle>,
+    stats: Arc<SendStats>,
+    wire: Wire,
+    peer: String,
+}
+
+impl<W: AsyncWrite + Unpin> DataTx<W> {
+    pub(super) fn new(
+        w: W,
+        adapt: Arc<Mutex<Adapt>>,
+        throttle: Option<Throttle>,
+        stats: Arc<SendStats>,
+        wire: Wire,
+        peer: String,
+    ) -> DataTx<W> {
+        DataTx {
+            w,
+            stream: StreamEncoder::new(),
+            adapt,
+            throttle,
+            stats,
+            wire,
+            peer,
+        }
+    }
+
+    /// Writes `parts` one after the other through the throttle; returns their length.
+    async fn write(&mut self, parts: [&[u8]; 2]) -> Result<usize, PushError> {
+        let t = Instant::now();
+        for bytes in parts {
+            match &self.throttle {
+                Some(th) => th.write_all(&mut self.w, bytes).await,
+                None => self.w.write_all(bytes).await,
+            }
+            .map_err(|source| PushError::Io {
+                peer: self.peer.clone(),
+                source,
+            })?;
+        }
+        self.stats
+            .wait_ns
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let n = parts[0].len() + parts[1].len();
+        self.stats
+            .wire
+            .fetch_add(self.wire.bytes(n as u64), Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// Sends chunk `id` (bytes `raw`), as delta ops `against` the receiver's base if given
+    /// and smaller.
+    pub(super) async fn chunk(
+        &mut self,
+        id: ChunkId,
+        raw: Vec<u8>,
+        against: Option<&Signature>,
+    ) -> Result<(), PushError> {
+        let raw_len = raw.len();
+        let adapt = &self.adapt;
+        let (head, data) = encode_chunk(
+            &mut self.stream,
+            id,
+            raw,
+            against,
+            Policy {
+                next_level: &mut || lock(adapt).next_level(),
+                cpu_secs: &thread_cpu_secs,
+                observe: &mut |level, n, secs| lock(adapt).observe_compress(level, n, secs),
+            },
+        );
+        let head = head.encode();
+        self.write([&head[..], &data[..]]).await?;
+        let s = &self.stats;
+        s.chunks.fetch_add(1, Ordering::Relaxed);
+        s.raw.fetch_add(raw_len as u64, Ordering::Relaxed);
+        s.encoded.fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sends a frame other than a chunk, packed into the stream's zstd stream when the
+    /// policy compresses.
+    pub(super) async fn frame(&mut self, f: &Frame) -> Result<(), PushError> {
+        let level = lock(&self.adapt).next_level();
+        let packed = match level > 0 {
+            true => stream::pack(&mut self.stream, f, CONTROL_LEVEL).ok(),
+            false => None,
+        };
+        let bytes = packed.as_ref().unwrap_or(f).to_bytes();
+        self.write([&bytes, &[]]).await.map(|_| ())
+    }
+
+    /// Ends the stream.
+    pub(super) async fn finish(mut self) -> Result<(), PushError> {
+        self.w.shutdown().await.map_err(|source| PushError::Io {
+            peer: self.peer.clone(),
+            source,
+        })
+    }
+}
+
 /// Runs the sending side of one session over the given streams. `unsettled` are the
 /// source paths the scan could not read (relative): the receiver keeps its copies.
 #[allow(clippy::too_many_arguments)]
@@ -183,21 +304,12 @@ where
     let same_host = conn
         .as_ref()
         .is_some_and(|c| transport::same_host(c.remote_address()));
-    let adapt = Arc::new(Mutex::new(match (opts.compress_level, wire) {
-        (Some(l), _) => Adapt::fixed(l),
-        (None, Wire::Local) => Adapt::fixed(0),
-        // A receiver on this machine has no link to save: compressing only moves the work
-        // of a memory copy onto the CPUs both sides share. (With --bwlimit the cap is a
-        // link, and the policy decides as usual.)
-        (None, Wire::Quic) if same_host && opts.bwlimit.is_none() => Adapt::fixed(0),
-        (None, Wire::Quic) => Adapt::new(opts.bwlimit)
-            .with_cpus(std::thread::available_parallelism().map_or(1, |n| n.get())),
-    }));
+    let adapt = Arc::new(Mutex::new(policy(opts, wire, same_host)));
     let (job_tx, job_rx) = async_channel();
     let (changed_tx, mut changed_rx) = mpsc::unbounded_channel::<Job>();
     let mut workers = tokio::task::JoinSet::new();
     let senders = data.len();
-    for mut w in data {
+    for w in data {
         let job_rx = job_rx.clone();
         let changed_tx = changed_tx.clone();
         let stats = stats.clone();
@@ -206,67 +318,21 @@ where
         let root_path = root_path.to_path_buf();
         let peer = peer.to_string();
         workers.spawn(async move {
-            let mut stream = StreamEncoder::new();
+            let mut tx = DataTx::new(w, adapt, throttle, stats.clone(), wire, peer);
             while let Some(batch) = recv_job(&job_rx).await {
                 for job in batch {
                     // Inline, not spawn_blocking: a chunk read and encode take microseconds to
                     // a millisecond, and a thread hand-off per chunk cost more than the work
                     // (measured: half the CPU of a local push went to scheduler wake-ups).
-                    let encoded = read_chunk(&root_path, &job.id, &job.loc).map(|raw| {
-                        let raw_len = raw.len();
-                        let against = job.against.as_ref();
-                        (
-                            raw_len,
-                            encode_chunk(
-                                &mut stream,
-                                job.id,
-                                raw,
-                                against,
-                                Policy {
-                                    next_level: &mut || lock(&adapt).next_level(),
-                                    cpu_secs: &thread_cpu_secs,
-                                    observe: &mut |level, n, secs| {
-                                        lock(&adapt).observe_compress(level, n, secs)
-                                    },
-                                },
-                            ),
-                        )
-                    });
-                    let Some((raw_len, (head, data))) = encoded else {
+                    let Some(raw) = read_chunk(&root_path, &job.id, &job.loc) else {
                         let _ = changed_tx.send(job);
                         continue;
                     };
-                    let head = head.encode();
-                    let enc_len = data.len();
-                    let frame_len = head.len() + data.len();
-                    let t = Instant::now();
-                    for bytes in [&head[..], &data[..]] {
-                        match &throttle {
-                            Some(th) => th.write_all(&mut w, bytes).await,
-                            None => w.write_all(bytes).await,
-                        }
-                        .map_err(|source| PushError::Io {
-                            peer: peer.clone(),
-                            source,
-                        })?;
-                    }
-                    stats
-                        .wait_ns
-                        .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                    stats.chunks.fetch_add(1, Ordering::Relaxed);
+                    tx.chunk(job.id, raw, job.against.as_ref()).await?;
                     lock(&stats.files).sent_one(&job.loc.path);
-                    stats.raw.fetch_add(raw_len as u64, Ordering::Relaxed);
-                    stats.encoded.fetch_add(enc_len as u64, Ordering::Relaxed);
-                    stats
-                        .wire
-                        .fetch_add(wire.bytes(frame_len as u64), Ordering::Relaxed);
                 }
             }
-            w.shutdown().await.map_err(|source| PushError::Io {
-                peer: peer.clone(),
-                source,
-            })?;
-            Ok::<(), PushError>(())
+            tx.finish().await
         });
     }
     drop(changed_tx);
@@ -277,7 +343,7 @@ where
         adapt.clone(),
         opts.progress.clone(),
         conn,
-        scanned,
+        Arc::new((AtomicU64::new(scanned.0), AtomicU64::new(scanned.1))),
         senders,
     ));
 

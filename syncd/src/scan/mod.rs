@@ -153,7 +153,7 @@ pub trait Sink: Send + Sync {
         &self,
         rel: &[u8],
         node: &FileNode,
-        data: &chunk::Chunked,
+        data: chunk::Chunked,
         owner: (u32, u32),
         xattrs: &[(Vec<u8>, Vec<u8>)],
     );

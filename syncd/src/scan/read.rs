@@ -100,7 +100,7 @@ pub(super) fn read_file_to(
                 link: None,
                 attrs: attrs_hash(owners.then_some(owner), &xattrs),
             };
-            if let (Some((sink, rel)), Some(whole)) = (give, &whole) {
+            if let (Some((sink, rel)), Some(whole)) = (give, whole) {
                 sink.file(rel, &node, whole, owner, &xattrs);
             }
             return Ok((node, s0));

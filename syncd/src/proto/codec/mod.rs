@@ -502,6 +502,9 @@ pub enum FrameError {
     },
 }
 
+/// The tag byte of a [`Frame::Chunk`], which a data stream reads before the rest.
+pub const CHUNK_TAG: u8 = tag::CHUNK;
+
 mod tag {
     pub const HELLO: u8 = 1;
     pub const HELLO_ACK: u8 = 2;
