@@ -212,15 +212,8 @@ fn hostile(
     bulk: Vec<u8>,
     control: Vec<u8>,
 ) -> (Vec<u8>, String) {
-    let identity = syncd::identity::Identity::load(sender.home.path()).unwrap();
-    let expected: syncd::identity::PeerId = rid.parse().unwrap();
-    let addr: std::net::SocketAddr = addr.parse().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (rt, conn) = raw_client(sender, rid, addr);
     rt.block_on(async move {
-        let ep = syncd::transport::client_endpoint().unwrap();
-        let conn = syncd::transport::connect(&ep, &identity, addr, &expected)
-            .await
-            .unwrap();
         let (mut w, mut r) = conn.open_bi().await.unwrap();
         w.write_all(&probe.to_bytes()).await.unwrap();
         let mut len = [0u8; 4];
@@ -233,16 +226,9 @@ fn hostile(
             let _ = s.finish();
         }
         w.write_all(&control).await.unwrap();
-        let mut got = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(10), async {
-            let mut buf = [0u8; 4096];
-            while let Ok(Some(n)) = r.read(&mut buf).await {
-                got.extend_from_slice(&buf[..n]);
-            }
-        })
-        .await;
+        let got = read_rest(&mut r).await;
         conn.close(0u32.into(), b"bye");
-        (ack, String::from_utf8_lossy(&got).into_owned())
+        (ack, got)
     })
 }
 

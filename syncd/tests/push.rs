@@ -434,15 +434,8 @@ fn malicious(
     addr: &str,
     script: impl FnOnce(&mut Vec<u8>) + Send + 'static,
 ) -> String {
-    let identity = syncd::identity::Identity::load(sender.home.path()).unwrap();
-    let expected: syncd::identity::PeerId = receiver_id.parse().unwrap();
-    let addr: std::net::SocketAddr = addr.parse().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (rt, conn) = raw_client(sender, receiver_id, addr);
     rt.block_on(async move {
-        let ep = syncd::transport::client_endpoint().unwrap();
-        let conn = syncd::transport::connect(&ep, &identity, addr, &expected)
-            .await
-            .unwrap();
         let (mut w, mut r) = conn.open_bi().await.unwrap();
         let hello = plain_hello();
         w.write_all(&hello.to_bytes()).await.unwrap();
@@ -450,16 +443,9 @@ fn malicious(
         script(&mut bytes);
         w.write_all(&bytes).await.unwrap();
         let _ = w.finish();
-        let mut got = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(10), async {
-            let mut buf = [0u8; 4096];
-            while let Ok(Some(n)) = r.read(&mut buf).await {
-                got.extend_from_slice(&buf[..n]);
-            }
-        })
-        .await;
+        let got = read_rest(&mut r).await;
         conn.close(0u32.into(), b"bye");
-        String::from_utf8_lossy(&got).into_owned()
+        got
     })
 }
 

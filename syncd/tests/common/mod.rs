@@ -344,6 +344,39 @@ pub fn tempdirs<const N: usize>() -> [TempDir; N] {
     std::array::from_fn(|_| tempfile::tempdir().unwrap())
 }
 
+/// A QUIC connection to the `syncd serve` at `addr` (whose peer id is `rid`) as `sender`,
+/// for a hand-driven client, with the runtime it lives on.
+pub fn raw_client(
+    sender: &Env,
+    rid: &str,
+    addr: &str,
+) -> (tokio::runtime::Runtime, quinn::Connection) {
+    let identity = syncd::identity::Identity::load(sender.home.path()).unwrap();
+    let expected: syncd::identity::PeerId = rid.parse().unwrap();
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let conn = rt.block_on(async {
+        let ep = syncd::transport::client_endpoint().unwrap();
+        syncd::transport::connect(&ep, &identity, addr, &expected)
+            .await
+            .unwrap()
+    });
+    (rt, conn)
+}
+
+/// What the peer writes on `r` until it ends the stream (10 s at most), as text.
+pub async fn read_rest(r: &mut quinn::RecvStream) -> String {
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        while let Ok(Some(n)) = r.read(&mut buf).await {
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 /// The `Hello` a hand-driven client sends: a root no tree has, every option off.
 pub fn plain_hello() -> syncd::proto::codec::Frame {
     syncd::proto::codec::Frame::Hello {
