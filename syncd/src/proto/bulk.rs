@@ -13,11 +13,12 @@
 //!    [`Incoming`]: a file, then exactly its chunks, each hashed against its id before it
 //!    is written (the receiver's rule, as ever);
 //! 3. the bulk streams end; sender → `Dirs` (every directory's mode and metadata),
-//!    `BulkDone{files}`; the receiver checks the count ([`check_done`]), sets the
-//!    directories' metadata, makes its renames durable and refreshes its manifest;
+//!    `Symlinks`, `BulkDone{files}`; the receiver checks the count ([`check_done`]), makes
+//!    the symlinks, sets the directories' metadata, makes its renames durable and
+//!    refreshes its manifest;
 //! 4. then the ordinary session (`Hello` …) compares roots and sends what the bulk copy
-//!    did not carry: symlinks, hard links, files over the scan's whole-read size, files
-//!    that changed during the scan.
+//!    did not carry: hard links, files over the scan's whole-read size, files made only of
+//!    chunks already sent (copied on the receiver), files that changed during the scan.
 //!
 //! Nothing here is trusted beyond what the session checks after it: the final root
 //! comparison covers every file the bulk copy wrote.
@@ -61,6 +62,13 @@ pub fn answered(f: Frame) -> Result<bool, ProtoError> {
     match f {
         Frame::ProbeAck { version, bulk } if version == VERSION => Ok(bulk),
         Frame::ProbeAck { version, .. } => Err(ProtoError::Version { theirs: version }),
+        // A receiver of protocol 7 or older does not know `Probe` (tag 15).
+        Frame::Refuse { reason } if reason.contains("unknown frame tag 15") => {
+            Err(ProtoError::Refused(format!(
+                "{reason} (it speaks an older protocol than this build's {VERSION}: run the \
+                 same syncd version on both sides)"
+            )))
+        }
         Frame::Refuse { reason } => Err(ProtoError::Refused(reason)),
         f => Err(ProtoError::Unexpected {
             frame: f.name(),
@@ -303,6 +311,13 @@ mod tests {
         });
         assert_eq!(refused, Err(ProtoError::Refused("no".into())));
         assert!(answered(Frame::BulkDone { files: 0 }).is_err());
+        let old = answered(Frame::Refuse {
+            reason: "127.0.0.1:1: unknown frame tag 15".into(),
+        });
+        assert!(
+            matches!(&old, Err(ProtoError::Refused(r)) if r.contains("older protocol")),
+            "{old:?}"
+        );
         assert!(check_done(3, 3).is_ok());
         assert!(check_done(3, 2).is_err());
         assert!(probes(false, false, false));

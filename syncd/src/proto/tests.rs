@@ -890,6 +890,21 @@ fn every_frame_round_trips() {
                 },
             ],
         },
+        Frame::Symlinks {
+            items: vec![NodeItem {
+                path: b"d/l".to_vec(),
+                node: Offered::Symlink {
+                    target: b"../f".to_vec(),
+                    attrs: None,
+                },
+                meta: Meta {
+                    mtime_ns: 5,
+                    uid: 1,
+                    gid: 1,
+                    xattrs: Vec::new(),
+                },
+            }],
+        },
         Frame::BulkDone { files: 12 },
     ];
     let mut stream = Vec::new();

@@ -44,6 +44,10 @@ use crate::transport::{self, Throttle};
 /// Bytes of file content the scan may have handed over and the writers not sent yet.
 const BUDGET: u64 = 64 << 20;
 
+/// Most chunk ids the sink remembers for finding duplicate files (~100 MB of memory at
+/// most); a tree with more chunks sends the duplicates of the later ones again.
+const MAX_TRACKED: usize = 2 << 20;
+
 /// A file the scan read whole, on its way to a bulk stream.
 pub(super) struct Outgoing {
     path: Vec<u8>,
@@ -149,7 +153,9 @@ impl crate::scan::Sink for BulkSink {
         let duplicate = {
             let mut sent = lock(&self.sent);
             let known = !chunks.is_empty() && chunks.iter().all(|c| sent.contains(&c.id));
-            sent.extend(chunks.iter().map(|c| c.id));
+            if sent.len() < MAX_TRACKED {
+                sent.extend(chunks.iter().map(|c| c.id));
+            }
             known
         };
         if duplicate {
@@ -367,40 +373,65 @@ async fn send_chunks<W: AsyncWrite + Unpin>(
 }
 
 /// Sends every directory of the source's manifest `snap` (of the tree at `src`) with its
-/// metadata, parents first (the store's order), then `BulkDone{files}`. A directory whose
-/// metadata cannot be read now is left to the session.
-pub(super) async fn send_dirs<CW: AsyncWrite + Unpin>(
+/// metadata, parents first (the store's order), and every symlink with its own, then
+/// `BulkDone{files}`. An entry whose metadata cannot be read now is left to the session.
+/// Returns the bytes written.
+pub(super) async fn send_tree<CW: AsyncWrite + Unpin>(
     cw: &mut CW,
     src: &Path,
     snap: &Snapshot,
     files: u64,
     peer: &str,
 ) -> Result<u64, PushError> {
-    // On this thread: one lstat and xattr read per directory, a small part of the scan's.
-    let mut dirs = Vec::new();
+    // On this thread: one lstat (and for a directory an xattr read) per entry, a small
+    // part of the scan's work.
+    let (mut dirs, mut links) = (Vec::new(), Vec::new());
     snap.for_each(|path, rec| {
-        if let Node::Dir { mode, .. } = rec.node
-            && let Some(meta) = dir_meta(src, path, mode)
-        {
-            dirs.push(meta);
+        match rec.node {
+            Node::Dir { mode, .. } => dirs.extend(dir_meta(src, path, mode)),
+            Node::Symlink { target, attrs } => {
+                let node = Node::Symlink { target, attrs };
+                if let Some(meta) = super::send::source_meta(src, path, &node) {
+                    links.push(NodeItem {
+                        path: path.to_vec(),
+                        node: node.into(),
+                        meta,
+                    });
+                }
+            }
+            Node::File(_) => {}
         }
         Ok(())
     })?;
     let mut wire = 0;
-    let mut batch = Vec::new();
-    let mut size = 0;
-    let n = dirs.len();
-    for (i, d) in dirs.into_iter().enumerate() {
-        size += d.path.len() + 64;
-        batch.push(d);
-        if size >= BATCH_BYTES || i + 1 == n {
-            let items = std::mem::take(&mut batch);
-            wire += write_frame(cw, &Frame::Dirs { items }, peer).await?;
-            size = 0;
-        }
+    for items in batches(dirs, |d| d.path.len()) {
+        wire += write_frame(cw, &Frame::Dirs { items }, peer).await?;
+    }
+    for items in batches(links, |l| l.path.len()) {
+        wire += write_frame(cw, &Frame::Symlinks { items }, peer).await?;
     }
     wire += write_frame(cw, &Frame::BulkDone { files }, peer).await?;
     Ok(wire)
+}
+
+/// `items` in batches of about [`BATCH_BYTES`], each item counted as its `name`'s length
+/// plus a fixed overhead.
+fn batches<T>(items: Vec<T>, name: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut size = 0;
+    for it in items {
+        size += name(&it) + 64;
+        cur.push(it);
+        if size >= BATCH_BYTES {
+            out.push(std::mem::take(&mut cur));
+            size = 0;
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
 /// The mode (as the manifest has it), owner, xattrs and mtime of the source directory
@@ -499,7 +530,7 @@ where
         }
         // A stream that fails ends the session at once; the others are waited for after
         // `BulkDone`.
-        let mut dirs = Vec::new();
+        let (mut dirs, mut links) = (Vec::new(), Vec::new());
         let mut received = 0;
         let said = loop {
             tokio::select! {
@@ -509,6 +540,7 @@ where
                     };
                     match frame {
                         Frame::Dirs { items } => dirs.extend(items),
+                        Frame::Symlinks { items } => links.extend(items),
                         Frame::BulkDone { files } => break files,
                         Frame::Refuse { reason } => {
                             return Err(PushError::Remote { peer: peer.to_string(), reason });
@@ -528,11 +560,11 @@ where
             received += r.map_err(join_err)??;
         }
         bulk::check_done(said, received).map_err(proto)?;
-        Ok(dirs)
+        Ok((dirs, links))
     }
     .await;
-    let dirs = match copied {
-        Ok(dirs) => dirs,
+    let (dirs, links) = match copied {
+        Ok(entries) => entries,
         Err(e) => {
             // What is sealed and not placed stays as part files, for a resume.
             copier.halt();
@@ -548,12 +580,19 @@ where
         .into_iter()
         .map(|d| (d.path, apply_meta(d.mode, &d.meta)))
         .collect();
-    // A destination error (a full disk) stops the copy: the session meets it again and
-    // reports it.
-    let made = make_dirs(&target, &dirs);
-    let stopped = [seeded.stopped, made.err(), set_dirs_meta(&target, &dirs)];
-    let synced = target.sync_dirs().err();
-    for e in stopped.into_iter().chain([synced]).flatten() {
+    // Directories, then symlinks (on the rayon pool), then the directories' metadata: a
+    // symlink made later would change its directory's mtime. A destination error (a full
+    // disk) stops the copy: the session meets it again and reports it.
+    let (t, links) = (target.clone(), links);
+    let placed = tokio::task::spawn_blocking(move || {
+        let made = make_dirs(&t, &dirs);
+        let linked = made.is_ok().then(|| make_symlinks(&t, links)).flatten();
+        let meta = set_dirs_meta(&t, &dirs);
+        [made.err(), linked, meta, t.sync_dirs().err()]
+    })
+    .await
+    .map_err(join_err)?;
+    for e in [seeded.stopped].into_iter().chain(placed).flatten() {
         tracing::debug!("bulk copy from {peer} stopped: {e}; the session goes on");
     }
     let root = prepared.root.clone();
@@ -565,6 +604,21 @@ where
         chunks: counters.chunks.load(Ordering::Relaxed),
     };
     Ok((prepared, done))
+}
+
+/// Makes the symlinks `links` (each an [`Offered::Symlink`]) on the rayon pool; returns the
+/// first destination error.
+fn make_symlinks(target: &Target, links: Vec<NodeItem>) -> Option<apply::ApplyError> {
+    use rayon::prelude::*;
+    links
+        .into_par_iter()
+        .filter_map(|l| match l.node {
+            Offered::Symlink { target: to, .. } => target
+                .symlink(&l.path, &to, &apply_meta(0o777, &l.meta))
+                .err(),
+            _ => None,
+        })
+        .find_any(|_| true)
 }
 
 /// Reads one bulk stream to its end on this blocking thread (reads wait on `rt`):

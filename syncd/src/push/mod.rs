@@ -719,7 +719,7 @@ pub async fn push_remote_throttled(
     };
     let mut bulk_wire = 0;
     if let Some(sent) = &bulk_sent {
-        bulk_wire = bulk::send_dirs(&mut cw, &src_root, &snap, sent.files, &peer).await?;
+        bulk_wire = bulk::send_tree(&mut cw, &src_root, &snap, sent.files, &peer).await?;
     }
     let mut data = Vec::new();
     for _ in 0..DATA_STREAMS {

@@ -53,6 +53,7 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
         tag::PROBE_ACK => "probe-ack",
         tag::FILE => "file",
         tag::DIRS => "dirs",
+        tag::SYMLINKS => "symlinks",
         tag::BULK_DONE => "bulk-done",
         other => return Err(FrameError::UnknownTag(other)),
     };
@@ -137,6 +138,18 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
                 });
             }
             Frame::Dirs { items }
+        }
+        tag::SYMLINKS => {
+            let n = r.count(4 + 4 + 8 + 4 + 4 + 4)?;
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                let item = r.item()?;
+                if !matches!(item.node, Offered::Symlink { .. }) || item.path.is_empty() {
+                    return Err(r.bad("not a symlink below the root".into()));
+                }
+                items.push(item);
+            }
+            Frame::Symlinks { items }
         }
         tag::BULK_DONE => Frame::BulkDone { files: r.u64()? },
         tag::VANISHED => Frame::Vanished { path: r.path()? },

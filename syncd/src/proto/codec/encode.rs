@@ -120,6 +120,13 @@ impl Frame {
                     put_meta(out, &d.meta);
                 }
             }
+            Frame::Symlinks { items } => {
+                out.push(tag::SYMLINKS);
+                out.extend_from_slice(&(items.len() as u32).to_le_bytes());
+                for it in items {
+                    put_item(out, it);
+                }
+            }
             Frame::BulkDone { files } => {
                 out.push(tag::BULK_DONE);
                 out.extend_from_slice(&files.to_le_bytes());
@@ -228,6 +235,7 @@ impl Frame {
             Frame::ProbeAck { .. } => "probe-ack",
             Frame::File { .. } => "file",
             Frame::Dirs { .. } => "dirs",
+            Frame::Symlinks { .. } => "symlinks",
             Frame::BulkDone { .. } => "bulk-done",
         }
     }

@@ -457,6 +457,12 @@ pub enum Frame {
         /// The directories.
         items: Vec<DirItem>,
     },
+    /// Sender → receiver, after its bulk streams ended: the source's symlinks, with their
+    /// metadata.
+    Symlinks {
+        /// The symlinks (each an [`Offered::Symlink`], never the root).
+        items: Vec<NodeItem>,
+    },
     /// Sender → receiver: the bulk copy is over; `Hello` follows.
     BulkDone {
         /// Files sent on the bulk streams.
@@ -525,4 +531,5 @@ mod tag {
     pub const FILE: u8 = 17;
     pub const DIRS: u8 = 18;
     pub const BULK_DONE: u8 = 19;
+    pub const SYMLINKS: u8 = 20;
 }
