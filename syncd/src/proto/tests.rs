@@ -1253,3 +1253,52 @@ fn unsettled_paths_survive_delete() {
         assert_eq!(listed, vec![b"d/extra".to_vec()], "seed {seed}");
     }
 }
+
+/// A `File` frame carries a file below the root, a `Symlinks` frame only symlinks below
+/// it: anything else is refused by the decoder, before a driver sees it.
+#[test]
+fn bulk_frames_carry_only_their_kind_below_the_root() {
+    let file = Offered::File(FileNode {
+        size: 0,
+        mode: 0o644,
+        mtime_ns: 0,
+        chunks: Vec::new(),
+        link: None,
+        attrs: None,
+    });
+    let link = Offered::Symlink {
+        target: b"t".to_vec(),
+        attrs: None,
+    };
+    let item = |path: &[u8], node: &Offered| NodeItem {
+        path: path.to_vec(),
+        node: node.clone(),
+        meta: Meta::default(),
+    };
+    for bad in [
+        Frame::File {
+            item: item(b"l", &link),
+        },
+        Frame::File {
+            item: item(b"", &file),
+        },
+        Frame::Symlinks {
+            items: vec![item(b"f", &file)],
+        },
+        Frame::Symlinks {
+            items: vec![item(b"", &link)],
+        },
+    ] {
+        assert!(decode(&bad.to_bytes()).is_err(), "{bad:?}");
+    }
+    for good in [
+        Frame::File {
+            item: item(b"f", &file),
+        },
+        Frame::Symlinks {
+            items: vec![item(b"d/l", &link)],
+        },
+    ] {
+        assert!(decode(&good.to_bytes()).is_ok(), "{good:?}");
+    }
+}
