@@ -134,8 +134,8 @@ async fn good_pair_connects_and_exchanges_bytes_both_ways() {
     assert!(back == data, "echoed bytes differ");
     assert_eq!(server.streams.load(Ordering::SeqCst), 1);
     // To a loopback server the client sends jumbo datagrams, and megabytes get through
-    // (with segmentation offload, batches of them exceeded what one sendmsg carries, and
-    // the transfer stalled).
+    // (with segmentation offload, batches of ten 8952-byte ones exceeded what one sendmsg
+    // carries, and the transfer stalled: ten of LOOPBACK_MTU fit).
     let path = conn.stats().path;
     assert_eq!(path.current_mtu, transport::LOOPBACK_MTU);
     assert!(path.sent_packets < (3 << 20) / 4000, "{path:?}");
