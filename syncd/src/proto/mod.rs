@@ -108,23 +108,10 @@ pub fn chunk_locs(path: &[u8], node: &FileNode) -> impl Iterator<Item = (ChunkId
 }
 
 fn batch_paths(paths: Vec<Vec<u8>>) -> Vec<Frame> {
-    let mut frames = Vec::new();
-    let mut cur = Vec::new();
-    let mut size = 0;
-    for p in paths {
-        size += p.len() + 4;
-        cur.push(p);
-        if size >= codec::BATCH_BYTES {
-            frames.push(Frame::GetNodes {
-                paths: std::mem::take(&mut cur),
-            });
-            size = 0;
-        }
-    }
-    if !cur.is_empty() {
-        frames.push(Frame::GetNodes { paths: cur });
-    }
-    frames
+    codec::batched(paths, |p| p.len() + 4)
+        .into_iter()
+        .map(|paths| Frame::GetNodes { paths })
+        .collect()
 }
 
 /// Identifies one file being assembled in this session.

@@ -197,21 +197,9 @@ impl Sender {
     pub fn unsettled(&mut self, mut paths: Vec<Vec<u8>>) {
         paths.sort();
         paths.dedup();
-        let mut batch = Vec::new();
-        let mut size = 0;
-        for p in paths {
-            size += p.len() + 4;
-            batch.push(p);
-            if size >= codec::BATCH_BYTES {
-                self.out.push_back(SenderEvent::Send(Frame::Unsettled {
-                    paths: std::mem::take(&mut batch),
-                }));
-                size = 0;
-            }
-        }
-        if !batch.is_empty() {
+        for paths in codec::batched(paths, |p| p.len() + 4) {
             self.out
-                .push_back(SenderEvent::Send(Frame::Unsettled { paths: batch }));
+                .push_back(SenderEvent::Send(Frame::Unsettled { paths }));
         }
     }
 

@@ -24,7 +24,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
-use super::frames::{DataFrame, read_data_frame, read_frame, write_frame};
+use super::frames::{DataFrame, read_data_frame, read_frame, unpacked, write_frame};
 use super::prepare::{Prepared, ReceiveOptions, prepare_receiver};
 use super::receive::{Bases, apply_meta, decode_chunk};
 use super::seed::{Copier, Counters, make_dirs, set_dirs_meta};
@@ -36,8 +36,8 @@ use crate::fsmeta;
 use crate::manifest::store::Snapshot;
 use crate::manifest::{FileNode, Node};
 use crate::proto::bulk::{self, Incoming};
-use crate::proto::codec::{BATCH_BYTES, DirItem, Frame, NodeItem, Offered};
-use crate::proto::stream::{StreamDecoder, unpack};
+use crate::proto::codec::{DirItem, Frame, NodeItem, Offered, batched};
+use crate::proto::stream::StreamDecoder;
 use crate::proto::{Meta, ProtoError, VERSION};
 use crate::transport::{self, Throttle};
 
@@ -404,34 +404,14 @@ pub(super) async fn send_tree<CW: AsyncWrite + Unpin>(
         Ok(())
     })?;
     let mut wire = 0;
-    for items in batches(dirs, |d| d.path.len()) {
+    for items in batched(dirs, |d| d.path.len() + 64) {
         wire += write_frame(cw, &Frame::Dirs { items }, peer).await?;
     }
-    for items in batches(links, |l| l.path.len()) {
+    for items in batched(links, |l| l.path.len() + 64) {
         wire += write_frame(cw, &Frame::Symlinks { items }, peer).await?;
     }
     wire += write_frame(cw, &Frame::BulkDone { files }, peer).await?;
     Ok(wire)
-}
-
-/// `items` in batches of about [`BATCH_BYTES`], each item counted as its `name`'s length
-/// plus a fixed overhead.
-fn batches<T>(items: Vec<T>, name: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
-    let mut out = Vec::new();
-    let mut cur = Vec::new();
-    let mut size = 0;
-    for it in items {
-        size += name(&it) + 64;
-        cur.push(it);
-        if size >= BATCH_BYTES {
-            out.push(std::mem::take(&mut cur));
-            size = 0;
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
 }
 
 /// The mode (as the manifest has it), owner, xattrs and mtime of the source directory
@@ -583,7 +563,7 @@ where
     // Directories, then symlinks (on the rayon pool), then the directories' metadata: a
     // symlink made later would change its directory's mtime. A destination error (a full
     // disk) stops the copy: the session meets it again and reports it.
-    let (t, links) = (target.clone(), links);
+    let t = target.clone();
     let placed = tokio::task::spawn_blocking(move || {
         let made = make_dirs(&t, &dirs);
         let linked = made.is_ok().then(|| make_symlinks(&t, links)).flatten();
@@ -657,19 +637,13 @@ fn read_stream<R: AsyncRead + Unpin>(
                 incoming.chunk(v).map_err(proto)?
             }
             Some(DataFrame::Other(Frame::Packed { raw_len, data })) => {
-                let f = unpack(&mut zstd, raw_len, &data).map_err(|e| PushError::Frame {
-                    peer: peer.to_string(),
-                    source: crate::proto::FrameError::Malformed {
-                        frame: "packed",
-                        reason: e.to_string(),
-                    },
-                })?;
+                let f = unpacked(&mut zstd, raw_len, &data, peer)?;
                 incoming.frame(f).map_err(proto)?
             }
             Some(DataFrame::Other(f)) => incoming.frame(f).map_err(proto)?,
         };
         if let Some(a) = arrived {
-            let meta: apply::Meta = apply_meta(a.node.mode, &a.meta);
+            let meta = apply_meta(a.node.mode, &a.meta);
             copier.write_verified(&a.path, &a.node, &a.chunks, meta);
         }
     }

@@ -150,15 +150,7 @@ where
             let item = match read_frame(&mut r, &peer).await {
                 Ok(Some(Frame::Packed { raw_len, data })) => {
                     packed.store(true, Ordering::Relaxed);
-                    stream::unpack(&mut zstd, raw_len, &data)
-                        .map(Some)
-                        .map_err(|e| PushError::Frame {
-                            peer: peer.clone(),
-                            source: FrameError::Malformed {
-                                frame: "packed",
-                                reason: e.to_string(),
-                            },
-                        })
+                    unpacked(&mut zstd, raw_len, &data, &peer).map(Some)
                 }
                 other => other,
             };
@@ -169,6 +161,22 @@ where
         }
     });
     rx
+}
+
+/// The frame inside a `Packed` one from `peer`, decompressed with its stream's `zstd`.
+pub(super) fn unpacked(
+    zstd: &mut StreamDecoder,
+    raw_len: u32,
+    data: &[u8],
+    peer: &str,
+) -> Result<Frame, PushError> {
+    stream::unpack(zstd, raw_len, data).map_err(|e| PushError::Frame {
+        peer: peer.to_string(),
+        source: FrameError::Malformed {
+            frame: "packed",
+            reason: e.to_string(),
+        },
+    })
 }
 
 /// zstd level of packed control frames: cheap, and control frames are mostly names.

@@ -38,6 +38,26 @@ pub const MAX_FRAME: usize = 64 << 20;
 /// Payload budget the encoder aims for when batching items (well under [`MAX_FRAME`]).
 pub const BATCH_BYTES: usize = 1 << 20;
 
+/// `items`, in order, in batches of about [`BATCH_BYTES`], `cost` being an item's share of
+/// a frame (its encoded size, roughly); no batch is empty.
+pub fn batched<T>(items: impl IntoIterator<Item = T>, cost: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut size = 0;
+    for it in items {
+        size += cost(&it);
+        cur.push(it);
+        if size >= BATCH_BYTES {
+            out.push(std::mem::take(&mut cur));
+            size = 0;
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
 /// How chunk bytes are encoded in a [`Frame::Chunk`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
