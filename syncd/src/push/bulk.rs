@@ -443,31 +443,25 @@ pub(super) struct BulkReceived {
     pub(super) chunks: u64,
 }
 
-/// The receiver's side of `Probe{version, owners, streams}`: answers it, and if it takes
-/// the copy, receives it into the prepared tree and refreshes that tree's manifest in the
-/// probe's mode (`opts.owners` is set to it). Returns the tree as the session starts.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn receive<CW, DR>(
+/// The receiver's answer to `Probe{version, owners, streams}`: a bulk copy only into a root
+/// with no entry at all. It needs the root's listing, not the refreshed manifest, so that
+/// the sender's scan (which waits for it at its first file) is not held up by the
+/// receiver's refresh.
+pub(super) async fn answer<CW: AsyncWrite + Unpin>(
     probe: (u32, bool, u32),
-    prepared: Prepared,
-    opts: &mut ReceiveOptions,
-    control: &mut mpsc::Receiver<Result<Option<Frame>, PushError>>,
+    root: &Path,
     control_w: &mut CW,
-    data: &mut mpsc::Receiver<DR>,
     peer: &str,
-) -> Result<(Prepared, BulkReceived), PushError>
-where
-    CW: AsyncWrite + Unpin,
-    DR: AsyncRead + Unpin + Send + 'static,
-{
+) -> Result<bool, PushError> {
     let (version, owners, streams) = probe;
-    let proto = |source| PushError::Proto {
-        peer: peer.to_string(),
-        source,
-    };
-    let empty = std::fs::read_dir(&prepared.root).is_ok_and(|mut d| d.next().is_none());
+    let empty = std::fs::read_dir(root).is_ok_and(|mut d| d.next().is_none());
     let can_own = fsmeta::running_as_root();
-    let take = bulk::takes_bulk(version, owners, streams, empty, can_own).map_err(proto)?;
+    let take = bulk::takes_bulk(version, owners, streams, empty, can_own).map_err(|source| {
+        PushError::Proto {
+            peer: peer.to_string(),
+            source,
+        }
+    })?;
     write_frame(
         control_w,
         &Frame::ProbeAck {
@@ -477,9 +471,28 @@ where
         peer,
     )
     .await?;
-    if !take {
-        return Ok((prepared, BulkReceived::default()));
-    }
+    Ok(take)
+}
+
+/// Receives the bulk copy a `Probe` with `owners` announced on `streams` streams, which
+/// [`answer`] took, into the prepared tree, and refreshes that tree's manifest in the
+/// probe's mode (`opts.owners` is set to it). Returns the tree as the session starts.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn receive<DR>(
+    (owners, streams): (bool, u32),
+    prepared: Prepared,
+    opts: &mut ReceiveOptions,
+    control: &mut mpsc::Receiver<Result<Option<Frame>, PushError>>,
+    data: &mut mpsc::Receiver<DR>,
+    peer: &str,
+) -> Result<(Prepared, BulkReceived), PushError>
+where
+    DR: AsyncRead + Unpin + Send + 'static,
+{
+    let proto = |source| PushError::Proto {
+        peer: peer.to_string(),
+        source,
+    };
     let target = Target::open(&prepared.root, opts.parts.clone())?;
     let counters = Arc::new(Counters::default());
     let copier = Arc::new(Copier::new(

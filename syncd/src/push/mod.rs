@@ -50,7 +50,7 @@ mod serve;
 pub use prepare::ReceiveOptions;
 pub use serve::{ServeEnd, serve, serve_with};
 
-use prepare::{open_store, prepare_receiver};
+use prepare::{Preparing, open_store};
 use receive::run_receiver;
 use send::{Link, Wire, run_sender};
 
@@ -524,16 +524,11 @@ async fn session_local(
     let dest = dest.to_path_buf();
     // The receiver refreshes its manifest while the sender scans the source.
     let receiver = tokio::spawn(async move {
-        let prepared = prepare_receiver(&dest, &ropts).await;
-        run_receiver(
-            &dest.display().to_string(),
-            prepared,
-            &ropts,
-            rr,
-            rw,
-            data_rx,
-        )
-        .await
+        let mut preparing = Preparing::start(&dest, &ropts, None);
+        let peer = dest.display().to_string();
+        let r = run_receiver(&peer, &dest, &mut preparing, &ropts, rr, rw, data_rx).await;
+        preparing.settle().await;
+        r
     });
     let scanned = scan_source(src, home, &opts.scan).await;
     let (src_root, store, summary) = match scanned {

@@ -109,6 +109,44 @@ pub(super) async fn prepare_receiver(
     prepare_receiver_from(root, opts, None).await
 }
 
+/// The receiver's refresh, started as a session begins so that it runs while the sender
+/// scans, and taken where the session first needs the manifest. Whatever the session did
+/// with it, [`Preparing::settle`] waits for it, so that nothing of a session still holds
+/// the store when the next one opens it.
+pub(super) struct Preparing(Option<tokio::task::JoinHandle<Result<Prepared, PushError>>>);
+
+impl Preparing {
+    /// Starts [`prepare_receiver_from`] on its own task.
+    pub(super) fn start(
+        root: &Path,
+        opts: &ReceiveOptions,
+        changed: Option<scan::Changed>,
+    ) -> Self {
+        let (root, opts) = (root.to_path_buf(), opts.clone());
+        Preparing(Some(tokio::spawn(async move {
+            prepare_receiver_from(&root, &opts, changed).await
+        })))
+    }
+
+    /// The prepared tree (once: a second call is an error).
+    pub(super) async fn take(&mut self) -> Result<Prepared, PushError> {
+        match self.0.take() {
+            Some(task) => task.await.map_err(join_err)?,
+            None => Err(PushError::Io {
+                peer: "local".into(),
+                source: std::io::Error::other("the receiver's tree was already taken"),
+            }),
+        }
+    }
+
+    /// Waits for a refresh the session did not take.
+    pub(super) async fn settle(mut self) {
+        if let Some(task) = self.0.take() {
+            let _ = task.await;
+        }
+    }
+}
+
 /// [`prepare_receiver`], looking only at what `changed` names if given (a `serve` whose
 /// previous session left the manifest current passes an empty set: only the root is
 /// listed; see "The receiver's side of a long session" in ARCHITECTURE.md).

@@ -14,7 +14,7 @@ use super::bulk::{self, BulkReceived};
 use super::finish::{FINISHERS, FinishJob, Finished, dispatch_finishes};
 use super::frames::{ControlTx, read_chunk_frame, refuse, spawn_control_reader};
 use super::index::{Index, build_index, read_checked};
-use super::prepare::{Prepared, ReceiveOptions, prepare_receiver, refresh_blocking};
+use super::prepare::{Prepared, Preparing, ReceiveOptions, prepare_receiver, refresh_blocking};
 use super::{PushError, join_err, lock};
 use crate::apply::{self, Target};
 use crate::chunk::{ChunkId, Verified};
@@ -37,11 +37,13 @@ pub(super) fn apply_meta(mode: u32, meta: &Meta) -> apply::Meta {
     }
 }
 
-/// Runs the receiving side of one session into the prepared tree; if preparing it failed,
-/// tells the sender why.
+/// Runs the receiving side of one session into `root`, whose refresh `preparing` runs;
+/// if preparing it failed, tells the sender why. The caller settles `preparing`.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn run_receiver<CR, CW, DR>(
     peer: &str,
-    prepared: Result<Prepared, PushError>,
+    root: &Path,
+    preparing: &mut Preparing,
     opts: &ReceiveOptions,
     control_r: CR,
     mut control_w: CW,
@@ -58,7 +60,7 @@ where
     // mode is refreshed again in the sender's (a receiver that cannot set owners refuses).
     let mut first = first_frame(&mut control, &mut control_w, peer).await?;
     let mut opts = opts.clone();
-    let mut prepared = prepared;
+    let mut prepared = None;
     let mut bulk_done = BulkReceived::default();
     // A sender that may begin with a bulk copy probes first; `Hello` comes after it.
     if let Frame::Probe {
@@ -67,25 +69,35 @@ where
         streams,
     } = first
     {
-        let received = match prepared {
-            Ok(p) => {
-                let probe = (version, owners, streams);
-                let cw = &mut control_w;
-                bulk::receive(probe, p, &mut opts, &mut control, cw, &mut data, peer).await
-            }
+        let probe = (version, owners, streams);
+        let received = match bulk::answer(probe, root, &mut control_w, peer).await {
+            Ok(true) => match preparing.take().await {
+                Ok(p) => {
+                    let (o, s) = (owners, streams);
+                    bulk::receive((o, s), p, &mut opts, &mut control, &mut data, peer)
+                        .await
+                        .map(Some)
+                }
+                Err(e) => Err(e),
+            },
+            Ok(false) => Ok(None),
             Err(e) => Err(e),
         };
-        let (p, done) = match received {
-            Ok(r) => r,
+        match received {
+            Ok(Some((p, done))) => (prepared, bulk_done) = (Some(Ok(p)), done),
+            Ok(None) => {}
             Err(e) => {
                 refuse(&mut control_w, &e, peer).await;
                 let _ = control_w.shutdown().await;
                 return Err(e);
             }
-        };
-        (prepared, bulk_done) = (Ok(p), done);
+        }
         first = first_frame(&mut control, &mut control_w, peer).await?;
     }
+    let prepared = match prepared {
+        Some(p) => p,
+        None => preparing.take().await,
+    };
     // The sender's filter rules, if `Hello` says they follow: the receiver's tree is
     // compared under the same rules, so what they exclude is neither sent nor deleted
     // (unless --delete-excluded, which compares the whole tree).

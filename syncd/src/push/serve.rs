@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::prepare::{ReceiveOptions, prepare_receiver_from};
+use super::prepare::{Preparing, ReceiveOptions};
 use super::receive::{Received, run_receiver};
 use super::{DATA_STREAMS, PushError, lock, part_key};
 use crate::fsmeta;
@@ -223,11 +223,14 @@ pub(super) async fn serve_session(
     // once it sends `Hello`.
     // A manifest the previous session left current in this mode needs no walk.
     let changed = (trusted == Some(opts.owners)).then(scan::Changed::default);
-    let (prepared, streams) = tokio::join!(
-        prepare_receiver_from(root, &opts, changed),
-        conn.accept_bi()
-    );
-    let (cw, cr) = streams.map_err(conn_err)?;
+    let mut preparing = Preparing::start(root, &opts, changed);
+    let (cw, cr) = match conn.accept_bi().await {
+        Ok(s) => s,
+        Err(e) => {
+            preparing.settle().await;
+            return Err(conn_err(e));
+        }
+    };
     let (tx, rx) = mpsc::channel(DATA_STREAMS);
     let c = conn.clone();
     let accept_data = tokio::spawn(async move {
@@ -237,7 +240,8 @@ pub(super) async fn serve_session(
             }
         }
     });
-    let result = run_receiver(peer, prepared, &opts, cr, cw, rx).await;
+    let result = run_receiver(peer, root, &mut preparing, &opts, cr, cw, rx).await;
+    preparing.settle().await;
     accept_data.abort();
     // Give the last frame (Done, or Refuse with the reason) time to reach the sender
     // before the connection is closed: the sender closes once it has read it.
