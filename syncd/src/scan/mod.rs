@@ -39,6 +39,7 @@ use crate::manifest::{
 };
 
 mod build;
+mod fdwalk;
 mod read;
 mod verify;
 mod walk;
@@ -265,8 +266,7 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
             .unwrap_or(0),
         rereads: AtomicU64::new(0),
     };
-    let (mut walked, mut warnings, root_meta, mut found_parts) = walk(&root, opts)?;
-    walked.par_sort_unstable_by(|a, b| component_order(&a.path, &b.path));
+    let (walked, mut warnings, root_meta, mut found_parts) = walk(&root, opts)?;
     if opts.changed_only.is_some()
         && walked
             .iter()

@@ -1,6 +1,7 @@
-//! The parallel walk (the `ignore` crate): entries collected per thread in batches, the
-//! filter rules applied per entry (excluded directories not entered), this home's part
-//! files and the state directory left out, special files and unreadable entries reported.
+//! The walk with `--gitignore` (the `ignore` crate; every other walk is
+//! [`super::fdwalk`]'s): entries collected per thread in batches, the filter rules applied
+//! per entry (excluded directories not entered), this home's part files and the state
+//! directory left out, special files and unreadable entries reported.
 
 use super::*;
 use crate::lock::lock;
@@ -9,8 +10,19 @@ use crate::lock::lock;
 /// it left out.
 pub(super) type WalkOut = (Vec<Walked>, Vec<Warning>, std::fs::Metadata, Vec<Vec<u8>>);
 
-/// Walks the tree at `root`.
+/// Walks the tree at `root`; the entries come in component order.
 pub(super) fn walk(root: &Path, opts: &ScanOptions) -> Result<WalkOut, ScanError> {
+    if !opts.gitignore {
+        return super::fdwalk::walk(root, opts);
+    }
+    let mut out = walk_ignore(root, opts)?;
+    out.0
+        .par_sort_unstable_by(|a, b| component_order(&a.path, &b.path));
+    Ok(out)
+}
+
+/// The walk with `.gitignore` rules, by the `ignore` crate.
+fn walk_ignore(root: &Path, opts: &ScanOptions) -> Result<WalkOut, ScanError> {
     let root_meta = std::fs::metadata(root).map_err(|source| ScanError::Root {
         path: root.to_path_buf(),
         source,
