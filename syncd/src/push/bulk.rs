@@ -17,7 +17,7 @@
 use std::collections::HashSet;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -33,7 +33,6 @@ use super::{DATA_STREAMS, PushError, PushOptions, join_err, lock, observe};
 use crate::apply::{self, Target};
 use crate::chunk::{ChunkId, Chunked};
 use crate::fsmeta;
-use crate::manifest::store::Snapshot;
 use crate::manifest::{FileNode, Node};
 use crate::proto::bulk::{self, Incoming};
 use crate::proto::codec::{DirItem, Frame, NodeItem, Offered, batched};
@@ -75,7 +74,13 @@ pub(super) struct BulkSink {
     /// receiver copies them from the files the bulk copy wrote (a tree's duplicate files
     /// travel once, as in the session).
     sent: Mutex<HashSet<ChunkId>>,
+    /// The rest of the tree, once the scan has read every file ([`Sink::tree`]).
+    tree: Mutex<Option<Tree>>,
 }
+
+/// The source's root, its directories (path, mode) and its symlinks (path, node), as the
+/// scan gives them to [`BulkSink`].
+pub(super) type Tree = (PathBuf, Vec<(Vec<u8>, u32)>, Vec<(Vec<u8>, Node)>);
 
 impl BulkSink {
     pub(super) fn new() -> Arc<BulkSink> {
@@ -85,7 +90,13 @@ impl BulkSink {
             used: Mutex::new(0),
             room: Condvar::new(),
             sent: Mutex::new(HashSet::new()),
+            tree: Mutex::new(None),
         })
+    }
+
+    /// The rest of the tree, if the scan got that far.
+    pub(super) fn take_tree(&self) -> Option<Tree> {
+        lock(&self.tree).take()
     }
 
     /// The receiver takes the copy: files go to `tx`.
@@ -181,6 +192,13 @@ impl crate::scan::Sink for BulkSink {
             self.give(n);
             self.off();
         }
+    }
+
+    /// Every file has been given: the writers end once they have sent what they hold,
+    /// and the directories and symlinks follow them while the scan commits its manifest.
+    fn tree(&self, root: &Path, dirs: Vec<(Vec<u8>, u32)>, symlinks: Vec<(Vec<u8>, Node)>) {
+        *lock(&self.tree) = Some((root.to_path_buf(), dirs, symlinks));
+        self.off();
     }
 }
 
@@ -372,37 +390,37 @@ async fn send_chunks<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Sends every directory of the source's manifest `snap` (of the tree at `src`) with its
-/// metadata, parents first (the store's order), and every symlink with its own, then
-/// `BulkDone{files}`. An entry whose metadata cannot be read now is left to the session.
-/// Returns the bytes written.
+/// Sends every directory of the source's `tree` with its metadata, parents first, and
+/// every symlink with its own, then `BulkDone{files}`. An entry whose metadata cannot be
+/// read now is left to the session. Returns the bytes written.
 pub(super) async fn send_tree<CW: AsyncWrite + Unpin>(
     cw: &mut CW,
-    src: &Path,
-    snap: &Snapshot,
+    tree: Tree,
     files: u64,
     peer: &str,
 ) -> Result<u64, PushError> {
-    // On this thread: one lstat (and for a directory an xattr read) per entry, a small
-    // part of the scan's work.
-    let (mut dirs, mut links) = (Vec::new(), Vec::new());
-    snap.for_each(|path, rec| {
-        match rec.node {
-            Node::Dir { mode, .. } => dirs.extend(dir_meta(src, path, mode)),
-            Node::Symlink { target, attrs } => {
-                let node = Node::Symlink { target, attrs };
-                if let Some(meta) = super::send::source_meta(src, path, &node) {
-                    links.push(NodeItem {
-                        path: path.to_vec(),
-                        node: node.into(),
-                        meta,
-                    });
-                }
-            }
-            Node::File(_) => {}
-        }
-        Ok(())
-    })?;
+    // One lstat (and for a directory an xattr read) per entry, on the blocking pool.
+    let (dirs, links) = tokio::task::spawn_blocking(move || {
+        let (src, dirs, links) = tree;
+        let dirs: Vec<DirItem> = dirs
+            .into_iter()
+            .filter_map(|(path, mode)| dir_meta(&src, &path, mode))
+            .collect();
+        let links: Vec<NodeItem> = links
+            .into_iter()
+            .filter_map(|(path, node)| {
+                let meta = super::send::source_meta(&src, &path, &node)?;
+                Some(NodeItem {
+                    path,
+                    node: node.into(),
+                    meta,
+                })
+            })
+            .collect();
+        (dirs, links)
+    })
+    .await
+    .map_err(join_err)?;
     let mut wire = 0;
     for items in batched(dirs, |d| d.path.len() + 64) {
         wire += write_frame(cw, &Frame::Dirs { items }, peer).await?;

@@ -679,7 +679,14 @@ pub async fn push_remote_throttled(
             true => {
                 let (th, totals) = (throttle.clone(), totals.clone());
                 let sent = bulk::send_files(&conn, rx, sink.clone(), opts, th, totals, &peer);
-                Some(sent.await?)
+                let sent = sent.await?;
+                // The files are sent once the scan has read them all: the directories and
+                // symlinks go while it commits its manifest (nothing, if it failed).
+                let wire = match sink.take_tree() {
+                    Some(tree) => bulk::send_tree(&mut cw, tree, sent.files, &peer).await?,
+                    None => 0,
+                };
+                Some((sent, wire))
             }
             false => None,
         };
@@ -705,17 +712,13 @@ pub async fn push_remote_throttled(
         }
     };
     let snap = store.snapshot()?;
-    let (mut cw, cr, bulk_sent) = match probed {
+    let (cw, cr, bulk_sent) = match probed {
         Some(p) => p,
         None => {
             let (cw, cr) = conn.open_bi().await.map_err(conn_err)?;
             (cw, cr, None)
         }
     };
-    let mut bulk_wire = 0;
-    if let Some(sent) = &bulk_sent {
-        bulk_wire = bulk::send_tree(&mut cw, &src_root, &snap, sent.files, &peer).await?;
-    }
     let mut data = Vec::new();
     for _ in 0..DATA_STREAMS {
         data.push(conn.open_uni().await.map_err(conn_err)?);
@@ -746,7 +749,7 @@ pub async fn push_remote_throttled(
         let _ = tokio::time::timeout(Duration::from_millis(20), endpoint.wait_idle()).await;
     }
     let mut report = result?;
-    if let Some(b) = bulk_sent {
+    if let Some((b, bulk_wire)) = bulk_sent {
         report.bulk_files = b.files;
         report.chunks_sent += b.chunks;
         report.bytes_sent += b.raw;

@@ -158,6 +158,14 @@ pub trait Sink: Send + Sync {
         owner: (u32, u32),
         xattrs: &[(Vec<u8>, Vec<u8>)],
     );
+
+    /// The rest of the tree at `root`: every directory it records (path and mode as the
+    /// manifest has it, parents first, the root first) and every symlink (path and node).
+    /// Given once every file has been given to [`Sink::file`], before the manifest is
+    /// committed (a refresh that fails before then gives nothing).
+    fn tree(&self, root: &Path, dirs: Vec<(Vec<u8>, u32)>, symlinks: Vec<(Vec<u8>, Node)>) {
+        let _ = (root, dirs, symlinks);
+    }
 }
 
 /// A shared [`Sink`].
@@ -324,6 +332,12 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
                 source,
             }
         })?;
+    // What a sink is given of the tree besides its files ([`Sink::tree`]).
+    let sink = opts.sink.as_ref().map(|ReadSink(s)| s);
+    let (mut sink_dirs, mut sink_links) = (Vec::new(), Vec::new());
+    if sink.is_some() {
+        sink_dirs.push((Vec::new(), root_meta.mode() & 0o7777));
+    }
     let mut stack: Vec<OpenDir> = vec![OpenDir {
         path: Vec::new(),
         mode: root_meta.mode() & 0o7777,
@@ -365,6 +379,9 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
             }
             Leaf::Dir { attrs, warning } => {
                 warnings.extend(warning);
+                if sink.is_some() {
+                    sink_dirs.push((w.path.clone(), w.mode));
+                }
                 stack.push(OpenDir {
                     path: w.path.clone(),
                     mode: w.mode,
@@ -383,6 +400,11 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
                     b.summary.bytes += size;
                 } else {
                     b.summary.symlinks += 1;
+                    if sink.is_some()
+                        && let Some(rec) = snap.record(&w.path)?
+                    {
+                        sink_links.push((w.path.clone(), rec.node));
+                    }
                 }
                 Entry { name, kind, hash }
             }
@@ -395,6 +417,9 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
                     b.summary.hashed_bytes += f.size;
                 } else {
                     b.summary.symlinks += 1;
+                    if sink.is_some() {
+                        sink_links.push((w.path.clone(), record.node.clone()));
+                    }
                 }
                 let hash = record.hash;
                 b.put_if_changed(&w.path, &record)?;
@@ -408,6 +433,9 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
         b.close_dir(&mut stack)?;
     }
     let root_hash = b.close_dir(&mut stack)?;
+    if let Some(sink) = sink {
+        sink.tree(&root, sink_dirs, sink_links);
+    }
     let TreeBuild {
         puts,
         deletes,
