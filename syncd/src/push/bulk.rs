@@ -33,7 +33,7 @@ use super::{DATA_STREAMS, PushError, PushOptions, join_err, lock, observe};
 use crate::apply::{self, Target};
 use crate::chunk::{ChunkId, Chunked};
 use crate::fsmeta;
-use crate::manifest::{FileNode, Node};
+use crate::manifest::FileNode;
 use crate::proto::bulk::{self, Incoming};
 use crate::proto::codec::{DirItem, Frame, NodeItem, Offered, batched};
 use crate::proto::stream::StreamDecoder;
@@ -78,9 +78,9 @@ pub(super) struct BulkSink {
     tree: Mutex<Option<Tree>>,
 }
 
-/// The source's root, its directories (path, mode) and its symlinks (path, node), as the
-/// scan gives them to [`BulkSink`].
-pub(super) type Tree = (PathBuf, Vec<(Vec<u8>, u32)>, Vec<(Vec<u8>, Node)>);
+/// The source's root and its directories and symlinks, as the scan gives them to
+/// [`BulkSink`].
+pub(super) type Tree = (PathBuf, crate::scan::Tree);
 
 impl BulkSink {
     pub(super) fn new() -> Arc<BulkSink> {
@@ -196,8 +196,8 @@ impl crate::scan::Sink for BulkSink {
 
     /// Every file has been given: the writers end once they have sent what they hold,
     /// and the directories and symlinks follow them while the scan commits its manifest.
-    fn tree(&self, root: &Path, dirs: Vec<(Vec<u8>, u32)>, symlinks: Vec<(Vec<u8>, Node)>) {
-        *lock(&self.tree) = Some((root.to_path_buf(), dirs, symlinks));
+    fn tree(&self, root: &Path, tree: crate::scan::Tree) {
+        *lock(&self.tree) = Some((root.to_path_buf(), tree));
         self.off();
     }
 }
@@ -401,12 +401,12 @@ pub(super) async fn send_tree<CW: AsyncWrite + Unpin>(
 ) -> Result<u64, PushError> {
     // One lstat (and for a directory an xattr read) per entry, on the blocking pool.
     let (dirs, links) = tokio::task::spawn_blocking(move || {
-        let (src, dirs, links) = tree;
+        let (src, crate::scan::Tree { dirs, symlinks, .. }) = tree;
         let dirs: Vec<DirItem> = dirs
             .into_iter()
             .filter_map(|(path, mode)| dir_meta(&src, &path, mode))
             .collect();
-        let links: Vec<NodeItem> = links
+        let links: Vec<NodeItem> = symlinks
             .into_iter()
             .filter_map(|(path, node)| {
                 let meta = super::send::source_meta(&src, &path, &node)?;

@@ -438,26 +438,49 @@ async fn seed_local(
             }
         })
     });
+    // The rest of the copy starts as soon as the scan has read every file and gives its
+    // tree, while the scan commits the source's manifest.
+    let owners = opts.scan.owners;
+    let tree = copier.tree_to();
+    let (c, cp, t) = (counters.clone(), copier.clone(), target.clone());
+    let seeding = tokio::spawn(async move {
+        let (src_root, tree) = tree.await.ok()?;
+        let seeded = tokio::task::spawn_blocking(move || {
+            let scanned = cp.finish();
+            seed::seed(&src_root, tree, &t, owners, &c, scanned)
+        });
+        Some(seeded.await.map_err(join_err).and_then(|r| r))
+    });
     let scanned = scan_source(src, home, &scan).await;
-    let scanned_by_copier = copier.finish();
-    let (src_root, store, summary) = match scanned {
+    copier.no_tree();
+    let seeded = seeding.await.map_err(join_err);
+    let (_, store, summary) = match scanned {
         Ok(s) => s,
         Err(e) => {
+            copier.finish();
             if let Some(t) = ticker {
                 t.abort();
             }
             return Err(e);
         }
     };
+    drop(store);
     let ordering = std::sync::atomic::Ordering::Relaxed;
     counters.scanned.0.store(summary.files, ordering);
     counters.scanned.1.store(summary.bytes, ordering);
-    let (home, owners) = (home.to_path_buf(), opts.scan.owners);
+    let home = home.to_path_buf();
     let filter = opts.scan.filter.clone();
-    let c = counters.clone();
     let copied = tokio::task::spawn_blocking(move || {
-        let snap = store.snapshot()?;
-        let seeded = seed::seed(&src_root, &snap, &target, owners, &c, scanned_by_copier)?;
+        // A scan that succeeded gave its tree.
+        let seeded = match seeded? {
+            Some(seeded) => seeded?,
+            None => {
+                return Err(PushError::Io {
+                    peer: "local".into(),
+                    source: std::io::Error::other("the source's scan gave no tree"),
+                });
+            }
+        };
         let root = target.root().to_path_buf();
         let scan = ScanOptions {
             filter,

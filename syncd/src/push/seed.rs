@@ -10,9 +10,11 @@
 //!    (the scan's [`crate::scan::Sink`]) with the bytes and chunk ids the scan computed from
 //!    them ([`crate::chunk::Chunked`]): written into a part file and sealed on the scan's
 //!    thread, so the file is read and hashed once;
-//! 2. then, from the manifest, directories are made, parents first (owner and xattrs now,
-//!    mode and mtime last), and the files the scan did not read (a source manifest that
-//!    was current already, files over 16 MiB) and symlinks are copied on the rayon pool:
+//! 2. then, from the tree the scan recorded ([`crate::scan::Tree`], given to the copier
+//!    once every file is read, so this runs while the scan commits its manifest),
+//!    directories are made, parents first (owner and xattrs now, mode and mtime last), and
+//!    the files the scan did not read (a source manifest that was current already, files
+//!    over 16 MiB) and symlinks are copied on the rayon pool:
 //!    each file read chunk by chunk into one reused buffer, each chunk hashed and compared
 //!    with the manifest's id before it is written ([`crate::chunk::Verified`], the
 //!    receiver's own rule: nothing unhashed is written), then sealed;
@@ -31,7 +33,7 @@ use std::ffi::OsStr;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
@@ -42,7 +44,7 @@ use crate::apply::{self, ApplyError, Meta, Target};
 use crate::chunk::{Chunked, Verified};
 use crate::fsmeta;
 use crate::lock::lock;
-use crate::manifest::store::{Record, Snapshot, Store};
+use crate::manifest::store::{Record, Store};
 use crate::manifest::{FileNode, Node};
 
 /// A batch is flushed together once it has [`batch_files`] files or this many bytes.
@@ -148,6 +150,8 @@ pub(super) struct Copier {
     tx: Mutex<Option<mpsc::SyncSender<Vec<Written>>>>,
     flusher: Mutex<Option<std::thread::JoinHandle<Records>>>,
     stop: Arc<Stop>,
+    /// Where the scan's [`crate::scan::Tree`] goes ([`Copier::tree_to`]).
+    tree: Mutex<Option<tokio::sync::oneshot::Sender<(PathBuf, crate::scan::Tree)>>>,
 }
 
 impl Copier {
@@ -197,7 +201,21 @@ impl Copier {
             tx: Mutex::new(Some(tx)),
             flusher: Mutex::new(Some(flusher)),
             stop,
+            tree: Mutex::new(None),
         }
+    }
+
+    /// Where the scan's root and tree will come, once it has read every file; nothing comes
+    /// once [`Copier::no_tree`] has been called before.
+    pub(super) fn tree_to(&self) -> tokio::sync::oneshot::Receiver<(PathBuf, crate::scan::Tree)> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *lock(&self.tree) = Some(tx);
+        rx
+    }
+
+    /// The scan is over: a tree that did not come will not.
+    pub(super) fn no_tree(&self) {
+        lock(&self.tree).take();
     }
 
     /// Writes and places nothing more: what is sealed and not placed yet stays as part
@@ -307,6 +325,16 @@ impl crate::scan::Sink for Copier {
             self.stop.set(e);
         }
     }
+
+    fn tree(&self, root: &Path, tree: crate::scan::Tree) {
+        if let Some(tx) = lock(&self.tree).take() {
+            let _ = tx.send((root.to_path_buf(), tree));
+        }
+    }
+
+    fn wants_files(&self) -> bool {
+        true
+    }
 }
 
 /// A file or symlink to copy.
@@ -324,12 +352,12 @@ impl Item {
     }
 }
 
-/// Completes the copy of the tree `snap` describes from `src` into `target`, which was
-/// empty before `scanned` (what the [`Copier`] wrote during the scan) was written.
-/// `owners` is the session's mode ([`crate::scan::ScanOptions::owners`]).
+/// Completes the copy of `tree` (as the source's scan recorded it) from `src` into
+/// `target`, which was empty before `scanned` (what the [`Copier`] wrote during the scan)
+/// was written. `owners` is the session's mode ([`crate::scan::ScanOptions::owners`]).
 pub(super) fn seed(
     src: &Path,
-    snap: &Snapshot,
+    tree: crate::scan::Tree,
     target: &Target,
     owners: bool,
     counters: &Counters,
@@ -340,21 +368,23 @@ pub(super) fn seed(
         copied,
         stopped,
     } = scanned;
-    let mut dirs = Vec::new();
-    let mut items = Vec::new();
+    let crate::scan::Tree {
+        dirs,
+        symlinks,
+        files,
+    } = tree;
+    let mut items: Vec<Item> = symlinks
+        .into_iter()
+        .map(|(path, _)| Item::Symlink(path))
+        .collect();
     let mut links = Vec::new();
-    snap.for_each(|path, rec| {
-        match rec.node {
-            Node::Dir { mode, .. } => dirs.push((path.to_vec(), mode)),
-            Node::Symlink { .. } => items.push(Item::Symlink(path.to_vec())),
-            Node::File(f) => match &f.link {
-                Some(first) => links.push((path.to_vec(), first.clone())),
-                None if copied.contains(path) => {}
-                None => items.push(Item::File(path.to_vec(), f)),
-            },
+    for (path, f) in files {
+        match &f.link {
+            Some(first) => links.push((path, first.clone())),
+            None if copied.contains(&path) => {}
+            None => items.push(Item::File(path, f)),
         }
-        Ok(())
-    })?;
+    }
     // A hard link changes its inode's ctime: the stat of a linked file is taken by the
     // final refresh, not here.
     let linked: HashSet<&[u8]> = links.iter().map(|(_, first)| first.as_slice()).collect();
@@ -364,7 +394,7 @@ pub(super) fn seed(
         fail(e);
     }
 
-    // The store's byte order puts every directory before what is inside it.
+    // The tree lists every directory before what is inside it.
     let dirs: Vec<_> = dirs
         .into_iter()
         .filter_map(|(rel, mode)| source_meta(src, &rel, Some(mode)).map(|m| (rel, m)))
@@ -623,13 +653,44 @@ mod tests {
         std::array::from_fn(|_| tempfile::tempdir().unwrap())
     }
 
-    /// The source's manifest, scanned into a store under `home`, and the target `dst`.
-    fn scanned(src: &Path, dst: &Path, home: &Path) -> (std::path::PathBuf, Store, Target) {
+    /// A scan's sink that takes no file (the seed then copies them all) and keeps the tree.
+    #[derive(Default)]
+    struct Keep(Mutex<Option<scan::Tree>>);
+
+    impl scan::Sink for Keep {
+        fn file(
+            &self,
+            _: &[u8],
+            _: &FileNode,
+            _: Chunked,
+            _: (u32, u32),
+            _: &[(Vec<u8>, Vec<u8>)],
+        ) {
+        }
+
+        fn tree(&self, _: &Path, tree: scan::Tree) {
+            *lock(&self.0) = Some(tree);
+        }
+
+        fn wants_files(&self) -> bool {
+            true
+        }
+    }
+
+    /// The source's tree, as its scan into a store under `home` gives it, and the target
+    /// `dst`.
+    fn scanned(src: &Path, dst: &Path, home: &Path) -> (std::path::PathBuf, scan::Tree, Target) {
         let root = scan::canonical_root(src).unwrap();
         let store = Store::open(home, &root, false).unwrap().into_store();
-        scan::refresh(&root, &store, &ScanOptions::default()).unwrap();
+        let keep = Arc::new(Keep::default());
+        let opts = ScanOptions {
+            sink: Some(scan::ReadSink(keep.clone())),
+            ..ScanOptions::default()
+        };
+        scan::refresh(&root, &store, &opts).unwrap();
         let target = Target::open(dst, PartKey::load(home).unwrap()).unwrap();
-        (root, store, target)
+        let tree = lock(&keep.0).take().unwrap();
+        (root, tree, target)
     }
 
     /// A source file that changed after the scan (same size, other bytes) does not match
@@ -641,11 +702,10 @@ mod tests {
         std::fs::write(src.path().join("d/same"), b"unchanged").unwrap();
         std::fs::write(src.path().join("d/edited"), vec![1u8; 100_000]).unwrap();
         std::os::unix::fs::symlink("same", src.path().join("d/link")).unwrap();
-        let (root, store, target) = scanned(src.path(), dst.path(), home.path());
+        let (root, tree, target) = scanned(src.path(), dst.path(), home.path());
         std::fs::write(src.path().join("d/edited"), vec![2u8; 100_000]).unwrap();
         let counters = Counters::default();
-        let snap = store.snapshot().unwrap();
-        let seeded = seed(&root, &snap, &target, false, &counters, Seeded::default()).unwrap();
+        let seeded = seed(&root, tree, &target, false, &counters, Seeded::default()).unwrap();
         assert!(seeded.stopped.is_none());
         assert_eq!(
             std::fs::read(dst.path().join("d/same")).unwrap(),
@@ -686,7 +746,7 @@ mod tests {
             std::os::unix::fs::PermissionsExt::from_mode(0o750),
         )
         .unwrap();
-        let (root, store, target) = scanned(src.path(), dst.path(), home.path());
+        let (root, tree, target) = scanned(src.path(), dst.path(), home.path());
         // What the scan's copier had done: "a/b" made for its file, then a full disk.
         std::fs::create_dir_all(dst.path().join("a/b")).unwrap();
         let full = ApplyError::Io {
@@ -698,8 +758,7 @@ mod tests {
             stopped: Some(full),
             ..Seeded::default()
         };
-        let snap = store.snapshot().unwrap();
-        let seeded = seed(&root, &snap, &target, false, &Counters::default(), scanned).unwrap();
+        let seeded = seed(&root, tree, &target, false, &Counters::default(), scanned).unwrap();
         assert!(seeded.stopped.is_some(), "the error is passed on");
         assert!(
             !dst.path().join("a/b/f").exists(),

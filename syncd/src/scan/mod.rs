@@ -159,13 +159,29 @@ pub trait Sink: Send + Sync {
         xattrs: &[(Vec<u8>, Vec<u8>)],
     );
 
-    /// The rest of the tree at `root`: every directory it records (path and mode as the
-    /// manifest has it, parents first, the root first) and every symlink (path and node).
-    /// Given once every file has been given to [`Sink::file`], before the manifest is
-    /// committed (a refresh that fails before then gives nothing).
-    fn tree(&self, root: &Path, dirs: Vec<(Vec<u8>, u32)>, symlinks: Vec<(Vec<u8>, Node)>) {
-        let _ = (root, dirs, symlinks);
+    /// The tree at `root` as this refresh recorded it, given once every file has been
+    /// given to [`Sink::file`] and before the manifest is committed (a refresh that fails
+    /// before then gives nothing).
+    fn tree(&self, root: &Path, tree: Tree) {
+        let _ = (root, tree);
     }
+
+    /// Whether [`Sink::tree`] lists the tree's files too.
+    fn wants_files(&self) -> bool {
+        false
+    }
+}
+
+/// What a refresh gives its [`Sink`] of the tree besides the files it read.
+#[derive(Debug, Default)]
+pub struct Tree {
+    /// Every directory (path, and mode as the manifest has it), parents first, the root
+    /// first.
+    pub dirs: Vec<(Vec<u8>, u32)>,
+    /// Every symlink (path and node).
+    pub symlinks: Vec<(Vec<u8>, Node)>,
+    /// Every file (path and node), if the sink [wants them](Sink::wants_files).
+    pub files: Vec<(Vec<u8>, FileNode)>,
 }
 
 /// A shared [`Sink`].
@@ -334,9 +350,10 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
         })?;
     // What a sink is given of the tree besides its files ([`Sink::tree`]).
     let sink = opts.sink.as_ref().map(|ReadSink(s)| s);
-    let (mut sink_dirs, mut sink_links) = (Vec::new(), Vec::new());
+    let sink_files = sink.is_some_and(|s| s.wants_files());
+    let mut given = Tree::default();
     if sink.is_some() {
-        sink_dirs.push((Vec::new(), root_meta.mode() & 0o7777));
+        given.dirs.push((Vec::new(), root_meta.mode() & 0o7777));
     }
     let mut stack: Vec<OpenDir> = vec![OpenDir {
         path: Vec::new(),
@@ -380,7 +397,7 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
             Leaf::Dir { attrs, warning } => {
                 warnings.extend(warning);
                 if sink.is_some() {
-                    sink_dirs.push((w.path.clone(), w.mode));
+                    given.dirs.push((w.path.clone(), w.mode));
                 }
                 stack.push(OpenDir {
                     path: w.path.clone(),
@@ -400,10 +417,12 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
                     b.summary.bytes += size;
                 } else {
                     b.summary.symlinks += 1;
-                    if sink.is_some()
-                        && let Some(rec) = snap.record(&w.path)?
-                    {
-                        sink_links.push((w.path.clone(), rec.node));
+                }
+                let wanted = kind == Kind::Symlink && sink.is_some() || sink_files;
+                if wanted && let Some(rec) = snap.record(&w.path)? {
+                    match rec.node {
+                        Node::File(f) => given.files.push((w.path.clone(), f)),
+                        node => given.symlinks.push((w.path.clone(), node)),
                     }
                 }
                 Entry { name, kind, hash }
@@ -417,12 +436,16 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
                     b.summary.hashed_bytes += f.size;
                 } else {
                     b.summary.symlinks += 1;
-                    if sink.is_some() {
-                        sink_links.push((w.path.clone(), record.node.clone()));
-                    }
                 }
                 let hash = record.hash;
                 b.put_if_changed(&w.path, &record)?;
+                match record.node {
+                    Node::File(f) if sink_files => given.files.push((w.path.clone(), f)),
+                    node @ Node::Symlink { .. } if sink.is_some() => {
+                        given.symlinks.push((w.path.clone(), node))
+                    }
+                    _ => {}
+                }
                 Entry { name, kind, hash }
             }
         };
@@ -434,7 +457,7 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
     }
     let root_hash = b.close_dir(&mut stack)?;
     if let Some(sink) = sink {
-        sink.tree(&root, sink_dirs, sink_links);
+        sink.tree(&root, given);
     }
     let TreeBuild {
         puts,
