@@ -9,7 +9,7 @@
 
 use std::os::fd::OwnedFd;
 
-use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, StatxFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, StatxFlags};
 
 use super::walk::WalkOut;
 use super::*;
@@ -27,9 +27,20 @@ struct Listing {
 
 /// One directory entry as read, before it is looked at.
 struct Named {
-    name: Vec<u8>,
+    /// Where its name is in the directory's buffer of names.
+    at: usize,
+    len: usize,
     ty: FileType,
 }
+
+impl Named {
+    fn name<'b>(&self, bytes: &'b [u8]) -> &'b [u8] {
+        &bytes[self.at..self.at + self.len]
+    }
+}
+
+/// The buffer `getdents64` fills per directory.
+const DIR_BUF: usize = 32 << 10;
 
 /// What every job of a walk shares.
 struct Walk<'a> {
@@ -117,30 +128,34 @@ fn list<'s>(s: &rayon::Scope<'s>, job: Job, w: &'s Walk<'s>) {
         Open::Child(parent) => rustix::fs::openat(&*parent, file_name(&rel), flags, Mode::empty()),
     };
     let read = opened.and_then(|fd| {
-        let dir_fd = rustix::io::dup(&fd)?;
-        let mut names = Vec::new();
-        let mut dir = Dir::new(fd)?;
-        while let Some(entry) = dir.read() {
+        // The names go into one buffer, each entry an index into it: no allocation per
+        // entry until its path is made.
+        let (mut bytes, mut names) = (Vec::new(), Vec::new());
+        let mut buf = vec![std::mem::MaybeUninit::uninit(); DIR_BUF];
+        let mut dir = RawDir::new(&fd, &mut buf);
+        while let Some(entry) = dir.next() {
             let e = entry?;
             let name = e.file_name().to_bytes();
             if name != b"." && name != b".." {
                 names.push(Named {
-                    name: name.to_vec(),
+                    at: bytes.len(),
+                    len: name.len(),
                     ty: e.file_type(),
                 });
+                bytes.extend_from_slice(name);
             }
         }
-        Ok((dir_fd, names))
+        Ok((fd, bytes, names))
     });
     match read {
-        Ok((dir_fd, mut names)) => {
-            names.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        Ok((dir_fd, bytes, mut names)) => {
+            names.sort_unstable_by(|a, b| a.name(&bytes).cmp(b.name(&bytes)));
             // Each entry is looked at (statx relative to the directory), in parallel in
             // a large directory.
             let looked: Vec<Looked> = names
                 .par_iter()
                 .with_min_len(64)
-                .map(|n| look(&dir_fd, &abs, &rel, n, w))
+                .map(|n| look(&dir_fd, &abs, &rel, n.name(&bytes), n.ty, w))
                 .collect();
             let dir_fd = Arc::new(dir_fd);
             for l in looked {
@@ -221,13 +236,12 @@ enum Looked {
     Left,
 }
 
-fn look(dir: &OwnedFd, abs: &Path, parent: &[u8], n: &Named, w: &Walk) -> Looked {
-    let path = join(parent, &n.name);
+fn look(dir: &OwnedFd, abs: &Path, parent: &[u8], name: &[u8], ty: FileType, w: &Walk) -> Looked {
+    let path = join(parent, name);
     if w.exclude.as_deref() == Some(path.as_slice()) {
         return Looked::Left;
     }
     let opts = w.opts;
-    let name = n.name.as_slice();
     let stat = || {
         rustix::fs::statx(
             dir,
@@ -238,7 +252,7 @@ fn look(dir: &OwnedFd, abs: &Path, parent: &[u8], n: &Named, w: &Walk) -> Looked
     };
     // The type from the listing; a filesystem that does not give it is asked.
     let mut looked = None;
-    let ty = match n.ty {
+    let ty = match ty {
         FileType::Unknown => match stat() {
             Ok(st) => FileType::from_raw_mode(looked.insert(st).stx_mode.into()),
             Err(e) => return Looked::Warning(warning(abs, name, e)),
