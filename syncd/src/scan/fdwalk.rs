@@ -274,16 +274,7 @@ fn look(dir: &OwnedFd, abs: &Path, parent: &[u8], name: &[u8], ty: FileType, w: 
     {
         // Untouched: its kind from the listing, its hash from the store.
         return Looked::Entry {
-            walked: Walked {
-                path,
-                kind,
-                mode: 0,
-                stat: Stat::default(),
-                owner: (0, 0),
-                dev: 0,
-                nlink: 0,
-                kept: true,
-            },
+            walked: Walked::kept(path, kind),
             walk_into: false,
         };
     }

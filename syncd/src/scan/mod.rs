@@ -264,6 +264,22 @@ struct Walked {
     kept: bool,
 }
 
+impl Walked {
+    /// An entry taken as stored, not looked at ([`ScanOptions::changed_only`]).
+    fn kept(path: Vec<u8>, kind: Kind) -> Walked {
+        Walked {
+            path,
+            kind,
+            mode: 0,
+            stat: Stat::default(),
+            owner: (0, 0),
+            dev: 0,
+            nlink: 0,
+            kept: true,
+        }
+    }
+}
+
 /// Canonicalises and checks a tree root.
 pub fn canonical_root(root: &Path) -> Result<PathBuf, ScanError> {
     let canon = std::fs::canonicalize(root).map_err(|source| ScanError::Root {

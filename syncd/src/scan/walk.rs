@@ -158,16 +158,7 @@ impl Collector {
         {
             // Untouched: its kind from the listing, its hash from the store.
             if let Some(kind) = kind_of(ft) {
-                self.walked.push(Walked {
-                    path: path.to_vec(),
-                    kind,
-                    mode: 0,
-                    stat: Stat::default(),
-                    owner: (0, 0),
-                    dev: 0,
-                    nlink: 0,
-                    kept: true,
-                });
+                self.walked.push(Walked::kept(path.to_vec(), kind));
                 if self.walked.len() >= 8192 {
                     self.flush();
                 }
