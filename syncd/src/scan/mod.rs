@@ -2,9 +2,10 @@
 //!
 //! [`refresh`] is the IO driver around the sans-IO [`crate::chunk`] and [`crate::manifest`]
 //! cores:
-//! 1. a parallel walk with the `ignore` crate. Nothing is filtered by default (a migration
-//!    must copy everything, dotfiles and ignored files included); `--exclude` globs and
-//!    `.gitignore` rules apply only when asked;
+//! 1. a parallel walk through directory descriptors ([`fdwalk`]; with `.gitignore` rules,
+//!    the `ignore` crate's), in component order. Nothing is filtered by default (a
+//!    migration must copy everything, dotfiles and ignored files included); `--exclude`
+//!    globs and `.gitignore` rules apply only when asked;
 //! 2. a parallel stat-cache check against the stored manifest: a file whose size, mtime,
 //!    ctime and inode are unchanged is not read again;
 //! 3. parallel chunking of new and changed files (large files are also cut in parallel);
