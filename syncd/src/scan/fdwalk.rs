@@ -1,11 +1,11 @@
-//! The walk without `.gitignore` rules (every walk but `--gitignore`'s): each directory is
-//! opened relative to its parent's descriptor with `O_NOFOLLOW`, and each entry is
-//! `statx`ed relative to its directory, so that no lookup walks a full path (a directory
-//! swapped for a symlink during the walk is reported, not followed). Each directory is one
-//! job on the rayon pool (jobs, not recursion: a tree of any depth walks in constant
-//! stack); its entries are sorted by name, so that putting each subdirectory's listing
-//! after its own entry gives the tree in component order, as the tree build needs it,
-//! without a sort of the whole tree.
+//! The walk without `.gitignore` rules (every walk but `--filter-gitignore`'s): each
+//! directory is opened relative to its parent's descriptor with `O_NOFOLLOW`, and each
+//! entry is `statx`ed relative to its directory, so that no lookup walks a full path (a
+//! directory swapped for a symlink during the walk is reported, not followed). Each
+//! directory is one job on the rayon pool (jobs, not recursion: a tree of any depth walks
+//! in constant stack); its entries are sorted by name, so that putting each
+//! subdirectory's listing after its own entry gives the tree in component order, as the
+//! tree build needs it, without a sort of the whole tree.
 
 use std::os::fd::OwnedFd;
 
@@ -409,8 +409,8 @@ mod tests {
                 .iter()
                 .any(|w| w.skipped_special && w.path.ends_with("m/fifo"))
         );
-        // The `ignore` crate's walk (`--gitignore`'s, with no ignore files here) finds
-        // the same entries, with the same metadata.
+        // The `ignore` crate's walk (`--filter-gitignore`'s, with no ignore files here)
+        // finds the same entries, with the same metadata.
         let (mut other, other_warnings, _, other_parts) = super::super::walk::walk(
             &root,
             &ScanOptions {

@@ -1,4 +1,4 @@
-//! The walk with `--gitignore` (the `ignore` crate; every other walk is
+//! The walk with `--filter-gitignore` (the `ignore` crate; every other walk is
 //! [`super::fdwalk`]'s): entries collected per thread in batches, the filter rules applied
 //! per entry (excluded directories not entered), this home's part files and the state
 //! directory left out, special files and unreadable entries reported.
