@@ -116,11 +116,6 @@ pub(super) fn walk(root: &Path, opts: &ScanOptions) -> Result<WalkOut, ScanError
 fn list<'s>(s: &rayon::Scope<'s>, job: Job, w: &'s Walk<'s>) {
     let Job { id, open, abs, rel } = job;
     let mut out = Listing::default();
-    let warn = |path: PathBuf, e: rustix::io::Errno| Warning {
-        path,
-        message: std::io::Error::from(e).to_string(),
-        skipped_special: false,
-    };
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let opened = match open {
         Open::Root(fd) => Ok(fd),
@@ -180,7 +175,7 @@ fn list<'s>(s: &rayon::Scope<'s>, job: Job, w: &'s Walk<'s>) {
                 }
             }
         }
-        Err(e) => out.warnings.push(warn(abs, e)),
+        Err(e) => out.warnings.push(io_warning(abs, e)),
     }
     lock(&w.done).push((id, out));
 }
@@ -255,7 +250,7 @@ fn look(dir: &OwnedFd, abs: &Path, parent: &[u8], name: &[u8], ty: FileType, w: 
     let ty = match ty {
         FileType::Unknown => match stat() {
             Ok(st) => FileType::from_raw_mode(looked.insert(st).stx_mode.into()),
-            Err(e) => return Looked::Warning(warning(abs, name, e)),
+            Err(e) => return Looked::Warning(io_warning(abs.join(OsStr::from_bytes(name)), e)),
         },
         t => t,
     };
@@ -280,20 +275,13 @@ fn look(dir: &OwnedFd, abs: &Path, parent: &[u8], name: &[u8], ty: FileType, w: 
     }
     let st = match looked.map_or_else(stat, Ok) {
         Ok(st) => st,
-        Err(e) => return Looked::Warning(warning(abs, name, e)),
+        Err(e) => return Looked::Warning(io_warning(abs.join(OsStr::from_bytes(name)), e)),
     };
     let ty = FileType::from_raw_mode(st.stx_mode.into());
     let Some(kind) = kind_of_type(ty) else {
-        let what = match ty {
-            FileType::Socket => "socket",
-            FileType::Fifo => "fifo",
-            FileType::BlockDevice => "block device",
-            FileType::CharacterDevice => "character device",
-            _ => "special file",
-        };
         return Looked::Warning(Warning {
             path: abs.join(OsStr::from_bytes(name)),
-            message: format!("skipped {what}"),
+            message: format!("skipped {}", special_name(ty)),
             skipped_special: true,
         });
     };
@@ -318,16 +306,29 @@ fn look(dir: &OwnedFd, abs: &Path, parent: &[u8], name: &[u8], ty: FileType, w: 
     }
 }
 
-fn warning(abs: &Path, name: &[u8], e: rustix::io::Errno) -> Warning {
+/// `path` could not be looked at.
+fn io_warning(path: PathBuf, e: rustix::io::Errno) -> Warning {
     Warning {
-        path: abs.join(OsStr::from_bytes(name)),
+        path,
         message: std::io::Error::from(e).to_string(),
         skipped_special: false,
     }
 }
 
+/// What a special file (not a directory, file or symlink) of type `ty` is called in the
+/// warning that says it was skipped.
+pub(super) fn special_name(ty: FileType) -> &'static str {
+    match ty {
+        FileType::Socket => "socket",
+        FileType::Fifo => "fifo",
+        FileType::BlockDevice => "block device",
+        FileType::CharacterDevice => "character device",
+        _ => "special file",
+    }
+}
+
 /// The manifest kind of a listed type; `None` for sockets, fifos and devices.
-fn kind_of_type(ty: FileType) -> Option<Kind> {
+pub(super) fn kind_of_type(ty: FileType) -> Option<Kind> {
     match ty {
         FileType::Directory => Some(Kind::Dir),
         FileType::RegularFile => Some(Kind::File),

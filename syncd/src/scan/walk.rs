@@ -3,6 +3,7 @@
 //! per entry (excluded directories not entered), this home's part files and the state
 //! directory left out, special files and unreadable entries reported.
 
+use super::fdwalk;
 use super::*;
 use crate::lock::lock;
 
@@ -181,19 +182,9 @@ impl Collector {
                 return WalkState::Continue;
             }
         };
-        let ft = meta.file_type();
-        let Some(kind) = kind_of(ft) else {
-            let what = if ft.is_socket() {
-                "socket"
-            } else if ft.is_fifo() {
-                "fifo"
-            } else if ft.is_block_device() {
-                "block device"
-            } else if ft.is_char_device() {
-                "character device"
-            } else {
-                "special file"
-            };
+        let ty = rustix::fs::FileType::from_raw_mode(meta.mode());
+        let Some(kind) = fdwalk::kind_of_type(ty) else {
+            let what = fdwalk::special_name(ty);
             self.warnings.push(warn(format!("skipped {what}"), true));
             return WalkState::Continue;
         };
