@@ -70,21 +70,19 @@ where
     } = first
     {
         let probe = (version, owners, streams);
-        let received = match bulk::answer(probe, root, &mut control_w, peer).await {
-            Ok(true) => match preparing.take().await {
-                Ok(p) => {
-                    let (o, s) = (owners, streams);
-                    bulk::receive((o, s), p, &mut opts, &mut control, &mut data, peer)
-                        .await
-                        .map(Some)
-                }
-                Err(e) => Err(e),
-            },
-            Ok(false) => Ok(None),
-            Err(e) => Err(e),
-        };
+        let received = async {
+            if !bulk::answer(probe, root, &mut control_w, peer).await? {
+                return Ok(None);
+            }
+            let p = preparing.take().await?;
+            let (cr, data) = (&mut control, &mut data);
+            bulk::receive((owners, streams), p, &mut opts, cr, data, peer)
+                .await
+                .map(Some)
+        }
+        .await;
         match received {
-            Ok(Some((p, done))) => (prepared, bulk_done) = (Some(Ok(p)), done),
+            Ok(Some((p, done))) => (prepared, bulk_done) = (Some(p), done),
             Ok(None) => {}
             Err(e) => {
                 refuse(&mut control_w, &e, peer).await;
@@ -95,7 +93,7 @@ where
         first = first_frame(&mut control, &mut control_w, peer).await?;
     }
     let prepared = match prepared {
-        Some(p) => p,
+        Some(p) => Ok(p),
         None => preparing.take().await,
     };
     // The sender's filter rules, if `Hello` says they follow: the receiver's tree is
