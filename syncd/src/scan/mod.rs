@@ -435,7 +435,7 @@ pub fn refresh(root: &Path, store: &Store, opts: &ScanOptions) -> Result<Summary
                 } else {
                     b.summary.symlinks += 1;
                 }
-                let wanted = kind == Kind::Symlink && sink.is_some() || sink_files;
+                let wanted = (kind == Kind::Symlink && sink.is_some()) || sink_files;
                 if wanted && let Some(rec) = snap.record(&w.path)? {
                     match rec.node {
                         Node::File(f) => given.files.push((w.path.clone(), f)),
