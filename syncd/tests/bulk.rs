@@ -303,14 +303,7 @@ fn a_hostile_bulk_stream_is_refused_and_writes_nothing() {
         ),
         (
             "a chunk of another file",
-            {
-                let mut b = file_and_chunk(b"f", b"one", b"one");
-                b.truncate(b.len() - 3 - codec_head());
-                b.extend_from_slice(
-                    &file_and_chunk(b"g", b"two", b"two")[file_frame_len(b"g", b"two")..],
-                );
-                b
-            },
+            [file_frame(b"f", b"one"), chunk_frame(b"g", b"two")].concat(),
             done(1),
             "is not chunk 0 of bulk file f",
         ),
@@ -322,11 +315,7 @@ fn a_hostile_bulk_stream_is_refused_and_writes_nothing() {
         ),
         (
             "a file cut short by the end of its stream",
-            {
-                let mut b = file_and_chunk(b"f", b"one", b"one");
-                b.truncate(b.len() - 3 - codec_head());
-                b
-            },
+            file_frame(b"f", b"one"),
             done(1),
             "ended inside f",
         ),
@@ -403,6 +392,16 @@ fn codec_head() -> usize {
 /// Length of the `File` frame [`file_and_chunk`] starts with.
 fn file_frame_len(path: &[u8], content: &[u8]) -> usize {
     file_and_chunk(path, content, content).len() - content.len() - codec_head()
+}
+
+/// The `File` frame of [`file_and_chunk`] alone.
+fn file_frame(path: &[u8], content: &[u8]) -> Vec<u8> {
+    file_and_chunk(path, content, content)[..file_frame_len(path, content)].to_vec()
+}
+
+/// The `Chunk` frame of [`file_and_chunk`] alone.
+fn chunk_frame(path: &[u8], content: &[u8]) -> Vec<u8> {
+    file_and_chunk(path, content, content)[file_frame_len(path, content)..].to_vec()
 }
 
 /// `--progress` of a bulk copy: totals once the scan is over, files done of files sent.
